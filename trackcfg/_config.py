@@ -1,0 +1,236 @@
+"""The configuration model: the schema of ``mlflow.yml`` as frozen attrs classes.
+
+Pure data: no I/O, no mlflow, no environment reads.  Validation of what a type cannot say
+lives in validators here; everything about files, lines and layering lives in ``_loading``.
+
+The schema is a superset of kedro-mlflow 2.0.3's ``mlflow.yml``.  Keys that kedro-mlflow
+has and trackcfg accepts but does not act on yet are kept (so an existing file loads
+unchanged and ``trackcfg show`` displays them) and marked "kept, not acted on" below.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "CreateExperimentKwargs",
+    "Credentials",
+    "DictParamsConfig",
+    "DisableTrackingConfig",
+    "ExperimentConfig",
+    "InvalidFieldError",
+    "LongParamsStrategy",
+    "ParamsConfig",
+    "RequestHeaderProviderConfig",
+    "RunConfig",
+    "ServerConfig",
+    "Source",
+    "TrackingConfig",
+    "TrackingSettings",
+    "UIConfig",
+]
+
+
+class LongParamsStrategy(enum.Enum):
+    """What to do with a param value longer than MLflow accepts (6000 characters today)."""
+
+    FAIL = "fail"
+    """Raise ``ParamValueTooLongError`` before anything is sent."""
+    TRUNCATE = "truncate"
+    """Log the first N characters and warn."""
+    TAG = "tag"
+    """Log the full value as a tag of the same key (and as an artifact past the tag limit)."""
+
+
+class InvalidFieldError(ValueError):
+    """A validator's refusal, naming the field so the loader can point at its file and line."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field!r} {message}")
+
+
+def _non_empty(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not value:
+        raise InvalidFieldError(attribute.name, "must not be empty")
+
+
+def _port_range(_inst: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is not None and not 0 <= value <= 65535:
+        raise InvalidFieldError(attribute.name, f"must be between 0 and 65535, got {value}")
+
+
+@attrs.frozen(kw_only=True)
+class RequestHeaderProviderConfig:
+    """kedro-mlflow's custom request-header provider (kept, not acted on yet)."""
+
+    type: str | None = None
+    pass_context: bool = False
+    init_kwargs: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    """WHERE runs are logged."""
+
+    mlflow_tracking_uri: str = "mlruns"
+    """A URI, or a bare path meaning a local store folder; relative ones resolve against the
+    project root. Unset (or ``null``): ``MLFLOW_TRACKING_URI`` when set, else ``mlruns``."""
+    mlflow_registry_uri: str | None = None
+    credentials: str | None = None
+    """Name of an entry in ``credentials.yml``; its keys are exported as environment variables
+    for the duration of a session only."""
+    request_header_provider: RequestHeaderProviderConfig = attrs.field(
+        factory=RequestHeaderProviderConfig
+    )
+
+
+@attrs.frozen(kw_only=True)
+class DisableTrackingConfig:
+    pipelines: tuple[str, ...] = ()
+    """Session names (Kedro pipelines, ``@tracked`` functions, scripts) that are not tracked."""
+    disable_autologging: bool = True
+    """kedro-mlflow's switch (kept, not acted on yet: trackcfg never turns autologging on)."""
+
+
+@attrs.frozen(kw_only=True)
+class CreateExperimentKwargs:
+    """Passed to MLflow when trackcfg creates the experiment (never applied to an existing one)."""
+
+    artifact_location: str | None = None
+    tags: Mapping[str, str] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ExperimentConfig:
+    name: str | None = None
+    """Default: the project's package name (``[tool.kedro].package_name``, else
+    ``[project].name`` of ``pyproject.toml``), else the project folder's name."""
+    create: bool = True
+    restore_if_deleted: bool = True
+    create_experiment_kwargs: CreateExperimentKwargs = attrs.field(factory=CreateExperimentKwargs)
+
+
+@attrs.frozen(kw_only=True)
+class RunConfig:
+    id: str | None = None
+    """Continue this run instead of starting a new one (it is never renamed)."""
+    name: str | None = None
+    """Default: the session name (pipeline, function or script name)."""
+    nested: bool = True
+    """Inside an active run: start a child run (``True``) or log into the active run."""
+
+
+@attrs.frozen(kw_only=True)
+class DictParamsConfig:
+    flatten: bool = False
+    recursive: bool = True
+    sep: str = attrs.field(default=".", validator=_non_empty)
+
+
+@attrs.frozen(kw_only=True)
+class ParamsConfig:
+    dict_params: DictParamsConfig = attrs.field(factory=DictParamsConfig)
+    long_params_strategy: LongParamsStrategy = LongParamsStrategy.FAIL
+
+
+@attrs.frozen(kw_only=True)
+class TrackingSettings:
+    """HOW runs are logged: the ``tracking:`` section."""
+
+    disable_tracking: DisableTrackingConfig = attrs.field(factory=DisableTrackingConfig)
+    experiment: ExperimentConfig = attrs.field(factory=ExperimentConfig)
+    run: RunConfig = attrs.field(factory=RunConfig)
+    params: ParamsConfig = attrs.field(factory=ParamsConfig)
+
+
+@attrs.frozen(kw_only=True)
+class UIConfig:
+    port: int | None = attrs.field(default=None, validator=_port_range)
+    """``null``: a free port. kedro-mlflow's string form (``"5000"``) is accepted."""
+    host: str | None = None
+    """``null``: 127.0.0.1."""
+
+
+@attrs.frozen
+class Source:
+    """Where one configuration value came from."""
+
+    kind: str
+    """``default``, ``file``, ``env`` or ``override``."""
+    detail: str | None = None
+    """The file path, the environment variable's name, or the override key."""
+    line: int | None = None
+    """1-based line in ``detail`` for ``file`` sources."""
+
+    def __str__(self) -> str:
+        if self.kind == "file":
+            return f"{self.detail}:{self.line}" if self.line else str(self.detail)
+        if self.kind == "env":
+            return f"env {self.detail}"
+        if self.kind == "override":
+            return f"override {self.detail!r}"
+        return self.kind
+
+
+@attrs.frozen(repr=False)
+class Credentials:
+    """The values of one ``credentials.yml`` entry. Values never appear in a repr or str."""
+
+    name: str
+    _values: Mapping[str, str] = attrs.field(alias="values")
+    origin: str | None = None
+
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self._values)
+
+    def as_env(self) -> dict[str, str]:
+        """The variables to export: the only way to read the values."""
+        return dict(self._values)
+
+    def __repr__(self) -> str:
+        masked = ", ".join(f"{k}='***'" for k in self._values)
+        return f"Credentials(name={self.name!r}, {{{masked}}})"
+
+    __str__ = __repr__
+
+
+@attrs.frozen(kw_only=True)
+class TrackingConfig:
+    """The whole configuration: the ``mlflow.yml`` schema plus where it was loaded from.
+
+    Build one in code (every field has a safe default) or with ``trackcfg.load_config``.
+    """
+
+    server: ServerConfig = attrs.field(factory=ServerConfig)
+    tracking: TrackingSettings = attrs.field(factory=TrackingSettings)
+    ui: UIConfig = attrs.field(factory=UIConfig)
+
+    project_root: Path | None = attrs.field(default=None, eq=False)
+    """Folder against which relative paths and URIs resolve. ``None`` (a config built in code):
+    the nearest folder at or above the current one holding ``pyproject.toml`` or ``.git``,
+    else the current folder, decided when a session starts."""
+    default_experiment_name: str | None = attrs.field(default=None, eq=False)
+    """What ``experiment.name: null`` means for this project (filled by the loader)."""
+    credentials: Credentials | None = attrs.field(default=None, eq=False, repr=False)
+    """The resolved entry named by ``server.credentials`` (filled by the loader)."""
+    sources: Mapping[str, Source] = attrs.field(factory=dict, eq=False, repr=False)
+    """Dotted key → where its value came from (filled by the loader; ``trackcfg show``)."""
+    files: tuple[Path, ...] = attrs.field(default=(), eq=False, repr=False)
+    """The configuration files that were read, lowest priority first."""
+
+    def provenance(self) -> list[tuple[str, Any, Source]]:
+        """Every schema key with its effective value and where that value came from,
+        sorted by key (what ``trackcfg show`` prints). Enum values are given as strings."""
+        out: list[tuple[str, Any, Source]] = []
+        for key, source in sorted(self.sources.items()):
+            node: Any = self
+            for part in key.split("."):
+                node = getattr(node, part)
+            out.append((key, node.value if isinstance(node, enum.Enum) else node, source))
+        return out

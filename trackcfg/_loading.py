@@ -1,0 +1,768 @@
+"""Loading ``mlflow.yml``: files, layering, provenance, and errors that point at file:line.
+
+Layers, lowest to highest priority::
+
+    built-in defaults < user file < project file(s) < TRACKCFG_<SECTION>__<KEY> < overrides
+
+Each layer is flattened to ``dotted.key -> (value, Source)`` along the schema, merged, checked
+against the schema (unknown keys, with a suggestion), then structured by a strict cattrs
+converter.  Every problem found on the way is collected and raised as ONE ``ConfigError``.
+
+YAML is read with ruamel.yaml's round-trip loader because it keeps line numbers; it builds
+only plain YAML types (it derives from the safe constructor), and a value with an explicit
+tag (``!!python/...``, ``!custom``) is refused.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import logging
+import os
+import sys
+import types
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn
+
+from ._config import (
+    Credentials,
+    InvalidFieldError,
+    Source,
+    TrackingConfig,
+)
+from .exceptions import ConfigError, ConfigProblem
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "ENV_PREFIX",
+    "config_from_mapping",
+    "find_project_root",
+    "load_config",
+    "user_config_dir",
+]
+
+logger = logging.getLogger(__name__)
+
+ENV_PREFIX = "TRACKCFG_"
+CONFIG_NAMES = ("mlflow.yml", "mlflow.yaml")
+CREDENTIALS_NAMES = ("credentials.yml", "credentials.yaml")
+ROOT_MARKERS = ("pyproject.toml", ".git")
+DEFAULT_ENV = "local"
+DEFAULT_SOURCE = Source("default")
+
+_Leaves = dict[str, tuple[Any, Source]]
+
+
+# --------------------------------------------------------------------------------------------
+# The schema, derived once from the attrs classes.
+
+
+def _schema() -> tuple[dict[str, Any], frozenset[str]]:
+    """Every dotted path of the model → its type, and the paths that are sections."""
+    fields: dict[str, Any] = {}
+    sections: set[str] = set()
+
+    def visit(cls: type, prefix: str) -> None:
+        for f in attrs.fields(attrs.resolve_types(cls)):
+            if f.name in _METADATA_FIELDS and cls is TrackingConfig:
+                continue
+            path = f"{prefix}{f.name}"
+            fields[path] = f.type
+            if isinstance(f.type, type) and attrs.has(f.type):
+                sections.add(path)
+                visit(f.type, f"{path}.")
+
+    visit(TrackingConfig, "")
+    return fields, frozenset(sections)
+
+
+_METADATA_FIELDS = frozenset(
+    {"project_root", "default_experiment_name", "credentials", "sources", "files"}
+)
+SCHEMA, SECTIONS = _schema()
+
+
+def _accepts_none(tp: Any) -> bool:
+    return type(None) in typing.get_args(tp)
+
+
+def _suggest(path: str) -> str:
+    parent, _, last = path.rpartition(".")
+    siblings = [p.rpartition(".")[2] for p in SCHEMA if p.rpartition(".")[0] == parent]
+    close = difflib.get_close_matches(last, siblings, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    where = f"'{parent}'" if parent else "the top level"
+    return f"valid keys in {where}: {', '.join(sorted(siblings))}"
+
+
+# --------------------------------------------------------------------------------------------
+# Layers.
+
+
+def _flatten_layer(data: Mapping[str, Any], sources: Mapping[str, Source]) -> _Leaves:
+    """Nested mapping → leaves along the schema (a mapping under a section is recursed into)."""
+    leaves: _Leaves = {}
+
+    def visit(node: Mapping[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            source = sources.get(path, DEFAULT_SOURCE)
+            if path in SECTIONS and isinstance(value, Mapping) and value:
+                visit(value, f"{path}.")
+            else:
+                leaves[path] = (value, source)
+
+    visit(data, "")
+    return leaves
+
+
+def _merge(layers: Sequence[_Leaves]) -> _Leaves:
+    merged: _Leaves = {}
+    for layer in layers:
+        for path, item in layer.items():
+            # A later value replaces the whole subtree below it, and a subtree replaces a
+            # scalar that stood where its section is.
+            for old in [p for p in merged if p.startswith(f"{path}.")]:
+                del merged[old]
+            parts = path.split(".")
+            for i in range(1, len(parts)):
+                merged.pop(".".join(parts[:i]), None)
+            merged[path] = item
+    return merged
+
+
+def _unflatten(leaves: Mapping[str, Any]) -> dict[str, Any]:
+    root: dict[str, Any] = {}
+    for path, value in leaves.items():
+        node = root
+        *parents, last = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return root
+
+
+def _defaults_layer() -> _Leaves:
+    converter = cattrs.Converter()
+    data = converter.unstructure(TrackingConfig())
+    for name in _METADATA_FIELDS:
+        data.pop(name, None)
+    return _flatten_layer(data, {})
+
+
+# --------------------------------------------------------------------------------------------
+# YAML files.
+
+
+def _yaml() -> Any:
+    from ruamel.yaml import YAML
+
+    return YAML(typ="rt", pure=True)
+
+
+def _plain(node: Any, path: str, file: Path, sources: dict[str, Source], problems: list[ConfigProblem]) -> Any:
+    """ruamel's round-trip objects → plain Python, recording each key's line."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
+
+    if isinstance(node, CommentedMap):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            child = f"{path}.{key}" if path else str(key)
+            line = node.lc.key(key)[0] + 1
+            sources[child] = Source("file", str(file), line)
+            if not isinstance(key, str):
+                problems.append(ConfigProblem(child, "keys must be strings", f"{file}:{line}"))
+                continue
+            out[key] = _plain(value, child, file, sources, problems)
+        return out
+    if isinstance(node, CommentedSeq):
+        return [_plain(v, path, file, sources, problems) for v in node]
+    if isinstance(node, TaggedScalar):
+        where = sources.get(path)
+        problems.append(
+            ConfigProblem(path, f"tagged values ({node.tag.value}) are not allowed", str(where))
+        )
+        return None
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    return node
+
+
+def _read_yaml(file: Path, problems: list[ConfigProblem]) -> tuple[dict[str, Any], dict[str, Source]]:
+    """Read one YAML file into plain data and per-key sources; problems are appended."""
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+    sources: dict[str, Source] = {}
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.append(ConfigProblem("", f"cannot read the file: {exc.strerror}", str(file)))
+        return {}, sources
+    try:
+        raw = _yaml().load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{file}:{mark.line + 1}" if mark is not None else str(file)
+        what = str(exc.problem or exc.context)
+        if exc.context and exc.context_mark is not None:
+            what += f" ({exc.context} started on line {exc.context_mark.line + 1})"
+        problems.append(ConfigProblem("", f"malformed YAML: {what}", where))
+        return {}, sources
+    except YAMLError as exc:
+        problems.append(ConfigProblem("", f"malformed YAML: {exc}", str(file)))
+        return {}, sources
+    if raw is None:
+        return {}, sources
+    from ruamel.yaml.comments import CommentedMap
+
+    if not isinstance(raw, CommentedMap):
+        problems.append(
+            ConfigProblem("", f"expected a mapping at the top, got {type(raw).__name__}", f"{file}:1")
+        )
+        return {}, sources
+    data = _plain(raw, "", file, sources, problems)
+    return data, sources
+
+
+def _file_layer(file: Path, problems: list[ConfigProblem]) -> _Leaves:
+    data, sources = _read_yaml(file, problems)
+    return _flatten_layer(data, sources)
+
+
+# --------------------------------------------------------------------------------------------
+# Environment variables and overrides.
+
+
+def _parse_scalar(text: str) -> Any:
+    """Environment values are YAML scalars: ``false`` is a bool, ``5000`` an int."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        value = YAML(typ="safe", pure=True).load(text)
+    except YAMLError:
+        return text
+    if value is None and text.strip() not in ("", "null", "~", "Null", "NULL"):
+        return text
+    if isinstance(value, (str, int, float, bool, list)) or value is None:
+        return value
+    return text
+
+
+def _known_path(path: str) -> bool:
+    return path in SCHEMA
+
+
+def _env_layer(environ: Mapping[str, str], problems: list[ConfigProblem]) -> _Leaves:
+    """``TRACKCFG_<SECTION>__<KEY>``; variables without a double underscore are not config
+    keys (``TRACKCFG_ENV``, ``TRACKCFG_DISABLE`` …) and are left alone."""
+    layer: _Leaves = {}
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        path = ".".join(name[len(ENV_PREFIX) :].lower().split("__"))
+        source = Source("env", name)
+        if not _known_path(path):
+            problems.append(ConfigProblem(path, f"unknown key; {_suggest(path)}", str(source)))
+            continue
+        layer.update(_flatten_layer(_unflatten({path: _parse_scalar(environ[name])}), _all(path, source)))
+    return layer
+
+
+class _AllSources(dict[str, Source]):
+    """Every path at or below ``prefix`` comes from one source (an env var, an override)."""
+
+    def __init__(self, prefix: str, source: Source) -> None:
+        super().__init__()
+        self._prefix = prefix
+        self._source = source
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if not self._prefix or key == self._prefix or key.startswith(f"{self._prefix}."):
+            return self._source
+        return default
+
+
+def _all(prefix: str, source: Source) -> _AllSources:
+    return _AllSources(prefix, source)
+
+
+def _override_layer(overrides: Mapping[str, Any], problems: list[ConfigProblem]) -> _Leaves:
+    layer: _Leaves = {}
+    for key, value in overrides.items():
+        source = Source("override", key)
+        if not isinstance(key, str) or not _known_path(key):
+            problems.append(ConfigProblem(str(key), f"unknown key; {_suggest(str(key))}", str(source)))
+            continue
+        if isinstance(value, enum.Enum):
+            value = value.value
+        layer.update(_flatten_layer(_unflatten({key: value}), _all(key, source)))
+    return layer
+
+
+# --------------------------------------------------------------------------------------------
+# Structuring: a strict converter, errors turned into problems with their origin.
+
+
+def _expected(what: str, value: Any) -> ValueError:
+    return ValueError(f"expected {what}, got {value!r} ({type(value).__name__})")
+
+
+def _structure_bool(value: Any, _: type) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _expected("true or false", value)
+
+
+def _structure_int(value: Any, _: type) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    raise _expected("an integer", value)
+
+
+def _structure_str(value: Any, _: type) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise _expected("a string", value)
+
+
+def _structure_str_tuple(value: Any, _: type) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise _expected("a list of strings", value)
+    return tuple(_structure_str(v, str) for v in value)
+
+
+def _structure_str_mapping(value: Any, _: type) -> Mapping[str, str]:
+    if not isinstance(value, Mapping):
+        raise _expected("a mapping", value)
+    return {_structure_str(k, str): _structure_str(v, str) for k, v in value.items()}
+
+
+def _structure_any_mapping(value: Any, _: type) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _expected("a mapping", value)
+    return dict(value)
+
+
+def _structure_enum(value: Any, cls: type[enum.Enum]) -> enum.Enum:
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in cls)
+        raise ValueError(f"must be one of {allowed}, got {value!r}") from None
+
+
+def make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    converter.register_structure_hook(bool, _structure_bool)
+    converter.register_structure_hook(int, _structure_int)
+    converter.register_structure_hook(str, _structure_str)
+    # Generic aliases are not classes: match them by equality.
+    for alias, hook in (
+        (tuple[str, ...], _structure_str_tuple),
+        (Mapping[str, str], _structure_str_mapping),
+        (Mapping[str, Any], _structure_any_mapping),
+    ):
+        converter.register_structure_hook_func(lambda t, alias=alias: t == alias, hook)
+    converter.register_structure_hook_func(
+        lambda t: isinstance(t, type) and issubclass(t, enum.Enum), _structure_enum
+    )
+
+    def section_hook(cls: type) -> Any:
+        inner = make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=True)
+
+        def structure(value: Any, _: type) -> Any:
+            if not isinstance(value, Mapping):
+                raise _expected("a mapping", value)
+            return inner(value, cls)
+
+        return structure
+
+    converter.register_structure_hook_factory(attrs.has, section_hook)
+    return converter
+
+
+_CONVERTER = make_converter()
+
+
+def _errors(exc: BaseException, path: str) -> Iterator[tuple[str, str]]:
+    join = (lambda name: f"{path}.{name}") if path else (lambda name: str(name))
+    if isinstance(exc, cattrs.ClassValidationError):
+        with_notes, without = exc.group_exceptions()
+        for sub, note in with_notes:
+            yield from _errors(sub, join(note.name))
+        for sub in without:
+            yield from _errors(sub, path)
+    elif isinstance(exc, cattrs.IterableValidationError):
+        inner = exc.group_exceptions()
+        for sub, _note in inner[0]:
+            yield from _errors(sub, path)
+        for sub in inner[1]:
+            yield from _errors(sub, path)
+    elif isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            yield from _errors(sub, path)
+    elif isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        for name in sorted(exc.extra_fields):
+            yield join(name), f"unknown key; {_suggest(join(name))}"
+    elif isinstance(exc, InvalidFieldError):
+        yield join(exc.field), str(exc).split(" ", 1)[1]
+    else:
+        yield path, str(exc)
+
+
+def _where(path: str, sources: Mapping[str, Source]) -> str | None:
+    while path:
+        if path in sources and sources[path].kind != "default":
+            return str(sources[path])
+        path = path.rpartition(".")[0]
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Project root, experiment name, credentials.
+
+
+def find_project_root(start: Path) -> Path | None:
+    """The nearest folder at or above ``start`` holding ``pyproject.toml`` or ``.git``."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if any((folder / marker).exists() for marker in ROOT_MARKERS):
+            return folder
+    return None
+
+
+def _root_for(config_folder: Path) -> Path:
+    """Project root of a config file's folder (for ``conf/<env>/``, count from above ``conf``)."""
+    found = find_project_root(config_folder)
+    if found is not None:
+        return found
+    return config_folder.resolve()
+
+
+def _project_name(root: Path) -> str:
+    pyproject = root / "pyproject.toml"
+    try:
+        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        data = {}
+    kedro = data.get("tool", {}).get("kedro", {})
+    name = kedro.get("package_name") or data.get("project", {}).get("name")
+    return str(name) if name else root.name
+
+
+def user_config_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("trackcfg", appauthor=False))
+
+
+def _first_existing(folder: Path, names: Sequence[str]) -> Path | None:
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _load_credentials(
+    name: str,
+    folders: Sequence[Path],
+    where: str | None,
+    problems: list[ConfigProblem],
+) -> Credentials | None:
+    """The entry ``name`` merged across ``credentials.yml`` in ``folders`` (later wins), else
+    the user config dir's."""
+    searched: list[str] = []
+    for group in (list(folders), [user_config_dir()]):
+        entry: dict[str, Any] | None = None
+        origin: str | None = None
+        for folder in group:
+            file = _first_existing(folder, CREDENTIALS_NAMES)
+            searched.append(str(folder / CREDENTIALS_NAMES[0]))
+            if file is None:
+                continue
+            data, sources = _read_yaml(file, problems)
+            if name in data:
+                value = data[name]
+                if not isinstance(value, Mapping):
+                    problems.append(
+                        ConfigProblem(
+                            "server.credentials",
+                            f"credentials entry {name!r} must be a mapping of variable names to values",
+                            str(sources.get(name, file)),
+                        )
+                    )
+                    return None
+                entry = {**(entry or {}), **value}
+                origin = str(file)
+        if entry is not None:
+            bad = [k for k, v in entry.items() if isinstance(v, (Mapping, list))]
+            if bad:
+                problems.append(
+                    ConfigProblem(
+                        "server.credentials",
+                        f"credentials entry {name!r}: {', '.join(bad)} must be plain values",
+                        origin,
+                    )
+                )
+                return None
+            values = {str(k): "" if v is None else str(v) for k, v in entry.items()}
+            return Credentials(name=name, values=values, origin=origin)
+    problems.append(
+        ConfigProblem(
+            "server.credentials",
+            f"no credentials entry named {name!r}; looked in {', '.join(searched)}",
+            where,
+        )
+    )
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Finding the files.
+
+
+@attrs.frozen
+class _Located:
+    files: tuple[Path, ...]
+    root: Path
+    credential_folders: tuple[Path, ...]
+
+
+def _conf_files(conf: Path, env: str) -> _Located:
+    folders = [conf / "base"] + ([conf / env] if env != "base" else [])
+    files = tuple(f for f in (_first_existing(d, CONFIG_NAMES) for d in folders) if f)
+    return _Located(files, _root_for(conf.parent), tuple(folders))
+
+
+def _is_conf_folder(folder: Path, env: str) -> bool:
+    return folder.name == "conf" or (folder / "base").is_dir() or (folder / env).is_dir()
+
+
+def _locate(path: Path | None, env: str, cwd: Path) -> _Located | None:
+    if path is None:
+        return _discover(cwd, env)
+    if path.is_file():
+        folder = path.resolve().parent
+        if folder.parent.name == "conf":
+            return _Located((path.resolve(),), _root_for(folder.parent.parent), (folder,))
+        return _Located((path.resolve(),), _root_for(folder), (folder,))
+    if path.is_dir():
+        if _is_conf_folder(path, env):
+            return _conf_files(path.resolve(), env)
+        if (path / "conf").is_dir():
+            return _conf_files((path / "conf").resolve(), env)
+        file = _first_existing(path, CONFIG_NAMES)
+        if file is not None:
+            return _Located((file.resolve(),), _root_for(path), (path.resolve(),))
+        raise ConfigError([ConfigProblem("", f"no conf/ folder or mlflow.yml in {path}")])
+    raise ConfigError([ConfigProblem("", f"no such file or folder: {path}")])
+
+
+def _discover(cwd: Path, env: str) -> _Located | None:
+    """From ``cwd`` upward, stopping at the project root: a ``conf/`` with an ``mlflow.yml``
+    for the environment (or base), else an ``mlflow.yml``."""
+    cwd = cwd.resolve()
+    for folder in (cwd, *cwd.parents):
+        conf = folder / "conf"
+        if conf.is_dir():
+            located = _conf_files(conf, env)
+            if located.files:
+                return located
+        file = _first_existing(folder, CONFIG_NAMES)
+        if file is not None:
+            return _Located((file,), _root_for(folder), (folder,))
+        if any((folder / marker).exists() for marker in ROOT_MARKERS):
+            break
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points.
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> TrackingConfig:
+    """Load the effective configuration.
+
+    ``path`` is an ``mlflow.yml`` file, a ``conf`` folder (``base/mlflow.yml`` then
+    ``<env>/mlflow.yml`` merged on top), or a project folder holding ``conf/`` or
+    ``mlflow.yml``. Without it, the current folder and its parents are searched up to the
+    project root; nothing found means built-in defaults.  ``env`` defaults to
+    ``TRACKCFG_ENV``, else ``local``.  ``overrides`` maps dotted keys
+    (``"tracking.run.name"``) to values and wins over everything.
+
+    Raises ``ConfigError`` listing every problem, each with its file and line.
+    """
+    environ = os.environ if environ is None else environ
+    cwd_path = Path.cwd() if cwd is None else Path(cwd)
+    env = env or environ.get("TRACKCFG_ENV") or DEFAULT_ENV
+    located = _locate(None if path is None else Path(path), env, cwd_path)
+    if located is None:
+        root = find_project_root(cwd_path) or cwd_path.resolve()
+        located = _Located((), root, ())
+    elif path is not None and not located.files:
+        raise ConfigError(
+            [ConfigProblem("", f"no mlflow.yml in {', '.join(map(str, located.credential_folders))}")]
+        )
+
+    problems: list[ConfigProblem] = []
+    layers: list[_Leaves] = []
+    user_file = _first_existing(user_config_dir(), CONFIG_NAMES)
+    if user_file is not None:
+        layers.append(_file_layer(user_file, problems))
+    layers.extend(_file_layer(f, problems) for f in located.files)
+    layers.append(_env_layer(environ, problems))
+    layers.append(_override_layer(overrides or {}, problems))
+    files = ((user_file,) if user_file else ()) + located.files
+    return _build(layers, problems, located, files, environ)
+
+
+def config_from_mapping(
+    data: Mapping[str, Any],
+    *,
+    file: str | os.PathLike[str] | None = None,
+    root: str | os.PathLike[str],
+    credentials: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> TrackingConfig:
+    """Validate an already-loaded mapping (e.g. from Kedro's config loader) with the same
+    converter and messages as ``load_config``; ``file`` names it in errors.  ``credentials``
+    is the mapping of credential entries to pick ``server.credentials`` from."""
+    environ = os.environ if environ is None else environ
+    problems: list[ConfigProblem] = []
+    label = Source("file", str(file)) if file else Source("override", "<mapping>")
+    layer = _flatten_layer(data, _all("", label))
+    located = _Located((), Path(root).resolve(), ())
+    config = _build(
+        [layer, _env_layer(environ, problems)],
+        problems,
+        located,
+        (Path(file),) if file else (),
+        environ,
+        credentials_mapping=credentials,
+    )
+    return config
+
+
+def _build(
+    layers: list[_Leaves],
+    problems: list[ConfigProblem],
+    located: _Located,
+    files: tuple[Path, ...],
+    environ: Mapping[str, str],
+    *,
+    credentials_mapping: Mapping[str, Any] | None = None,
+) -> TrackingConfig:
+    merged = _merge([_defaults_layer(), *layers])
+
+    # Unknown keys, with the line they stand on and the closest valid key.
+    for path in list(merged):
+        if path in SCHEMA:
+            continue
+        parts = path.split(".")
+        for i in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            if prefix not in SCHEMA:
+                break
+            if prefix not in SECTIONS:
+                prefix = ""
+                break
+        if prefix:
+            problems.append(
+                ConfigProblem(prefix, f"unknown key; {_suggest(prefix)}", str(merged[path][1]))
+            )
+        del merged[path]
+
+    # ``null`` for a key that has a non-null default means "use the default".
+    defaults = _defaults_layer()
+    for path, (value, _source) in list(merged.items()):
+        if value is None and not _accepts_none(SCHEMA[path]) and path in defaults:
+            merged[path] = defaults[path]
+
+    # MLFLOW_TRACKING_URI only fills a tracking URI nobody set.
+    uri_key = "server.mlflow_tracking_uri"
+    if merged[uri_key][1].kind == "default" and environ.get("MLFLOW_TRACKING_URI"):
+        merged[uri_key] = (environ["MLFLOW_TRACKING_URI"], Source("env", "MLFLOW_TRACKING_URI"))
+
+    sources = {path: source for path, (_value, source) in merged.items()}
+    data = _unflatten({path: value for path, (value, _source) in merged.items()})
+
+    config: TrackingConfig | None = None
+    try:
+        config = _CONVERTER.structure(data, TrackingConfig)
+    except Exception as exc:  # noqa: BLE001 - every structuring error becomes a problem
+        for path, message in _errors(exc, ""):
+            problems.append(ConfigProblem(path, message, _where(path, sources)))
+
+    # Checked even when other keys are wrong, so one run of the loader reports everything.
+    credentials: Credentials | None = None
+    cred_name = merged.get("server.credentials", (None, DEFAULT_SOURCE))[0]
+    if isinstance(cred_name, str) and cred_name:
+        where = _where("server.credentials", sources)
+        if credentials_mapping is not None:
+            entry = credentials_mapping.get(cred_name)
+            if isinstance(entry, Mapping):
+                credentials = Credentials(
+                    name=cred_name, values={str(k): str(v) for k, v in entry.items()}
+                )
+            else:
+                problems.append(
+                    ConfigProblem(
+                        "server.credentials",
+                        f"no credentials entry named {cred_name!r} in the credentials config",
+                        where,
+                    )
+                )
+        else:
+            credentials = _load_credentials(cred_name, located.credential_folders, where, problems)
+
+    if problems or config is None:
+        raise ConfigError(_dedupe(problems))
+    return attrs.evolve(
+        config,
+        project_root=located.root,
+        default_experiment_name=_project_name(located.root),
+        credentials=credentials,
+        sources=types.MappingProxyType(sources),
+        files=files,
+    )
+
+
+def _dedupe(problems: Sequence[ConfigProblem]) -> list[ConfigProblem]:
+    seen: set[ConfigProblem] = set()
+    out = []
+    for p in problems:
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out

@@ -1,0 +1,90 @@
+"""Every error trackcfg raises on purpose.
+
+::
+
+    TrackcfgError                         base of everything below
+    ├── ConfigError (ValueError)          the configuration is wrong: file, line, key, fix
+    ├── ExperimentError                   the experiment cannot be used (missing, deleted)
+    ├── RunError                          the run cannot be started, resumed or logged to
+    └── ParamValueTooLongError (ValueError)
+                                          a param value passes MLflow's limit under
+                                          ``long_params_strategy: fail``
+
+Each subclass also inherits the closest builtin, so ``except ValueError`` keeps working for
+callers that do not know trackcfg.  Errors from MLflow are translated where they cross the
+backend boundary (``raise ... from exc``) and keep the original as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+__all__ = [
+    "ConfigError",
+    "ConfigProblem",
+    "ExperimentError",
+    "ParamValueTooLongError",
+    "RunError",
+    "TrackcfgError",
+]
+
+
+class TrackcfgError(Exception):
+    """Base class of every error raised by trackcfg."""
+
+
+@attrs.frozen
+class ConfigProblem:
+    """One thing wrong with the configuration.
+
+    ``where`` names the origin (``conf/local/mlflow.yml:12``, ``env TRACKCFG_…``,
+    ``override``) or is ``None`` when the problem has no single origin.
+    """
+
+    key: str
+    message: str
+    where: str | None = None
+
+    def __str__(self) -> str:
+        prefix = f"{self.where}: " if self.where else ""
+        key = f"'{self.key}'" if self.key else "(top level)"
+        return f"{prefix}{key}: {self.message}"
+
+
+class ConfigError(TrackcfgError, ValueError):
+    """The configuration is invalid. ``problems`` lists every problem found, not just the first."""
+
+    def __init__(self, problems: Sequence[ConfigProblem] | str) -> None:
+        if isinstance(problems, str):
+            problems = [ConfigProblem(key="", message=problems)]
+        self.problems: tuple[ConfigProblem, ...] = tuple(problems)
+        if len(self.problems) == 1:
+            text = f"invalid trackcfg configuration: {self.problems[0]}"
+        else:
+            lines = "\n".join(f"  - {p}" for p in self.problems)
+            text = f"invalid trackcfg configuration ({len(self.problems)} problems):\n{lines}"
+        super().__init__(text)
+
+
+class ExperimentError(TrackcfgError):
+    """The configured experiment does not exist, is deleted, or cannot be created."""
+
+
+class RunError(TrackcfgError):
+    """A run cannot be started, resumed or written to as configured."""
+
+
+class ParamValueTooLongError(TrackcfgError, ValueError):
+    """A parameter value is longer than MLflow accepts and the strategy is ``fail``."""
+
+    def __init__(self, key: str, length: int, limit: int) -> None:
+        self.key = key
+        self.length = length
+        self.limit = limit
+        super().__init__(
+            f"param {key!r} is {length} characters long; MLflow accepts at most {limit}. "
+            "Set tracking.params.long_params_strategy to 'truncate' (keep the first "
+            f"{limit} characters) or 'tag' (log the full value as a tag) to log it anyway."
+        )
