@@ -1,12 +1,13 @@
 """The main job: load examples/mlflow.yml, show where each value came from, track a run.
 
-    python3 -m nox -s demo        # or: python examples/demo.py
+python3 -m nox -s demo        # or: python examples/demo.py
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from trackcfg import TrackingSession, load_config
 
@@ -22,7 +23,7 @@ def show(config_path: Path) -> None:
 
 def main() -> None:
     show(CONFIG)
-    params = {"optimizer": {"name": "adam", "lr": 0.01}, "epochs": 5, "seed": 42}
+    params: dict[str, Any] = {"optimizer": {"name": "adam", "lr": 0.01}, "epochs": 5, "seed": 42}
     with TrackingSession.from_yaml(CONFIG, name="demo", params=params) as session:
         for epoch in range(params["epochs"]):
             session.log_metrics({"loss": math.exp(-epoch / 2), "epoch": epoch}, step=epoch)
@@ -31,7 +32,9 @@ def main() -> None:
     print(f"run {session.run_id} in experiment {session.experiment_id} ({session.tracking_uri})")
     print("view it with:")
     store = session.tracking_uri
-    print(f"  mlflow ui --backend-store-uri {store} --port 5000   # then open http://127.0.0.1:5000")
+    print(
+        f"  mlflow ui --backend-store-uri {store} --port 5000   # then open http://127.0.0.1:5000"
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 from trackcfg import TrackingSession
 
@@ -17,7 +18,7 @@ CONFIG = Path(__file__).with_name("mlflow.yml")
 
 
 def main() -> str:
-    params = {"model": {"kind": "ridge", "alpha": 0.5}, "folds": 3}
+    params: dict[str, Any] = {"model": {"kind": "ridge", "alpha": 0.5}, "folds": 3}
     with TrackingSession.from_yaml(CONFIG, params=params, tags={"stage": "quickstart"}) as s:
         rng = random.Random(0)
         for fold in range(params["folds"]):

@@ -22,7 +22,7 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,8 +118,15 @@ def _flatten_layer(data: Mapping[str, Any], sources: Mapping[str, Source]) -> _L
         for key, value in node.items():
             path = f"{prefix}{key}"
             source = sources.get(path, DEFAULT_SOURCE)
-            if path in SECTIONS and isinstance(value, Mapping) and value:
+            if path in SECTIONS and (value is None or (isinstance(value, Mapping) and not value)):
+                # "run:" with every key commented out, or "run: {}": nothing set here.
+                continue
+            if path in SECTIONS and isinstance(value, Mapping):
                 visit(value, f"{path}.")
+            elif value is None and path in SCHEMA and not _accepts_none(SCHEMA[path]):
+                # kedro-mlflow writes "mlflow_tracking_uri: null" for "not set": this layer
+                # leaves the key to lower layers (or the default).
+                continue
             else:
                 leaves[path] = (value, source)
 
@@ -171,7 +178,9 @@ def _yaml() -> Any:
     return YAML(typ="rt", pure=True)
 
 
-def _plain(node: Any, path: str, file: Path, sources: dict[str, Source], problems: list[ConfigProblem]) -> Any:
+def _plain(
+    node: Any, path: str, file: Path, sources: dict[str, Source], problems: list[ConfigProblem]
+) -> Any:
     """ruamel's round-trip objects → plain Python, recording each key's line."""
     from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 
@@ -205,8 +214,13 @@ def _plain(node: Any, path: str, file: Path, sources: dict[str, Source], problem
     return node
 
 
-def _read_yaml(file: Path, problems: list[ConfigProblem]) -> tuple[dict[str, Any], dict[str, Source]]:
-    """Read one YAML file into plain data and per-key sources; problems are appended."""
+def _read_yaml(
+    file: Path, problems: list[ConfigProblem], *, secret: bool = False
+) -> tuple[dict[str, Any], dict[str, Source]]:
+    """Read one YAML file into plain data and per-key sources; problems are appended.
+
+    ``secret``: the file holds credentials, so a problem names the line but never quotes it.
+    """
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
     sources: dict[str, Source] = {}
@@ -223,10 +237,13 @@ def _read_yaml(file: Path, problems: list[ConfigProblem]) -> tuple[dict[str, Any
         what = str(exc.problem or exc.context)
         if exc.context and exc.context_mark is not None:
             what += f" ({exc.context} started on line {exc.context_mark.line + 1})"
+        if secret:
+            what = f"{type(exc).__name__} (details hidden: the file holds credentials)"
         problems.append(ConfigProblem("", f"malformed YAML: {what}", where))
         return {}, sources
     except YAMLError as exc:
-        problems.append(ConfigProblem("", f"malformed YAML: {exc}", str(file)))
+        what = type(exc).__name__ if secret else str(exc)
+        problems.append(ConfigProblem("", f"malformed YAML: {what}", str(file)))
         return {}, sources
     if raw is None:
         return {}, sources
@@ -234,7 +251,9 @@ def _read_yaml(file: Path, problems: list[ConfigProblem]) -> tuple[dict[str, Any
 
     if not isinstance(raw, CommentedMap):
         problems.append(
-            ConfigProblem("", f"expected a mapping at the top, got {type(raw).__name__}", f"{file}:1")
+            ConfigProblem(
+                "", f"expected a mapping at the top, got {type(raw).__name__}", f"{file}:1"
+            )
         )
         return {}, sources
     data = _plain(raw, "", file, sources, problems)
@@ -266,6 +285,11 @@ def _parse_scalar(text: str) -> Any:
     return text
 
 
+def _is_text_field(path: str) -> bool:
+    tp = SCHEMA.get(path)
+    return tp is str or (tp is not None and set(typing.get_args(tp)) == {str, type(None)})
+
+
 def _known_path(path: str) -> bool:
     return path in SCHEMA
 
@@ -282,7 +306,11 @@ def _env_layer(environ: Mapping[str, str], problems: list[ConfigProblem]) -> _Le
         if not _known_path(path):
             problems.append(ConfigProblem(path, f"unknown key; {_suggest(path)}", str(source)))
             continue
-        layer.update(_flatten_layer(_unflatten({path: _parse_scalar(environ[name])}), _all(path, source)))
+        text = environ[name]
+        value = _parse_scalar(text)
+        if _is_text_field(path) and value is not None:
+            value = text  # NAME=1.10 is the name "1.10", not the number 1.1
+        layer.update(_flatten_layer(_unflatten({path: value}), _all(path, source)))
     return layer
 
 
@@ -309,7 +337,9 @@ def _override_layer(overrides: Mapping[str, Any], problems: list[ConfigProblem])
     for key, value in overrides.items():
         source = Source("override", key)
         if not isinstance(key, str) or not _known_path(key):
-            problems.append(ConfigProblem(str(key), f"unknown key; {_suggest(str(key))}", str(source)))
+            problems.append(
+                ConfigProblem(str(key), f"unknown key; {_suggest(str(key))}", str(source))
+            )
             continue
         if isinstance(value, enum.Enum):
             value = value.value
@@ -325,9 +355,16 @@ def _expected(what: str, value: Any) -> ValueError:
     return ValueError(f"expected {what}, got {value!r} ({type(value).__name__})")
 
 
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
 def _structure_bool(value: Any, _: type) -> bool:
+    # YAML 1.2 reads yes/no/on/off as strings; Kedro's loader (YAML 1.1) as booleans.
+    # Accept both so a kedro-mlflow file means the same here.
     if isinstance(value, bool):
         return value
+    if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.strip().lower()]
     raise _expected("true or false", value)
 
 
@@ -375,6 +412,17 @@ def _structure_enum(value: Any, cls: type[enum.Enum]) -> enum.Enum:
         raise ValueError(f"must be one of {allowed}, got {value!r}") from None
 
 
+def _is_alias(alias: Any) -> Callable[[Any], bool]:
+    def matches(tp: Any) -> bool:
+        return bool(tp == alias)
+
+    return matches
+
+
+def _is_enum(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, enum.Enum)
+
+
 def make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     converter.register_structure_hook(bool, _structure_bool)
@@ -386,13 +434,13 @@ def make_converter() -> cattrs.Converter:
         (Mapping[str, str], _structure_str_mapping),
         (Mapping[str, Any], _structure_any_mapping),
     ):
-        converter.register_structure_hook_func(lambda t, alias=alias: t == alias, hook)
-    converter.register_structure_hook_func(
-        lambda t: isinstance(t, type) and issubclass(t, enum.Enum), _structure_enum
-    )
+        converter.register_structure_hook_func(_is_alias(alias), hook)
+    converter.register_structure_hook_func(_is_enum, _structure_enum)
 
     def section_hook(cls: type) -> Any:
-        inner = make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=True)
+        inner: Callable[[Any, Any], Any] = make_dict_structure_fn(
+            cls, converter, _cattrs_forbid_extra_keys=True
+        )
 
         def structure(value: Any, _: type) -> Any:
             if not isinstance(value, Mapping):
@@ -409,7 +457,9 @@ _CONVERTER = make_converter()
 
 
 def _errors(exc: BaseException, path: str) -> Iterator[tuple[str, str]]:
-    join = (lambda name: f"{path}.{name}") if path else (lambda name: str(name))
+    def join(name: object) -> str:
+        return f"{path}.{name}" if path else str(name)
+
     if isinstance(exc, cattrs.ClassValidationError):
         with_notes, without = exc.group_exceptions()
         for sub, note in with_notes:
@@ -421,9 +471,6 @@ def _errors(exc: BaseException, path: str) -> Iterator[tuple[str, str]]:
         for sub, _note in inner[0]:
             yield from _errors(sub, path)
         for sub in inner[1]:
-            yield from _errors(sub, path)
-    elif isinstance(exc, BaseExceptionGroup):
-        for sub in exc.exceptions:
             yield from _errors(sub, path)
     elif isinstance(exc, cattrs.ForbiddenExtraKeysError):
         for name in sorted(exc.extra_fields):
@@ -504,14 +551,14 @@ def _load_credentials(
             searched.append(str(folder / CREDENTIALS_NAMES[0]))
             if file is None:
                 continue
-            data, sources = _read_yaml(file, problems)
+            data, sources = _read_yaml(file, problems, secret=True)
             if name in data:
                 value = data[name]
                 if not isinstance(value, Mapping):
                     problems.append(
                         ConfigProblem(
                             "server.credentials",
-                            f"credentials entry {name!r} must be a mapping of variable names to values",
+                            f"credentials entry {name!r} must map variable names to values",
                             str(sources.get(name, file)),
                         )
                     )
@@ -632,7 +679,11 @@ def load_config(
         located = _Located((), root, ())
     elif path is not None and not located.files:
         raise ConfigError(
-            [ConfigProblem("", f"no mlflow.yml in {', '.join(map(str, located.credential_folders))}")]
+            [
+                ConfigProblem(
+                    "", f"no mlflow.yml in {', '.join(map(str, located.credential_folders))}"
+                )
+            ]
         )
 
     problems: list[ConfigProblem] = []
@@ -663,7 +714,7 @@ def config_from_mapping(
     label = Source("file", str(file)) if file else Source("override", "<mapping>")
     layer = _flatten_layer(data, _all("", label))
     located = _Located((), Path(root).resolve(), ())
-    config = _build(
+    return _build(
         [layer, _env_layer(environ, problems)],
         problems,
         located,
@@ -671,7 +722,6 @@ def config_from_mapping(
         environ,
         credentials_mapping=credentials,
     )
-    return config
 
 
 def _build(
@@ -703,12 +753,6 @@ def _build(
             )
         del merged[path]
 
-    # ``null`` for a key that has a non-null default means "use the default".
-    defaults = _defaults_layer()
-    for path, (value, _source) in list(merged.items()):
-        if value is None and not _accepts_none(SCHEMA[path]) and path in defaults:
-            merged[path] = defaults[path]
-
     # MLFLOW_TRACKING_URI only fills a tracking URI nobody set.
     uri_key = "server.mlflow_tracking_uri"
     if merged[uri_key][1].kind == "default" and environ.get("MLFLOW_TRACKING_URI"):
@@ -720,7 +764,7 @@ def _build(
     config: TrackingConfig | None = None
     try:
         config = _CONVERTER.structure(data, TrackingConfig)
-    except Exception as exc:  # noqa: BLE001 - every structuring error becomes a problem
+    except Exception as exc:
         for path, message in _errors(exc, ""):
             problems.append(ConfigProblem(path, message, _where(path, sources)))
 

@@ -15,12 +15,15 @@ Rules (the current directory never matters):
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote
 
 import attrs
 
 __all__ = ["StoreLocation", "is_local_path", "resolve_registry_uri", "resolve_store"]
 
 STORE_DB = "mlflow.db"
+# URIs MLflow accepts without a colon; never folder names.
+_BARE_SCHEMES = frozenset({"databricks", "databricks-uc", "uc"})
 ARTIFACTS = "artifacts"
 
 
@@ -50,12 +53,14 @@ def _scheme(uri: str) -> str | None:
 
 def is_local_path(uri: str) -> bool:
     """True for a bare path or a ``file:`` URI."""
+    if uri in _BARE_SCHEMES:
+        return False
     scheme = _scheme(uri)
     return scheme is None or scheme == "file"
 
 
 def _file_uri_path(uri: str) -> str:
-    rest = uri[len("file:") :]
+    rest = unquote(uri[len("file:") :])
     if rest.startswith("//"):
         rest = rest[2:]
         # file://host/path: only an empty or localhost host is a local path.
@@ -90,6 +95,8 @@ def _holds_legacy_file_store(folder: Path) -> bool:
 def resolve_store(uri: str, root: Path) -> StoreLocation:
     """Resolve the configured tracking URI against the project root ``root`` (absolute)."""
     scheme = _scheme(uri)
+    if uri in _BARE_SCHEMES:
+        return StoreLocation(tracking_uri=uri)
     if scheme is None or scheme == "file":
         path = _file_uri_path(uri) if scheme == "file" else uri
         folder = _absolute(path, root)

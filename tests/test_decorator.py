@@ -1,0 +1,356 @@
+"""@tracked and the example scripts, on a real SQLite store in a temporary project."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from trackcfg import TrackingSession, load_config, tracked
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project folder with an mlflow.yml; its store is <project>/mlruns."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "pyproject.toml").write_text('[project]\nname = "proj"\n')
+    (root / "mlflow.yml").write_text(
+        "tracking:\n  experiment:\n    name: deco\n  disable_tracking:\n    pipelines: [skipped]\n"
+    )
+    return root
+
+
+def store(project: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+
+
+def runs(project: Path) -> list[Run]:
+    client = store(project)
+    exp = client.get_experiment_by_name("deco")
+    if exp is None:
+        return []
+    return list(client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]))
+
+
+def test_each_call_is_one_finished_run_with_bound_args_and_defaults(project: Path) -> None:
+    @tracked(project / "mlflow.yml")
+    def train(lr: float, epochs: int = 3, *, layers: tuple[int, ...] = (8, 4)) -> dict[str, float]:
+        return {"lr": lr}
+
+    assert train(0.1) == {"lr": 0.1}
+    assert train(0.2, epochs=5) == {"lr": 0.2}
+
+    found = runs(project)
+    assert [r.info.status for r in found] == ["FINISHED", "FINISHED"]
+    assert found[0].info.run_name.endswith("train")
+    assert found[0].data.params == {"lr": "0.1", "epochs": "3", "layers": "(8, 4)"}
+    assert found[1].data.params == {"lr": "0.2", "epochs": "5", "layers": "(8, 4)"}
+
+
+def test_params_list_logs_only_named_arguments_and_none_logs_nothing(project: Path) -> None:
+    @tracked(config=project / "mlflow.yml", params=["lr"])
+    def only_lr(lr: float, secret_path: str = "/x") -> None:
+        pass
+
+    @tracked(config=project / "mlflow.yml", params=None)
+    def nothing(lr: float) -> None:
+        pass
+
+    only_lr(0.5)
+    nothing(0.5)
+    found = runs(project)
+    assert found[0].data.params == {"lr": "0.5"}
+    assert found[1].data.params == {}
+
+
+def test_method_leaves_self_out_and_is_named_by_qualname(project: Path) -> None:
+    class Model:
+        @tracked(project / "mlflow.yml")
+        def fit(self, alpha: float) -> float:
+            return alpha * 2
+
+    assert Model().fit(1.5) == 3.0
+    (run,) = runs(project)
+    assert run.data.params == {"alpha": "1.5"}
+    assert run.info.run_name == "Model.fit"
+
+
+def test_name_and_run_name_override_the_function_name(project: Path) -> None:
+    @tracked(project / "mlflow.yml", name="custom")
+    def f() -> None:
+        pass
+
+    cfg = load_config(project / "mlflow.yml", overrides={"tracking.run.name": "from-config"})
+
+    @tracked(config=cfg)
+    def g() -> None:
+        pass
+
+    f()
+    g()
+    assert [r.info.run_name for r in runs(project)] == ["custom", "from-config"]
+
+
+def test_async_function_is_tracked_and_returns_its_result(project: Path) -> None:
+    @tracked(project / "mlflow.yml")
+    async def fetch(n: int) -> int:
+        await asyncio.sleep(0)
+        active = mlflow.active_run()
+        assert active is not None
+        mlflow.log_metric("inside", n)
+        return n + 1
+
+    assert inspect.iscoroutinefunction(fetch)
+    assert asyncio.run(fetch(4)) == 5
+    (run,) = runs(project)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"n": "4"}
+    assert run.data.metrics == {"inside": 4.0}
+
+
+def test_exception_propagates_unchanged_and_run_fails(project: Path) -> None:
+    class Boom(Exception):
+        pass
+
+    error = Boom("exact")
+
+    @tracked(project / "mlflow.yml")
+    def explode(x: int) -> None:
+        mlflow.log_metric("before", 1)
+        raise error
+
+    with pytest.raises(Boom) as info:
+        explode(1)
+    assert info.value is error
+    (run,) = runs(project)
+    assert run.info.status == "FAILED"
+    assert run.data.params == {"x": "1"}
+    assert run.data.metrics == {"before": 1.0}
+
+
+def test_keyboard_interrupt_kills_the_run(project: Path) -> None:
+    @tracked(project / "mlflow.yml")
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted()
+    assert [r.info.status for r in runs(project)] == ["KILLED"]
+
+
+def test_calls_inside_a_session_are_child_runs(project: Path) -> None:
+    @tracked(project / "mlflow.yml")
+    def trial(lr: float) -> float:
+        return lr
+
+    with TrackingSession.from_yaml(project / "mlflow.yml", name="sweep") as parent:
+        for lr in (0.1, 0.2, 0.3):
+            trial(lr)
+
+    found = runs(project)
+    children = [r for r in found if r.info.run_id != parent.run_id]
+    assert len(children) == 3
+    assert {r.data.tags.get("mlflow.parentRunId") for r in children} == {parent.run_id}
+    assert sorted(r.data.params["lr"] for r in children) == ["0.1", "0.2", "0.3"]
+    assert all(r.info.status == "FINISHED" for r in found)
+    assert mlflow.active_run() is None
+
+
+def test_nested_false_logs_into_the_active_run_and_leaves_it_open(project: Path) -> None:
+    cfg = load_config(project / "mlflow.yml", overrides={"tracking.run.nested": False})
+
+    @tracked(config=cfg)
+    def step(k: int) -> None:
+        mlflow.log_metric("k", k)
+
+    with TrackingSession.from_yaml(project / "mlflow.yml", name="outer") as outer:
+        step(7)
+        active = mlflow.active_run()
+        assert active is not None
+        assert outer.run_id is not None
+        assert active.info.run_id == outer.run_id
+        assert store(project).get_run(outer.run_id).info.status == "RUNNING"
+
+    (run,) = runs(project)
+    assert run.info.run_id == outer.run_id
+    assert run.data.params == {"k": "7"}
+    assert run.data.metrics == {"k": 7.0}
+    assert run.info.status == "FINISHED"
+
+
+def test_disable_tracking_matches_the_function_name(project: Path) -> None:
+    calls: list[int] = []
+
+    @tracked(project / "mlflow.yml")
+    def skipped(x: int) -> int:
+        calls.append(x)
+        assert mlflow.active_run() is None
+        return x
+
+    assert skipped(3) == 3
+    assert calls == [3]
+    assert not (project / "mlruns" / "mlflow.db").exists()
+
+
+def test_objects_without_text_form_are_logged_as_type_name_with_warning(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Opaque:
+        __slots__ = ()
+
+    class Broken:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    @tracked(project / "mlflow.yml")
+    def f(model: Any, other: Any, fine: Path) -> None:
+        pass
+
+    with caplog.at_level(logging.WARNING, logger="trackcfg"):
+        f(Opaque(), Broken(), Path("/data/x.csv"))
+    (run,) = runs(project)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"model": "Opaque", "other": "Broken", "fine": "/data/x.csv"}
+    assert "'model'" in caplog.text
+    assert "'other'" in caplog.text
+
+
+def test_signature_docstring_and_name_are_kept(project: Path) -> None:
+    def original(a: int, b: str = "x") -> str:
+        """Doc of original."""
+        return b * a
+
+    wrapped = tracked(project / "mlflow.yml")(original)
+    assert inspect.signature(wrapped) == inspect.signature(original)
+    assert wrapped.__doc__ == "Doc of original."
+    assert wrapped.__name__ == "original"
+    assert wrapped.__wrapped__ is original  # type: ignore[attr-defined]
+
+
+def test_bare_decorator_discovers_config_from_the_defining_file_not_the_cwd(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = project / "pipeline.py"
+    module.write_text(
+        textwrap.dedent(
+            """
+            from trackcfg import tracked
+
+            @tracked
+            def bare(n: int) -> int:
+                return n * 2
+            """
+        )
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.syspath_prepend(str(project))
+    import importlib
+
+    mod = importlib.import_module("pipeline")
+    try:
+        assert mod.bare(21) == 42
+    finally:
+        sys.modules.pop("pipeline", None)
+    (run,) = runs(project)
+    assert run.data.params == {"n": "21"}
+    assert not (elsewhere / "mlruns").exists()
+
+
+def test_decorating_reads_no_file_and_imports_no_mlflow(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from trackcfg import tracked
+
+        @tracked({str(tmp_path / "missing.yml")!r})
+        def f(x): return x
+
+        @tracked
+        def g(x): return x
+
+        assert "mlflow" not in sys.modules, "decorating imported mlflow"
+        try:
+            f(1)
+        except ValueError as exc:
+            print("ERR", exc)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ERR" in done.stdout
+    assert "missing.yml" in done.stdout
+
+
+# ----------------------------------------------------------------------------- examples
+
+
+def _copy_examples(tmp_path: Path) -> Path:
+    root = tmp_path / "examples-project"
+    shutil.copytree(REPO / "examples", root / "examples")
+    (root / "pyproject.toml").write_text('[project]\nname = "examples-project"\n')
+    return root
+
+
+def _run_example(root: Path, script: str, cwd: Path) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, str(root / "examples" / script)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.split()
+
+
+def _example_store(root: Path) -> Callable[[str], Run]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    return client.get_run
+
+
+def test_script_quickstart_example_creates_a_finished_run(tmp_path: Path) -> None:
+    root = _copy_examples(tmp_path)
+    run_id = _run_example(root, "script_quickstart.py", cwd=tmp_path)[-1]
+    run = _example_store(root)(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "script_quickstart"
+    assert run.data.params == {"model.kind": "ridge", "model.alpha": "0.5", "folds": "3"}
+    assert run.data.tags["stage"] == "quickstart"
+    assert set(run.data.metrics) == {"rmse"}
+
+
+def test_decorated_sweep_example_makes_one_child_run_per_trial(tmp_path: Path) -> None:
+    root = _copy_examples(tmp_path)
+    lines = _run_example(root, "decorated_sweep.py", cwd=tmp_path)
+    parent_id, trial_ids = lines[0], lines[1::2]
+    get_run = _example_store(root)
+    parent = get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert "best_score" in parent.data.metrics
+    assert len(trial_ids) == 6
+    for trial_id in trial_ids:
+        child = get_run(trial_id)
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.parentRunId"] == parent_id
+        assert set(child.data.params) == {"lr", "depth"}
+        assert "score" in child.data.metrics

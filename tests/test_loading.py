@@ -1,0 +1,1129 @@
+"""``load_config``: files, layering, provenance, errors, credentials, project root."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trackcfg import ConfigError, LongParamsStrategy, TrackcfgError, TrackingConfig, load_config
+from trackcfg._loading import find_project_root
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(path: Path, text: str) -> Path:
+    """Write dedented YAML; line 1 of the file is the first line of ``text``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def line_of(path: Path, needle: str) -> int:
+    """1-based number of the first line of ``path`` containing ``needle``."""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if needle in line:
+            return number
+    raise AssertionError(f"{needle!r} not in {path}")
+
+
+def value_at(config: TrackingConfig, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def load_error(*args: Any, **kwargs: Any) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(*args, **kwargs)
+    return info.value
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project folder with a ``pyproject.toml`` (so it is the project root)."""
+    folder = tmp_path / "proj"
+    write(folder / "pyproject.toml", '[project]\nname = "proj"\n')
+    return folder
+
+
+@pytest.fixture
+def markerless(tmp_path: Path) -> Path:
+    """A folder with no ``pyproject.toml`` or ``.git`` at or above it."""
+    if find_project_root(tmp_path) is not None:
+        pytest.skip(f"a project marker exists above {tmp_path}")
+    return tmp_path
+
+
+# --------------------------------------------------------------------------------------------
+# Defaults.
+
+SCHEMA_DEFAULTS: dict[str, Any] = {
+    "server.mlflow_tracking_uri": "mlruns",
+    "server.mlflow_registry_uri": None,
+    "server.credentials": None,
+    "server.request_header_provider.type": None,
+    "server.request_header_provider.pass_context": False,
+    "server.request_header_provider.init_kwargs": {},
+    "tracking.disable_tracking.pipelines": (),
+    "tracking.disable_tracking.disable_autologging": True,
+    "tracking.experiment.name": None,
+    "tracking.experiment.create": True,
+    "tracking.experiment.restore_if_deleted": True,
+    "tracking.experiment.create_experiment_kwargs.artifact_location": None,
+    "tracking.experiment.create_experiment_kwargs.tags": None,
+    "tracking.run.id": None,
+    "tracking.run.name": None,
+    "tracking.run.nested": True,
+    "tracking.params.dict_params.flatten": False,
+    "tracking.params.dict_params.recursive": True,
+    "tracking.params.dict_params.sep": ".",
+    "tracking.params.long_params_strategy": LongParamsStrategy.FAIL,
+    "ui.port": None,
+    "ui.host": None,
+}
+
+
+def test_without_any_file_every_key_has_its_schema_default() -> None:
+    config = load_config()
+
+    assert {key: value_at(config, key) for key in SCHEMA_DEFAULTS} == SCHEMA_DEFAULTS
+    assert config == TrackingConfig()
+    assert config.files == ()
+
+
+def test_without_any_file_every_key_comes_from_default() -> None:
+    config = load_config()
+
+    assert set(config.sources) == set(SCHEMA_DEFAULTS)
+    assert {str(source) for source in config.sources.values()} == {"default"}
+    assert config.server.mlflow_tracking_uri == "mlruns"
+    assert str(config.sources["server.mlflow_tracking_uri"]) == "default"
+
+
+# --------------------------------------------------------------------------------------------
+# Layering: defaults < user file < conf/base < conf/<env> < TRACKCFG_* < overrides.
+
+LAYERS = ("user", "base", "env_file", "env_var", "override")
+
+
+def _load_with_run_keys(
+    settings: dict[str, dict[str, str]],
+    project: Path,
+    user_config_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[TrackingConfig, dict[str, str]]:
+    """Load ``project/conf`` with ``settings[layer] = {run key: value}`` set in each layer.
+
+    Returns the config and, per layer, what ``str(source)`` of a key it set must read
+    (``{key}`` stands for the key's name)."""
+    files = {
+        "user": user_config_dir / "mlflow.yml",
+        "base": project / "conf" / "base" / "mlflow.yml",
+        "env_file": project / "conf" / "local" / "mlflow.yml",
+    }
+    # Every file exists, so each layer is read even when it sets nothing under tracking.run.
+    for file in files.values():
+        write(file, "tracking:\n  experiment:\n    create: true\n")
+    overrides: dict[str, Any] = {}
+    for layer, keys in settings.items():
+        if layer in files:
+            lines = "".join(f"    {key}: {value}\n" for key, value in keys.items())
+            write(files[layer], f"# {layer}\ntracking:\n  run:\n{lines}")
+        for key, value in keys.items():
+            if layer == "env_var":
+                monkeypatch.setenv(f"TRACKCFG_TRACKING__RUN__{key.upper()}", value)
+            elif layer == "override":
+                overrides[f"tracking.run.{key}"] = value
+    sources = {layer: f"{file}:{{line}}" for layer, file in files.items()} | {
+        "env_var": "env TRACKCFG_TRACKING__RUN__{KEY}",
+        "override": "override 'tracking.run.{key}'",
+    }
+    return load_config(project / "conf", overrides=overrides), sources
+
+
+def _source_text(template: str, key: str) -> str:
+    """Fill in a template from ``_load_with_run_keys`` for ``key``."""
+    line = 0
+    if "{line}" in template:
+        line = line_of(Path(template.rpartition(":")[0]), f"{key}:")
+    return template.format(key=key, KEY=key.upper(), line=line)
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        *([layer] for layer in LAYERS),
+        *(list(pair) for pair in itertools.combinations(LAYERS, 2)),
+        list(LAYERS),
+    ],
+    ids=lambda layers: "+".join(layers),
+)
+def test_the_highest_layer_setting_a_key_wins_and_is_its_source(
+    layers: list[str], project: Path, user_config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    winner = max(layers, key=LAYERS.index)
+
+    config, sources = _load_with_run_keys(
+        {layer: {"name": f"from-{layer}"} for layer in layers},
+        project,
+        user_config_dir,
+        monkeypatch,
+    )
+
+    assert config.tracking.run.name == f"from-{winner}"
+    assert str(config.sources["tracking.run.name"]) == _source_text(sources[winner], "name")
+    assert str(config.sources["tracking.run.nested"]) == "default"
+
+
+@pytest.mark.parametrize(
+    ("lower", "higher"),
+    list(itertools.combinations(LAYERS, 2)),
+    ids=[f"{a}<{b}" for a, b in itertools.combinations(LAYERS, 2)],
+)
+def test_a_lower_layer_shows_through_where_a_higher_one_is_silent(
+    lower: str,
+    higher: str,
+    project: Path,
+    user_config_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config, sources = _load_with_run_keys(
+        {lower: {"name": "low-name", "id": "low-id"}, higher: {"id": "high-id"}},
+        project,
+        user_config_dir,
+        monkeypatch,
+    )
+
+    assert config.tracking.run.name == "low-name"
+    assert config.tracking.run.id == "high-id"
+    assert str(config.sources["tracking.run.name"]) == _source_text(sources[lower], "name")
+    assert str(config.sources["tracking.run.id"]) == _source_text(sources[higher], "id")
+
+
+def test_project_files_merge_key_by_key(project: Path) -> None:
+    base = write(
+        project / "conf" / "base" / "mlflow.yml",
+        """
+        tracking:
+          run:
+            name: nightly
+          experiment:
+            name: base-exp
+        """,
+    )
+    local = write(
+        project / "conf" / "local" / "mlflow.yml",
+        """
+        tracking:
+          run:
+            nested: false
+        """,
+    )
+
+    config = load_config(project / "conf")
+
+    assert config.tracking.run.name == "nightly"
+    assert config.tracking.run.nested is False
+    assert config.tracking.experiment.name == "base-exp"
+    assert str(config.sources["tracking.run.name"]) == f"{base}:3"
+    assert str(config.sources["tracking.run.nested"]) == f"{local}:3"
+    assert config.files == (base, local)
+
+
+def test_an_empty_section_in_the_env_file_keeps_the_base_values(project: Path) -> None:
+    write(project / "conf" / "base" / "mlflow.yml", "tracking:\n  run:\n    name: nightly\n")
+    write(project / "conf" / "local" / "mlflow.yml", "tracking:\n  run: {}\n")
+
+    config = load_config(project / "conf")
+
+    assert config.tracking.run.name == "nightly"
+
+
+def test_a_null_section_means_its_defaults(project: Path) -> None:
+    file = write(
+        project / "mlflow.yml",
+        """
+        tracking:
+          run:
+          # name: nightly
+        ui:
+          port: 5000
+        """,
+    )
+
+    config = load_config(file)
+
+    assert config.tracking.run.nested is True
+    assert config.ui.port == 5000
+
+
+def test_user_file_is_read_from_the_platform_user_config_dir(user_config_dir: Path) -> None:
+    user_file = write(user_config_dir / "mlflow.yml", "ui:\n  host: 0.0.0.0\n")
+
+    config = load_config()
+
+    assert user_file == Path(os.environ["XDG_CONFIG_HOME"]) / "trackcfg" / "mlflow.yml"
+    assert config.ui.host == "0.0.0.0"
+    assert str(config.sources["ui.host"]) == f"{user_file}:2"
+    assert config.files == (user_file,)
+
+
+@pytest.mark.parametrize(
+    ("env_arg", "trackcfg_env", "expected"),
+    [
+        (None, None, "from-local"),
+        (None, "prod", "from-prod"),
+        ("staging", None, "from-staging"),
+        ("staging", "prod", "from-staging"),
+        ("base", None, "from-base"),
+    ],
+)
+def test_environment_comes_from_the_argument_then_trackcfg_env_then_local(
+    project: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    env_arg: str | None,
+    trackcfg_env: str | None,
+    expected: str,
+) -> None:
+    for env in ("base", "local", "prod", "staging"):
+        write(project / "conf" / env / "mlflow.yml", f"tracking:\n  run:\n    name: from-{env}\n")
+    if trackcfg_env is not None:
+        monkeypatch.setenv("TRACKCFG_ENV", trackcfg_env)
+
+    config = load_config(project / "conf", env=env_arg)
+
+    assert config.tracking.run.name == expected
+
+
+def test_an_environment_without_its_own_file_uses_base(project: Path) -> None:
+    base = write(project / "conf" / "base" / "mlflow.yml", "tracking:\n  run:\n    name: b\n")
+    (project / "conf" / "prod").mkdir()
+
+    config = load_config(project / "conf", env="prod")
+
+    assert config.tracking.run.name == "b"
+    assert config.files == (base,)
+
+
+def test_env_var_values_are_yaml_scalars(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRACKCFG_TRACKING__RUN__NESTED", "false")
+    monkeypatch.setenv("TRACKCFG_UI__PORT", "5000")
+    monkeypatch.setenv("TRACKCFG_TRACKING__DISABLE_TRACKING__PIPELINES", "[etl, report]")
+    monkeypatch.setenv("TRACKCFG_TRACKING__PARAMS__LONG_PARAMS_STRATEGY", "tag")
+
+    config = load_config()
+
+    assert config.tracking.run.nested is False
+    assert config.ui.port == 5000
+    assert config.tracking.disable_tracking.pipelines == ("etl", "report")
+    assert config.tracking.params.long_params_strategy is LongParamsStrategy.TAG
+    assert str(config.sources["ui.port"]) == "env TRACKCFG_UI__PORT"
+
+
+def test_trackcfg_variables_without_double_underscore_are_not_config_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TRACKCFG_DISABLE", "1")
+    monkeypatch.setenv("TRACKCFG_SOMETHING_ELSE", "x")
+
+    assert load_config() == TrackingConfig()
+
+
+def test_overrides_take_dotted_keys_enums_and_whole_sections() -> None:
+    config = load_config(
+        overrides={
+            "tracking.run.name": "nightly",
+            "tracking.params.long_params_strategy": LongParamsStrategy.TRUNCATE,
+            "ui": {"port": 8080},
+        }
+    )
+
+    assert config.tracking.run.name == "nightly"
+    assert config.tracking.params.long_params_strategy is LongParamsStrategy.TRUNCATE
+    assert config.ui.port == 8080
+    assert str(config.sources["tracking.run.name"]) == "override 'tracking.run.name'"
+    assert str(config.sources["ui.port"]) == "override 'ui'"
+
+
+def test_every_kind_of_source_is_recorded_per_leaf(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = write(
+        project / "mlflow.yml",
+        """
+        # a comment line
+        tracking:
+          experiment:
+            name: exp
+        """,
+    )
+    monkeypatch.setenv("TRACKCFG_UI__HOST", "0.0.0.0")
+
+    config = load_config(file, overrides={"tracking.run.name": "nightly"})
+
+    assert str(config.sources["tracking.experiment.name"]) == f"{file}:4"
+    assert str(config.sources["ui.host"]) == "env TRACKCFG_UI__HOST"
+    assert str(config.sources["tracking.run.name"]) == "override 'tracking.run.name'"
+    assert str(config.sources["tracking.run.nested"]) == "default"
+    assert config.sources["tracking.experiment.name"].line == 4
+
+
+# --------------------------------------------------------------------------------------------
+# MLFLOW_TRACKING_URI fills only an unset tracking URI.
+
+
+def test_mlflow_tracking_uri_fills_an_unset_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+
+    config = load_config()
+
+    assert config.server.mlflow_tracking_uri == "http://127.0.0.1:5000"
+    assert str(config.sources["server.mlflow_tracking_uri"]) == "env MLFLOW_TRACKING_URI"
+
+
+def test_mlflow_tracking_uri_fills_a_uri_left_null_in_the_file(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = write(project / "mlflow.yml", "server:\n  mlflow_tracking_uri: null\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+
+    assert load_config(file).server.mlflow_tracking_uri == "http://127.0.0.1:5000"
+
+
+def test_null_tracking_uri_without_mlflow_tracking_uri_is_mlruns(project: Path) -> None:
+    file = write(project / "mlflow.yml", "server:\n  mlflow_tracking_uri: null\n")
+
+    assert load_config(file).server.mlflow_tracking_uri == "mlruns"
+
+
+@pytest.mark.parametrize("where", ["project", "user"])
+def test_mlflow_tracking_uri_never_replaces_a_uri_set_in_a_file(
+    where: str, project: Path, user_config_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = project if where == "project" else user_config_dir
+    file = write(folder / "mlflow.yml", "server:\n  mlflow_tracking_uri: sqlite:///runs.db\n")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+
+    config = load_config(project / "mlflow.yml" if where == "project" else None)
+
+    assert config.server.mlflow_tracking_uri == "sqlite:///runs.db"
+    assert str(config.sources["server.mlflow_tracking_uri"]) == f"{file}:2"
+
+
+def test_trackcfg_variable_and_override_beat_mlflow_tracking_uri(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow-var")
+    monkeypatch.setenv("TRACKCFG_SERVER__MLFLOW_TRACKING_URI", "http://trackcfg-var")
+
+    assert load_config().server.mlflow_tracking_uri == "http://trackcfg-var"
+    overridden = load_config(overrides={"server.mlflow_tracking_uri": "http://override"})
+    assert overridden.server.mlflow_tracking_uri == "http://override"
+
+
+# --------------------------------------------------------------------------------------------
+# Null means default.
+
+
+def test_null_means_the_default_for_keys_that_have_one(project: Path) -> None:
+    file = write(
+        project / "mlflow.yml",
+        """
+        tracking:
+          disable_tracking:
+            pipelines: null
+          run:
+            nested: null
+          params:
+            dict_params:
+              sep: null
+            long_params_strategy: null
+        """,
+    )
+
+    config = load_config(file)
+
+    assert config.tracking.params.dict_params.sep == "."
+    assert config.tracking.run.nested is True
+    assert config.tracking.disable_tracking.pipelines == ()
+    assert config.tracking.params.long_params_strategy is LongParamsStrategy.FAIL
+
+
+# --------------------------------------------------------------------------------------------
+# Errors: one ConfigError with every problem, each with where it came from.
+
+
+def test_config_error_is_a_value_error_and_a_trackcfg_error(project: Path) -> None:
+    file = write(project / "mlflow.yml", "ui:\n  port: 70000\n")
+
+    error = load_error(file)
+
+    assert isinstance(error, ValueError)
+    assert isinstance(error, TrackcfgError)
+
+
+def test_malformed_yaml_names_the_file_and_line(project: Path) -> None:
+    file = write(
+        project / "mlflow.yml",
+        """
+        tracking:
+          run:
+            name: a: b
+        """,
+    )
+
+    error = load_error(file)
+
+    assert len(error.problems) == 1
+    assert error.problems[0].where == f"{file}:3"
+    assert f"{file}:3" in str(error)
+    assert "malformed YAML" in str(error)
+
+
+def test_duplicate_key_is_malformed_yaml_with_its_line(project: Path) -> None:
+    file = write(project / "mlflow.yml", "ui:\n  port: 1\n  port: 2\n")
+
+    error = load_error(file)
+
+    assert f"{file}:3" in str(error)
+    assert 'duplicate key "port"' in str(error)
+
+
+def test_wrong_type_says_what_was_expected_and_where(project: Path) -> None:
+    file = write(
+        project / "mlflow.yml",
+        """
+        tracking:
+          run:
+            nested: "maybe"
+        """,
+    )
+
+    error = load_error(file)
+
+    assert str(error.problems[0]) == (
+        f"{file}:3: 'tracking.run.nested': expected true or false, got 'maybe' (str)"
+    )
+    assert "expected true or false" in str(error)
+
+
+def test_unknown_key_names_it_and_suggests_the_closest_valid_key(project: Path) -> None:
+    file = write(
+        project / "mlflow.yml",
+        """
+        tracking:
+          run:
+            nestd: false
+        """,
+    )
+
+    error = load_error(file)
+
+    assert str(error.problems[0]) == (
+        f"{file}:3: 'tracking.run.nestd': unknown key; did you mean 'nested'?"
+    )
+
+
+def test_unknown_key_without_a_close_match_lists_the_valid_keys(project: Path) -> None:
+    file = write(project / "mlflow.yml", "ui:\n  colour: blue\n")
+
+    error = load_error(file)
+
+    assert "'ui.colour': unknown key; valid keys in 'ui': host, port" in str(error)
+
+
+def test_unknown_top_level_key_suggests_the_section(project: Path) -> None:
+    file = write(project / "mlflow.yml", "servr:\n  credentials: x\n")
+
+    assert "'servr': unknown key; did you mean 'server'?" in str(load_error(file))
+
+
+def test_enum_value_error_lists_the_allowed_values(project: Path) -> None:
+    file = write(
+        project / "mlflow.yml",
+        """
+        tracking:
+          params:
+            long_params_strategy: drop
+        """,
+    )
+
+    error = load_error(file)
+
+    assert str(error.problems[0]) == (
+        f"{file}:3: 'tracking.params.long_params_strategy': "
+        "must be one of 'fail', 'truncate', 'tag', got 'drop'"
+    )
+
+
+def test_bad_override_key_names_the_override() -> None:
+    error = load_error(overrides={"tracking.run.nam": "nightly"})
+
+    assert str(error.problems[0]) == (
+        "override 'tracking.run.nam': 'tracking.run.nam': unknown key; did you mean 'name'?"
+    )
+
+
+def test_bad_override_value_names_the_override() -> None:
+    error = load_error(overrides={"ui.port": "abc"})
+
+    assert "override 'ui.port'" in str(error)
+    assert "expected an integer" in str(error)
+
+
+def test_unknown_env_var_key_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRACKCFG_TRACKING__RUN__NESTD", "false")
+
+    error = load_error()
+
+    assert "env TRACKCFG_TRACKING__RUN__NESTD" in str(error)
+    assert "'tracking.run.nestd': unknown key; did you mean 'nested'?" in str(error)
+
+
+def test_missing_credentials_entry_names_it_and_where_it_looked(
+    project: Path, user_config_dir: Path
+) -> None:
+    file = write(project / "mlflow.yml", "server:\n  credentials: mlflow_creds\n")
+    write(project / "credentials.yml", "other_creds:\n  TOKEN: x\n")
+
+    error = load_error(file)
+
+    assert error.problems[0].key == "server.credentials"
+    assert error.problems[0].where == f"{file}:2"
+    message = str(error)
+    assert "no credentials entry named 'mlflow_creds'" in message
+    assert str(project / "credentials.yml") in message
+    assert str(user_config_dir / "credentials.yml") in message
+
+
+def test_empty_sep_is_refused_with_its_line(project: Path) -> None:
+    file = write(
+        project / "mlflow.yml",
+        """
+        tracking:
+          params:
+            dict_params:
+              sep: ""
+        """,
+    )
+
+    assert str(load_error(file).problems[0]) == (
+        f"{file}:4: 'tracking.params.dict_params.sep': must not be empty"
+    )
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "'65536'"])
+def test_ui_port_out_of_range_is_refused(project: Path, port: str) -> None:
+    file = write(project / "mlflow.yml", f"ui:\n  port: {port}\n")
+
+    error = load_error(file)
+
+    assert error.problems[0].where == f"{file}:2"
+    assert "'ui.port': must be between 0 and 65535" in str(error)
+
+
+def test_ui_port_that_is_not_a_number_is_refused(project: Path) -> None:
+    file = write(project / "mlflow.yml", "ui:\n  port: http\n")
+
+    assert "'ui.port': expected an integer, got 'http'" in str(load_error(file))
+
+
+def test_every_problem_of_a_file_is_reported_in_one_error(project: Path) -> None:
+    file = write(
+        project / "mlflow.yml",
+        """
+        tracking:
+          run:
+            nestd: true
+            nested: "maybe"
+          params:
+            long_params_strategy: drop
+            dict_params:
+              sep: ""
+        ui:
+          port: 99999
+        """,
+    )
+
+    error = load_error(file)
+
+    assert len(error.problems) == 5
+    assert sorted(p.where or "" for p in error.problems) == sorted(
+        f"{file}:{line}" for line in (3, 4, 6, 8, 10)
+    )
+    assert "invalid trackcfg configuration (5 problems)" in str(error)
+
+
+def test_problems_from_files_env_vars_and_overrides_come_together(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(project / "conf" / "base" / "mlflow.yml", "ui:\n  port: [1\n")
+    write(project / "conf" / "local" / "mlflow.yml", "tracking:\n  run:\n    nestd: true\n")
+    monkeypatch.setenv("TRACKCFG_UI__PROT", "1")
+
+    error = load_error(project / "conf", overrides={"tracking.experiment.nam": "x"})
+
+    wheres = [p.where or "" for p in error.problems]
+    assert len(error.problems) == 4
+    assert any(w.startswith(str(project / "conf" / "base" / "mlflow.yml")) for w in wheres)
+    assert f"{project / 'conf' / 'local' / 'mlflow.yml'}:3" in wheres
+    assert "env TRACKCFG_UI__PROT" in wheres
+    assert "override 'tracking.experiment.nam'" in wheres
+
+
+def test_tagged_yaml_values_are_refused(project: Path) -> None:
+    file = write(
+        project / "mlflow.yml",
+        """
+        tracking:
+          run:
+            name: !!python/name:os.system
+        """,
+    )
+
+    error = load_error(file)
+
+    assert str(error.problems[0]).startswith(f"{file}:3: 'tracking.run.name': tagged values")
+    assert "are not allowed" in str(error)
+
+
+def test_a_file_that_is_not_a_mapping_is_refused(project: Path) -> None:
+    file = write(project / "mlflow.yml", "- server\n- tracking\n")
+
+    assert "expected a mapping at the top" in str(load_error(file))
+
+
+def test_a_missing_path_is_a_config_error(tmp_path: Path) -> None:
+    error = load_error(tmp_path / "nowhere.yml")
+
+    assert f"no such file or folder: {tmp_path / 'nowhere.yml'}" in str(error)
+
+
+def test_a_conf_folder_without_mlflow_yml_is_a_config_error(project: Path) -> None:
+    (project / "conf" / "base").mkdir(parents=True)
+
+    assert "no mlflow.yml in" in str(load_error(project / "conf"))
+
+
+def _run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_config_error_is_raised_before_mlflow_is_imported(project: Path) -> None:
+    file = write(project / "mlflow.yml", "tracking:\n  run:\n    nestd: true\n")
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import trackcfg
+        try:
+            trackcfg.load_config({str(file)!r})
+        except trackcfg.ConfigError as exc:
+            print("ConfigError:", exc)
+        print("mlflow imported:", "mlflow" in sys.modules)
+        """
+    )
+
+    result = _run_python(code, project)
+
+    assert result.returncode == 0, result.stderr
+    assert "did you mean 'nested'?" in result.stdout
+    assert "mlflow imported: False" in result.stdout
+
+
+def test_loading_a_valid_config_never_imports_mlflow(project: Path) -> None:
+    file = write(project / "mlflow.yml", "tracking:\n  run:\n    name: x\n")
+    code = (
+        "import sys, trackcfg\n"
+        f"assert trackcfg.load_config({str(file)!r}).tracking.run.name == 'x'\n"
+        "print('mlflow imported:', 'mlflow' in sys.modules)\n"
+    )
+
+    result = _run_python(code, project)
+
+    assert result.returncode == 0, result.stderr
+    assert "mlflow imported: False" in result.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# kedro-mlflow 2.0.3 compatibility.
+
+# Same keys, nesting and values as the `mlflow.yml` that kedro-mlflow 2.0.3's project template
+# writes (its `{{ python_package }}` rendered as my_package); comments are our own.
+KEDRO_MLFLOW_TEMPLATE = """
+# tracking server
+server:
+  mlflow_tracking_uri: null  # null: let MLFLOW_TRACKING_URI or the default decide
+  mlflow_registry_uri: null
+  credentials: null
+  request_header_provider:
+    type: null
+    pass_context: False
+    init_kwargs: {}
+
+tracking:
+  disable_tracking:
+    disable_autologging: True
+    pipelines: []
+
+  experiment:
+    name: my_package
+    create_experiment_kwargs:
+      artifact_location: null
+      tags: null
+    restore_if_deleted: True
+
+  run:
+    id: null
+    name: null
+    nested: True
+
+  params:
+    dict_params:
+      flatten: False
+      recursive: True
+      sep: "."
+    long_params_strategy: fail
+
+# web UI
+ui:
+  port: "5000"  # a string in kedro-mlflow
+  host: "127.0.0.1"
+"""
+
+
+def test_kedro_mlflow_2_0_3_template_loads_unchanged(project: Path) -> None:
+    file = write(project / "conf" / "local" / "mlflow.yml", KEDRO_MLFLOW_TEMPLATE)
+
+    config = load_config(project / "conf")
+
+    assert config.server.mlflow_tracking_uri == "mlruns"
+    assert config.server.mlflow_registry_uri is None
+    assert config.server.credentials is None
+    assert config.server.request_header_provider.type is None
+    assert config.server.request_header_provider.pass_context is False
+    assert dict(config.server.request_header_provider.init_kwargs) == {}
+    assert config.tracking.disable_tracking.disable_autologging is True
+    assert config.tracking.disable_tracking.pipelines == ()
+    assert config.tracking.experiment.name == "my_package"
+    assert config.tracking.experiment.create is True
+    assert config.tracking.experiment.restore_if_deleted is True
+    assert config.tracking.experiment.create_experiment_kwargs.artifact_location is None
+    assert config.tracking.experiment.create_experiment_kwargs.tags is None
+    assert (config.tracking.run.id, config.tracking.run.name) == (None, None)
+    assert config.tracking.run.nested is True
+    assert config.tracking.params.dict_params.flatten is False
+    assert config.tracking.params.dict_params.recursive is True
+    assert config.tracking.params.dict_params.sep == "."
+    assert config.tracking.params.long_params_strategy is LongParamsStrategy.FAIL
+    assert config.ui.port == 5000
+    assert isinstance(config.ui.port, int)
+    assert config.ui.host == "127.0.0.1"
+    assert str(config.sources["ui.port"]) == f"{file}:{line_of(file, 'port:')}"
+    assert config.project_root == project
+
+
+def test_kedro_mlflow_template_with_experiment_kwargs_filled_in(project: Path) -> None:
+    file = write(
+        project / "mlflow.yml",
+        """
+        tracking:
+          experiment:
+            create_experiment_kwargs:
+              artifact_location: s3://bucket/artifacts
+              tags: {team: ml, stage: dev}
+        server:
+          request_header_provider:
+            type: my_package.auth.TokenProvider
+            pass_context: true
+            init_kwargs: {refresh: 60}
+        """,
+    )
+
+    config = load_config(file)
+
+    kwargs = config.tracking.experiment.create_experiment_kwargs
+    assert kwargs.artifact_location == "s3://bucket/artifacts"
+    assert dict(kwargs.tags or {}) == {"team": "ml", "stage": "dev"}
+    assert config.server.request_header_provider.type == "my_package.auth.TokenProvider"
+    assert dict(config.server.request_header_provider.init_kwargs) == {"refresh": 60}
+
+
+def test_ui_port_as_an_int_works(project: Path) -> None:
+    file = write(project / "mlflow.yml", "ui:\n  port: 5000\n")
+
+    assert load_config(file).ui.port == 5000
+
+
+# --------------------------------------------------------------------------------------------
+# Credentials.
+
+SECRET = "s3cr3t-Value-9f2"  # must never be shown
+OTHER_SECRET = "t0ken-Value-7c1"  # must never be shown
+
+
+def _assert_masked(config: TrackingConfig) -> None:
+    assert config.credentials is not None
+    for shown in (repr(config), str(config), repr(config.credentials), str(config.credentials)):
+        assert SECRET not in shown
+        assert OTHER_SECRET not in shown
+
+
+def test_credentials_beside_the_config_file_are_loaded_and_masked(project: Path) -> None:
+    file = write(project / "mlflow.yml", "server:\n  credentials: mlflow_creds\n")
+    write(
+        project / "credentials.yml",
+        f"""
+        mlflow_creds:
+          AWS_SECRET_ACCESS_KEY: {SECRET}
+          MLFLOW_TRACKING_TOKEN: {OTHER_SECRET}
+        unrelated:
+          PASSWORD: not-ours
+        """,
+    )
+
+    config = load_config(file)
+
+    assert config.credentials is not None
+    assert config.credentials.name == "mlflow_creds"
+    assert config.credentials.as_env() == {
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "MLFLOW_TRACKING_TOKEN": OTHER_SECRET,
+    }
+    _assert_masked(config)
+
+
+def test_credentials_merge_across_conf_base_and_env(project: Path) -> None:
+    write(project / "conf" / "base" / "mlflow.yml", "server:\n  credentials: mlflow_creds\n")
+    write(project / "conf" / "local" / "mlflow.yml", "ui:\n  port: 5000\n")
+    write(
+        project / "conf" / "base" / "credentials.yml",
+        "mlflow_creds:\n  AWS_ACCESS_KEY_ID: base-id\n  AWS_SECRET_ACCESS_KEY: base-secret\n",
+    )
+    write(
+        project / "conf" / "local" / "credentials.yml",
+        f"mlflow_creds:\n  AWS_SECRET_ACCESS_KEY: {SECRET}\n",
+    )
+
+    config = load_config(project / "conf")
+
+    assert config.credentials is not None
+    assert config.credentials.as_env() == {
+        "AWS_ACCESS_KEY_ID": "base-id",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+    }
+    _assert_masked(config)
+
+
+def test_credentials_fall_back_to_the_user_config_dir(project: Path, user_config_dir: Path) -> None:
+    file = write(project / "mlflow.yml", "server:\n  credentials: mlflow_creds\n")
+    write(
+        user_config_dir / "credentials.yml", f"mlflow_creds:\n  MLFLOW_TRACKING_TOKEN: {SECRET}\n"
+    )
+
+    config = load_config(file)
+
+    assert config.credentials is not None
+    assert config.credentials.as_env() == {"MLFLOW_TRACKING_TOKEN": SECRET}
+    _assert_masked(config)
+
+
+def test_credential_values_become_strings(project: Path) -> None:
+    file = write(project / "mlflow.yml", "server:\n  credentials: c\n")
+    write(project / "credentials.yml", "c:\n  AWS_ACCESS_KEY_ID: 132456\n")
+
+    config = load_config(file)
+
+    assert config.credentials is not None
+    assert config.credentials.as_env() == {"AWS_ACCESS_KEY_ID": "132456"}
+
+
+def test_a_malformed_credentials_file_does_not_leak_secrets_in_the_error(project: Path) -> None:
+    file = write(project / "mlflow.yml", "server:\n  credentials: c\n")
+    write(project / "credentials.yml", f"c:\n  TOKEN: {SECRET}\n  TOKEN: {OTHER_SECRET}\n")
+
+    error = load_error(file)
+
+    assert SECRET not in str(error)
+    assert OTHER_SECRET not in str(error)
+
+
+# --------------------------------------------------------------------------------------------
+# Project root: nearest pyproject.toml/.git at or above the config, never the CWD.
+
+
+def test_root_is_the_nearest_folder_with_pyproject_above_the_config(project: Path) -> None:
+    file = write(project / "configs" / "tracking" / "mlflow.yml", "ui:\n  port: 1\n")
+
+    assert load_config(file).project_root == project
+
+
+def test_root_is_the_nearest_folder_with_git_above_the_config(markerless: Path) -> None:
+    repo = markerless / "repo"
+    (repo / ".git").mkdir(parents=True)
+    file = write(repo / "sub" / "mlflow.yml", "ui:\n  port: 1\n")
+
+    assert load_config(file).project_root == repo
+
+
+def test_the_nearest_marker_wins_over_one_further_up(project: Path) -> None:
+    inner = project / "packages" / "inner"
+    write(inner / "pyproject.toml", '[project]\nname = "inner"\n')
+    file = write(inner / "mlflow.yml", "ui:\n  port: 1\n")
+
+    assert load_config(file).project_root == inner
+
+
+def test_without_markers_the_root_is_the_config_files_folder(markerless: Path) -> None:
+    file = write(markerless / "experiments" / "mlflow.yml", "ui:\n  port: 1\n")
+
+    assert load_config(file).project_root == markerless / "experiments"
+
+
+def test_without_markers_a_conf_env_file_has_the_folder_above_conf_as_root(
+    markerless: Path,
+) -> None:
+    file = write(markerless / "kproj" / "conf" / "local" / "mlflow.yml", "ui:\n  port: 1\n")
+
+    assert load_config(file).project_root == markerless / "kproj"
+    assert load_config(markerless / "kproj" / "conf").project_root == markerless / "kproj"
+    assert load_config(markerless / "kproj").project_root == markerless / "kproj"
+
+
+def test_loading_from_another_cwd_gives_the_same_config(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = write(
+        project / "conf" / "local" / "mlflow.yml", "server:\n  mlflow_tracking_uri: runs\n"
+    )
+    first = load_config(file)
+    elsewhere = tmp_path / "elsewhere"
+    write(elsewhere / "pyproject.toml", '[project]\nname = "elsewhere"\n')
+    monkeypatch.chdir(elsewhere)
+
+    second = load_config(file)
+
+    assert second == first
+    assert second.project_root == first.project_root == project
+    assert second.default_experiment_name == first.default_experiment_name == "proj"
+    assert {k: str(v) for k, v in second.sources.items()} == {
+        k: str(v) for k, v in first.sources.items()
+    }
+
+
+def test_a_relative_path_argument_gives_the_same_root_as_an_absolute_one(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = write(project / "conf" / "base" / "mlflow.yml", "ui:\n  port: 1\n")
+    monkeypatch.chdir(project / "conf")
+
+    config = load_config("base/mlflow.yml")
+
+    assert config.project_root == project
+    assert config.files == (file,)
+
+
+def test_discovery_from_a_subfolder_finds_the_projects_conf_folder(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = write(project / "conf" / "local" / "mlflow.yml", "tracking:\n  run:\n    name: found\n")
+    (project / "src" / "proj").mkdir(parents=True)
+    monkeypatch.chdir(project / "src" / "proj")
+
+    config = load_config()
+
+    assert config.tracking.run.name == "found"
+    assert config.files == (file,)
+    assert config.project_root == project
+
+
+def test_discovery_from_a_subfolder_finds_the_projects_mlflow_yml(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = write(project / "mlflow.yml", "tracking:\n  run:\n    name: found\n")
+    (project / "notebooks").mkdir()
+    monkeypatch.chdir(project / "notebooks")
+
+    config = load_config()
+
+    assert config.tracking.run.name == "found"
+    assert config.files == (file,)
+    assert config.project_root == project
+
+
+def test_discovery_stops_at_the_project_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path / "mlflow.yml", "tracking:\n  run:\n    name: outside\n")
+    inner = tmp_path / "inner"
+    write(inner / "pyproject.toml", '[project]\nname = "inner"\n')
+    (inner / "src").mkdir()
+    monkeypatch.chdir(inner / "src")
+
+    config = load_config()
+
+    assert config.tracking.run.name is None
+    assert config.files == ()
+    assert config.project_root == inner
+
+
+# --------------------------------------------------------------------------------------------
+# Default experiment name.
+
+
+def test_kedro_package_name_wins_over_project_name(tmp_path: Path) -> None:
+    root = tmp_path / "folder-name"
+    write(
+        root / "pyproject.toml",
+        '[project]\nname = "dist-name"\n\n[tool.kedro]\npackage_name = "kedro_pkg"\n',
+    )
+    file = write(root / "mlflow.yml", "ui:\n  port: 1\n")
+
+    assert load_config(file).default_experiment_name == "kedro_pkg"
+
+
+def test_project_name_is_the_default_experiment_name(tmp_path: Path) -> None:
+    root = tmp_path / "folder-name"
+    write(root / "pyproject.toml", '[project]\nname = "dist-name"\n')
+    file = write(root / "mlflow.yml", "ui:\n  port: 1\n")
+
+    assert load_config(file).default_experiment_name == "dist-name"
+
+
+@pytest.mark.parametrize(
+    "pyproject",
+    [None, "[tool.black]\nline-length = 100\n", "this is [not toml"],
+    ids=["no-pyproject", "no-name", "unreadable"],
+)
+def test_otherwise_the_root_folders_name_is_the_default_experiment_name(
+    markerless: Path, pyproject: str | None
+) -> None:
+    root = markerless / "folder-name"
+    (root / ".git").mkdir(parents=True)
+    if pyproject is not None:
+        write(root / "pyproject.toml", pyproject)
+    file = write(root / "conf" / "local" / "mlflow.yml", "ui:\n  port: 1\n")
+
+    config = load_config(file)
+
+    assert config.default_experiment_name == "folder-name"
+    assert config.tracking.experiment.name is None

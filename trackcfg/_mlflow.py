@@ -1,0 +1,239 @@
+"""The real backend: the only module that imports mlflow.
+
+It is imported when a session starts, never by ``import trackcfg``.  MLflow errors are
+translated here, by error code (never by message text), into trackcfg's own.
+
+MLflow internals relied on (pinned by ``tests/test_mlflow_backend.py``):
+- ``mlflow.tracking._tracking_service.utils._tracking_uri``: whether a tracking URI was set
+  (``get_tracking_uri()`` cannot tell "unset" from a default), to give the state back;
+- ``mlflow.tracking._model_registry.utils._registry_uri``: the same for the registry URI;
+- ``mlflow.tracking.fluent._active_experiment_id``: so plain ``mlflow.start_run(nested=True)``
+  inside a session lands in the session's experiment, without a ``set_experiment`` request;
+- ``mlflow.tracking.fluent._active_run_stack``: to make a run that the session attached to
+  (and must not end) active, and to take it off again without terminating it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import mlflow
+from mlflow.entities import LifecycleStage, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
+from mlflow.tracking import MlflowClient
+from mlflow.tracking import _model_registry as _registry_pkg
+from mlflow.tracking import _tracking_service as _tracking_pkg
+from mlflow.tracking import fluent as _fluent
+from mlflow.utils import validation as _validation
+
+from ._backend import ExperimentRef, RunRef, RunStatus
+from ._params import Batch, Limits
+from .exceptions import ExperimentError, RunError
+
+__all__ = ["MlflowBackend"]
+
+# Typed as Any: we read and restore their module globals, which mlflow annotates as None.
+_tracking_utils: Any = _tracking_pkg.utils
+_registry_utils: Any = _registry_pkg.utils
+_fluent_state: Any = _fluent
+
+
+def _code(exc: MlflowException) -> int:
+    return int(ErrorCode.Value(exc.error_code))
+
+
+@attrs.frozen
+class _StoreToken:
+    tracking_uri: str | None
+    registry_uri: str | None
+    experiment_id: str | None
+
+
+def mlflow_limits() -> Limits:
+    """The installed mlflow's limits (6000-character param values in MLflow 3)."""
+    return Limits(
+        param_value=_validation.MAX_PARAM_VAL_LENGTH,
+        tag_value=_validation.MAX_TAG_VAL_LENGTH,
+        key=_validation.MAX_ENTITY_KEY_LENGTH,
+        params_per_batch=_validation.MAX_PARAMS_TAGS_PER_BATCH,
+        tags_per_batch=_validation.MAX_PARAMS_TAGS_PER_BATCH,
+        metrics_per_batch=_validation.MAX_METRICS_PER_BATCH,
+        entities_per_batch=_validation.MAX_ENTITIES_PER_BATCH,
+        request_bytes=_validation.MAX_BATCH_LOG_REQUEST_SIZE,
+    )
+
+
+@attrs.define
+class MlflowBackend:
+    tracking_uri: str
+    registry_uri: str | None = None
+    _client: Any = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+
+    def limits(self) -> Limits:
+        return mlflow_limits()
+
+    # ---------------------------------------------------------------- process-wide state
+
+    def use_store(self, registry_uri: str | None, experiment_id: str | None) -> object:
+        token = _StoreToken(
+            tracking_uri=_tracking_utils._tracking_uri,
+            registry_uri=_registry_utils._registry_uri,
+            experiment_id=_fluent_state._active_experiment_id,
+        )
+        mlflow.set_tracking_uri(self.tracking_uri)
+        if registry_uri is not None:
+            mlflow.set_registry_uri(registry_uri)
+        if experiment_id is not None:
+            _fluent_state._active_experiment_id = experiment_id
+        return token
+
+    def restore_store(self, token: object) -> None:
+        assert isinstance(token, _StoreToken)
+        # The session restores the environment variables these calls touch.
+        mlflow.set_tracking_uri(token.tracking_uri)  # type: ignore[arg-type]
+        if _registry_utils._registry_uri != token.registry_uri:
+            _registry_utils._registry_uri = token.registry_uri
+        _fluent_state._active_experiment_id = token.experiment_id
+
+    # ---------------------------------------------------------------- experiments
+
+    def get_experiment(self, name: str) -> ExperimentRef | None:
+        exp = self._client.get_experiment_by_name(name)
+        if exp is None:
+            return None
+        return ExperimentRef(
+            id=exp.experiment_id,
+            name=exp.name,
+            deleted=exp.lifecycle_stage == LifecycleStage.DELETED,
+        )
+
+    def create_experiment(
+        self, name: str, artifact_location: str | None, tags: Mapping[str, str] | None
+    ) -> str:
+        try:
+            return str(
+                self._client.create_experiment(
+                    name, artifact_location=artifact_location, tags=dict(tags or {})
+                )
+            )
+        except MlflowException as exc:
+            if _code(exc) == RESOURCE_ALREADY_EXISTS:
+                # Another process created it between our lookup and our create.
+                found = self.get_experiment(name)
+                if found is not None and not found.deleted:
+                    return found.id
+            raise ExperimentError(f"cannot create experiment {name!r}: {exc.message}") from exc
+
+    def restore_experiment(self, experiment_id: str) -> None:
+        self._client.restore_experiment(experiment_id)
+
+    # ---------------------------------------------------------------- runs
+
+    def get_run(self, run_id: str) -> RunRef | None:
+        try:
+            run = self._client.get_run(run_id)
+        except MlflowException as exc:
+            if _code(exc) in (RESOURCE_DOES_NOT_EXIST, INVALID_PARAMETER_VALUE):
+                return None
+            raise
+        return RunRef(
+            id=run.info.run_id,
+            experiment_id=run.info.experiment_id,
+            name=run.info.run_name,
+            status=RunStatus(run.info.status),
+            deleted=run.info.lifecycle_stage == LifecycleStage.DELETED,
+            params=dict(run.data.params),
+        )
+
+    def active_run_ids(self) -> list[str]:
+        return [str(run.info.run_id) for run in _fluent_state._active_run_stack.get()]
+
+    def active_run_id(self) -> str | None:
+        run = mlflow.active_run()
+        return None if run is None else str(run.info.run_id)
+
+    def start_run(
+        self,
+        *,
+        experiment_id: str,
+        name: str | None,
+        parent_run_id: str | None,
+        tags: Mapping[str, str],
+    ) -> RunRef:
+        # With MLFLOW_RUN_ID set, mlflow.start_run() would reopen that run instead of starting
+        # one; the session decided already what it means and restores the variable on exit.
+        os.environ.pop("MLFLOW_RUN_ID", None)
+        top = self.active_run_id()
+        if parent_run_id is not None and top == parent_run_id:
+            active = mlflow.start_run(
+                experiment_id=experiment_id, run_name=name, nested=True, tags=dict(tags)
+            )
+        elif top is None:
+            active = mlflow.start_run(
+                experiment_id=experiment_id,
+                run_name=name,
+                parent_run_id=parent_run_id,
+                tags=dict(tags),
+            )
+        else:
+            raise RunError(
+                f"cannot start a run under {parent_run_id!r} while run {top!r} is active "
+                "in this thread"
+            )
+        info = active.info
+        return RunRef(id=info.run_id, experiment_id=info.experiment_id, name=info.run_name)
+
+    def resume_run(self, run_id: str) -> None:
+        # No run_name: MLflow would rename the run it reopens.
+        mlflow.start_run(run_id=run_id, nested=self.active_run_id() is not None)
+
+    def push_active(self, run_id: str) -> None:
+        run = self._client.get_run(run_id)
+        _fluent_state._active_run_stack.get().append(_fluent_state.ActiveRun(run))
+
+    def pop_active(self, run_id: str) -> None:
+        stack = _fluent_state._active_run_stack.get()
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i].info.run_id == run_id:
+                del stack[i]
+                return
+
+    def end_run(self, run_id: str, status: RunStatus) -> None:
+        if self.active_run_id() == run_id:
+            mlflow.end_run(status.value)
+        else:
+            self.pop_active(run_id)
+            self._client.set_terminated(run_id, status.value)
+
+    # ---------------------------------------------------------------- logging
+
+    def log_batch(self, run_id: str, batch: Batch) -> None:
+        now = int(time.time() * 1000)
+        self._client.log_batch(
+            run_id,
+            metrics=[Metric(m.key, m.value, m.timestamp or now, m.step) for m in batch.metrics],
+            params=[Param(k, v) for k, v in batch.params],
+            tags=[RunTag(k, v) for k, v in batch.tags],
+        )
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self._client.log_text(run_id, text, artifact_file)
+
+    def log_dict(self, run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
+        self._client.log_dict(run_id, dict(data), artifact_file)
+
+    def log_artifact(self, run_id: str, path: str, artifact_path: str | None) -> None:
+        self._client.log_artifact(run_id, path, artifact_path)

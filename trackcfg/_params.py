@@ -1,0 +1,457 @@
+"""The param policy: pure steps from user params to what MLflow accepts, in few requests.
+
+Chained like processors: flatten → render → sanitize keys → long values → batches.
+Nothing here talks to MLflow (or imports it): the backend fills ``Limits`` from the installed
+mlflow and sends the ``Batch`` objects planned here.
+
+Why trackcfg checks what MLflow would check anyway: MLflow silently truncates long param
+values (over HTTP, on the server), rejects a batch that holds one key twice, and reports a bad
+key only once the run exists.  Deciding before anything is sent means a wrong param fails
+before a run is created, and the policy is the same whatever the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from trackcfg._config import LongParamsStrategy, ParamsConfig
+from trackcfg.exceptions import ConfigError, ConfigProblem, ParamValueTooLongError
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Batch",
+    "Limits",
+    "MetricPoint",
+    "PreparedParams",
+    "flatten",
+    "is_valid_key",
+    "plan_batches",
+    "prepare_params",
+    "prepare_tags",
+    "render_value",
+    "sanitize_key",
+]
+
+logger = logging.getLogger(__name__)
+
+_positive = attrs.validators.ge(1)
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """MLflow's limits; the backend fills them from the installed mlflow at run time."""
+
+    param_value: int = attrs.field(default=6000, validator=_positive)
+    tag_value: int = attrs.field(default=8000, validator=_positive)
+    key: int = attrs.field(default=250, validator=_positive)
+    params_per_batch: int = attrs.field(default=100, validator=_positive)
+    tags_per_batch: int = attrs.field(default=100, validator=_positive)
+    metrics_per_batch: int = attrs.field(default=1000, validator=_positive)
+    entities_per_batch: int = attrs.field(default=1000, validator=_positive)
+    """Params + tags + metrics in one request."""
+    request_bytes: int = attrs.field(default=1_000_000, validator=_positive)
+    """Rough payload budget of one request: the sum of key + value lengths."""
+
+
+DEFAULT_LIMITS = Limits()
+"""MLflow 3.17's limits: what ``limits=None`` means, for callers that have no mlflow at hand."""
+
+
+@attrs.frozen(kw_only=True)
+class PreparedParams:
+    """What to send for a params mapping once the policy has been applied."""
+
+    params: dict[str, str] = attrs.field(factory=dict)
+    """To log as params: valid unique keys, values within the param limit."""
+    tags: dict[str, str] = attrs.field(factory=dict)
+    """Long values moved to tags of the same key (``long_params_strategy: tag``)."""
+    artifacts: dict[str, str] = attrs.field(factory=dict)
+    """Artifact path (``params/<key>.txt``) → full value, for values past the tag limit too."""
+    warnings: tuple[str, ...] = ()
+    """The warnings already logged while preparing (renamed keys, shortened values)."""
+
+
+@attrs.frozen(kw_only=True)
+class MetricPoint:
+    key: str
+    value: float
+    step: int
+    timestamp: int
+    """Milliseconds since the epoch."""
+
+
+@attrs.frozen(kw_only=True)
+class Batch:
+    """One ``log_batch`` request: within every limit, no key twice."""
+
+    params: tuple[tuple[str, str], ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+    metrics: tuple[MetricPoint, ...] = ()
+
+
+# ---------------------------------------------------------------------------------------------
+# flatten
+
+
+@attrs.frozen
+class _Entry:
+    key: str
+    origin: tuple[object, ...]
+    """The original keys, from the top level down, for messages naming what the user wrote."""
+    value: object
+
+
+def _origin_label(origin: tuple[object, ...]) -> str:
+    # Subscript form stays unambiguous where the flattened form is not: ['a.b'] vs ['a']['b'].
+    return "".join(f"[{part!r}]" for part in origin)
+
+
+def _entries(
+    params: Mapping[Any, Any], *, flatten: bool, recursive: bool, sep: str
+) -> Iterator[_Entry]:
+    for key, value in params.items():
+        yield from _flat(key, (key,), value, flatten=flatten, recursive=recursive, sep=sep)
+
+
+def _flat(
+    key: object,
+    origin: tuple[object, ...],
+    value: object,
+    *,
+    flatten: bool,
+    recursive: bool,
+    sep: str,
+) -> Iterator[_Entry]:
+    # An empty mapping would vanish when flattened; keeping it as "{}" loses nothing.
+    if not flatten or not isinstance(value, Mapping) or not value:
+        yield _Entry(str(key), origin, value)
+        return
+    for child_key, child in value.items():
+        yield from _flat(
+            f"{key!s}{sep}{child_key!s}",
+            (*origin, child_key),
+            child,
+            flatten=recursive,
+            recursive=recursive,
+            sep=sep,
+        )
+
+
+def _merge(
+    entries: Sequence[_Entry], *, kind: str, hint: str
+) -> tuple[list[_Entry], list[ConfigProblem]]:
+    """Keep each key once; the same key with a different rendered value is a problem."""
+    kept: dict[str, _Entry] = {}
+    problems: list[ConfigProblem] = []
+    for entry in entries:
+        first = kept.get(entry.key)
+        if first is None:
+            kept[entry.key] = entry
+        elif render_value(first.value) != render_value(entry.value):
+            problems.append(
+                ConfigProblem(
+                    key=entry.key,
+                    message=(
+                        f"{kind}s {_origin_label(first.origin)} and {_origin_label(entry.origin)} "
+                        f"both become the {kind} key {entry.key!r} with different values; "
+                        f"rename one of them{hint}"
+                    ),
+                )
+            )
+    return list(kept.values()), problems
+
+
+def flatten(params: Mapping[Any, Any], *, recursive: bool, sep: str) -> dict[str, Any]:
+    """Nested mappings become ``parent<sep>child`` keys; values are kept as they are.
+
+    ``recursive=False`` flattens one level only: a mapping nested deeper stays a value.  Keys
+    that are not strings are ``str()``'ed; order is preserved; an empty nested mapping stays a
+    value.  Two paths giving the same key (``{"a.b": 1, "a": {"b": 2}}``) raise ``ConfigError``
+    naming both, unless their values render the same (then the key is kept once).
+    """
+    entries, problems = _merge(
+        list(_entries(params, flatten=True, recursive=recursive, sep=sep)),
+        kind="param",
+        hint=" or change tracking.params.dict_params.sep",
+    )
+    if problems:
+        raise ConfigError(problems)
+    return {entry.key: entry.value for entry in entries}
+
+
+# ---------------------------------------------------------------------------------------------
+# render
+
+
+def render_value(value: object) -> str:
+    """The string MLflow logs for a param value: exactly ``str(value)``."""
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# keys
+
+# MLflow's own rule (mlflow.utils.validation.validate_param_and_metric_name): ":" is only
+# accepted off Windows.  fullmatch, where MLflow's "$" also lets a trailing newline through.
+_INVALID_KEY_CHAR = re.compile(r"[^/\w.\- ]" if os.name == "nt" else r"[^/\w.\- :]")
+
+
+def _path_not_unique(key: str) -> bool:
+    # mlflow.utils.validation.path_not_unique: keys are used as paths in some stores.
+    norm = posixpath.normpath(key)
+    return norm != key or norm == "." or norm.startswith(("..", "/"))
+
+
+def is_valid_key(key: str) -> bool:
+    """Whether MLflow accepts ``key`` as a param, tag or metric name (length aside)."""
+    return _INVALID_KEY_CHAR.search(key) is None and not _path_not_unique(key)
+
+
+def sanitize_key(key: str) -> str:
+    """A key MLflow accepts: valid keys unchanged, others repaired, never empty.
+
+    Characters MLflow refuses become ``_``; as a path, empty and ``.`` segments (leading,
+    doubled or trailing ``/``) are dropped, ``..`` becomes ``__`` (a leading ``..`` too), and
+    nothing left gives ``_``.  The result is never longer than ``key`` (except ``""`` → ``_``).
+    """
+    if is_valid_key(key):
+        return key
+    segments = [
+        "__" if segment == ".." else segment
+        for segment in _INVALID_KEY_CHAR.sub("_", key).split("/")
+        if segment not in ("", ".")
+    ]
+    if not segments:
+        return "_"
+    if segments[0].startswith(".."):
+        segments[0] = "__" + segments[0][2:]
+    return "/".join(segments)
+
+
+class _Warnings:
+    """Log a warning and remember its text for ``PreparedParams.warnings``."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def __call__(self, message: str, *args: object) -> None:
+        logger.warning(message, *args)
+        self.messages.append(message % args)
+
+
+def _final_keys(
+    entries: Iterator[_Entry], *, kind: str, limits: Limits, hint: str, warn: _Warnings
+) -> list[_Entry]:
+    """Sanitize every key, then refuse over-long keys and collisions, all problems at once."""
+    sanitized: list[_Entry] = []
+    problems: list[ConfigProblem] = []
+    for entry in entries:
+        key = sanitize_key(entry.key)
+        if key != entry.key:
+            warn("%s key %r is not accepted by MLflow; logged as %r", kind, entry.key, key)
+        if len(key) > limits.key:
+            problems.append(
+                ConfigProblem(
+                    key=key,
+                    message=(
+                        f"{kind} key is {len(key)} characters long; MLflow accepts at most "
+                        f"{limits.key}. Use a shorter key{hint}"
+                    ),
+                )
+            )
+        sanitized.append(attrs.evolve(entry, key=key))
+    kept, collisions = _merge(sanitized, kind=kind, hint=hint)
+    problems.extend(collisions)
+    if problems:
+        raise ConfigError(problems)
+    return kept
+
+
+# ---------------------------------------------------------------------------------------------
+# params and tags
+
+
+def prepare_params(
+    params: Mapping[Any, Any], config: ParamsConfig, limits: Limits | None = None
+) -> PreparedParams:
+    """Apply the whole param policy of ``config`` to ``params``.
+
+    Raises ``ConfigError`` listing every bad key (too long, or two inputs giving the same key
+    with different values) and ``ParamValueTooLongError`` for the first value over the limit
+    under ``long_params_strategy: fail``.  Renamed keys and shortened values are logged as
+    warnings, never changed silently.
+    """
+    limits = limits or DEFAULT_LIMITS
+    dict_params = config.dict_params
+    hint = (
+        " or change tracking.params.dict_params (flatten, recursive, sep)"
+        if dict_params.flatten
+        else ""
+    )
+    warn = _Warnings()
+    entries = _final_keys(
+        _entries(
+            params,
+            flatten=dict_params.flatten,
+            recursive=dict_params.recursive,
+            sep=dict_params.sep,
+        ),
+        kind="param",
+        limits=limits,
+        hint=hint,
+        warn=warn,
+    )
+    strategy = config.long_params_strategy
+    out_params: dict[str, str] = {}
+    out_tags: dict[str, str] = {}
+    artifacts: dict[str, str] = {}
+    for entry in entries:
+        key, value = entry.key, render_value(entry.value)
+        if len(value) <= limits.param_value:
+            out_params[key] = value
+        elif strategy is LongParamsStrategy.FAIL:
+            raise ParamValueTooLongError(key, len(value), limits.param_value)
+        elif strategy is LongParamsStrategy.TRUNCATE:
+            out_params[key] = value[: limits.param_value]
+            warn(
+                "param %r is %d characters long; logged its first %d characters "
+                "(tracking.params.long_params_strategy: truncate)",
+                key,
+                len(value),
+                limits.param_value,
+            )
+        elif len(value) <= limits.tag_value:
+            out_tags[key] = value
+            logger.info(
+                "param %r is %d characters long (param limit %d); logged as a tag "
+                "(tracking.params.long_params_strategy: tag)",
+                key,
+                len(value),
+                limits.param_value,
+            )
+        else:
+            path = f"params/{key}.txt"
+            out_tags[key] = value[: limits.tag_value]
+            artifacts[path] = value
+            warn(
+                "param %r is %d characters long, past the tag limit %d too; the tag holds "
+                "its first %d characters and the full value is logged as artifact %r "
+                "(tracking.params.long_params_strategy: tag)",
+                key,
+                len(value),
+                limits.tag_value,
+                limits.tag_value,
+                path,
+            )
+    return PreparedParams(
+        params=out_params, tags=out_tags, artifacts=artifacts, warnings=tuple(warn.messages)
+    )
+
+
+def prepare_tags(tags: Mapping[Any, Any], limits: Limits | None = None) -> dict[str, str]:
+    """Tags as MLflow accepts them: keys sanitized like param keys, values ``str()``'ed.
+
+    Tags are never flattened.  A value over the tag limit is a ``ConfigError`` naming the key,
+    its length and the limit (with every other bad key or value): tags are set explicitly by
+    the user, who can shorten them or log an artifact, so trackcfg does not pick a policy.
+    """
+    limits = limits or DEFAULT_LIMITS
+    warn = _Warnings()
+    entries = _final_keys(
+        _entries(tags, flatten=False, recursive=False, sep="."),
+        kind="tag",
+        limits=limits,
+        hint="",
+        warn=warn,
+    )
+    rendered = {entry.key: render_value(entry.value) for entry in entries}
+    problems = [
+        ConfigProblem(
+            key=key,
+            message=(
+                f"tag value is {len(value)} characters long; MLflow accepts at most "
+                f"{limits.tag_value}. Shorten it or log it as an artifact"
+            ),
+        )
+        for key, value in rendered.items()
+        if len(value) > limits.tag_value
+    ]
+    if problems:
+        raise ConfigError(problems)
+    return rendered
+
+
+# ---------------------------------------------------------------------------------------------
+# batches
+
+_METRIC_OVERHEAD = 40
+"""Rough bytes of a metric beyond its key: value, step and timestamp."""
+
+
+@attrs.define
+class _Room:
+    """What is left of one batch's limits while it is being filled."""
+
+    _limits: Limits
+    _size: int = 0
+    _count: int = 0
+
+    def fill(self, costs: Sequence[int], start: int, most: int) -> int:
+        """Take items from ``start`` while they fit; return the index of the first one left."""
+        end = start
+        while end < len(costs) and end - start < most and self._take(costs[end]):
+            end += 1
+        return end
+
+    def _take(self, cost: int) -> bool:
+        if self._count >= self._limits.entities_per_batch:
+            return False
+        # An empty batch takes anything, so an item over the budget still gets sent, alone.
+        if self._count and self._size + cost > self._limits.request_bytes:
+            return False
+        self._size += cost
+        self._count += 1
+        return True
+
+
+def plan_batches(
+    *,
+    params: Mapping[str, str] | None = None,
+    tags: Mapping[str, str] | None = None,
+    metrics: Sequence[MetricPoint] = (),
+    limits: Limits | None = None,
+) -> list[Batch]:
+    """Split params, tags and metrics into as few ``log_batch`` requests as the limits allow.
+
+    Each batch takes params first, then tags, then fills the room left with metrics, keeping
+    each kind's order.  An item larger than ``request_bytes`` alone goes in a batch of its own.
+    Params and tags come from mappings, so no key appears twice in a batch.
+    """
+    limits = limits or DEFAULT_LIMITS
+    param_items = list((params or {}).items())
+    tag_items = list((tags or {}).items())
+    param_costs = [len(key) + len(value) for key, value in param_items]
+    tag_costs = [len(key) + len(value) for key, value in tag_items]
+    metric_costs = [len(point.key) + _METRIC_OVERHEAD for point in metrics]
+    p = t = m = 0
+    batches: list[Batch] = []
+    while p < len(param_items) or t < len(tag_items) or m < len(metrics):
+        room = _Room(limits)
+        start_p, p = p, room.fill(param_costs, p, limits.params_per_batch)
+        start_t, t = t, room.fill(tag_costs, t, limits.tags_per_batch)
+        start_m, m = m, room.fill(metric_costs, m, limits.metrics_per_batch)
+        batches.append(
+            Batch(
+                params=tuple(param_items[start_p:p]),
+                tags=tuple(tag_items[start_t:t]),
+                metrics=tuple(metrics[start_m:m]),
+            )
+        )
+    return batches
