@@ -26,6 +26,7 @@ __all__ = [
     "InvalidFieldError",
     "LongParamsStrategy",
     "ParamsConfig",
+    "RankPolicy",
     "RequestHeaderProviderConfig",
     "RunConfig",
     "ServerConfig",
@@ -34,6 +35,16 @@ __all__ = [
     "TrackingSettings",
     "UIConfig",
 ]
+
+
+class RankPolicy(enum.Enum):
+    """Which processes of a distributed job log (rank from RANK, SLURM_PROCID,
+    OMPI_COMM_WORLD_RANK or PMI_RANK; a process with none of them is rank 0)."""
+
+    ZERO = "zero"
+    """Only rank 0 logs; sessions on other ranks are no-ops."""
+    ALL = "all"
+    """Every rank logs a run of its own, tagged ``trackcfg.rank``."""
 
 
 class LongParamsStrategy(enum.Enum):
@@ -58,6 +69,16 @@ class InvalidFieldError(ValueError):
 def _non_empty(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
     if not value:
         raise InvalidFieldError(attribute.name, "must not be empty")
+
+
+def _at_least_one(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise InvalidFieldError(attribute.name, f"must be at least 1, got {value}")
+
+
+def _at_least_zero(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 0:
+        raise InvalidFieldError(attribute.name, f"must be 0 or more, got {value}")
 
 
 def _port_range(_inst: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
@@ -88,6 +109,11 @@ class ServerConfig:
     request_header_provider: RequestHeaderProviderConfig = attrs.field(
         factory=RequestHeaderProviderConfig
     )
+    request_timeout: int = attrs.field(default=10, validator=_at_least_one)
+    """Seconds MLflow's HTTP client waits for the server, per attempt (session only)."""
+    max_retries: int = attrs.field(default=3, validator=_at_least_zero)
+    """Retries of a failed request before ``TrackingUnavailableError`` (session only; MLflow's
+    own default retries for about four minutes)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -124,6 +150,8 @@ class RunConfig:
     """Default: the session name (pipeline, function or script name)."""
     nested: bool = True
     """Inside an active run: start a child run (``True``) or log into the active run."""
+    ranks: RankPolicy = RankPolicy.ZERO
+    """Distributed jobs: ``zero`` (only rank 0 logs) or ``all``."""
 
 
 @attrs.frozen(kw_only=True)

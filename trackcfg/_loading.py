@@ -755,7 +755,8 @@ def _build(
 
     # MLFLOW_TRACKING_URI only fills a tracking URI nobody set.
     uri_key = "server.mlflow_tracking_uri"
-    if merged[uri_key][1].kind == "default" and environ.get("MLFLOW_TRACKING_URI"):
+    current = merged.get(uri_key)
+    if current is not None and current[1].kind == "default" and environ.get("MLFLOW_TRACKING_URI"):
         merged[uri_key] = (environ["MLFLOW_TRACKING_URI"], Source("env", "MLFLOW_TRACKING_URI"))
 
     sources = {path: source for path, (_value, source) in merged.items()}

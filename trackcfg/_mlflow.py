@@ -15,13 +15,15 @@ MLflow internals relied on (pinned by ``tests/test_mlflow_backend.py``):
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import attrs
 import mlflow
+import requests
 from mlflow.entities import LifecycleStage, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
@@ -38,7 +40,7 @@ from mlflow.utils import validation as _validation
 
 from ._backend import ExperimentRef, RunRef, RunStatus
 from ._params import Batch, Limits
-from .exceptions import ExperimentError, RunError
+from .exceptions import ExperimentError, RunError, TrackingUnavailableError
 
 __all__ = ["MlflowBackend"]
 
@@ -48,8 +50,49 @@ _registry_utils: Any = _registry_pkg.utils
 _fluent_state: Any = _fluent
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
 def _code(exc: MlflowException) -> int:
     return int(ErrorCode.Value(exc.error_code))
+
+
+def _network_cause(exc: BaseException) -> BaseException | None:
+    """The requests error behind an MlflowException, if the server was not reached.
+
+    MLflow wraps transport failures in a plain MlflowException (error code INTERNAL_ERROR,
+    like a server-side failure), chaining the requests exception; the chain tells them apart.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, requests.exceptions.RequestException):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _reachable(method: F) -> F:
+    """Turn "the server did not answer" into ``TrackingUnavailableError`` naming the URI."""
+
+    @functools.wraps(method)
+    def wrapper(self: MlflowBackend, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (MlflowException, requests.exceptions.RequestException) as exc:
+            cause = _network_cause(exc)
+            if cause is None:
+                raise
+            raise TrackingUnavailableError(
+                f"tracking server {self.tracking_uri} did not answer "
+                f"({type(cause).__name__}) within the session's budget of "
+                f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '?')} retries of "
+                f"{os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s; check that it is "
+                "running, or raise server.request_timeout / server.max_retries"
+            ) from exc
+
+    return wrapper  # type: ignore[return-value]
 
 
 @attrs.frozen
@@ -110,6 +153,7 @@ class MlflowBackend:
 
     # ---------------------------------------------------------------- experiments
 
+    @_reachable
     def get_experiment(self, name: str) -> ExperimentRef | None:
         exp = self._client.get_experiment_by_name(name)
         if exp is None:
@@ -120,6 +164,7 @@ class MlflowBackend:
             deleted=exp.lifecycle_stage == LifecycleStage.DELETED,
         )
 
+    @_reachable
     def create_experiment(
         self, name: str, artifact_location: str | None, tags: Mapping[str, str] | None
     ) -> str:
@@ -137,11 +182,13 @@ class MlflowBackend:
                     return found.id
             raise ExperimentError(f"cannot create experiment {name!r}: {exc.message}") from exc
 
+    @_reachable
     def restore_experiment(self, experiment_id: str) -> None:
         self._client.restore_experiment(experiment_id)
 
     # ---------------------------------------------------------------- runs
 
+    @_reachable
     def get_run(self, run_id: str) -> RunRef | None:
         try:
             run = self._client.get_run(run_id)
@@ -165,6 +212,7 @@ class MlflowBackend:
         run = mlflow.active_run()
         return None if run is None else str(run.info.run_id)
 
+    @_reachable
     def start_run(
         self,
         *,
@@ -196,10 +244,12 @@ class MlflowBackend:
         info = active.info
         return RunRef(id=info.run_id, experiment_id=info.experiment_id, name=info.run_name)
 
+    @_reachable
     def resume_run(self, run_id: str) -> None:
         # No run_name: MLflow would rename the run it reopens.
         mlflow.start_run(run_id=run_id, nested=self.active_run_id() is not None)
 
+    @_reachable
     def push_active(self, run_id: str) -> None:
         run = self._client.get_run(run_id)
         _fluent_state._active_run_stack.get().append(_fluent_state.ActiveRun(run))
@@ -211,6 +261,7 @@ class MlflowBackend:
                 del stack[i]
                 return
 
+    @_reachable
     def end_run(self, run_id: str, status: RunStatus) -> None:
         if self.active_run_id() == run_id:
             mlflow.end_run(status.value)
@@ -220,6 +271,7 @@ class MlflowBackend:
 
     # ---------------------------------------------------------------- logging
 
+    @_reachable
     def log_batch(self, run_id: str, batch: Batch) -> None:
         now = int(time.time() * 1000)
         self._client.log_batch(
@@ -229,11 +281,14 @@ class MlflowBackend:
             tags=[RunTag(k, v) for k, v in batch.tags],
         )
 
+    @_reachable
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self._client.log_text(run_id, text, artifact_file)
 
+    @_reachable
     def log_dict(self, run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
         self._client.log_dict(run_id, dict(data), artifact_file)
 
+    @_reachable
     def log_artifact(self, run_id: str, path: str, artifact_path: str | None) -> None:
         self._client.log_artifact(run_id, path, artifact_path)

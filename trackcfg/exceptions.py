@@ -6,6 +6,9 @@
     ├── ConfigError (ValueError)          the configuration is wrong: file, line, key, fix
     ├── ExperimentError                   the experiment cannot be used (missing, deleted)
     ├── RunError                          the run cannot be started, resumed or logged to
+    ├── TrackingUnavailableError (ConnectionError)
+    │                                     the tracking server did not answer within
+    │                                     server.request_timeout x server.max_retries
     └── ParamValueTooLongError (ValueError)
                                           a param value passes MLflow's limit under
                                           ``long_params_strategy: fail``
@@ -28,6 +31,7 @@ __all__ = [
     "ParamValueTooLongError",
     "RunError",
     "TrackcfgError",
+    "TrackingUnavailableError",
 ]
 
 
@@ -74,6 +78,11 @@ class ExperimentError(TrackcfgError):
 
 class RunError(TrackcfgError):
     """A run cannot be started, resumed or written to as configured."""
+
+
+class TrackingUnavailableError(TrackcfgError, ConnectionError):
+    """The tracking server could not be reached (or stopped answering) within the budget set
+    by ``server.request_timeout`` and ``server.max_retries``."""
 
 
 class ParamValueTooLongError(TrackcfgError, ValueError):
