@@ -274,12 +274,19 @@ class MlflowBackend:
     @_reachable
     def log_batch(self, run_id: str, batch: Batch) -> None:
         now = int(time.time() * 1000)
-        self._client.log_batch(
-            run_id,
-            metrics=[Metric(m.key, m.value, m.timestamp or now, m.step) for m in batch.metrics],
-            params=[Param(k, v) for k, v in batch.params],
-            tags=[RunTag(k, v) for k, v in batch.tags],
-        )
+        try:
+            self._client.log_batch(
+                run_id,
+                metrics=[Metric(m.key, m.value, m.timestamp or now, m.step) for m in batch.metrics],
+                params=[Param(k, v) for k, v in batch.params],
+                tags=[RunTag(k, v) for k, v in batch.tags],
+            )
+        except MlflowException as exc:
+            if _code(exc) in (INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST):
+                raise RunError(
+                    f"MLflow refused what was logged to run {run_id}: {exc.message}"
+                ) from exc
+            raise
 
     @_reachable
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:

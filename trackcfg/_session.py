@@ -26,13 +26,14 @@ session touched and the SIGTERM handler are given back as they were.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._backend import Backend, RunStatus
-from ._config import TrackingConfig
+from ._config import RankPolicy, TrackingConfig
 from ._loading import find_project_root, load_config
 from ._params import (
     Limits,
@@ -52,16 +53,20 @@ from ._params import (
     sanitize_key,
 )
 from ._store import StoreLocation, resolve_registry_uri, resolve_store
-from .exceptions import ExperimentError, RunError
+from .exceptions import ExperimentError, RunError, TrackcfgError
 
 if TYPE_CHECKING:
     import os as _os
 
-__all__ = ["TrackingSession"]
+__all__ = ["TrackingSession", "activate_inherited_run"]
 
 logger = logging.getLogger(__name__)
 
 _TRUTHY = frozenset({"1", "true", "yes", "on"})
+#: Where distributed launchers put the process rank, first found wins.
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+#: Set by ``TrackingSession.child_env()`` for worker processes: their sessions become children.
+PARENT_RUN_ENV = "TRACKCFG_PARENT_RUN_ID"
 # Variables a session may change (MLflow sets some of them itself), restored on exit.
 _MLFLOW_ENV = (
     "MLFLOW_TRACKING_URI",
@@ -69,7 +74,24 @@ _MLFLOW_ENV = (
     "MLFLOW_RUN_ID",
     "MLFLOW_EXPERIMENT_ID",
     "MLFLOW_ALLOW_FILE_STORE",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
 )
+
+
+def process_rank(environ: Mapping[str, str] | None = None) -> int:
+    """This process's rank in a distributed job (0 when no launcher variable is set)."""
+    environ = os.environ if environ is None else environ
+    for name in RANK_VARIABLES:
+        value = environ.get(name, "").strip()
+        if value:
+            try:
+                return int(value)
+            except ValueError:
+                logger.warning("ignoring %s=%r: not an integer rank", name, value)
+    return 0
 
 
 class _Terminated(KeyboardInterrupt):
@@ -157,6 +179,8 @@ class TrackingSession:
         self._previous_sigterm: Any = None
         self._installed_sigterm = False
         self._logged_params: dict[str, str] = {}
+        # activate() in a forked copy of this object must not use the parent's backend.
+        self._owner_pid = os.getpid()
 
     @classmethod
     def from_yaml(
@@ -240,7 +264,10 @@ class TrackingSession:
         try:
             self._open()
         except BaseException as exc:
+            installed = self._installed_sigterm
             self._close(_status_for(exc), raising=False)
+            if isinstance(exc, _Terminated) and installed:
+                signal.raise_signal(signal.SIGTERM)
             raise
         return self
 
@@ -262,6 +289,9 @@ class TrackingSession:
             return "the parent session is disabled"
         if os.environ.get("TRACKCFG_DISABLE", "").strip().lower() in _TRUTHY:
             return "TRACKCFG_DISABLE is set"
+        rank = process_rank()
+        if rank != 0 and self._config.tracking.run.ranks is RankPolicy.ZERO:
+            return f"rank {rank} (tracking.run.ranks: zero logs from rank 0 only)"
         listed = self._config.tracking.disable_tracking.pipelines
         if self._name in listed or self._name.rpartition(".")[2] in listed:
             return f"{self._name!r} is listed in tracking.disable_tracking.pipelines"
@@ -292,6 +322,8 @@ class TrackingSession:
         prepared = prepare_params(self._params, config.tracking.params, self._limits)
         tags = prepare_tags(self._tags, self._limits)
         tags.update(prepared.tags)
+        if config.tracking.run.ranks is RankPolicy.ALL and parent is None:
+            tags.setdefault("trackcfg.rank", str(process_rank()))
 
         # 3. Environment and store folder.
         if parent is None:
@@ -301,6 +333,13 @@ class TrackingSession:
                     self._env.set(key, value)
             if location.legacy_file_store:
                 self._env.set("MLFLOW_ALLOW_FILE_STORE", "true")
+            if not location.is_local:
+                # MLflow's defaults retry for ~4 minutes; the session's budget is the config's.
+                server = config.server
+                self._env.set("MLFLOW_HTTP_REQUEST_TIMEOUT", str(server.request_timeout))
+                self._env.set("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(server.max_retries))
+                self._env.set("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+                self._env.set("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")
             if location.local_folder is not None:
                 location.local_folder.mkdir(parents=True, exist_ok=True)
             from ._mlflow import MlflowBackend
@@ -326,8 +365,10 @@ class TrackingSession:
                 if parent is None
                 else None
             )
-            active = parent._run_id if parent is not None else self._external_active_run(backend)
-            if active is not None and not run_cfg.nested and parent is None:
+            active, must_nest = (
+                (parent._run_id, True) if parent is not None else self._external_active_run(backend)
+            )
+            if active is not None and not run_cfg.nested and not must_nest:
                 self._attach(backend, active)
             else:
                 assert self._experiment_id is not None
@@ -374,13 +415,29 @@ class TrackingSession:
             logger.info("restored deleted experiment %r (id %s)", name, found.id)
         return found.id
 
-    def _external_active_run(self, backend: Backend) -> str | None:
+    def _external_active_run(self, backend: Backend) -> tuple[str | None, bool]:
+        """The run this session nests under or attaches to, and whether it must nest.
+
+        Precedence: this thread's active run, then ``TRACKCFG_PARENT_RUN_ID`` (always a
+        parent: a worker started by ``child_env()``), then ``MLFLOW_RUN_ID`` (a run an
+        orchestrator started: child or attach, by ``run.nested``)."""
         stack = backend.active_run_ids()
         if stack:
-            return stack[-1]
-        return os.environ.get("MLFLOW_RUN_ID") or None
+            return stack[-1], False
+        parent = os.environ.get(PARENT_RUN_ENV, "").strip()
+        if parent:
+            return parent, True
+        return os.environ.get("MLFLOW_RUN_ID") or None, False
 
     def _attach(self, backend: Backend, run_id: str) -> None:
+        existing = backend.get_run(run_id)
+        if existing is None or existing.deleted:
+            raise RunError(
+                f"the active run {run_id!r} (MLFLOW_RUN_ID or this thread's) does not exist in "
+                f"{self.tracking_uri}; unset MLFLOW_RUN_ID or set tracking.run.nested: true"
+            )
+        # Params are immutable: a differing value must be refused before it is sent.
+        self._logged_params.update(existing.params)
         self._run_id = run_id
         if run_id not in backend.active_run_ids():
             backend.push_active(run_id)
@@ -468,9 +525,10 @@ class TrackingSession:
             if self._installed_sigterm:
                 signal.signal(signal.SIGTERM, self._previous_sigterm)
         if errors and raising:
-            raise RunError(f"could not end run {self._run_id!r} cleanly: {errors[0]}") from errors[
-                0
-            ]
+            first = errors[0]
+            if isinstance(first, TrackcfgError):
+                raise first
+            raise RunError(f"could not end run {self._run_id!r} cleanly: {first}") from first
 
     # ------------------------------------------------------------------ logging
 
@@ -558,6 +616,58 @@ class TrackingSession:
         if live is not None:
             live[0].log_dict(live[1], data, artifact_file)
 
+    def child_env(self) -> dict[str, str]:
+        """Variables to give a worker process so that its sessions become children of this
+        run: ``MLFLOW_TRACKING_URI`` (fills a worker config that sets no URI),
+        ``TRACKCFG_PARENT_RUN_ID`` and ``MLFLOW_EXPERIMENT_ID``.  Credentials are not included:
+        the worker's own config exports them.  Empty for a disabled session, and the worker
+        gets ``TRACKCFG_DISABLE=1`` so it stays quiet too."""
+        if not self._enabled or self._run_id is None:
+            return {"TRACKCFG_DISABLE": "1"} if self._entered else {}
+        env = {"MLFLOW_TRACKING_URI": self.tracking_uri, PARENT_RUN_ENV: self._run_id}
+        if self._experiment_id is not None:
+            env["MLFLOW_EXPERIMENT_ID"] = self._experiment_id
+        return env
+
+    def share_with_subprocesses(self) -> None:
+        """Export ``child_env()`` into this process's environment until the session ends, for
+        worker processes whose environment cannot be chosen (``ProcessPoolExecutor``, Kedro's
+        ``ParallelRunner``): ``activate_inherited_run()`` makes the run active there, and
+        sessions there become its children.  Not ``MLFLOW_RUN_ID``: ``mlflow.start_run(
+        nested=True)`` would reopen that run instead of starting a child.  A no-op for a
+        session that logs nothing."""
+        if not self._enabled or self._run_id is None or self._parent is not None:
+            return
+        for key, value in self.child_env().items():
+            self._env.set(key, value)
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[None]:
+        """Make the session's run MLflow's active run in the calling thread for the block.
+
+        MLflow's active run is per thread: plain ``mlflow.log_*`` in a worker thread would
+        create a new run.  Adapters that run user code in other threads (Kedro's runners) wrap
+        it in this block.  A no-op where the run is active already or the session logs
+        nothing; afterwards the run is taken off this thread's stack again, never ended.  In a
+        forked copy of the session (a worker process), it is ``activate_inherited_run()``.
+        """
+        if os.getpid() != self._owner_pid:
+            with activate_inherited_run():
+                yield
+            return
+        backend, run_id = self._backend, self._run_id
+        if not self._enabled or self._closed or backend is None or run_id is None:
+            yield
+            return
+        pushed = run_id not in backend.active_run_ids()
+        if pushed:
+            backend.push_active(run_id)
+        try:
+            yield
+        finally:
+            if pushed:
+                backend.pop_active(run_id)
+
     def child(
         self,
         name: str,
@@ -570,3 +680,34 @@ class TrackingSession:
         child._parent = self
         child._location = self._location
         return child
+
+
+@contextlib.contextmanager
+def activate_inherited_run() -> Iterator[str | None]:
+    """In a worker process started while a session shared its run
+    (``TrackingSession.share_with_subprocesses``), make that run MLflow's active run in the
+    calling thread for the block, in its experiment, so plain ``mlflow.log_*`` lands in it.
+    Yields the run id, or ``None`` (a no-op) when nothing was shared.  The run is never ended
+    here, and the tracking URI, experiment and environment are given back afterwards."""
+    run_id = os.environ.get(PARENT_RUN_ENV, "").strip()
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if not run_id or not tracking_uri:
+        yield None
+        return
+    from ._mlflow import MlflowBackend
+
+    env = _EnvSnapshot()
+    env.remember(*_MLFLOW_ENV)
+    backend = MlflowBackend(tracking_uri)
+    token = backend.use_store(None, os.environ.get("MLFLOW_EXPERIMENT_ID") or None)
+    pushed = False
+    try:
+        pushed = run_id not in backend.active_run_ids()
+        if pushed:
+            backend.push_active(run_id)
+        yield run_id
+    finally:
+        if pushed:
+            backend.pop_active(run_id)
+        backend.restore_store(token)
+        env.restore()

@@ -1,0 +1,1116 @@
+"""TrackingSession on real stores: a SQLite store in a temporary project, and a real
+``mlflow server`` over HTTP.  Every test reads what it asserts back from the store."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Run, ViewType
+from mlflow.store.tracking.rest_store import RestStore
+from mlflow.tracking import _tracking_service
+from mlflow.tracking import fluent as mlflow_fluent
+
+import trackcfg
+from trackcfg import (
+    ExperimentError,
+    ParamValueTooLongError,
+    RunError,
+    TrackingConfig,
+    TrackingSession,
+    load_config,
+)
+
+REPO = Path(trackcfg.__file__).resolve().parents[1]
+PROJECT_NAME = "demo-project"
+"""The default experiment name of the test project (its ``[project].name``)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# A project folder, its store, and reading runs back.
+
+
+@dataclasses.dataclass(frozen=True)
+class Project:
+    root: Path
+
+    @property
+    def store_uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlruns' / 'mlflow.db'}"
+
+    def config(self, yaml: str = "", overrides: Mapping[str, Any] | None = None) -> TrackingConfig:
+        """Write ``mlflow.yml`` and load it with the real loader (root: this project)."""
+        file = self.root / "mlflow.yml"
+        file.write_text(textwrap.dedent(yaml))
+        return load_config(file, overrides=overrides)
+
+
+def _make_project(root: Path) -> Project:
+    root.mkdir(parents=True)
+    (root / "pyproject.toml").write_text(f'[project]\nname = "{PROJECT_NAME}"\n')
+    return Project(root)
+
+
+@pytest.fixture
+def project(tmp_path: Path, migrated_sqlite_db: Path) -> Project:
+    """A project whose store (``<root>/mlruns/mlflow.db``) exists, empty but the Default
+    experiment."""
+    made = _make_project(tmp_path / "proj")
+    (made.root / "mlruns").mkdir()
+    shutil.copyfile(migrated_sqlite_db, made.root / "mlruns" / "mlflow.db")
+    return made
+
+
+@pytest.fixture
+def bare_project(tmp_path: Path) -> Project:
+    """A project with no store yet."""
+    return _make_project(tmp_path / "proj")
+
+
+def client_of(session: TrackingSession) -> MlflowClient:
+    return MlflowClient(tracking_uri=session.tracking_uri)
+
+
+def run_of(session: TrackingSession) -> Run:
+    assert session.run_id is not None
+    run: Run = client_of(session).get_run(session.run_id)
+    return run
+
+
+def all_runs(client: MlflowClient) -> list[Run]:
+    experiments = client.search_experiments(view_type=ViewType.ALL)
+    return list(
+        client.search_runs([e.experiment_id for e in experiments], run_view_type=ViewType.ALL)
+    )
+
+
+def read_artifact(client: MlflowClient, run_id: str, path: str, tmp_path: Path) -> str:
+    dest = tmp_path / "downloads" / run_id
+    dest.mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(run_id, path, str(dest))).read_text()
+
+
+def _active_run_stack() -> list[mlflow.ActiveRun]:
+    """This thread's active-run stack, MLflow's own list."""
+    stack: list[mlflow.ActiveRun] = mlflow_fluent._active_run_stack.get()  # type: ignore[no-untyped-call]
+    return stack
+
+
+@pytest.fixture(autouse=True)
+def _reset_mlflow_state() -> Iterator[None]:
+    """A session bug must not cascade into the next tests: put MLflow's process-wide state
+    back as a fresh process has it (the tests that check restoring do so themselves)."""
+    env_before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    _active_run_stack().clear()
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+    mlflow_fluent._active_experiment_id = None
+    for name in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        os.environ.pop(name)
+    os.environ.update(env_before)
+
+
+@pytest.fixture
+def outer_run(project: Project) -> Iterator[str]:
+    """A run started with plain MLflow in the project's store, active around the test."""
+    experiment_id = MlflowClient(tracking_uri=project.store_uri).create_experiment("outer")
+    mlflow.set_tracking_uri(project.store_uri)
+    run_id: str = mlflow.start_run(experiment_id=experiment_id, run_name="outer").info.run_id
+    yield run_id
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Disabled sessions.
+
+
+def _raises_if(raises: bool, error: type[BaseException]) -> AbstractContextManager[object]:
+    return pytest.raises(error) if raises else contextlib.nullcontext()
+
+
+def _use_every_method(session: TrackingSession, tmp_path: Path) -> None:
+    file = tmp_path / "artifact.txt"
+    file.write_text("content")
+    session.log_params({"more": 1})
+    session.log_metrics({"loss": 0.5}, step=2)
+    session.log_metric("acc", 0.9)
+    session.set_tags({"stage": "dev"})
+    session.log_artifact(file)
+    session.log_text("text", "notes/a.txt")
+    session.log_dict({"a": 1}, "d.json")
+    with session.child("trial", params={"k": 1}) as child:
+        assert child.enabled is False
+        assert child.run_id is None
+        child.log_metrics({"trial_loss": 0.1})
+
+
+@pytest.mark.parametrize("how", ["disable_tracking.pipelines", "TRACKCFG_DISABLE=1"])
+def test_disabled_session_works_and_writes_nothing(
+    bare_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    if how == "TRACKCFG_DISABLE=1":
+        config = bare_project.config()
+        assert TrackingSession(config, name="train").enabled is True
+        monkeypatch.setenv("TRACKCFG_DISABLE", "1")
+    else:
+        config = bare_project.config("tracking:\n  disable_tracking:\n    pipelines: [train]\n")
+        assert TrackingSession(config, name="other").enabled is True  # only "train" is skipped
+    cwd_before = sorted(Path.cwd().iterdir())
+
+    with TrackingSession(config, name="train", params={"lr": 0.1}, tags={"t": "x"}) as s:
+        assert s.enabled is False
+        assert s.run_id is None
+        assert s.experiment_id is None
+        _use_every_method(s, tmp_path)
+        assert mlflow.active_run() is None
+
+    assert s.enabled is False
+    assert not (bare_project.root / "mlruns").exists()
+    assert sorted(Path.cwd().iterdir()) == cwd_before
+
+
+def test_disabled_session_never_imports_mlflow(bare_project: Project, tmp_path: Path) -> None:
+    bare_project.config("tracking:\n  disable_tracking:\n    pipelines: [train]\n")
+    script = f"""
+        import sys
+        from pathlib import Path
+        from trackcfg import TrackingSession
+        with TrackingSession.from_yaml({str(bare_project.root / "mlflow.yml")!r}, name="train",
+                                       params={{"lr": 0.1}}) as s:
+            s.log_metrics({{"loss": 0.5}})
+            s.log_text("x", "a.txt")
+        print(sorted(m for m in sys.modules if m.partition(".")[0] == "mlflow"))
+    """
+    assert _run_python(script, cwd=tmp_path).strip() == "[]"
+    assert not (bare_project.root / "mlruns").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. What the session changes in the process, given back.
+
+_CREDENTIALS = """\
+    demo_server:
+      DEMO_TRACKING_USER: alice
+      DEMO_TRACKING_TOKEN: s3cret
+"""
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["success", "exception"])
+def test_credentials_are_exported_only_during_the_session(
+    project: Project, monkeypatch: pytest.MonkeyPatch, raises: bool
+) -> None:
+    (project.root / "credentials.yml").write_text(textwrap.dedent(_CREDENTIALS))
+    config = project.config("server:\n  credentials: demo_server\n")
+    monkeypatch.setenv("DEMO_TRACKING_USER", "previous-user")
+    monkeypatch.delenv("DEMO_TRACKING_TOKEN", raising=False)
+    seen: dict[str, str | None] = {}
+
+    with _raises_if(raises, RuntimeError):  # noqa: SIM117
+        with TrackingSession(config, name="train") as s:
+            seen = {k: os.environ.get(k) for k in ("DEMO_TRACKING_USER", "DEMO_TRACKING_TOKEN")}
+            if raises:
+                raise RuntimeError("boom")
+
+    assert seen == {"DEMO_TRACKING_USER": "alice", "DEMO_TRACKING_TOKEN": "s3cret"}
+    assert os.environ.get("DEMO_TRACKING_USER") == "previous-user"
+    assert "DEMO_TRACKING_TOKEN" not in os.environ
+    assert run_of(s).info.status == ("FAILED" if raises else "FINISHED")
+
+
+@pytest.mark.parametrize("before", ["unset", "set by the user"])
+def test_tracking_uri_is_given_back(project: Project, tmp_path: Path, before: str) -> None:
+    # Loaded first: mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI, which a config
+    # loaded afterwards would take for its unset URI (DESIGN: it fills an unset URI).
+    config = project.config()
+    if before == "set by the user":
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    uri_before = mlflow.get_tracking_uri()
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
+    internal_before = _tracking_service.utils._tracking_uri
+
+    with TrackingSession(config, name="train") as s:
+        assert mlflow.get_tracking_uri() == s.tracking_uri == project.store_uri
+
+    assert mlflow.get_tracking_uri() == uri_before
+    assert os.environ.get("MLFLOW_TRACKING_URI") == env_before
+    assert _tracking_service.utils._tracking_uri == internal_before
+    assert run_of(s).info.status == "FINISHED"
+
+
+def test_registry_uri_is_set_during_the_session_and_given_back(project: Project) -> None:
+    config = project.config("server:\n  mlflow_registry_uri: sqlite:///registry/models.db\n")
+    registry_before = mlflow.get_registry_uri()
+    env_before = os.environ.get("MLFLOW_REGISTRY_URI")
+
+    with TrackingSession(config, name="train") as s:
+        assert mlflow.get_registry_uri() == f"sqlite:///{project.root / 'registry' / 'models.db'}"
+
+    assert mlflow.get_registry_uri() == registry_before
+    assert os.environ.get("MLFLOW_REGISTRY_URI") == env_before
+    assert run_of(s).info.status == "FINISHED"
+
+
+def test_active_experiment_set_by_the_user_is_given_back(project: Project) -> None:
+    config = project.config()
+    mlflow.set_tracking_uri(project.store_uri)
+    mine = mlflow.set_experiment("mine").experiment_id
+
+    with TrackingSession(config, name="train") as s:
+        pass
+
+    after = mlflow.start_run()
+    mlflow.end_run()
+    assert after.info.experiment_id == mine != s.experiment_id
+    assert run_of(s).info.experiment_id == s.experiment_id
+
+
+def test_no_active_run_before_means_none_after(project: Project) -> None:
+    with TrackingSession(project.config(), name="train") as s:
+        active = mlflow.active_run()
+        assert active is not None
+        assert active.info.run_id == s.run_id
+
+    assert mlflow.active_run() is None
+    assert run_of(s).info.status == "FINISHED"
+
+
+def test_run_active_before_is_the_active_run_again_after(project: Project, outer_run: str) -> None:
+    with TrackingSession(project.config(), name="train") as s:
+        active = mlflow.active_run()
+        assert active is not None
+        assert active.info.run_id == s.run_id != outer_run
+
+    active = mlflow.active_run()
+    assert active is not None
+    assert active.info.run_id == outer_run
+    assert [r.info.run_id for r in _active_run_stack()] == [outer_run]
+    assert client_of(s).get_run(outer_run).info.status == "RUNNING"
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Experiment.
+
+
+def test_missing_experiment_is_created_with_artifacts_inside_the_store_folder(
+    project: Project,
+) -> None:
+    artifacts = project.root / "mlruns" / "artifacts"
+    assert MlflowClient(tracking_uri=project.store_uri).get_experiment_by_name(PROJECT_NAME) is None
+
+    with TrackingSession(project.config(), name="train") as s:
+        s.log_text("hello", "notes/hello.txt")
+
+    experiment = client_of(s).get_experiment_by_name(PROJECT_NAME)
+    assert experiment is not None
+    assert experiment.experiment_id == s.experiment_id == run_of(s).info.experiment_id
+    assert experiment.artifact_location.startswith(artifacts.as_uri())
+    written = list(artifacts.rglob("hello.txt"))
+    assert [p.read_text() for p in written] == ["hello"]
+
+
+def test_missing_experiment_with_create_false_raises_and_creates_no_run(project: Project) -> None:
+    config = project.config("tracking:\n  experiment:\n    name: absent\n    create: false\n")
+
+    with pytest.raises(ExperimentError, match="'absent'") as info:  # noqa: SIM117
+        with TrackingSession(config, name="train"):
+            pytest.fail("the block must not run")
+
+    assert "tracking.experiment.create" in str(info.value)
+    client = MlflowClient(tracking_uri=project.store_uri)
+    assert client.get_experiment_by_name("absent") is None
+    assert all_runs(client) == []
+    assert mlflow.active_run() is None
+
+
+def test_deleted_experiment_is_restored_and_used(project: Project) -> None:
+    client = MlflowClient(tracking_uri=project.store_uri)
+    experiment_id = client.create_experiment("old")
+    client.delete_experiment(experiment_id)
+
+    config = project.config("tracking:\n  experiment:\n    name: old\n")
+    with TrackingSession(config, name="train") as s:
+        pass
+
+    assert client.get_experiment(experiment_id).lifecycle_stage == "active"
+    assert run_of(s).info.experiment_id == experiment_id == s.experiment_id
+
+
+def test_deleted_experiment_with_restore_false_raises_naming_the_setting(project: Project) -> None:
+    client = MlflowClient(tracking_uri=project.store_uri)
+    experiment_id = client.create_experiment("old")
+    client.delete_experiment(experiment_id)
+    config = project.config(
+        "tracking:\n  experiment:\n    name: old\n    restore_if_deleted: false\n"
+    )
+
+    with pytest.raises(ExperimentError, match="restore_if_deleted") as info:  # noqa: SIM117
+        with TrackingSession(config, name="train"):
+            pytest.fail("the block must not run")
+
+    assert "'old'" in str(info.value)
+    assert client.get_experiment(experiment_id).lifecycle_stage == "deleted"
+    assert all_runs(client) == []
+
+
+def test_create_experiment_kwargs_tags_are_set_on_the_new_experiment(project: Project) -> None:
+    config = project.config(
+        """\
+        tracking:
+          experiment:
+            name: tagged
+            create_experiment_kwargs:
+              tags: {team: vision, owner: bob}
+        """
+    )
+    with TrackingSession(config, name="train") as s:
+        pass
+
+    experiment = client_of(s).get_experiment(run_of(s).info.experiment_id)
+    assert experiment.name == "tagged"
+    assert experiment.tags["team"] == "vision"
+    assert experiment.tags["owner"] == "bob"
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Run: new, resumed, nested, attached, child.
+
+
+@pytest.mark.parametrize(
+    ("yaml", "expected"),
+    [("", "train"), ("tracking:\n  run:\n    name: nightly\n", "nightly")],
+    ids=["session name", "run.name"],
+)
+def test_new_run_is_named_by_run_name_else_the_session_name(
+    project: Project, yaml: str, expected: str
+) -> None:
+    with TrackingSession(project.config(yaml), name="train", params={"lr": 0.1}) as s:
+        pass
+
+    run = run_of(s)
+    assert run.info.run_name == expected
+    assert run.data.params == {"lr": "0.1"}
+    assert [r.info.run_id for r in all_runs(client_of(s))] == [s.run_id]
+
+
+def _first_run(project: Project) -> str:
+    with TrackingSession(project.config(), name="first", params={"lr": 0.1}) as s:
+        s.log_metrics({"loss": 0.9}, step=0)
+    assert s.run_id is not None
+    return s.run_id
+
+
+def test_resume_with_same_params_reopens_the_run_without_renaming_it(project: Project) -> None:
+    run_id = _first_run(project)
+    config = project.config(overrides={"tracking.run.id": run_id, "tracking.run.name": "new"})
+    client = MlflowClient(tracking_uri=project.store_uri)
+    first_end = client.get_run(run_id).info.end_time
+
+    with TrackingSession(config, name="second", params={"lr": 0.1, "epochs": 3}) as s:
+        assert s.run_id == run_id
+        assert client.get_run(run_id).info.status == "RUNNING"
+        s.log_metrics({"loss": 0.5}, step=1)
+
+    run = client.get_run(run_id)
+    assert run.info.run_name == "first"
+    assert run.info.status == "FINISHED"
+    assert run.info.end_time >= first_end
+    assert run.data.params == {"lr": "0.1", "epochs": "3"}
+    history = client.get_metric_history(run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(0, 0.9), (1, 0.5)]
+    assert len(all_runs(client)) == 1
+
+
+def test_resume_with_a_changed_param_raises_before_reopening(project: Project) -> None:
+    run_id = _first_run(project)
+    client = MlflowClient(tracking_uri=project.store_uri)
+    before = client.get_run(run_id)
+    config = project.config(overrides={"tracking.run.id": run_id})
+
+    with pytest.raises(RunError, match="'lr'"):  # noqa: SIM117
+        with TrackingSession(config, name="second", params={"lr": 0.2}):
+            pytest.fail("the block must not run")
+
+    after = client.get_run(run_id)
+    assert after.info.status == before.info.status == "FINISHED"
+    assert after.info.end_time == before.info.end_time
+    assert after.info.run_name == before.info.run_name
+    assert after.data.params == before.data.params == {"lr": "0.1"}
+    assert after.data.tags == before.data.tags
+    assert len(all_runs(client)) == 1
+    assert mlflow.active_run() is None
+
+
+def test_resume_of_an_unknown_run_id_raises_and_creates_nothing(project: Project) -> None:
+    missing = "0123456789abcdef0123456789abcdef"
+    config = project.config(overrides={"tracking.run.id": missing})
+
+    with pytest.raises(RunError, match=missing):  # noqa: SIM117
+        with TrackingSession(config, name="train"):
+            pytest.fail("the block must not run")
+
+    assert all_runs(MlflowClient(tracking_uri=project.store_uri)) == []
+
+
+def test_resume_of_a_deleted_run_raises_and_leaves_it_deleted(project: Project) -> None:
+    run_id = _first_run(project)
+    client = MlflowClient(tracking_uri=project.store_uri)
+    client.delete_run(run_id)
+    config = project.config(overrides={"tracking.run.id": run_id})
+
+    with pytest.raises(RunError, match="deleted"):  # noqa: SIM117
+        with TrackingSession(config, name="train"):
+            pytest.fail("the block must not run")
+
+    run = client.get_run(run_id)
+    assert run.info.lifecycle_stage == "deleted"
+    assert run.info.status == "FINISHED"
+    assert len(all_runs(client)) == 1
+
+
+def test_resume_uses_the_runs_own_experiment_not_the_configured_one(project: Project) -> None:
+    run_id = _first_run(project)
+    config = project.config(
+        "tracking:\n  experiment:\n    name: configured\n    create: false\n",
+        overrides={"tracking.run.id": run_id},
+    )
+
+    with TrackingSession(config, name="train") as s:
+        mlflow.log_metric("plain", 1.0)
+
+    client = client_of(s)
+    assert client.get_experiment_by_name("configured") is None
+    assert s.experiment_id == client.get_run(run_id).info.experiment_id
+    assert client.get_run(run_id).data.metrics["plain"] == 1.0
+
+
+def test_inside_an_active_run_nested_true_starts_a_child_run(
+    project: Project, outer_run: str
+) -> None:
+    with TrackingSession(project.config(), name="train", params={"lr": 0.1}) as s:
+        s.log_metrics({"loss": 0.5})
+
+    child = run_of(s)
+    assert child.info.run_id != outer_run
+    assert child.data.tags["mlflow.parentRunId"] == outer_run
+    assert child.info.experiment_id == s.experiment_id
+    assert child.info.status == "FINISHED"
+    assert child.data.metrics == {"loss": 0.5}
+    outer = client_of(s).get_run(outer_run)
+    assert outer.info.status == "RUNNING"
+    assert outer.data.params == {}
+
+
+def test_inside_an_active_run_nested_false_attaches_and_leaves_it_running(
+    project: Project, outer_run: str
+) -> None:
+    config = project.config("tracking:\n  run:\n    nested: false\n")
+    with TrackingSession(config, name="train", params={"lr": 0.1}) as s:
+        assert s.run_id == outer_run
+        s.log_metrics({"loss": 0.5})
+        mlflow.log_metric("plain", 1.0)
+
+    outer = client_of(s).get_run(outer_run)
+    assert outer.info.status == "RUNNING"
+    assert outer.data.params == {"lr": "0.1"}
+    assert outer.data.metrics == {"loss": 0.5, "plain": 1.0}
+    active = mlflow.active_run()
+    assert active is not None
+    assert active.info.run_id == outer_run
+    assert len(all_runs(client_of(s))) == 1
+
+
+def test_attaching_with_a_param_the_run_logged_differently_raises_run_error(
+    project: Project, outer_run: str
+) -> None:
+    mlflow.log_param("lr", 0.1)
+    config = project.config("tracking:\n  run:\n    nested: false\n")
+
+    with pytest.raises(RunError, match="'lr'"):  # noqa: SIM117
+        with TrackingSession(config, name="train", params={"lr": 0.2}):
+            pytest.fail("the block must not run")
+
+    outer = MlflowClient(tracking_uri=project.store_uri).get_run(outer_run)
+    assert outer.data.params == {"lr": "0.1"}
+    assert outer.info.status == "RUNNING"
+
+
+@pytest.fixture
+def env_run(project: Project, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A RUNNING run named by ``MLFLOW_RUN_ID`` (as a launcher sets it), none active."""
+    client = MlflowClient(tracking_uri=project.store_uri)
+    run_id: str = client.create_run(client.create_experiment("launcher")).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    return run_id
+
+
+def test_mlflow_run_id_with_nested_true_starts_a_child_of_it(
+    project: Project, env_run: str
+) -> None:
+    with TrackingSession(project.config(), name="train") as s:
+        s.log_metrics({"loss": 0.5})
+
+    child = run_of(s)
+    assert child.info.run_id != env_run
+    assert child.data.tags["mlflow.parentRunId"] == env_run
+    assert child.info.status == "FINISHED"
+    assert client_of(s).get_run(env_run).info.status == "RUNNING"
+    assert os.environ.get("MLFLOW_RUN_ID") == env_run
+    assert mlflow.active_run() is None
+
+
+def test_mlflow_run_id_with_nested_false_attaches_without_ending_it(
+    project: Project, env_run: str
+) -> None:
+    config = project.config("tracking:\n  run:\n    nested: false\n")
+    with TrackingSession(config, name="train", params={"lr": 0.1}) as s:
+        assert s.run_id == env_run
+        mlflow.log_metric("plain", 1.0)
+
+    run = client_of(s).get_run(env_run)
+    assert run.info.status == "RUNNING"
+    assert run.data.params == {"lr": "0.1"}
+    assert run.data.metrics == {"plain": 1.0}
+    assert os.environ.get("MLFLOW_RUN_ID") == env_run
+    assert mlflow.active_run() is None
+
+
+def test_child_session_is_a_finished_child_run_with_its_params(project: Project) -> None:
+    with TrackingSession(project.config(), name="train") as s:
+        with s.child("trial", params={"k": 1}) as c:
+            active = mlflow.active_run()
+            assert active is not None
+            assert active.info.run_id == c.run_id
+            c.log_metrics({"score": 0.7})
+        active = mlflow.active_run()
+        assert active is not None
+        assert active.info.run_id == s.run_id
+
+    child = run_of(c)
+    assert child.info.run_id != s.run_id
+    assert child.info.run_name == "trial"
+    assert child.info.status == "FINISHED"
+    assert child.info.experiment_id == s.experiment_id
+    assert child.data.tags["mlflow.parentRunId"] == s.run_id
+    assert child.data.params == {"k": "1"}
+    assert child.data.metrics == {"score": 0.7}
+    assert run_of(s).data.params == {}
+
+
+def test_plain_mlflow_calls_inside_the_block_log_into_the_session(project: Project) -> None:
+    with TrackingSession(project.config(), name="train") as s:
+        mlflow.log_metric("plain", 1.0)
+        mlflow.log_param("plain_param", "x")
+        with mlflow.start_run(nested=True, run_name="inner") as inner:
+            mlflow.log_metric("inner_metric", 2.0)
+
+    client = client_of(s)
+    run = run_of(s)
+    assert run.data.metrics == {"plain": 1.0}
+    assert run.data.params == {"plain_param": "x"}
+    nested = client.get_run(inner.info.run_id)
+    assert nested.data.tags["mlflow.parentRunId"] == s.run_id
+    assert nested.info.experiment_id == s.experiment_id != "0"
+    assert nested.data.metrics == {"inner_metric": 2.0}
+    assert len(all_runs(client)) == 2
+
+
+def test_logging_from_another_thread_lands_in_the_session_run(project: Project) -> None:
+    """MLflow's active run is per thread; the session's own calls name their run."""
+    with TrackingSession(project.config(), name="train") as s:
+        worker = threading.Thread(target=lambda: s.log_metrics({"from_thread": 1.0}, step=4))
+        worker.start()
+        worker.join()
+
+    client = client_of(s)
+    assert [
+        (m.step, m.value) for m in client.get_metric_history(run_of(s).info.run_id, "from_thread")
+    ] == [(4, 1.0)]
+    assert len(all_runs(client)) == 1
+
+
+def test_activate_makes_the_run_active_in_a_worker_thread_and_takes_it_off_after(
+    project: Project,
+) -> None:
+    seen: dict[str, str | None] = {}
+
+    def work(session: TrackingSession) -> None:
+        with session.activate():
+            active = mlflow.active_run()
+            seen["during"] = None if active is None else active.info.run_id
+            mlflow.log_metric("in_thread", 1.0)
+        after = mlflow.active_run()
+        seen["after"] = None if after is None else after.info.run_id
+
+    with TrackingSession(project.config(), name="train") as s:
+        worker = threading.Thread(target=work, args=(s,))
+        worker.start()
+        worker.join()
+        assert client_of(s).get_run(run_of(s).info.run_id).info.status == "RUNNING"
+
+    assert seen == {"during": s.run_id, "after": None}
+    run = run_of(s)
+    assert run.data.metrics == {"in_thread": 1.0}
+    assert run.info.status == "FINISHED"
+    assert len(all_runs(client_of(s))) == 1
+
+
+def test_session_in_a_worker_thread_runs_and_leaves_sigterm_alone(project: Project) -> None:
+    config = project.config()
+    handler_before = signal.getsignal(signal.SIGTERM)
+    seen: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            with TrackingSession(config, name="worker") as s:
+                seen["handler"] = signal.getsignal(signal.SIGTERM)
+                s.log_metrics({"m": 1.0})
+            seen["run_id"] = s.run_id
+        except BaseException as exc:  # reported below, in the test's thread
+            seen["error"] = exc
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+
+    assert "error" not in seen, seen.get("error")
+    assert seen["handler"] is handler_before
+    run = MlflowClient(tracking_uri=project.store_uri).get_run(str(seen["run_id"]))
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics == {"m": 1.0}
+
+
+def test_a_param_logged_again_with_another_value_raises_and_keeps_the_first(
+    project: Project,
+) -> None:
+    with TrackingSession(project.config(), name="train", params={"lr": 0.1}) as s:
+        s.log_params({"lr": 0.1})  # the same value again is fine
+        with pytest.raises(RunError, match="'lr'"):
+            s.log_params({"lr": 0.2})
+
+    run = run_of(s)
+    assert run.data.params == {"lr": "0.1"}
+    assert run.info.status == "FINISHED"
+
+
+def test_logging_after_the_block_or_entering_twice_raises(project: Project) -> None:
+    session = TrackingSession(project.config(), name="train")
+    with session:
+        pass
+
+    with pytest.raises(RunError, match="ended"):
+        session.log_metrics({"late": 1.0})
+    with pytest.raises(RunError, match="entered already"):  # noqa: SIM117
+        with session:
+            pytest.fail("the block must not run")
+    client = client_of(session)
+    assert run_of(session).data.metrics == {}
+    assert len(all_runs(client)) == 1
+
+
+def test_run_left_open_inside_the_block_ends_with_the_session_status(project: Project) -> None:
+    opened: list[str] = []
+
+    def start_nested_run_and_fail() -> None:
+        opened.append(mlflow.start_run(nested=True).info.run_id)
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):  # noqa: SIM117
+        with TrackingSession(project.config(), name="train") as s:
+            start_nested_run_and_fail()
+
+    assert [client_of(s).get_run(run_id).info.status for run_id in opened] == ["FAILED"]
+    assert run_of(s).info.status == "FAILED"
+    assert mlflow.active_run() is None
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Statuses.
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (None, "FINISHED"),
+        (ValueError("boom"), "FAILED"),
+        (SystemExit(0), "FINISHED"),
+        (SystemExit(None), "FINISHED"),
+        (SystemExit(1), "FAILED"),
+        (KeyboardInterrupt(), "KILLED"),
+    ],
+    ids=["success", "exception", "exit-0", "exit-none", "exit-1", "keyboard-interrupt"],
+)
+def test_run_status_on_leaving_the_block(
+    project: Project, error: BaseException | None, status: str
+) -> None:
+    session = TrackingSession(project.config(), name="train", params={"lr": 0.1})
+    raised: BaseException | None = None
+    try:
+        with session as s:
+            s.log_params({"epochs": 3})
+            if error is not None:
+                raise error
+    except BaseException as exc:  # what escapes is what is checked
+        raised = exc
+
+    assert raised is error  # propagated unchanged (same object), or nothing escaped
+    run = run_of(session)
+    assert run.info.status == status
+    assert run.info.end_time is not None
+    assert run.data.params == {"lr": "0.1", "epochs": "3"}
+    assert mlflow.active_run() is None
+
+
+def test_sigterm_ends_the_run_killed_and_the_process_by_sigterm(
+    project: Project, tmp_path: Path
+) -> None:
+    project.config()
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import time
+            from trackcfg import TrackingSession
+            with TrackingSession.from_yaml({str(project.root / "mlflow.yml")!r}, name="job") as s:
+                print(s.run_id, flush=True)
+                time.sleep(300)
+            """
+        )
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env=_python_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watchdog = threading.Timer(180, process.kill)
+    watchdog.start()
+    try:
+        assert process.stdout is not None
+        run_id = process.stdout.readline().strip()
+        assert run_id, f"the script printed no run id; stderr:\n{process.communicate()[1]}"
+        client = MlflowClient(tracking_uri=project.store_uri)
+        assert client.get_run(run_id).info.status == "RUNNING"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert process.returncode == -signal.SIGTERM, stderr
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.info.end_time is not None
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["success", "exception"])
+def test_previous_sigterm_handler_is_restored_after_the_session(
+    project: Project, raises: bool
+) -> None:
+    def previous(signum: int, frame: FrameType | None) -> None:
+        pass
+
+    original = signal.signal(signal.SIGTERM, previous)
+    try:
+        with _raises_if(raises, RuntimeError):  # noqa: SIM117
+            with TrackingSession(project.config(), name="train") as s:
+                assert signal.getsignal(signal.SIGTERM) is not previous
+                if raises:
+                    raise RuntimeError("boom")
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, original)
+    assert run_of(s).info.status == ("FAILED" if raises else "FINISHED")
+
+
+def test_sigterm_kills_the_run_then_reaches_the_previous_handler(project: Project) -> None:
+    received: list[int] = []
+
+    def previous(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+
+    original = signal.signal(signal.SIGTERM, previous)
+    try:
+        with pytest.raises(KeyboardInterrupt):  # noqa: SIM117
+            with TrackingSession(project.config(), name="train") as s:
+                signal.raise_signal(signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, original)
+    assert received == [signal.SIGTERM]
+    assert run_of(s).info.status == "KILLED"
+
+
+def test_sigterm_inside_a_child_kills_both_runs_and_reaches_the_previous_handler_once(
+    project: Project,
+) -> None:
+    received: list[int] = []
+
+    def previous(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+
+    original = signal.signal(signal.SIGTERM, previous)
+    try:
+        session = TrackingSession(project.config(), name="train")
+        with pytest.raises(KeyboardInterrupt), session as s, s.child("trial") as c:
+            signal.raise_signal(signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, original)
+    assert received == [signal.SIGTERM]
+    assert run_of(c).info.status == "KILLED"
+    assert run_of(s).info.status == "KILLED"
+
+
+def test_sigterm_while_entering_kills_the_run_and_reaches_the_previous_handler(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signal is raised at a precise moment: when the session sends its first batch
+    (after its handler is installed).  Nothing is mocked: the real call follows."""
+    received: list[int] = []
+    real_log_batch = MlflowClient.log_batch
+
+    def signal_then_log_batch(self: MlflowClient, *args: Any, **kwargs: Any) -> Any:
+        signal.raise_signal(signal.SIGTERM)
+        return real_log_batch(self, *args, **kwargs)
+
+    def previous(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+
+    session = TrackingSession(project.config(), name="train", params={"lr": 0.1})
+    monkeypatch.setattr(MlflowClient, "log_batch", signal_then_log_batch)
+    original = signal.signal(signal.SIGTERM, previous)
+    try:
+        with pytest.raises(KeyboardInterrupt), session:
+            pytest.fail("the block must not run")
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, original)
+    assert run_of(session).info.status == "KILLED"
+    assert received == [signal.SIGTERM]
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Long params, each strategy, on the real store.
+
+
+def _strategy(project: Project, strategy: str) -> TrackingConfig:
+    return project.config(f"tracking:\n  params:\n    long_params_strategy: {strategy}\n")
+
+
+def test_long_param_under_fail_raises_before_any_run_exists(project: Project) -> None:
+    config = _strategy(project, "fail")
+
+    with pytest.raises(ParamValueTooLongError) as info:  # noqa: SIM117
+        with TrackingSession(config, name="train", params={"prompt": "x" * 6001}):
+            pytest.fail("the block must not run")
+
+    assert "'prompt'" in str(info.value)
+    assert "6001" in str(info.value)
+    assert "6000" in str(info.value)
+    assert "long_params_strategy" in str(info.value)
+    client = MlflowClient(tracking_uri=project.store_uri)
+    assert all_runs(client) == []
+    assert client.get_experiment_by_name(PROJECT_NAME) is None
+    assert mlflow.active_run() is None
+
+
+def test_long_param_under_truncate_logs_exactly_the_limit(project: Project) -> None:
+    value = "".join(str(i % 10) for i in range(7000))
+    with TrackingSession(_strategy(project, "truncate"), name="train", params={"p": value}) as s:
+        pass
+
+    assert run_of(s).data.params == {"p": value[:6000]}
+
+
+def test_long_param_under_tag_is_a_tag_with_the_full_value(project: Project) -> None:
+    value = "v" * 7000
+    with TrackingSession(_strategy(project, "tag"), name="train", params={"prompt": value}) as s:
+        s.log_params({"later": "y" * 6500, "short": 1})
+
+    run = run_of(s)
+    assert run.data.params == {"short": "1"}
+    assert run.data.tags["prompt"] == value
+    assert run.data.tags["later"] == "y" * 6500
+
+
+def test_param_past_the_tag_limit_under_tag_is_a_cut_tag_and_an_artifact(
+    project: Project, tmp_path: Path
+) -> None:
+    value = "".join(chr(ord("a") + i % 26) for i in range(9000))
+    with TrackingSession(_strategy(project, "tag"), name="train", params={"prompt": value}) as s:
+        pass
+
+    run = run_of(s)
+    assert "prompt" not in run.data.params
+    assert run.data.tags["prompt"] == value[:8000]
+    assert s.run_id is not None
+    assert read_artifact(client_of(s), s.run_id, "params/prompt.txt", tmp_path) == value
+
+
+# ---------------------------------------------------------------------------------------------
+# 9-10. The current directory never matters; importing trackcfg imports no mlflow.
+
+
+def test_session_from_another_cwd_writes_into_the_project_store(
+    bare_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also the one test on a store created from nothing by the session itself."""
+    bare_project.config()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    db = bare_project.root / "mlruns" / "mlflow.db"
+
+    path = bare_project.root / "mlflow.yml"
+    with TrackingSession.from_yaml(path, name="train", params={"lr": 0.1}) as s:
+        s.log_metrics({"loss": 0.5})
+
+    assert s.tracking_uri == f"sqlite:///{db}"
+    assert db.is_file()
+    run = MlflowClient(tracking_uri=f"sqlite:///{db}").get_run(run_of(s).info.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"lr": "0.1"}
+    assert run.data.metrics == {"loss": 0.5}
+    assert list(elsewhere.iterdir()) == []
+
+
+def _python_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRACKCFG_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def _run_python(code: str, cwd: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        env=_python_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_import_trackcfg_imports_no_mlflow(tmp_path: Path) -> None:
+    out = _run_python(
+        """
+        import sys
+        import trackcfg
+        from trackcfg import TrackingSession, load_config
+        print(trackcfg.__file__)
+        print(sorted(m for m in sys.modules if m.partition(".")[0] == "mlflow"))
+        """,
+        cwd=tmp_path,
+    )
+    location, modules = out.splitlines()
+    assert Path(location).resolve().parent == REPO / "trackcfg"
+    assert modules == "[]"
+
+
+# ---------------------------------------------------------------------------------------------
+# 7-8. Over HTTP, against a real mlflow server.
+
+
+def _http_config(project: Project, server: str, request: pytest.FixtureRequest) -> TrackingConfig:
+    # One server for the whole test session: each test logs into an experiment of its own.
+    return project.config(
+        "tracking:\n  params:\n    dict_params: {flatten: true}\n",
+        overrides={
+            "server.mlflow_tracking_uri": server,
+            "tracking.experiment.name": f"http-{request.node.name}",
+        },
+    )
+
+
+def test_session_over_http_logs_params_metrics_and_artifacts(
+    bare_project: Project, mlflow_server: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    config = _http_config(bare_project, mlflow_server, request)
+    file = tmp_path / "model.txt"
+    file.write_text("weights")
+    mlflow_env_before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+
+    with TrackingSession(config, name="train", params={"opt": {"lr": 0.1}}, tags={"t": 1}) as s:
+        assert s.tracking_uri == mlflow_server
+        s.log_metrics({"loss": 0.5}, step=3)
+        s.log_artifact(file)
+        s.log_artifact(file, artifact_path="models")
+        s.log_text("some text", "notes/readme.txt")
+        s.log_dict({"a": 1, "b": [1, 2]}, "config.json")
+
+    client = client_of(s)
+    run = run_of(s)
+    assert s.run_id is not None
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "train"
+    assert run.data.params == {"opt.lr": "0.1"}
+    assert run.data.tags["t"] == "1"
+    assert [(m.step, m.value) for m in client.get_metric_history(s.run_id, "loss")] == [(3, 0.5)]
+    assert read_artifact(client, s.run_id, "model.txt", tmp_path) == "weights"
+    assert read_artifact(client, s.run_id, "models/model.txt", tmp_path) == "weights"
+    assert read_artifact(client, s.run_id, "notes/readme.txt", tmp_path) == "some text"
+    assert json.loads(read_artifact(client, s.run_id, "config.json", tmp_path)) == {
+        "a": 1,
+        "b": [1, 2],
+    }
+    assert not (bare_project.root / "mlruns").exists()
+    assert {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")} == mlflow_env_before
+
+
+def test_thousand_params_over_http_land_in_at_most_ten_batch_requests(
+    bare_project: Project,
+    mlflow_server: str,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Counted, not mocked: the wrappers call the real methods."""
+    calls = {"client": 0, "http": 0}
+    real_client_log_batch = MlflowClient.log_batch
+    real_rest_log_batch: Any = RestStore.log_batch
+
+    def client_log_batch(self: MlflowClient, *args: Any, **kwargs: Any) -> Any:
+        calls["client"] += 1
+        return real_client_log_batch(self, *args, **kwargs)
+
+    def rest_log_batch(self: RestStore, *args: Any, **kwargs: Any) -> Any:
+        calls["http"] += 1
+        return real_rest_log_batch(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", client_log_batch)
+    monkeypatch.setattr(RestStore, "log_batch", rest_log_batch)
+    params = {f"group{g}": {f"p{i}": g * 100 + i for i in range(100)} for g in range(10)}
+
+    with TrackingSession(_http_config(bare_project, mlflow_server, request), name="many") as s:
+        before = dict(calls)
+        s.log_params(params)
+        sent = {k: calls[k] - before[k] for k in calls}
+
+    logged = run_of(s).data.params
+    assert len(logged) == 1000
+    assert logged == {f"group{g}.p{i}": str(g * 100 + i) for g in range(10) for i in range(100)}
+    assert 1 <= sent["client"] <= 10
+    assert 1 <= sent["http"] <= 10
