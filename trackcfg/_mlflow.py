@@ -10,12 +10,18 @@ MLflow internals relied on (pinned by ``tests/test_mlflow_backend.py``):
 - ``mlflow.tracking.fluent._active_experiment_id``: so plain ``mlflow.start_run(nested=True)``
   inside a session lands in the session's experiment, without a ``set_experiment`` request;
 - ``mlflow.tracking.fluent._active_run_stack``: to make a run that the session attached to
-  (and must not end) active, and to take it off again without terminating it.
+  (and must not end) active, and to take it off again without terminating it;
+- ``mlflow.utils.request_utils._get_request_session`` with the arguments
+  ``mlflow.utils.rest_utils.http_request`` passes it by default: the cached
+  ``requests.Session`` MLflow's REST calls use, to mount the quick-ACK adapter on it
+  (``_transport.py``).  If it moves, trackcfg says so once at debug level and MLflow's client
+  is used as it is.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -40,6 +46,7 @@ from mlflow.utils import validation as _validation
 
 from ._backend import ExperimentRef, RunRef, RunStatus
 from ._params import Batch, Limits
+from ._transport import QuickAckMount, mount_quickack
 from .exceptions import ExperimentError, RunError, TrackingUnavailableError
 
 __all__ = ["MlflowBackend"]
@@ -51,6 +58,7 @@ _fluent_state: Any = _fluent
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+logger = logging.getLogger(__name__)
 
 
 def _code(exc: MlflowException) -> int:
@@ -102,6 +110,40 @@ class _StoreToken:
     experiment_id: str | None
 
 
+def _mlflow_rest_sessions() -> list[requests.Session]:
+    """The ``requests.Session`` MLflow's REST client uses with the current environment."""
+    import inspect
+
+    from mlflow import environment_variables as variables
+    from mlflow.utils import request_utils, rest_utils
+
+    env: Any = variables
+    defaults = inspect.signature(rest_utils.http_request).parameters
+    get_session: Any = request_utils._get_request_session
+    session = get_session(
+        env.MLFLOW_HTTP_REQUEST_MAX_RETRIES.get(),
+        env.MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get(),
+        env.MLFLOW_HTTP_REQUEST_BACKOFF_JITTER.get(),
+        defaults["retry_codes"].default,
+        defaults["raise_on_status"].default,
+        env.MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER.get(),
+    )
+    if not isinstance(session, requests.Session):
+        raise TypeError(f"expected a requests.Session, got {type(session).__name__}")
+    return [session]
+
+
+def _quickack_for(tracking_uri: str) -> QuickAckMount | None:
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    try:
+        sessions = _mlflow_rest_sessions()
+    except Exception as exc:
+        logger.debug("quick-ACK transport not used (MLflow's hook point changed: %s)", exc)
+        return None
+    return mount_quickack(tracking_uri, sessions)
+
+
 def mlflow_limits() -> Limits:
     """The installed mlflow's limits (6000-character param values in MLflow 3)."""
     return Limits(
@@ -121,9 +163,17 @@ class MlflowBackend:
     tracking_uri: str
     registry_uri: str | None = None
     _client: Any = attrs.field(init=False)
+    _quickack: QuickAckMount | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+        # From the first request on (the experiment lookup), until close().
+        self._quickack = _quickack_for(self.tracking_uri)
+
+    def close(self) -> None:
+        if self._quickack is not None:
+            self._quickack.unmount()
+            self._quickack = None
 
     def limits(self) -> Limits:
         return mlflow_limits()

@@ -521,6 +521,8 @@ class TrackingSession:
                     backend.restore_store(self._store_token)
                 except Exception as exc:
                     errors.append(exc)
+            if backend is not None and self._parent is None:
+                backend.close()
             self._env.restore()
             if self._installed_sigterm:
                 signal.signal(signal.SIGTERM, self._previous_sigterm)

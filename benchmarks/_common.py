@@ -1,0 +1,143 @@
+"""Shared pieces of the benchmarks: a real `mlflow server`, interleaved timing, counting.
+
+These machines are noisy, so every benchmark measures trackcfg and its baseline in the same
+run, interleaved (A B A B ...), and reports medians and ratios, never absolute budgets alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+QUICK = os.environ.get("TRACKCFG_BENCH_QUICK") == "1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def mlflow_server(workers: int | None = None) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 with a SQLite store; yields its URL.
+
+    ``TRACKCFG_BENCH_SERVER`` names a running server to reuse instead (the test suite's)."""
+    shared = os.environ.get("TRACKCFG_BENCH_SERVER")
+    if shared:
+        yield shared
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        cmd = [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+            "--backend-store-uri", f"sqlite:///{tmp}/server.db",
+            "--artifacts-destination", f"{tmp}/artifacts",
+        ]
+        if workers is not None:
+            cmd += ["--workers", str(workers)]
+        log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 240
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((Path(tmp) / "server.log").read_text()[-2000:])
+                time.sleep(0.3)
+            yield url
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            log.close()
+
+
+def interleaved(
+    cases: dict[str, Callable[[], Any]], repeats: int = 5, setup: Callable[[], Any] | None = None
+) -> dict[str, float]:
+    """Median seconds of each case, run in turns A B C A B C ... ``repeats`` times."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, case in cases.items():
+            if setup is not None:
+                setup()
+            start = time.perf_counter()
+            case()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+@contextlib.contextmanager
+def count_requests() -> Iterator[list[str]]:
+    """Record every HTTP request MLflow's client sends (method and path), at the transport."""
+    import requests.adapters
+
+    seen: list[str] = []
+    original = requests.adapters.HTTPAdapter.send
+
+    def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(f"{request.method} {request.path_url.split('?')[0]}")
+        return original(self, request, *args, **kwargs)
+
+    requests.adapters.HTTPAdapter.send = send  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        requests.adapters.HTTPAdapter.send = original  # type: ignore[method-assign]
+
+
+def table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    out = [f"### {title}", "", line(header), "| " + " | ".join("-" * w for w in widths) + " |"]
+    out += [line(r) for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def machine() -> str:
+    import importlib.metadata as md
+
+    versions = ", ".join(
+        f"{name} {md.version(name)}" for name in ("mlflow", "trackcfg", "kedro") if _has(name)
+    )
+    return (
+        f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, {versions}"
+    )
+
+
+def _has(name: str) -> bool:
+    import importlib.metadata as md
+
+    try:
+        md.version(name)
+    except md.PackageNotFoundError:
+        return False
+    return True
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"

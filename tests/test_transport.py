@@ -1,0 +1,148 @@
+"""Quick ACKs on the tracking server's connections: scoped to the session, MLflow's own
+settings kept, and the MLflow internals it hooks into pinned (an upgrade that moves them
+fails here, loudly, instead of silently losing the speed-up)."""
+
+from __future__ import annotations
+
+import inspect
+import socket
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+import requests
+from mlflow.utils import request_utils, rest_utils
+
+from trackcfg import TrackingSession, load_config
+from trackcfg import _transport as transport
+from trackcfg._mlflow import _mlflow_rest_sessions
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.calls = 0
+
+
+@pytest.fixture
+def quickack_calls(monkeypatch: pytest.MonkeyPatch) -> _Counter:
+    """Counts responses read through trackcfg's quick-ACK connections."""
+    counter = _Counter()
+    original = transport._quickack
+
+    def counting(sock: Any) -> None:
+        counter.calls += 1
+        original(sock)
+
+    monkeypatch.setattr(transport, "_quickack", counting)
+    return counter
+
+
+def http_config(url: str, tmp_path: Path) -> Any:
+    (tmp_path / "pyproject.toml").write_text("")
+    return load_config(
+        cwd=tmp_path,
+        overrides={"server.mlflow_tracking_uri": url, "tracking.experiment.name": "transport"},
+    )
+
+
+def test_mlflow_internals_the_hook_relies_on_are_there() -> None:
+    params = inspect.signature(rest_utils.http_request).parameters
+    assert "retry_codes" in params
+    assert "raise_on_status" in params
+    get_session: Any = request_utils._get_request_session
+    session = get_session(3, 1, 0.5, params["retry_codes"].default, True, True)
+    assert isinstance(session, requests.Session)
+    adapter = session.get_adapter("http://127.0.0.1:1/")
+    assert isinstance(adapter, requests.adapters.HTTPAdapter)
+
+
+@pytest.mark.skipif(transport.QUICKACK is None, reason="TCP_QUICKACK exists on Linux only")
+def test_every_request_of_a_session_goes_through_quick_ack_connections(
+    mlflow_server: str, tmp_path: Path, quickack_calls: _Counter
+) -> None:
+    config = http_config(mlflow_server, tmp_path)
+    with TrackingSession(config, name="quick", params={"a": 1}) as session:
+        session.log_metrics({"m": 1.0})
+        session.set_tags({"t": "x"})
+        mlflow.log_metric("plain", 2.0)  # plain MLflow calls inside the block benefit too
+        during = quickack_calls.calls
+    # get-by-name, create, log params, log metric, set tags, plain log_metric, at least.
+    assert during >= 6
+    run = mlflow.MlflowClient(mlflow_server).get_run(session.run_id or "")
+    assert run.data.metrics == {"m": 1.0, "plain": 2.0}
+
+
+@pytest.mark.skipif(transport.QUICKACK is None, reason="TCP_QUICKACK exists on Linux only")
+def test_nothing_is_left_mounted_after_the_session(
+    mlflow_server: str, tmp_path: Path, quickack_calls: _Counter
+) -> None:
+    config = http_config(mlflow_server, tmp_path)
+    with TrackingSession(config, name="quick") as session:
+        sessions = _mlflow_rest_sessions()
+        prefix = mlflow_server.rstrip("/") + "/"
+        assert prefix in sessions[0].adapters
+    assert all(prefix not in s.adapters for s in sessions)
+    before = quickack_calls.calls
+    mlflow.MlflowClient(mlflow_server).get_run(session.run_id or "")
+    assert quickack_calls.calls == before, "MLflow's own calls after the session were hooked"
+
+
+def test_mounted_adapter_keeps_mlflows_retries_and_socket_options(mlflow_server: str) -> None:
+    session = requests.Session()
+    original = requests.adapters.HTTPAdapter(max_retries=7, pool_maxsize=3)
+    session.mount("http://", original)
+    mount = transport.mount_quickack(mlflow_server, [session])
+    if transport.QUICKACK is None:
+        assert mount is None
+        return
+    assert mount is not None
+    ours = session.get_adapter(mlflow_server + "/api")
+    assert ours is not original
+    assert ours.max_retries.total == 7  # type: ignore[attr-defined]
+    assert ours._pool_maxsize == 3  # type: ignore[attr-defined]
+    assert session.get_adapter("http://elsewhere:1/") is original
+    assert session.get(f"{mlflow_server}/health", timeout=30).status_code == 200
+    mount.unmount()
+    assert session.get_adapter(mlflow_server + "/api") is original
+
+
+def test_without_tcp_quickack_nothing_is_mounted(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(transport, "QUICKACK", None)
+    session = requests.Session()
+    with caplog.at_level("DEBUG", logger="trackcfg"):
+        assert transport.mount_quickack("http://127.0.0.1:5000", [session]) is None
+    assert "http://127.0.0.1:5000/" not in session.adapters
+    assert "TCP_QUICKACK is not available" in caplog.text
+
+
+def test_a_moved_hook_point_degrades_to_mlflows_client(
+    mlflow_server: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    original: Any = rest_utils.http_request
+
+    def http_request(*args: Any, **kwargs: Any) -> Any:  # same behaviour, other signature
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rest_utils, "http_request", http_request)
+    config = http_config(mlflow_server, tmp_path)
+    with caplog.at_level("DEBUG", logger="trackcfg"), TrackingSession(config, name="x") as s:
+        s.log_metrics({"m": 1.0})
+    assert "hook point changed" in caplog.text
+    assert mlflow.MlflowClient(mlflow_server).get_run(s.run_id or "").data.metrics == {"m": 1.0}
+
+
+@pytest.mark.skipif(transport.QUICKACK is None, reason="TCP_QUICKACK exists on Linux only")
+def test_quickack_sets_the_socket_option() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        try:
+            transport._quickack(client)
+            assert client.getsockopt(socket.IPPROTO_TCP, transport.QUICKACK) == 1  # type: ignore[arg-type]
+        finally:
+            client.close()
