@@ -32,6 +32,13 @@ def typing(session: nox.Session) -> None:
 
 
 @nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks, each against its baseline in the same run; writes benchmarks/results.md."""
+    session.install("-e", ".[kedro]")
+    session.run("python", "benchmarks/run_all.py", *session.posargs)
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     """The main job: a tracked run in the embedded default store, and how to view it."""
     session.install("-e", ".")

@@ -34,7 +34,8 @@ def free_port() -> int:
 def mlflow_server(workers: int | None = None) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 with a SQLite store; yields its URL.
 
-    ``TRACKCFG_BENCH_SERVER`` names a running server to reuse instead (the test suite's)."""
+    ``TRACKCFG_BENCH_SERVER`` names a running server to reuse instead, whatever ``workers``
+    asks for (the test suite's smoke run)."""
     shared = os.environ.get("TRACKCFG_BENCH_SERVER")
     if shared:
         yield shared
@@ -42,9 +43,18 @@ def mlflow_server(workers: int | None = None) -> Iterator[str]:
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         cmd = [
-            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{tmp}/server.db",
-            "--artifacts-destination", f"{tmp}/artifacts",
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp}/server.db",
+            "--artifacts-destination",
+            f"{tmp}/artifacts",
         ]
         if workers is not None:
             cmd += ["--workers", str(workers)]
@@ -111,7 +121,10 @@ def count_requests() -> Iterator[list[str]]:
 
 def table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+
+    def line(r: tuple[str, ...]) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+
     out = [f"### {title}", "", line(header), "| " + " | ".join("-" * w for w in widths) + " |"]
     out += [line(r) for r in rows]
     return "\n".join(out) + "\n"

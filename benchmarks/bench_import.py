@@ -30,10 +30,10 @@ def run() -> str:
         (name, ms(t), ms(t - bare), "-" if name == "bare interpreter" else f"{t / bare:.1f}x")
         for name, t in medians.items()
     ]
-    verdict = max(
-        medians["import trackcfg, trackcfg.kedro"], medians["trackcfg --help"]
-    ) - bare
-    text = table("Import cost (median of 7, interleaved)", rows, ("case", "wall", "over bare", "ratio"))
+    verdict = max(medians["import trackcfg, trackcfg.kedro"], medians["trackcfg --help"]) - bare
+    text = table(
+        "Import cost (median of 7, interleaved)", rows, ("case", "wall", "over bare", "ratio")
+    )
     text += f"\nBudget: < 100 ms over a bare interpreter; worst trackcfg case: {ms(verdict)} "
     text += "(" + ("met" if verdict < 0.1 else "MISSED") + ").\n"
     return text

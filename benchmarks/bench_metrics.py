@@ -3,6 +3,8 @@ per step) against a loop of `mlflow.log_metric` (one request per point)."""
 
 from __future__ import annotations
 
+import uuid
+
 import mlflow
 from _common import QUICK, interleaved, mlflow_server, ms, table
 
@@ -15,7 +17,7 @@ LOOP_POINTS = 100 if QUICK else 1000  # the per-point loop is timed on a sample,
 def run(workers: int | None = None) -> str:
     with mlflow_server(workers) as url:
         mlflow.set_tracking_uri(url)
-        exp = mlflow.MlflowClient(url).create_experiment("bench-metrics-raw")
+        exp = mlflow.MlflowClient(url).create_experiment(f"bench-metrics-raw-{uuid.uuid4().hex}")
         cfg = load_config(
             overrides={"server.mlflow_tracking_uri": url, "tracking.experiment.name": "bm"}
         )
@@ -37,8 +39,16 @@ def run(workers: int | None = None) -> str:
     loop_scaled = medians["loop"] * points / LOOP_POINTS
     label = "default workers" if workers is None else f"--workers {workers}"
     rows = [
-        (f"trackcfg log_metrics ({STEPS} calls of {KEYS})", ms(medians["session"]), f"{points / medians['session']:.0f}"),
-        (f"mlflow.log_metric loop ({LOOP_POINTS} timed, scaled to {points})", ms(loop_scaled), f"{points / loop_scaled:.0f}"),
+        (
+            f"trackcfg log_metrics ({STEPS} calls of {KEYS})",
+            ms(medians["session"]),
+            f"{points / medians['session']:.0f}",
+        ),
+        (
+            f"mlflow.log_metric loop ({LOOP_POINTS} timed, scaled to {points})",
+            ms(loop_scaled),
+            f"{points / loop_scaled:.0f}",
+        ),
     ]
     text = table(f"{points} metric points over HTTP ({label})", rows, ("case", "time", "points/s"))
     text += (

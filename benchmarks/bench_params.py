@@ -5,6 +5,7 @@ the floor: ceil(N/100) x the round trip of a trivial request to the same server.
 from __future__ import annotations
 
 import math
+import uuid
 
 import mlflow
 from _common import QUICK, interleaved, mlflow_server, ms, table
@@ -21,9 +22,7 @@ def nested_params(n: int) -> dict[str, dict[str, int]]:
 
 
 def flat_params(n: int) -> dict[str, str]:
-    return {
-        f"group{g}.{k}": str(v) for g, d in nested_params(n).items() for k, v in d.items()
-    }
+    return {f"group{g}.{k}": str(v) for g, d in nested_params(n).items() for k, v in d.items()}
 
 
 def config(url: str) -> TrackingConfig:
@@ -40,7 +39,7 @@ def run(workers: int | None = None) -> str:
     with mlflow_server(workers) as url:
         mlflow.set_tracking_uri(url)
         client = MlflowClient(url)
-        exp = client.create_experiment("bench-params-raw")
+        exp = client.create_experiment(f"bench-params-raw-{uuid.uuid4().hex}")
         cfg = config(url)
         nested, flat = nested_params(N), flat_params(N)
 
@@ -81,7 +80,8 @@ def run(workers: int | None = None) -> str:
             repeats=3 if QUICK else 5,
         )
     net = {
-        "trackcfg session.log_params": medians["trackcfg session.log_params"] - medians["_empty session"],
+        "trackcfg session.log_params": medians["trackcfg session.log_params"]
+        - medians["_empty session"],
         "mlflow.log_param loop": medians["mlflow.log_param loop"] - medians["_empty raw run"],
         "mlflow.log_params": medians["mlflow.log_params"] - medians["_empty raw run"],
     }

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import tempfile
+import uuid
 from pathlib import Path
 
 import mlflow
@@ -14,8 +15,10 @@ from trackcfg import TrackingSession, load_config
 
 def measure(uri: str, label: str) -> list[tuple[str, ...]]:
     mlflow.set_tracking_uri(uri)
-    exp = mlflow.MlflowClient(uri).create_experiment(f"raw-{label}")
-    cfg = load_config(overrides={"server.mlflow_tracking_uri": uri, "tracking.experiment.name": f"s-{label}"})
+    exp = mlflow.MlflowClient(uri).create_experiment(f"raw-{label}-{uuid.uuid4().hex}")
+    cfg = load_config(
+        overrides={"server.mlflow_tracking_uri": uri, "tracking.experiment.name": f"s-{label}"}
+    )
 
     def session() -> None:
         with TrackingSession(cfg, name="bench"):
@@ -32,7 +35,15 @@ def measure(uri: str, label: str) -> list[tuple[str, ...]]:
         with count_requests() as seen:
             case()
         requests = str(len(seen)) if uri.startswith("http") else "n/a (no HTTP)"
-        rows.append((label, name, ms(medians["session" if name.startswith("trackcfg") else "raw"]), requests, ", ".join(seen)))
+        rows.append(
+            (
+                label,
+                name,
+                ms(medians["session" if name.startswith("trackcfg") else "raw"]),
+                requests,
+                ", ".join(seen),
+            )
+        )
     return rows
 
 
@@ -42,7 +53,9 @@ def run() -> str:
         rows += measure(f"sqlite:///{Path(tmp) / 'bench.db'}", "sqlite")
     with mlflow_server() as url:
         rows += measure(url, "http")
-    text = table("Empty session vs raw run (median)", rows, ("store", "case", "time", "requests", "which"))
+    text = table(
+        "Empty session vs raw run (median)", rows, ("store", "case", "time", "requests", "which")
+    )
     text += "\nBudget: trackcfg's request count within +2 of raw MLflow's.\n"
     return text
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import bench_import  # noqa: E402
-import bench_metrics  # noqa: E402
-import bench_params  # noqa: E402
-import bench_session  # noqa: E402
-from _common import QUICK, machine  # noqa: E402
+import bench_import
+import bench_metrics
+import bench_params
+import bench_session
+import bench_transport
+from _common import QUICK, machine
 
 
 def main() -> None:
@@ -21,6 +22,7 @@ def main() -> None:
         bench_params.run(workers=1),
         bench_metrics.run(),
         bench_session.run(),
+        bench_transport.run(),
     ]
     try:
         import bench_kedro
