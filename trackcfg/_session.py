@@ -712,4 +712,5 @@ def activate_inherited_run() -> Iterator[str | None]:
         if pushed:
             backend.pop_active(run_id)
         backend.restore_store(token)
+        backend.close()
         env.restore()

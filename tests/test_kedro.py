@@ -1,0 +1,495 @@
+"""The Kedro hooks on a real Kedro project, run as a user runs it.
+
+The project is generated once per test session with ``kedro new`` (offline, built-in
+template), its pipeline registry replaced by ``tests/kedro_pipelines.py``, and copied for each
+test.  CLI behaviours run ``kedro run`` in a subprocess; several-runs-per-process behaviours
+run ``KedroSession.create(...).run()`` in this process.  Results are read back from the
+project's store with ``MlflowClient``.
+
+Every ``kedro run`` subprocess imports mlflow (seconds on a loaded machine), so the CLI tests
+each check several things about one run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+kedro = pytest.importorskip("kedro")
+
+PACKAGE = "tracked_demo"
+KEDRO = str(Path(sys.executable).with_name("kedro"))
+TIMEOUT = 240
+PARAMETERS = """\
+lr: 0.1
+alpha: 2
+model:
+  depth: 3
+  kind: tree
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures and helpers.
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    # Telemetry would try the network at every command; wide logs keep messages on one line.
+    env.update(KEDRO_DISABLE_TELEMETRY="1", COLUMNS="250", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def kedro_template(tmp_path_factory: pytest.TempPathFactory, migrated_sqlite_db: Path) -> Path:
+    """A generated Kedro project with the test pipelines and an empty, migrated store."""
+    parent = tmp_path_factory.mktemp("kedro-template")
+    subprocess.run(
+        [KEDRO, "new", "--name", "tracked-demo", "--tools", "none", "--example", "n", "-tc", "no"],
+        cwd=parent,
+        env=_env(),
+        check=True,
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    project = parent / "tracked-demo"
+    shutil.copy(
+        Path(__file__).with_name("kedro_pipelines.py"),
+        project / "src" / PACKAGE / "pipeline_registry.py",
+    )
+    (project / "conf" / "base" / "parameters.yml").write_text(PARAMETERS)
+    # A fresh SQLite store costs seconds of migrations in every `kedro run`: start migrated.
+    (project / "mlruns").mkdir()
+    shutil.copy(migrated_sqlite_db, project / "mlruns" / "mlflow.db")
+    return project
+
+
+@pytest.fixture
+def project(kedro_template: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(kedro_template, tmp_path / "tracked-demo"))
+
+
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Kedro in this process: no telemetry; no MLflow active run or URI left to later tests."""
+    import mlflow
+
+    monkeypatch.setenv("KEDRO_DISABLE_TELEMETRY", "1")
+    yield
+    assert mlflow.active_run() is None
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def kedro_cli(
+    project: Path, *args: str, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [KEDRO, *args],
+        cwd=cwd or project,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def store_uri(project: Path) -> str:
+    return f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+
+
+def runs(project: Path) -> list[Any]:
+    """Every run in the project's store, oldest first."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store_uri(project))
+    ids = [e.experiment_id for e in client.search_experiments()]
+    found = client.search_runs(ids, order_by=["attributes.start_time ASC"])
+    return list(found)
+
+
+def only(found: list[Any]) -> Any:
+    """The single run without a parent (the pipeline's), after checking there is one."""
+    top = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+    assert len(top) == 1, [r.info.run_name for r in found]
+    return top[0]
+
+
+def run_in_process(project: Path, *, env: str | None = None, **kwargs: Any) -> Any:
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(project)
+    runtime_params = kwargs.pop("runtime_params", None)
+    with KedroSession.create(project_path=project, env=env, runtime_params=runtime_params) as s:
+        return s.run(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# kedro run, as a subprocess.
+
+
+def test_kedro_run_thread_runner_logs_one_reproducible_run(project: Path) -> None:
+    """`kedro run --env --params --runner ThreadRunner` from a subfolder: one FINISHED run in
+    <root>/mlruns named after the pipeline, the effective params once each, the command line,
+    Kedro version, env and session id as tags, node metrics and child runs from worker
+    threads inside it; mlflow.yml read through Kedro's loader, with the project's resolvers
+    (Kedro allows ${oc.env:...} outside credentials once settings.py registers it)."""
+    settings = project / "src" / PACKAGE / "settings.py"
+    settings.write_text(
+        settings.read_text()
+        + "\nfrom omegaconf.resolvers import oc\n"
+        + 'CONFIG_LOADER_ARGS["custom_resolvers"] = {"oc.env": oc.env}\n'
+    )
+    write(
+        project / "conf" / "test" / "mlflow.yml",
+        """\
+        tracking:
+          experiment:
+            name: ${oc.env:DEMO_EXPERIMENT}
+        """,
+    )
+    args = ["run", "--pipelines", "train", "--env", "test", "--params", "lr=0.5,model.depth=5"]
+    args += ["--runner", "ThreadRunner"]
+    result = kedro_cli(project, *args, cwd=project / "src", DEMO_EXPERIMENT="nightly")
+    assert result.returncode == 0, result.stderr
+
+    found = runs(project)
+    run = only(found)
+    assert run.info.run_name == "train"
+    assert run.info.status == "FINISHED"
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store_uri(project))
+    assert client.get_experiment(run.info.experiment_id).name == "nightly"
+    assert run.data.params == {
+        "lr": "0.5",
+        "model": str({"depth": 5, "kind": "tree"}),
+        "parameters": str({"lr": 0.5, "alpha": 2, "model": {"depth": 5, "kind": "tree"}}),
+    }
+    tags = run.data.tags
+    assert tags["kedro.command"] == "kedro " + " ".join(args)
+    assert tags["kedro.version"] == kedro.__version__
+    assert tags["kedro.env"] == "test"
+    assert tags["kedro.session_id"] not in ("", run.info.run_id)
+    assert tags["fit.thread"].startswith("ThreadPoolExecutor")
+    assert run.data.metrics == pytest.approx({"loss": 1.0, "score": 1.75})
+    children = [r for r in found if r is not run]
+    assert [(c.info.run_name, c.data.tags["mlflow.parentRunId"]) for c in children] == [
+        ("trial", run.info.run_id)
+    ]
+    assert not (project / "src" / "mlruns").exists()
+    assert not (project / "src" / "mlflow.db").exists()
+
+
+def test_kedro_run_parallel_runner_nodes_log_into_the_pipeline_run(project: Path) -> None:
+    """ParallelRunner: nodes run in worker processes and their plain mlflow.log_metric (and
+    child runs) land in the pipeline's run, which ends FINISHED."""
+    process = subprocess.Popen(
+        [KEDRO, "run", "--runner", "ParallelRunner"],
+        cwd=project,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output, _ = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0, output
+
+    found = runs(project)
+    run = only(found)
+    assert (run.info.run_name, run.info.status) == ("__default__", "FINISHED")
+    assert run.data.metrics == pytest.approx({"loss": 0.2, "score": 0.35})
+    assert run.data.tags["fit.pid"] != str(process.pid)
+    assert run.data.tags["report.pid"] != str(process.pid)
+    assert run.data.tags["kedro.command"] == "kedro run --runner ParallelRunner"
+    trial = [r for r in found if r is not run]
+    assert [t.data.tags["mlflow.parentRunId"] for t in trial] == [run.info.run_id]
+    assert trial[0].data.metrics == {"trial_loss": 0.05}
+
+
+def test_kedro_run_async_node_error_fails_the_run_and_propagates(project: Path) -> None:
+    """--async, a node raises: kedro run fails with the node's error, the run ends FAILED
+    with the params logged before the failure."""
+    result = kedro_cli(project, "run", "--pipelines", "fail", "--async")
+    assert result.returncode != 0
+    assert "node failed on purpose with 2" in result.stdout + result.stderr
+
+    run = only(runs(project))
+    assert (run.info.run_name, run.info.status) == ("fail", "FAILED")
+    assert run.data.params == {"alpha": "2"}
+    assert run.data.tags["kedro.command"] == "kedro run --pipelines fail --async"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_kedro_run_signal_ends_the_run_killed(
+    project: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """SIGTERM or Ctrl-C while a node runs: kedro run stops promptly, the run ends KILLED."""
+    marker = tmp_path / "node-started"
+    process = subprocess.Popen(
+        [KEDRO, "run", "--pipelines", "slow"],
+        cwd=project,
+        env=_env(DEMO_MARKER=str(marker)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not marker.exists():
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "the node never started"
+            time.sleep(0.2)
+        process.send_signal(sig)
+        started = time.monotonic()
+        process.wait(timeout=60)
+        assert time.monotonic() - started < 60
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode != 0
+
+    run = only(runs(project))
+    assert (run.info.run_name, run.info.status) == ("slow", "KILLED")
+
+
+# --------------------------------------------------------------------------------------------
+# Other kedro commands, as subprocesses (none of them needs mlflow).
+
+
+def kedro_modules(project: Path, *args: str) -> tuple[int, set[str], str]:
+    """Run ``kedro *args`` in a fresh interpreter; its exit code, the modules it imported
+    (``-X importtime`` misses modules loaded by entry points), and its output."""
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['kedro', *{list(args)!r}]\n"
+        "try:\n"
+        "    runpy.run_module('kedro', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "print('MODULES', ' '.join(sorted(sys.modules)))\n"
+        "sys.exit(code)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=project,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    lines = result.stdout.splitlines()
+    modules = set(lines[-1].removeprefix("MODULES ").split()) if lines else set()
+    return result.returncode, modules, result.stdout + result.stderr
+
+
+def test_kedro_help_in_the_project_lists_the_commands_without_importing_mlflow(
+    project: Path,
+) -> None:
+    code, modules, output = kedro_modules(project, "--help")
+    assert code == 0, output
+    assert "trackcfg" in output
+    assert "trackcfg._kedro_cli" in modules
+    assert not {m for m in modules if m.split(".")[0] == "mlflow"}
+
+
+def test_disable_hooks_for_plugins_turns_tracking_off(project: Path) -> None:
+    """DISABLE_HOOKS_FOR_PLUGINS = ("trackcfg",): no run, and mlflow is not even imported
+    (Kedro still imports trackcfg.kedro to read the entry point, then unregisters it)."""
+    settings = project / "src" / PACKAGE / "settings.py"
+    settings.write_text(settings.read_text() + '\nDISABLE_HOOKS_FOR_PLUGINS = ("trackcfg",)\n')
+    code, modules, output = kedro_modules(project, "run", "--pipelines", "plain")
+    assert code == 0, output
+    assert "trackcfg.kedro" in modules  # so importing it does not import mlflow either
+    assert not {m for m in modules if m.split(".")[0] == "mlflow"}
+    assert runs(project) == []
+
+
+def test_kedro_trackcfg_init_writes_conf_env_mlflow_yml(project: Path) -> None:
+    from trackcfg import load_config
+
+    result = kedro_cli(project, "trackcfg", "init", "--env", "staging")
+    assert result.returncode == 0, result.stderr
+    written = project / "conf" / "staging" / "mlflow.yml"
+    config = load_config(project / "conf", env="staging")
+    assert config.files[-1] == written
+    assert config.tracking.experiment.name == PACKAGE
+
+    again = kedro_cli(project, "trackcfg", "init", "--env", "staging")
+    assert again.returncode != 0
+    assert "--force" in again.stdout + again.stderr
+
+
+def test_kedro_trackcfg_ui_reads_the_config_through_kedro(project: Path) -> None:
+    """The tracking URI comes from Kedro's loader (its env and resolvers): an http server's
+    UI is that server, printed without serving anything."""
+    write(project / "conf" / "prod" / "globals.yml", "server: http://127.0.0.1:9\n")
+    write(
+        project / "conf" / "prod" / "mlflow.yml",
+        """\
+        server:
+          mlflow_tracking_uri: ${globals:server}
+        """,
+    )
+    result = kedro_cli(project, "trackcfg", "ui", "--env", "prod", "--no-browser")
+    assert result.returncode == 0, result.stderr
+    assert "MLflow UI: http://127.0.0.1:9" in result.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# KedroSession in this process.
+
+
+@pytest.mark.usefixtures("in_process")
+def test_two_sessions_in_one_process_give_two_runs_and_leave_none_active(project: Path) -> None:
+    """Two KedroSession runs: two runs in the experiment named after the package, each
+    tagged with the equivalent kedro run command; no active run or URI left behind."""
+    run_in_process(project, pipeline_names=["train"], runtime_params={"lr": 0.3})
+    run_in_process(project, pipeline_names=["plain"])
+
+    found = [r for r in runs(project) if "mlflow.parentRunId" not in r.data.tags]
+    assert [(r.info.run_name, r.info.status) for r in found] == [
+        ("train", "FINISHED"),
+        ("plain", "FINISHED"),
+    ]
+    assert found[0].info.run_id != found[1].info.run_id
+    assert found[0].data.params["lr"] == "0.3"
+    assert found[0].data.tags["kedro.command"] == "kedro run --pipelines train --params lr=0.3"
+    assert found[0].data.tags["kedro.env"] == "local"
+    import mlflow
+
+    experiment = mlflow.MlflowClient(tracking_uri=store_uri(project)).get_experiment(
+        found[0].info.experiment_id
+    )
+    assert experiment.name == PACKAGE
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+@pytest.mark.usefixtures("in_process")
+def test_loading_a_context_does_not_touch_the_store(project: Path) -> None:
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    shutil.rmtree(project / "mlruns")
+    bootstrap_project(project)
+    session = KedroSession.create(project_path=project)
+    with session:
+        context = session.load_context()
+        assert context.catalog.load("params:lr") == 0.1
+    assert not (project / "mlruns").exists()
+
+
+@pytest.mark.usefixtures("in_process")
+def test_disabled_pipeline_is_not_tracked(project: Path) -> None:
+    write(
+        project / "conf" / "local" / "mlflow.yml",
+        """\
+        tracking:
+          disable_tracking:
+            pipelines: [plain]
+        """,
+    )
+    run_in_process(project, pipeline_names=["plain"])
+    assert runs(project) == []
+
+
+@pytest.mark.usefixtures("in_process")
+def test_credentials_come_from_kedro_credentials_for_the_run_only(project: Path) -> None:
+    write(
+        project / "conf" / "local" / "credentials.yml",
+        """\
+        demo_server:
+          DEMO_API_TOKEN: s3cret
+        """,
+    )
+    write(project / "conf" / "base" / "mlflow.yml", "server:\n  credentials: demo_server\n")
+    run_in_process(project, pipeline_names=["secret"])
+    run = only(runs(project))
+    assert run.data.tags["token.length"] == "6"
+    assert "DEMO_API_TOKEN" not in os.environ
+
+
+@pytest.mark.usefixtures("in_process")
+def test_invalid_mlflow_yml_is_reported_with_its_file(project: Path) -> None:
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    from trackcfg import ConfigError
+
+    bad = write(project / "conf" / "local" / "mlflow.yml", "tracking:\n  run:\n    nestd: true\n")
+    bootstrap_project(project)
+    session = KedroSession.create(project_path=project)
+    with session, pytest.raises(ConfigError, match="did you mean 'nested'") as caught:
+        session.load_context()
+    assert str(bad) in str(caught.value)
+
+
+@pytest.mark.usefixtures("in_process")
+def test_active_run_gets_a_child_run_and_stays_open(project: Path) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(store_uri(project))
+    with mlflow.start_run(experiment_id="0") as outer:
+        run_in_process(project, pipeline_names=["plain"])
+        active = mlflow.active_run()
+        assert active is not None
+        assert active.info.run_id == outer.info.run_id
+        child = [r for r in runs(project) if r.info.run_id != outer.info.run_id]
+        assert [(r.info.run_name, r.info.status) for r in child] == [("plain", "FINISHED")]
+        assert child[0].data.tags["mlflow.parentRunId"] == outer.info.run_id
+        client = mlflow.MlflowClient(tracking_uri=store_uri(project))
+        assert client.get_run(outer.info.run_id).info.status == "RUNNING"
+
+
+@pytest.mark.usefixtures("in_process")
+def test_mlflow_run_id_is_attached_to_with_nested_false(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An orchestrator's run (MLFLOW_RUN_ID) with run.nested false: the pipeline logs into
+    it and leaves it RUNNING."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store_uri(project))
+    outer = client.create_run("0").info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", outer)
+    write(project / "conf" / "local" / "mlflow.yml", "tracking:\n  run:\n    nested: false\n")
+    run_in_process(project, pipeline_names=["plain"])
+
+    assert [r.info.run_id for r in runs(project)] == [outer]
+    attached = client.get_run(outer)
+    assert attached.info.status == "RUNNING"
+    assert attached.data.params == {"alpha": "2"}
+    assert attached.data.tags["kedro.command"] == "kedro run --pipelines plain"
+    assert os.environ["MLFLOW_RUN_ID"] == outer
+
+
+@pytest.mark.usefixtures("in_process")
+def test_interrupted_run_is_killed_when_the_next_pipeline_starts(project: Path) -> None:
+    """Ctrl-C in a notebook skips Kedro's end hooks: the next run ends the old one KILLED."""
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process(project, pipeline_names=["interrupt"])
+    run_in_process(project, pipeline_names=["plain"])
+
+    found = runs(project)
+    assert [(r.info.run_name, r.info.status) for r in found] == [
+        ("interrupt", "KILLED"),
+        ("plain", "FINISHED"),
+    ]
