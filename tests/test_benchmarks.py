@@ -16,6 +16,7 @@ def test_every_benchmark_runs_at_a_tiny_size(mlflow_server: str, tmp_path: Path)
         "TRACKCFG_BENCH_QUICK": "1",
         "TRACKCFG_BENCH_SERVER": mlflow_server,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "run_all.py")],
@@ -32,6 +33,7 @@ def test_every_benchmark_runs_at_a_tiny_size(mlflow_server: str, tmp_path: Path)
         "params over HTTP",
         "metric points over HTTP",
         "Empty session",
+        "kedro run, one node",
         "Quick ACKs",
     ):
         assert title in done.stdout
