@@ -53,7 +53,7 @@ DEFAULT_UI_HOST = "127.0.0.1"
 _DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 
 
-class _Group(click.Group):
+class TrackcfgErrorsGroup(click.Group):
     """Turns trackcfg's own errors into one line on stderr and exit code 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -63,7 +63,7 @@ class _Group(click.Group):
             raise click.ClickException(str(exc)) from exc
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=TrackcfgErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """MLflow tracking configured by one mlflow.yml.
 

@@ -9,27 +9,14 @@ nor Kedro's session machinery.
 
 from __future__ import annotations
 
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import click
 
 from . import _cli
-from ._store import resolve_store
-from .exceptions import TrackcfgError
 
 __all__ = ["commands"]
-
-
-class _Group(click.Group):
-    """trackcfg's own errors as one line on stderr and exit code 1, as ``trackcfg`` does."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except TrackcfgError as exc:
-            raise click.ClickException(str(exc)) from exc
 
 
 @click.group(name="trackcfg-plugin")
@@ -37,7 +24,7 @@ def commands() -> None:
     """trackcfg's Kedro project commands."""
 
 
-@commands.group(name="trackcfg", cls=_Group)
+@commands.group(name="trackcfg", cls=_cli.TrackcfgErrorsGroup)
 def trackcfg() -> None:
     """MLflow tracking configured by conf/<env>/mlflow.yml."""
 
@@ -74,12 +61,4 @@ def ui(
     session = KedroSession.create(project_path=root, env=env)
     with session:
         config = read_config(session.load_context())
-    location = resolve_store(config.server.mlflow_tracking_uri, root)
-    if urllib.parse.urlsplit(location.tracking_uri).scheme in ("http", "https"):
-        click.echo(f"MLflow UI: {_cli.mask_uri(location.tracking_uri)}")
-        if not no_browser:
-            _cli._open_browser(location.tracking_uri)
-        return
-    chosen_host = host or config.ui.host or _cli.DEFAULT_UI_HOST
-    chosen_port = _cli._bind_probe(chosen_host, (port if port is not None else config.ui.port) or 0)
-    _cli._serve(config, location, chosen_host, chosen_port, browser=not no_browser)
+    _cli.serve_ui(config, port=port, host=host, browser=not no_browser)
