@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from trackcfg import ConfigError, LongParamsStrategy, TrackcfgError, TrackingConfig, load_config
+from trackcfg._config import RankPolicy
 from trackcfg._loading import find_project_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,6 +73,8 @@ SCHEMA_DEFAULTS: dict[str, Any] = {
     "server.request_header_provider.type": None,
     "server.request_header_provider.pass_context": False,
     "server.request_header_provider.init_kwargs": {},
+    "server.request_timeout": 10,
+    "server.max_retries": 3,
     "tracking.disable_tracking.pipelines": (),
     "tracking.disable_tracking.disable_autologging": True,
     "tracking.experiment.name": None,
@@ -82,6 +85,7 @@ SCHEMA_DEFAULTS: dict[str, Any] = {
     "tracking.run.id": None,
     "tracking.run.name": None,
     "tracking.run.nested": True,
+    "tracking.run.ranks": RankPolicy.ZERO,
     "tracking.params.dict_params.flatten": False,
     "tracking.params.dict_params.recursive": True,
     "tracking.params.dict_params.sep": ".",

@@ -310,7 +310,11 @@ def test_get_run_is_none_for_an_unknown_id_and_a_ref_for_a_known_one(
 
 
 def test_get_run_is_none_for_an_unknown_id_over_http(mlflow_server: str) -> None:
-    assert MlflowBackend(mlflow_server).get_run(MISSING_RUN) is None
+    backend = MlflowBackend(mlflow_server)
+    try:
+        assert backend.get_run(MISSING_RUN) is None
+    finally:
+        backend.close()  # an HTTP backend mounts a transport hook until closed
 
 
 def test_create_experiment_of_an_existing_name_returns_its_id(

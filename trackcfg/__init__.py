@@ -7,7 +7,7 @@ starts.
 
 from __future__ import annotations
 
-from ._config import LongParamsStrategy, TrackingConfig
+from ._config import LongParamsStrategy, RankPolicy, TrackingConfig
 from ._decorator import tracked
 from ._loading import load_config
 from ._session import TrackingSession
@@ -17,6 +17,7 @@ from .exceptions import (
     ParamValueTooLongError,
     RunError,
     TrackcfgError,
+    TrackingUnavailableError,
 )
 
 __all__ = [
@@ -24,10 +25,12 @@ __all__ = [
     "ExperimentError",
     "LongParamsStrategy",
     "ParamValueTooLongError",
+    "RankPolicy",
     "RunError",
     "TrackcfgError",
     "TrackingConfig",
     "TrackingSession",
+    "TrackingUnavailableError",
     "load_config",
     "tracked",
 ]
