@@ -204,3 +204,220 @@ def migrated_sqlite_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # --- end of the mlflow server fixture block --------------------------------------------------
+
+
+# --- scale fixtures (postgres, moto) ---------------------------------------------------------
+# Owned by tests/test_scale.py, tests/test_faults.py and tests/test_secrets.py.  Real components
+# on 127.0.0.1 only, on free ports, stopped by process group:
+# - ``launch_mlflow_server``: start an ``mlflow server`` on any backend store (and port), kill it
+#   and start it again (outage tests);
+# - ``pg_mlflow_server``: an ``mlflow server`` on a FRESH PostgreSQL database (created for this
+#   test session on the server named by TRACKCFG_TEST_POSTGRES_URL, dropped afterwards);
+#   skipped with the reason where that variable is unset.  Started at the first test when a
+#   selected test needs it, so its 15-60 s start overlaps other tests;
+# - ``moto_s3``: a ``moto_server`` S3 endpoint with one bucket.
+
+import contextlib  # noqa: E402
+import importlib  # noqa: E402
+import secrets as _secrets  # noqa: E402
+import urllib.parse  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+POSTGRES_URL_VARIABLE = "TRACKCFG_TEST_POSTGRES_URL"
+
+
+def launch_mlflow_server(
+    backend_store_uri: str, artifacts_destination: Path, *, port: int | None = None
+) -> _MlflowServer:
+    """Start ``mlflow server --workers 1`` (not waiting for it): ``.wait_healthy(t)`` then."""
+    logs = Path(tempfile.mkdtemp(prefix="trackcfg-scale-server-"))
+    port = port or _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRACKCFG_"))}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", "1",
+        "--backend-store-uri", backend_store_uri,
+        "--artifacts-destination", str(artifacts_destination),
+    ]  # fmt: skip
+    with (logs / "stdout.log").open("wb") as out, (logs / "stderr.log").open("wb") as err:
+        process = subprocess.Popen(
+            command,
+            cwd=logs,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+    return _MlflowServer(url=f"http://127.0.0.1:{port}", folder=logs, process=process)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server_launcher() -> Iterator[Callable[..., _MlflowServer]]:
+    """``launch(backend_store_uri, artifacts_destination, port=None)``; all stopped at the
+    end of the test module."""
+    started: list[_MlflowServer] = []
+
+    def launch(
+        backend_store_uri: str, artifacts_destination: Path, *, port: int | None = None
+    ) -> _MlflowServer:
+        server = launch_mlflow_server(backend_store_uri, artifacts_destination, port=port)
+        started.append(server)
+        return server
+
+    yield launch
+    for server in started:
+        server.stop()
+
+
+@dataclasses.dataclass(frozen=True)
+class PostgresStore:
+    url: str
+    """The server URL with the test database (``postgresql://...``)."""
+    store_uri: str
+    """The same as an MLflow/SQLAlchemy store URI (``postgresql+psycopg2://...``)."""
+    database: str
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[PostgresStore]:
+    """A fresh, empty database on the TRACKCFG_TEST_POSTGRES_URL server, dropped afterwards."""
+    base = os.environ.get(POSTGRES_URL_VARIABLE, "").strip()
+    if not base:
+        pytest.skip(
+            f"{POSTGRES_URL_VARIABLE} is not set: the PostgreSQL-backed tests need a server "
+            "(CI: postgresql://postgres@127.0.0.1:5432/test)"
+        )
+    # Through importlib: psycopg2 ships no type information (and the typing run lacks it).
+    psycopg2: Any = importlib.import_module("psycopg2")
+    sql: Any = importlib.import_module("psycopg2.sql")
+
+    name = f"trackcfg_test_{_secrets.token_hex(6)}"
+    admin = psycopg2.connect(base)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        parts = urllib.parse.urlsplit(base)
+        url = urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+        store_uri = urllib.parse.urlunsplit(
+            parts._replace(scheme="postgresql+psycopg2", path=f"/{name}")
+        )
+        yield PostgresStore(url=url, store_uri=store_uri, database=name)
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def _pg_mlflow_server_process(
+    postgres_database: PostgresStore, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[_MlflowServer]:
+    server = launch_mlflow_server(
+        postgres_database.store_uri, tmp_path_factory.mktemp("pg-server-artifacts")
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_pg_mlflow_server_early(request: pytest.FixtureRequest) -> None:
+    """Start the PostgreSQL-backed server at the first test when a selected test uses it."""
+    if os.environ.get(POSTGRES_URL_VARIABLE, "").strip() and any(
+        "pg_mlflow_server" in getattr(item, "fixturenames", ()) for item in request.session.items
+    ):
+        request.getfixturevalue("_pg_mlflow_server_process")
+
+
+@pytest.fixture(scope="session")
+def pg_mlflow_server(_pg_mlflow_server_process: _MlflowServer) -> str:
+    """URL of a healthy ``mlflow server`` whose backend store is a fresh PostgreSQL database."""
+    _pg_mlflow_server_process.wait_healthy(_SERVER_HEALTH_TIMEOUT)
+    return _pg_mlflow_server_process.url
+
+
+@dataclasses.dataclass(frozen=True)
+class MotoS3:
+    endpoint_url: str
+    bucket: str
+    access_key_id: str
+    secret_access_key: str
+    region: str = "us-east-1"
+
+    def client(self) -> Any:
+        """A boto3 S3 client with explicit credentials (never from the environment)."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            region_name=self.region,
+        )
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoS3]:
+    """A ``moto_server`` S3 endpoint on 127.0.0.1 with one empty bucket."""
+    executable = Path(sys.executable).with_name("moto_server")
+    if not executable.exists():
+        pytest.fail(f"moto_server not found next to {sys.executable}: install moto[server]")
+    port = _free_port()
+    logs = Path(tempfile.mkdtemp(prefix="trackcfg-moto-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+    with (logs / "moto.log").open("wb") as out:
+        process = subprocess.Popen(
+            [str(executable), "-H", "127.0.0.1", "-p", str(port)],
+            cwd=logs,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                log = (logs / "moto.log").read_text(errors="replace")
+                pytest.fail(f"moto_server exited with {process.returncode}:\n{log}")
+            try:
+                with urllib.request.urlopen(f"{url}/moto-api/", timeout=2):
+                    break
+            except urllib.error.HTTPError:
+                break  # it answers: good enough
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"moto_server at {url} did not answer within 60 s")
+                time.sleep(0.2)
+        s3 = MotoS3(
+            endpoint_url=url,
+            bucket=f"trackcfg-{_secrets.token_hex(4)}",
+            access_key_id=f"AKIA{_secrets.token_hex(8).upper()}",
+            secret_access_key=_secrets.token_urlsafe(30),
+        )
+        s3.client().create_bucket(Bucket=s3.bucket)
+        yield s3
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=15)
+        shutil.rmtree(logs, ignore_errors=True)
+
+
+# --- end of the scale fixtures block ---------------------------------------------------------

@@ -20,11 +20,14 @@ MLflow internals relied on (pinned by ``tests/test_mlflow_backend.py``):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
@@ -81,14 +84,40 @@ def _network_cause(exc: BaseException) -> BaseException | None:
     return None
 
 
+# SQLite's result codes for "another connection holds the lock" (sqlite3 names them from 3.11).
+_SQLITE_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED
+
+
+def _sqlite_busy(exc: BaseException) -> bool:
+    """Whether a SQLite store stayed locked past MLflow's own wait (its busy_timeout, 20 s):
+    told by the sqlite3 error code in the chain (Python 3.11+), not by the message."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, sqlite3.OperationalError):
+            return getattr(current, "sqlite_errorcode", None) in _SQLITE_BUSY_CODES
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def _reachable(method: F) -> F:
-    """Turn "the server did not answer" into ``TrackingUnavailableError`` naming the URI."""
+    """Turn "the server did not answer" into ``TrackingUnavailableError`` naming the URI
+    (and "the SQLite file stayed locked by other writers" into the same, recommending a
+    server)."""
 
     @functools.wraps(method)
     def wrapper(self: MlflowBackend, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except (MlflowException, requests.exceptions.RequestException) as exc:
+            if _sqlite_busy(exc):
+                raise TrackingUnavailableError(
+                    f"SQLite store {self.tracking_uri} stayed locked by other writers longer "
+                    "than MLflow waits (20 s); SQLite serializes every write, so for many "
+                    "processes use a tracking server (mlflow server --backend-store-uri "
+                    "postgresql+psycopg2://...; see docs/scale.md)"
+                ) from exc
             cause = _network_cause(exc)
             if cause is None:
                 raise
@@ -144,6 +173,39 @@ def _quickack_for(tracking_uri: str) -> QuickAckMount | None:
     return mount_quickack(tracking_uri, sessions)
 
 
+def _sqlite_file(tracking_uri: str) -> Path | None:
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = tracking_uri[len("sqlite:///") :].partition("?")[0]
+    return Path(path) if path and not path.startswith(":memory:") else None
+
+
+@contextlib.contextmanager
+def _store_creation_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold an exclusive lock, across processes, on the folder of a SQLite store's file.
+
+    MLflow creates a new database's tables in EVERY process that finds them missing: processes
+    opening a new store at once collide ("table ... already exists", alembic revision errors).
+    A ``flock`` on the folder, not on the database file: closing any descriptor of that file
+    would drop SQLite's own locks held by this process.  Where ``flock`` does not exist
+    (Windows), nothing is locked."""
+    db = _sqlite_file(tracking_uri)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None  # type: ignore[assignment]
+    if db is None or fcntl is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(db.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
 def mlflow_limits() -> Limits:
     """The installed mlflow's limits (6000-character param values in MLflow 3)."""
     return Limits(
@@ -166,7 +228,11 @@ class MlflowBackend:
     _quickack: QuickAckMount | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
-        self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+        # The client builds MLflow's (per-process, cached) store, creating a new one's tables.
+        with _store_creation_lock(self.tracking_uri):
+            self._client = MlflowClient(
+                tracking_uri=self.tracking_uri, registry_uri=self.registry_uri
+            )
         # From the first request on (the experiment lookup), until close().
         self._quickack = _quickack_for(self.tracking_uri)
 

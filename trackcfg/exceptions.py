@@ -82,7 +82,8 @@ class RunError(TrackcfgError):
 
 class TrackingUnavailableError(TrackcfgError, ConnectionError):
     """The tracking server could not be reached (or stopped answering) within the budget set
-    by ``server.request_timeout`` and ``server.max_retries``."""
+    by ``server.request_timeout`` and ``server.max_retries``; or a SQLite store stayed locked
+    by other processes longer than MLflow waits (20 s)."""
 
 
 class ParamValueTooLongError(TrackcfgError, ValueError):

@@ -1,0 +1,275 @@
+"""Tracking server outages, on a real ``mlflow server`` that the tests start, kill (SIGKILL
+of its process group) and start again on the same port.
+
+Every session here has ``server.request_timeout: 2`` and ``server.max_retries: 1``: MLflow's
+own HTTP defaults would retry for about four minutes before giving up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from mlflow.tracking import fluent as mlflow_fluent
+
+import trackcfg
+from trackcfg import TrackingConfig, TrackingSession, load_config
+from trackcfg.exceptions import TrackcfgError, TrackingUnavailableError
+
+if TYPE_CHECKING:
+    from conftest import _MlflowServer
+
+REPO = Path(trackcfg.__file__).resolve().parents[1]
+HEALTH_TIMEOUT = 120.0
+BUDGET = 30.0
+"""Loose bound for "within timeout x retries" (2 s x 2 attempts + backoff, on a busy machine)."""
+HTTP_VARIABLES = (
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
+)
+
+
+def make_config(root: Path, uri: str, experiment: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pyproject.toml").write_text('[project]\nname = "faults"\n')
+    config = root / "mlflow.yml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            server:
+              mlflow_tracking_uri: {uri}
+              request_timeout: 2
+              max_retries: 1
+            tracking:
+              experiment:
+                name: {experiment}
+            """
+        )
+    )
+    return config
+
+
+def http_env() -> dict[str, str | None]:
+    return {name: os.environ.get(name) for name in HTTP_VARIABLES}
+
+
+@pytest.fixture(autouse=True)
+def _reset_mlflow_state() -> Iterator[None]:
+    yield
+    mlflow_fluent._active_run_stack.get().clear()  # type: ignore[no-untyped-call]
+    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+    mlflow_fluent._active_experiment_id = None
+
+
+@pytest.fixture
+def previous_http_settings(monkeypatch: pytest.MonkeyPatch) -> dict[str, str | None]:
+    """A user's own MLflow HTTP setting, and one left unset: both must be as they were after."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    return http_env()
+
+
+# ---------------------------------------------------------------------------------------------
+# Unreachable at session start.
+
+
+@pytest.fixture
+def refused_uri() -> str:
+    """A port nobody listens on: connections are refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def silent_uri() -> Iterator[str]:
+    """A server that accepts connections (the kernel does) and never answers: only the
+    request timeout ends the wait."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("kind", ["refused", "silent"])
+def test_unreachable_server_at_start_raises_tracking_unavailable_within_the_budget(
+    kind: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    previous_http_settings: dict[str, str | None],
+) -> None:
+    uri: str = request.getfixturevalue(f"{kind}_uri")
+    config = load_config(make_config(tmp_path / "proj", uri, "outage"))
+    started = time.monotonic()
+
+    with pytest.raises(TrackingUnavailableError) as caught, TrackingSession(config, name="t"):
+        pytest.fail("the block must not run")
+    elapsed = time.monotonic() - started
+
+    error = caught.value
+    assert isinstance(error, TrackcfgError)
+    assert isinstance(error, ConnectionError)
+    assert uri in str(error)
+    assert "server.request_timeout" in str(error)
+    assert elapsed < BUDGET
+    if kind == "silent":
+        assert elapsed >= 2  # the configured timeout was waited for, not MLflow's 120 s
+    assert http_env() == previous_http_settings
+    assert not (tmp_path / "proj" / "mlruns").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Killed in the middle of a run, then started again.
+
+
+@dataclasses.dataclass
+class Outage:
+    server: _MlflowServer
+    port: int
+    backend: str
+    artifacts: Path
+    config: Path
+
+
+@pytest.fixture(scope="module")
+def outage(
+    mlflow_server_launcher: Callable[..., _MlflowServer],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Outage:
+    """A server of the module's own, started at once (its start overlaps the tests above)."""
+    folder = tmp_path_factory.mktemp("outage-server")
+    backend = f"sqlite:///{folder / 'server.db'}"
+    server = mlflow_server_launcher(backend, folder / "artifacts")
+    port = int(server.url.rpartition(":")[2])
+    config = make_config(folder / "proj", server.url, "outage")
+    return Outage(server, port, backend, folder / "artifacts", config)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_outage_server_early(outage: Outage) -> None:
+    """Requesting ``outage`` at the first test of the module starts the server."""
+
+
+# The user's script: log, wait for the test to kill the server, log again.
+DOOMED = textwrap.dedent(
+    """
+    import json, sys, time
+    from trackcfg import TrackingSession, load_config
+    from trackcfg.exceptions import TrackingUnavailableError
+
+    result = {}
+    try:
+        with TrackingSession(load_config(sys.argv[1]), name="doomed") as session:
+            session.log_metrics({"loss": 1.0}, step=0)
+            print("READY", session.run_id, flush=True)
+            sys.stdin.readline()  # the server is dead now
+            started = time.monotonic()
+            try:
+                session.log_metrics({"loss": 0.5}, step=1)
+            except TrackingUnavailableError as exc:
+                result["seen_in_block"] = str(exc)
+                result["elapsed"] = time.monotonic() - started
+                raise
+    except TrackingUnavailableError as exc:
+        result["escaped"] = type(exc).__name__
+    print("RESULT", json.dumps(result), flush=True)
+    """
+)
+
+
+def _read_line(process: subprocess.Popen[str], timeout: float) -> str:
+    """The process's next stdout line, killing it if none comes within ``timeout``."""
+    timer = threading.Timer(timeout, process.kill)
+    timer.start()
+    try:
+        assert process.stdout is not None
+        return process.stdout.readline()
+    finally:
+        timer.cancel()
+
+
+def _session_logs(config: TrackingConfig) -> TrackingSession:
+    with TrackingSession(config, name="after", params={"attempt": 2}) as session:
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "2"
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+        session.log_metrics({"loss": 0.25}, step=2)
+    return session
+
+
+def test_server_killed_mid_run_then_restarted(
+    outage: Outage,
+    mlflow_server_launcher: Callable[..., _MlflowServer],
+    previous_http_settings: dict[str, str | None],
+) -> None:
+    """The next logging call raises TrackingUnavailableError within the budget, the with
+    block sees it, the process exits promptly; the killed run stays RUNNING; a new session
+    works once the server is back on the same port."""
+    outage.server.wait_healthy(HEALTH_TIMEOUT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRACKCFG_"))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    process = subprocess.Popen(
+        [sys.executable, "-c", DOOMED, str(outage.config)],
+        env=env,
+        cwd=outage.config.parent,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready = _read_line(process, timeout=120)
+        assert ready.startswith("READY "), process.communicate()[1]
+        run_id = ready.split()[1]
+
+        os.killpg(outage.server.process.pid, signal.SIGKILL)  # an outage, not a shutdown
+        outage.server.process.wait(timeout=30)
+        started = time.monotonic()
+        out, err = process.communicate("go\n", timeout=2 * BUDGET + 30)
+        exited_after = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert process.returncode == 0, err
+    result = json.loads(out.split("RESULT ", 1)[1])
+    assert result["escaped"] == "TrackingUnavailableError"
+    assert outage.server.url in result["seen_in_block"]
+    assert result["elapsed"] < BUDGET
+    # The failing call, then ending the run (which fails the same way), then exiting.
+    assert exited_after < 2 * BUDGET + 15
+
+    restarted = mlflow_server_launcher(outage.backend, outage.artifacts, port=outage.port)
+    restarted.wait_healthy(HEALTH_TIMEOUT)
+    assert restarted.url == outage.server.url
+
+    session = _session_logs(load_config(outage.config))
+    client = MlflowClient(tracking_uri=restarted.url)
+    run = client.get_run(session.run_id or "")
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"attempt": "2"}
+    assert run.data.metrics == {"loss": 0.25}
+    assert http_env() == previous_http_settings
+
+    # What the outage left behind: the run could not be ended, so the store still says RUNNING,
+    # with what was logged before the outage (docs/scale.md).
+    killed = client.get_run(run_id)
+    assert killed.info.status == "RUNNING"
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(0, 1.0)]
