@@ -325,6 +325,36 @@ def test_parent_run_id_beats_a_stale_mlflow_run_id(
     assert os.environ["TRACKCFG_PARENT_RUN_ID"] == parent
 
 
+def test_a_worker_child_lands_in_the_parents_experiment_whatever_its_config_names(
+    sqlite_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent_config = load_config(sqlite_project, overrides={"tracking.experiment.name": "sweep"})
+    worker_config = load_config(sqlite_project, overrides={"tracking.experiment.name": "other"})
+    with TrackingSession(parent_config, name="parent") as parent:
+        handed_to_worker = parent.child_env()
+    for key, value in handed_to_worker.items():
+        monkeypatch.setenv(key, value)
+    with TrackingSession(worker_config, name="worker") as worker:
+        pass
+
+    client = MlflowClient(tracking_uri=worker.tracking_uri)
+    run = client.get_run(worker.run_id or "")
+    assert run.info.experiment_id == parent.experiment_id
+    assert run.data.tags["mlflow.parentRunId"] == parent.run_id
+    assert client.get_experiment_by_name("other") is None, "no lookup/creation of the config's"
+
+
+def test_a_stray_mlflow_experiment_id_alone_changes_nothing(
+    store_project: TrackingConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "0")
+    with TrackingSession(store_project, name="plain") as s:
+        pass
+    experiment = MlflowClient(tracking_uri=s.tracking_uri).get_experiment(s.experiment_id or "")
+    assert experiment.name == s.experiment_name
+    assert s.experiment_id != "0"
+
+
 def test_an_active_run_in_the_process_beats_the_parent_run_id(
     store_project: TrackingConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -354,9 +354,17 @@ class TrackingSession:
         if run_cfg.id and parent is None:
             self._resume(backend, run_cfg.id, prepared)
         else:
-            self._experiment_id = (
-                parent._experiment_id if parent is not None else self._experiment(backend)
+            active, must_nest = (
+                (parent._run_id, True) if parent is not None else self._external_active_run(backend)
             )
+            if parent is not None:
+                self._experiment_id = parent._experiment_id
+            elif must_nest and os.environ.get("MLFLOW_EXPERIMENT_ID"):
+                # A worker given child_env(): its run goes beside its parent's, in the parent's
+                # experiment (MLflow shows children only there), without a lookup request.
+                self._experiment_id = os.environ["MLFLOW_EXPERIMENT_ID"]
+            else:
+                self._experiment_id = self._experiment(backend)
             self._store_token = (
                 backend.use_store(
                     resolve_registry_uri(config.server.mlflow_registry_uri, self.project_root),
@@ -364,9 +372,6 @@ class TrackingSession:
                 )
                 if parent is None
                 else None
-            )
-            active, must_nest = (
-                (parent._run_id, True) if parent is not None else self._external_active_run(backend)
             )
             if active is not None and not run_cfg.nested and not must_nest:
                 self._attach(backend, active)
@@ -514,7 +519,12 @@ class TrackingSession:
                     backend.pop_active(own)
         except Exception as exc:
             errors.append(exc)
-            logger.exception("could not end run %s of session %r", self._run_id, self._name)
+            if isinstance(exc, TrackcfgError):  # already says what happened and what to do
+                logger.warning(
+                    "could not end run %s of session %r: %s", self._run_id, self._name, exc
+                )
+            else:
+                logger.exception("could not end run %s of session %r", self._run_id, self._name)
         finally:
             if self._store_token is not None and backend is not None:
                 try:
