@@ -9,16 +9,18 @@ no mlflow.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from ._config import TrackingConfig
 from ._loading import load_config
 from ._session import TrackingSession
+
+if TYPE_CHECKING:
+    import inspect
 
 __all__ = ["tracked"]
 
@@ -64,6 +66,8 @@ def _call_params(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> dict[str, Any]:
+    import inspect
+
     if spec is None:
         return {}
     bound = signature.bind(*args, **kwargs)
@@ -93,6 +97,8 @@ def _resolve_config(config: ConfigRef, func: Callable[..., Any]) -> TrackingConf
         return load_config(config)
     # Bare @tracked: discover from the folder of the file that defines the function, so the
     # result does not depend on where the program was started from.
+    import inspect
+
     source = inspect.getsourcefile(func)
     start = Path(source).parent if source else Path.cwd()
     return load_config(cwd=start)
@@ -105,6 +111,8 @@ def _decorate(
     params: ParamsSpec,
     tags: Mapping[str, Any] | None,
 ) -> Callable[P, R]:
+    import inspect  # ~20 ms: paid when something is decorated, not by `import trackcfg`
+
     signature = inspect.signature(func)
     # A function defined inside another is "outer.<locals>.inner": name it "inner".
     session_name = name or func.__qualname__.rpartition("<locals>.")[2]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import functools
 import logging
 import os
 import sys
@@ -27,8 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import cattrs
-from cattrs.gen import make_dict_structure_fn
 
 from ._config import (
     Credentials,
@@ -161,7 +160,7 @@ def _unflatten(leaves: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _defaults_layer() -> _Leaves:
-    converter = cattrs.Converter()
+    converter = cattrs_module().Converter()
     data = converter.unstructure(TrackingConfig())
     for name in _METADATA_FIELDS:
         data.pop(name, None)
@@ -423,7 +422,23 @@ def _is_enum(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, enum.Enum)
 
 
-def make_converter() -> cattrs.Converter:
+def cattrs_module() -> Any:
+    """cattrs, imported on first use: it is a third of ``import trackcfg``'s cost otherwise."""
+    import cattrs
+
+    return cattrs
+
+
+@functools.cache
+def converter() -> Any:
+    """The strict converter, built once, on the first load (an immutable value)."""
+    return make_converter()
+
+
+def make_converter() -> Any:
+    cattrs = cattrs_module()
+    from cattrs.gen import make_dict_structure_fn
+
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     converter.register_structure_hook(bool, _structure_bool)
     converter.register_structure_hook(int, _structure_int)
@@ -453,13 +468,11 @@ def make_converter() -> cattrs.Converter:
     return converter
 
 
-_CONVERTER = make_converter()
-
-
 def _errors(exc: BaseException, path: str) -> Iterator[tuple[str, str]]:
     def join(name: object) -> str:
         return f"{path}.{name}" if path else str(name)
 
+    cattrs = cattrs_module()
     if isinstance(exc, cattrs.ClassValidationError):
         with_notes, without = exc.group_exceptions()
         for sub, note in with_notes:
@@ -764,7 +777,7 @@ def _build(
 
     config: TrackingConfig | None = None
     try:
-        config = _CONVERTER.structure(data, TrackingConfig)
+        config = converter().structure(data, TrackingConfig)
     except Exception as exc:
         for path, message in _errors(exc, ""):
             problems.append(ConfigProblem(path, message, _where(path, sources)))
