@@ -7,8 +7,24 @@ current directory.  Add other fixtures below it.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import importlib
 import os
+import secrets as _secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +68,25 @@ def user_config_dir(_hermetic_env: Path) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def _reset_mlflow_state() -> Iterator[None]:
+    """MLflow's process-wide state back as a fresh process has it after every test, so one
+    bug cannot cascade (tests of trackcfg's own restoring check it themselves)."""
+    env_before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    if "mlflow" in sys.modules:  # a test that never imported mlflow left nothing behind
+        import mlflow
+        from mlflow.tracking import fluent
+
+        state: Any = fluent
+        state._active_run_stack.get().clear()
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+        state._active_experiment_id = None
+    for name in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        os.environ.pop(name)
+    os.environ.update(env_before)
+
+
 # --- end of the hermetic environment block -------------------------------------------------
 
 
@@ -64,17 +99,6 @@ def user_config_dir(_hermetic_env: Path) -> Path:
 # - ``migrated_sqlite_db``: an MLflow SQLite store created (migrated) once; creating one costs
 #   ~6 s, copying the file costs nothing, and the copy is a real store like any other.
 
-import dataclasses  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
 
 _SERVER_HEALTH_TIMEOUT = 90.0
 
@@ -96,31 +120,7 @@ class _MlflowServer:
     @classmethod
     def start(cls) -> _MlflowServer:
         folder = Path(tempfile.mkdtemp(prefix="trackcfg-mlflow-server-"))
-        port = _free_port()
-        # The developer's MLflow/trackcfg settings must not reach the server.  Job execution
-        # (GenAI jobs, 7 huey worker processes) is switched off: it is not used here and
-        # doubles the start time on a 2-core machine.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRACKCFG_"))}
-        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-        command = [
-            sys.executable, "-m", "mlflow", "server",
-            "--host", "127.0.0.1",
-            "--port", str(port),
-            "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{folder}/server.db",
-            "--artifacts-destination", str(folder / "artifacts"),
-        ]  # fmt: skip
-        with (folder / "stdout.log").open("wb") as out, (folder / "stderr.log").open("wb") as err:
-            process = subprocess.Popen(
-                command,
-                cwd=folder,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,  # its own process group: uvicorn workers die with it
-            )
-        return cls(url=f"http://127.0.0.1:{port}", folder=folder, process=process)
+        return launch_mlflow_server(f"sqlite:///{folder}/server.db", folder / "artifacts")
 
     def stderr_tail(self, lines: int = 40) -> str:
         try:
@@ -217,12 +217,6 @@ def migrated_sqlite_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 #   selected test needs it, so its 15-60 s start overlaps other tests;
 # - ``moto_s3``: a ``moto_server`` S3 endpoint with one bucket.
 
-import contextlib  # noqa: E402
-import importlib  # noqa: E402
-import secrets as _secrets  # noqa: E402
-import urllib.parse  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from typing import Any  # noqa: E402
 
 POSTGRES_URL_VARIABLE = "TRACKCFG_TEST_POSTGRES_URL"
 
@@ -231,8 +225,11 @@ def launch_mlflow_server(
     backend_store_uri: str, artifacts_destination: Path, *, port: int | None = None
 ) -> _MlflowServer:
     """Start ``mlflow server --workers 1`` (not waiting for it): ``.wait_healthy(t)`` then."""
-    logs = Path(tempfile.mkdtemp(prefix="trackcfg-scale-server-"))
+    logs = Path(tempfile.mkdtemp(prefix="trackcfg-mlflow-server-logs-"))
     port = port or _free_port()
+    # The developer's MLflow/trackcfg settings must not reach the server.  Job execution
+    # (GenAI jobs, 7 huey worker processes) is switched off: it is not used here and
+    # doubles the start time on a 2-core machine.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRACKCFG_"))}
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     command = [
@@ -251,7 +248,7 @@ def launch_mlflow_server(
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
-            start_new_session=True,
+            start_new_session=True,  # its own process group: uvicorn workers die with it
         )
     return _MlflowServer(url=f"http://127.0.0.1:{port}", folder=logs, process=process)
 

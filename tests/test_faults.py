@@ -21,10 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import mlflow
 import pytest
 from mlflow import MlflowClient
-from mlflow.tracking import fluent as mlflow_fluent
 
 import trackcfg
 from trackcfg import TrackingConfig, TrackingSession, load_config
@@ -67,14 +65,6 @@ def make_config(root: Path, uri: str, experiment: str) -> Path:
 
 def http_env() -> dict[str, str | None]:
     return {name: os.environ.get(name) for name in HTTP_VARIABLES}
-
-
-@pytest.fixture(autouse=True)
-def _reset_mlflow_state() -> Iterator[None]:
-    yield
-    mlflow_fluent._active_run_stack.get().clear()  # type: ignore[no-untyped-call]
-    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
-    mlflow_fluent._active_experiment_id = None
 
 
 @pytest.fixture

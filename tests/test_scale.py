@@ -15,17 +15,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
-from mlflow.tracking import fluent as mlflow_fluent
 
 import trackcfg
 from trackcfg import TrackingConfig, TrackingSession, load_config
@@ -184,14 +182,6 @@ def assert_children(
                 history = client.get_metric_history(run.info.run_id, f"m{k}")
                 points = sorted((m.step, m.value) for m in history)
                 assert points == expected_points(worker, child, k, steps)
-
-
-@pytest.fixture(autouse=True)
-def _reset_mlflow_state() -> Iterator[None]:
-    yield
-    mlflow_fluent._active_run_stack.get().clear()  # type: ignore[no-untyped-call]
-    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
-    mlflow_fluent._active_experiment_id = None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ import secrets
 import shutil
 import socket
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -24,7 +23,6 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
-from mlflow.tracking import fluent as mlflow_fluent
 
 from trackcfg import TrackingSession, load_config, tracked
 from trackcfg._cli import cli
@@ -55,14 +53,6 @@ def exception_texts(exc: BaseException) -> str:
         parts += [str(current), repr(current), *map(str, current.args)]
         current = current.__cause__ or current.__context__
     return "\n".join(parts)
-
-
-@pytest.fixture(autouse=True)
-def _reset_mlflow_state() -> Iterator[None]:
-    yield
-    mlflow_fluent._active_run_stack.get().clear()  # type: ignore[no-untyped-call]
-    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
-    mlflow_fluent._active_experiment_id = None
 
 
 @pytest.fixture

@@ -112,20 +112,6 @@ def _active_run_stack() -> list[mlflow.ActiveRun]:
     return stack
 
 
-@pytest.fixture(autouse=True)
-def _reset_mlflow_state() -> Iterator[None]:
-    """A session bug must not cascade into the next tests: put MLflow's process-wide state
-    back as a fresh process has it (the tests that check restoring do so themselves)."""
-    env_before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
-    yield
-    _active_run_stack().clear()
-    mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
-    mlflow_fluent._active_experiment_id = None
-    for name in [k for k in os.environ if k.startswith("MLFLOW_")]:
-        os.environ.pop(name)
-    os.environ.update(env_before)
-
-
 @pytest.fixture
 def outer_run(project: Project) -> Iterator[str]:
     """A run started with plain MLflow in the project's store, active around the test."""
