@@ -31,10 +31,8 @@ def main() -> None:
     print()
     print(f"run {session.run_id} in experiment {session.experiment_id} ({session.tracking_uri})")
     print("view it with:")
-    store = session.tracking_uri
-    print(
-        f"  mlflow ui --backend-store-uri {store} --port 5000   # then open http://127.0.0.1:5000"
-    )
+    print(f"  trackcfg ui {CONFIG}   # serves this store's UI on a free port")
+    print(f"  mlflow ui --backend-store-uri {session.tracking_uri}   # or MLflow's own")
 
 
 if __name__ == "__main__":
