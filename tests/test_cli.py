@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import urllib.error
@@ -27,6 +26,7 @@ from typing import Any
 import attrs
 import pytest
 from click.testing import CliRunner, Result
+from helpers import line_of, write
 
 from trackcfg import TrackingConfig, load_config
 from trackcfg._cli import cli
@@ -36,19 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "trackcfg" / "templates" / "mlflow.yml"
 SECRET = "s3cr3t-Zq9-do-not-print"
 UI_HEALTH_TIMEOUT = 90.0
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
-    return path
-
-
-def line_of(path: Path, needle: str) -> int:
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if needle in line:
-            return number
-    raise AssertionError(f"{needle!r} not in {path}")
 
 
 def invoke(*args: str) -> Result:

@@ -11,27 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import line_of, write
 
 from trackcfg import ConfigError, LongParamsStrategy, TrackcfgError, TrackingConfig, load_config
 from trackcfg._config import RankPolicy
 from trackcfg._loading import find_project_root
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def write(path: Path, text: str) -> Path:
-    """Write dedented YAML; line 1 of the file is the first line of ``text``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
-    return path
-
-
-def line_of(path: Path, needle: str) -> int:
-    """1-based number of the first line of ``path`` containing ``needle``."""
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if needle in line:
-            return number
-    raise AssertionError(f"{needle!r} not in {path}")
 
 
 def value_at(config: TrackingConfig, dotted: str) -> Any:

@@ -275,10 +275,10 @@ def test_use_store_then_restore_store_gives_back_every_global(
     before_uri = f"sqlite:///{tmp_path / 'before.db'}"
     mlflow.set_tracking_uri(before_uri)
     fluent._active_experiment_id = "before-exp"
-    backend = MlflowBackend(store_uri)
     registry = f"sqlite:///{tmp_path / 'registry.db'}"
+    backend = MlflowBackend(store_uri, registry)
 
-    token = backend.use_store(registry, experiment_id)
+    token = backend.use_store(experiment_id)
     assert _tracking_uri_global() == store_uri
     assert _registry_uri_global() == registry
     assert fluent._active_experiment_id == experiment_id

@@ -246,15 +246,15 @@ class MlflowBackend:
 
     # ---------------------------------------------------------------- process-wide state
 
-    def use_store(self, registry_uri: str | None, experiment_id: str | None) -> object:
+    def use_store(self, experiment_id: str | None) -> object:
         token = _StoreToken(
             tracking_uri=_tracking_utils._tracking_uri,
             registry_uri=_registry_utils._registry_uri,
             experiment_id=_fluent_state._active_experiment_id,
         )
         mlflow.set_tracking_uri(self.tracking_uri)
-        if registry_uri is not None:
-            mlflow.set_registry_uri(registry_uri)
+        if self.registry_uri is not None:
+            mlflow.set_registry_uri(self.registry_uri)
         if experiment_id is not None:
             _fluent_state._active_experiment_id = experiment_id
         return token

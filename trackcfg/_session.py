@@ -365,14 +365,7 @@ class TrackingSession:
                 self._experiment_id = os.environ["MLFLOW_EXPERIMENT_ID"]
             else:
                 self._experiment_id = self._experiment(backend)
-            self._store_token = (
-                backend.use_store(
-                    resolve_registry_uri(config.server.mlflow_registry_uri, self.project_root),
-                    self._experiment_id,
-                )
-                if parent is None
-                else None
-            )
+            self._store_token = backend.use_store(self._experiment_id) if parent is None else None
             if active is not None and not run_cfg.nested and not must_nest:
                 self._attach(backend, active)
             else:
@@ -472,10 +465,7 @@ class TrackingSession:
             )
         self._experiment_id = existing.experiment_id
         self._logged_params.update(existing.params)
-        self._store_token = backend.use_store(
-            resolve_registry_uri(self._config.server.mlflow_registry_uri, self.project_root),
-            existing.experiment_id,
-        )
+        self._store_token = backend.use_store(existing.experiment_id)
         backend.resume_run(run_id)
         self._run_id = self._started_run = run_id
 
@@ -711,7 +701,7 @@ def activate_inherited_run() -> Iterator[str | None]:
     env = _EnvSnapshot()
     env.remember(*_MLFLOW_ENV)
     backend = MlflowBackend(tracking_uri)
-    token = backend.use_store(None, os.environ.get("MLFLOW_EXPERIMENT_ID") or None)
+    token = backend.use_store(os.environ.get("MLFLOW_EXPERIMENT_ID") or None)
     pushed = False
     try:
         pushed = run_id not in backend.active_run_ids()
