@@ -5,6 +5,7 @@ fails here, loudly, instead of silently losing the speed-up)."""
 from __future__ import annotations
 
 import inspect
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -146,3 +147,79 @@ def test_quickack_sets_the_socket_option() -> None:
             assert client.getsockopt(socket.IPPROTO_TCP, transport.QUICKACK) == 1  # type: ignore[arg-type]
         finally:
             client.close()
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every HTTP request MLflow's client sends ("METHOD /path"), counted at the transport."""
+    seen: list[str] = []
+    original = requests.adapters.HTTPAdapter.send
+
+    def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(f"{request.method} {request.path_url.split('?')[0]}")
+        return original(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+    return seen
+
+
+def test_an_empty_session_sends_as_many_requests_as_a_raw_run(
+    mlflow_server: str, tmp_path: Path, sent: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = http_config(mlflow_server, tmp_path)
+    with TrackingSession(config, name="warm"):
+        pass  # creates the experiment
+    experiment_id = mlflow.MlflowClient(mlflow_server).get_experiment_by_name("transport")
+    assert experiment_id is not None
+    sent.clear()
+    capsys.readouterr()
+
+    mlflow.set_tracking_uri(mlflow_server)
+    with mlflow.start_run(experiment_id=experiment_id.experiment_id, run_name="same") as raw:
+        pass
+    raw_requests, raw_out = list(sent), capsys.readouterr().out
+    sent.clear()
+    with TrackingSession(config, name="same") as session:
+        pass
+    ours_out = capsys.readouterr().out
+
+    api = "/api/2.0/mlflow"
+    assert raw_requests == [
+        f"POST {api}/runs/create",
+        f"GET {api}/runs/get",
+        f"POST {api}/runs/update",
+    ]
+    # Ours: the experiment by name instead of MLflow's second fetch of the run for its link.
+    assert sent == [
+        f"GET {api}/experiments/get-by-name",
+        f"POST {api}/runs/create",
+        f"POST {api}/runs/update",
+    ]
+    # ... and the same "View run" lines MLflow prints, byte for byte but the run id.
+    assert raw.info.run_id in raw_out
+    assert ours_out == raw_out.replace(raw.info.run_id, session.run_id or "")
+    run = mlflow.MlflowClient(mlflow_server).get_run(session.run_id or "")
+    assert run.info.status == "FINISHED"
+
+
+def test_with_mlflows_link_printing_off_nothing_is_printed_nor_fetched(
+    mlflow_server: str,
+    tmp_path: Path,
+    sent: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    config = http_config(mlflow_server, tmp_path)
+    with TrackingSession(config, name="quiet"):
+        pass
+    assert "View run" not in capsys.readouterr().out
+    assert not any("runs/get" in request for request in sent)
+    assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"
+
+
+def test_the_link_switch_is_put_back_after_the_session(mlflow_server: str, tmp_path: Path) -> None:
+    config = http_config(mlflow_server, tmp_path)
+    with TrackingSession(config, name="back"):
+        pass
+    assert "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT" not in os.environ
