@@ -223,3 +223,50 @@ def test_the_link_switch_is_put_back_after_the_session(mlflow_server: str, tmp_p
     with TrackingSession(config, name="back"):
         pass
     assert "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT" not in os.environ
+
+
+@pytest.mark.skipif(transport.QUICKACK is None, reason="TCP_QUICKACK exists on Linux only")
+def test_sessions_one_after_another_reuse_one_connection(
+    mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Like MLflow's own pool between runs: a new connection (for https, a new TLS handshake)
+    # per session would cost more than the stall saves on a distant server.
+    ports: list[int] = []
+    original = transport._quickack
+
+    def quickack(sock: Any) -> None:
+        ports.append(sock.getsockname()[1])
+        original(sock)
+
+    monkeypatch.setattr(transport, "_quickack", quickack)
+    config = http_config(mlflow_server, tmp_path)
+    for step in range(3):
+        with TrackingSession(config, name="again") as session:
+            session.log_metrics({"m": float(step)})
+    assert len(ports) >= 3 * 4  # experiment, create, metrics, end: all quick-ACKed
+    assert len(set(ports)) == 1, f"a connection per session, local ports {sorted(set(ports))}"
+
+
+@pytest.mark.skipif(transport.QUICKACK is None, reason="TCP_QUICKACK exists on Linux only")
+def test_overlapping_mounts_share_one_adapter_and_the_last_puts_mlflows_back(
+    mlflow_server: str, quickack_calls: _Counter
+) -> None:
+    # Two sessions open at once (threads) to one server: the first to end must neither take
+    # the speed-up from the other nor leave a quick-ACK adapter mounted when both are done.
+    session = requests.Session()
+    original = session.get_adapter(mlflow_server + "/api")
+    first = transport.mount_quickack(mlflow_server, [session])
+    second = transport.mount_quickack(mlflow_server, [session])
+    assert first is not None
+    assert second is not None
+    ours = session.get_adapter(mlflow_server + "/api")
+    assert ours is not original
+    first.unmount()
+    assert session.get_adapter(mlflow_server + "/api") is ours
+    calls = quickack_calls.calls
+    assert session.get(f"{mlflow_server}/health", timeout=30).status_code == 200
+    assert quickack_calls.calls == calls + 1
+    second.unmount()
+    assert session.get_adapter(mlflow_server + "/api") is original
+    assert session.get(f"{mlflow_server}/health", timeout=30).status_code == 200
+    assert quickack_calls.calls == calls + 1

@@ -12,7 +12,9 @@ How, without a process-wide patch: MLflow sends its REST calls through a cached
 ``requests.Session``; for the session's lifetime we mount on it, for the tracking server's
 URL prefix only, an adapter that behaves exactly like MLflow's (same class, retries, pool and
 socket options) but whose connections set ``TCP_QUICKACK`` before reading each response.
-``unmount()`` puts the adapters back as they were.  Where ``TCP_QUICKACK`` does not exist
+``unmount()`` puts the adapters back as they were (once the last of several sessions open
+at once in threads ends).  Our adapter and its idle keep-alive connections are kept for the
+next session, like MLflow's own pool keeps them between runs.  Where ``TCP_QUICKACK`` does not exist
 (macOS, Windows) nothing is mounted.
 """
 
@@ -22,6 +24,8 @@ import contextlib
 import copy
 import logging
 import socket
+import threading
+import weakref
 from typing import Any
 
 import attrs
@@ -80,40 +84,84 @@ def _quickack_adapter(original: HTTPAdapter) -> HTTPAdapter:
     return adapter
 
 
-@attrs.define
-class QuickAckMount:
-    """Adapters mounted for one URL prefix on some ``requests.Session`` objects."""
+@attrs.define(eq=False)
+class _Slot:
+    """Our adapter for one URL prefix of one ``requests.Session``, and who uses it now."""
 
-    prefix: str
-    _mounted: list[tuple[requests.Session, HTTPAdapter, BaseAdapter | None]] = attrs.field(
-        factory=list
-    )
+    base: HTTPAdapter  # the adapter MLflow's session would use (ours copies its settings)
+    adapter: HTTPAdapter  # ours; kept, with its idle connections, between sessions
+    previous: BaseAdapter | None = None  # what was mounted at exactly this prefix before
+    users: int = 0
 
-    def add(self, session: requests.Session) -> None:
-        if any(s is session for s, _, _ in self._mounted):
-            return
-        previous = session.adapters.get(self.prefix)
-        current = session.get_adapter(self.prefix)
+
+# Per requests.Session (weakly: MLflow may drop its cached sessions), per prefix.
+_slots: weakref.WeakKeyDictionary[requests.Session, dict[str, _Slot]] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def _acquire(session: requests.Session, prefix: str) -> _Slot | None:
+    """Mount our adapter at ``prefix`` (or count one more user of the mounted one).
+
+    Sessions open at once (threads) share one mount; the last to end takes it off.  The
+    adapter outlives its mount so that the next session reuses its pooled connections (as
+    MLflow's own client does between runs), instead of opening new ones (and, for https,
+    doing a new TLS handshake) per session."""
+    with _lock:
+        slots = _slots.setdefault(session, {})
+        slot = slots.get(prefix)
+        if slot is not None and slot.users > 0:
+            slot.users += 1
+            return slot
+        current = session.get_adapter(prefix)
         if not isinstance(current, HTTPAdapter):
             logger.debug("quick-ACK not used: %s is not an HTTPAdapter", type(current).__name__)
+            return None
+        if slot is None or slot.base is not current:
+            if slot is not None:
+                slot.adapter.close()
+            slot = slots[prefix] = _Slot(base=current, adapter=_quickack_adapter(current))
+        slot.previous = session.adapters.get(prefix)
+        session.mount(prefix, slot.adapter)
+        slot.users = 1
+        return slot
+
+
+def _release(session: requests.Session, prefix: str, slot: _Slot) -> None:
+    with _lock:
+        slot.users -= 1
+        if slot.users > 0 or session.adapters.get(prefix) is not slot.adapter:
             return
-        adapter = _quickack_adapter(current)
-        session.mount(self.prefix, adapter)
-        self._mounted.append((session, adapter, previous))
+        if slot.previous is None:
+            del session.adapters[prefix]
+        else:
+            session.adapters[prefix] = slot.previous
+        slot.previous = None
+
+
+@attrs.define
+class QuickAckMount:
+    """Quick-ACK adapters in use for one URL prefix on some ``requests.Session`` objects."""
+
+    prefix: str
+    _held: list[tuple[requests.Session, _Slot]] = attrs.field(factory=list)
+
+    def add(self, session: requests.Session) -> None:
+        if any(s is session for s, _ in self._held):
+            return
+        slot = _acquire(session, self.prefix)
+        if slot is not None:
+            self._held.append((session, slot))
 
     @property
     def sessions(self) -> int:
-        return len(self._mounted)
+        return len(self._held)
 
     def unmount(self) -> None:
-        for session, adapter, previous in reversed(self._mounted):
-            if session.adapters.get(self.prefix) is adapter:
-                if previous is None:
-                    del session.adapters[self.prefix]
-                else:
-                    session.adapters[self.prefix] = previous
-            adapter.close()
-        self._mounted.clear()
+        """Give MLflow's sessions back their own adapters (once no other trackcfg session
+        uses the mount)."""
+        for session, slot in reversed(self._held):
+            _release(session, self.prefix, slot)
+        self._held.clear()
 
 
 def mount_quickack(base_url: str, sessions: list[requests.Session]) -> QuickAckMount | None:
