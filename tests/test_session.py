@@ -1100,3 +1100,111 @@ def test_thousand_params_over_http_land_in_at_most_ten_batch_requests(
     assert logged == {f"group{g}.p{i}": str(g * 100 + i) for g in range(10) for i in range(100)}
     assert 1 <= sent["client"] <= 10
     assert 1 <= sent["http"] <= 10
+
+
+# ---------------------------------------------------------------------------------------------
+# Top-level sessions open at once in several threads (a sweep in a thread pool).
+
+
+def _threads_config(url: str, root: Path, **overrides: Any) -> TrackingConfig:
+    (root / "pyproject.toml").write_text("")
+    return load_config(
+        cwd=root,
+        overrides={"server.mlflow_tracking_uri": url, "tracking.experiment.name": "threads"}
+        | overrides,
+    )
+
+
+def test_overlapping_sessions_in_threads_each_finish_their_run(
+    mlflow_server: str, tmp_path: Path
+) -> None:
+    """The first session to end must not take MLflow's tracking URI or the environment from
+    one still open in another thread (its run would be left RUNNING, 'not found')."""
+    config = _threads_config(mlflow_server, tmp_path)
+    env_before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    first_in, second_in, first_out = (threading.Event() for _ in range(3))
+    run_ids: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            with TrackingSession(config, name="first") as s:
+                first_in.set()
+                assert second_in.wait(60)
+                s.log_metrics({"m": 1.0})
+            run_ids["first"] = s.run_id or ""
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            first_out.set()
+
+    def second() -> None:
+        try:
+            assert first_in.wait(60)
+            with TrackingSession(config, name="second") as s:
+                second_in.set()
+                assert first_out.wait(60)  # the first has ended: this one goes on
+                s.log_metrics({"m": 2.0})
+                mlflow.log_metric("plain", 3.0)  # plain MLflow, this thread's active run
+            run_ids["second"] = s.run_id or ""
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+
+    assert not errors, errors
+    client = MlflowClient(mlflow_server)
+    first_run, second_run = (client.get_run(run_ids[k]) for k in ("first", "second"))
+    assert (first_run.info.status, first_run.data.metrics) == ("FINISHED", {"m": 1.0})
+    assert (second_run.info.status, second_run.data.metrics) == (
+        "FINISHED",
+        {"m": 2.0, "plain": 3.0},
+    )
+    assert {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")} == env_before
+    assert _tracking_service.utils._tracking_uri is None
+
+
+@pytest.mark.parametrize(
+    ("other", "named"),
+    [
+        ({"server.request_timeout": 7}, "MLFLOW_HTTP_REQUEST_TIMEOUT"),
+        ({"server.mlflow_tracking_uri": "mlruns"}, "the tracking/registry URI"),
+    ],
+)
+def test_a_session_needing_other_process_settings_than_an_open_one_is_refused(
+    mlflow_server: str, tmp_path: Path, other: dict[str, Any], named: str
+) -> None:
+    config = _threads_config(mlflow_server, tmp_path)
+    different = _threads_config(mlflow_server, tmp_path, **other)
+    client = MlflowClient(mlflow_server)
+    with TrackingSession(config, name="open") as open_session:
+        runs_before = len(all_runs(client))
+        opened = threading.Event()
+        outcome: list[BaseException | None] = []
+
+        def other_thread() -> None:
+            try:
+                with TrackingSession(different, name="refused"):
+                    opened.set()
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join(60)
+        open_session.log_metrics({"still": 1.0})  # the open session is unharmed
+
+    assert not opened.is_set()
+    [error] = outcome
+    assert isinstance(error, RunError)
+    assert f"with other process-wide settings ({named}" in str(error)
+    assert "MainThread" in str(error)
+    assert len(all_runs(client)) == runs_before  # nothing created by the refused one
+    assert not (tmp_path / "mlruns").exists()
+    assert run_of(open_session).data.metrics == {"still": 1.0}
+    assert run_of(open_session).info.status == "FINISHED"

@@ -136,6 +136,85 @@ class _EnvSnapshot:
         self.saved.clear()
 
 
+@attrs.define
+class _Shared:
+    """What top-level sessions open at once in this process set process-wide."""
+
+    env: dict[str, str]
+    uris: tuple[str, str | None]
+    thread: str
+    saved: _EnvSnapshot
+    users: int = 1
+    store_token: object | None = None
+    restore_store: Any = None
+
+
+_shared_lock = threading.Lock()
+_shared: _Shared | None = None
+
+
+def _join_process_settings(env: dict[str, str], uris: tuple[str, str | None]) -> None:
+    """Apply a top-level session's process-wide settings, or share the open sessions' ones.
+
+    MLflow's tracking URI and the ``MLFLOW_*`` / credential variables are per process, yet
+    top-level sessions may be open at once in several threads (a sweep in a thread pool).  The
+    first to open saves what was there and sets its values; later ones, while any is open,
+    must need the very same values and share them (else they are refused before creating
+    anything: their requests would go out with the other session's URI or credentials); the
+    last to close puts everything back (``_leave_process_settings``)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            saved = _EnvSnapshot()
+            saved.remember(*_MLFLOW_ENV)
+            for key, value in env.items():
+                saved.set(key, value)
+            _shared = _Shared(
+                env=dict(env), uris=uris, thread=threading.current_thread().name, saved=saved
+            )
+            return
+        differ = sorted(
+            k for k in env.keys() | _shared.env.keys() if env.get(k) != _shared.env.get(k)
+        )
+        if uris != _shared.uris:
+            differ.insert(0, "the tracking/registry URI")
+        if differ:
+            raise RunError(
+                f"another trackcfg session is open in this process (thread {_shared.thread!r}) "
+                f"with other process-wide settings ({', '.join(differ)}); MLflow keeps these "
+                "per process, so sessions open at once in several threads must share them: "
+                "use the same server and credentials, child() sessions of one session, or "
+                "processes"
+            )
+        _shared.users += 1
+
+
+def _share_store(backend: Backend, experiment_id: str | None) -> None:
+    """Point MLflow's process-wide state at the store (first session only; later ones share
+    it, and plain ``mlflow.start_run()`` calls use the first session's experiment)."""
+    with _shared_lock:
+        assert _shared is not None
+        if _shared.restore_store is None:
+            _shared.store_token = backend.use_store(experiment_id)
+            _shared.restore_store = backend.restore_store
+
+
+def _leave_process_settings() -> None:
+    """One session fewer; the last one puts MLflow's state and the environment back."""
+    global _shared
+    with _shared_lock:
+        assert _shared is not None
+        _shared.users -= 1
+        if _shared.users > 0:
+            return
+        shared, _shared = _shared, None
+    try:
+        if shared.restore_store is not None:
+            shared.restore_store(shared.store_token)
+    finally:
+        shared.saved.restore()
+
+
 class TrackingSession:
     """One tracked run, configured by a ``TrackingConfig``; use it as a context manager.
 
@@ -174,7 +253,7 @@ class TrackingSession:
         self._run_id: str | None = None
         self._started_run: str | None = None
         self._pushed_run: str | None = None
-        self._store_token: object | None = None
+        self._joined = False  # in the process-wide settings of open top-level sessions
         self._env = _EnvSnapshot()
         self._previous_sigterm: Any = None
         self._installed_sigterm = False
@@ -327,24 +406,25 @@ class TrackingSession:
 
         # 3. Environment and store folder.
         if parent is None:
-            self._env.remember(*_MLFLOW_ENV)
+            env: dict[str, str] = {}
             if config.credentials is not None:
-                for key, value in config.credentials.as_env().items():
-                    self._env.set(key, value)
+                env.update(config.credentials.as_env())
             if location.legacy_file_store:
-                self._env.set("MLFLOW_ALLOW_FILE_STORE", "true")
+                env["MLFLOW_ALLOW_FILE_STORE"] = "true"
             if not location.is_local:
                 # MLflow's defaults retry for ~4 minutes; the session's budget is the config's.
                 server = config.server
-                self._env.set("MLFLOW_HTTP_REQUEST_TIMEOUT", str(server.request_timeout))
-                self._env.set("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(server.max_retries))
-                self._env.set("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-                self._env.set("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.5")
+                env["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(server.request_timeout)
+                env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(server.max_retries)
+                env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+                env["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0.5"
+            registry = resolve_registry_uri(config.server.mlflow_registry_uri, self.project_root)
+            _join_process_settings(env, (location.tracking_uri, registry))
+            self._joined = True
             if location.local_folder is not None:
                 location.local_folder.mkdir(parents=True, exist_ok=True)
             from ._mlflow import MlflowBackend
 
-            registry = resolve_registry_uri(config.server.mlflow_registry_uri, self.project_root)
             self._backend = MlflowBackend(location.tracking_uri, registry)
         backend = self._backend
         assert backend is not None
@@ -365,7 +445,8 @@ class TrackingSession:
                 self._experiment_id = os.environ["MLFLOW_EXPERIMENT_ID"]
             else:
                 self._experiment_id = self._experiment(backend)
-            self._store_token = backend.use_store(self._experiment_id) if parent is None else None
+            if parent is None:
+                _share_store(backend, self._experiment_id)
             if active is not None and not run_cfg.nested and not must_nest:
                 self._attach(backend, active)
             else:
@@ -465,7 +546,7 @@ class TrackingSession:
             )
         self._experiment_id = existing.experiment_id
         self._logged_params.update(existing.params)
-        self._store_token = backend.use_store(existing.experiment_id)
+        _share_store(backend, existing.experiment_id)
         backend.resume_run(run_id)
         self._run_id = self._started_run = run_id
 
@@ -516,14 +597,15 @@ class TrackingSession:
             else:
                 logger.exception("could not end run %s of session %r", self._run_id, self._name)
         finally:
-            if self._store_token is not None and backend is not None:
+            self._env.restore()  # this session's own exports (share_with_subprocesses)
+            if self._joined:
+                self._joined = False
                 try:
-                    backend.restore_store(self._store_token)
+                    _leave_process_settings()
                 except Exception as exc:
                     errors.append(exc)
             if backend is not None and self._parent is None:
                 backend.close()
-            self._env.restore()
             if self._installed_sigterm:
                 signal.signal(signal.SIGTERM, self._previous_sigterm)
         if errors and raising:
