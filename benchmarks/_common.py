@@ -7,6 +7,7 @@ run, interleaved (A B A B ...), and reports medians and ratios, never absolute b
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import platform
 import signal
@@ -88,15 +89,18 @@ def mlflow_server(workers: int | None = None) -> Iterator[str]:
 def interleaved(
     cases: dict[str, Callable[[], Any]], repeats: int = 5, setup: Callable[[], Any] | None = None
 ) -> dict[str, float]:
-    """Median seconds of each case, run in turns A B C A B C ... ``repeats`` times."""
+    """Median seconds of each case, run in turns A B C A B C ... ``repeats`` times.
+
+    What the cases print (MLflow's "View run" links) is kept out of the report."""
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, case in cases.items():
             if setup is not None:
                 setup()
-            start = time.perf_counter()
-            case()
-            times[name].append(time.perf_counter() - start)
+            with contextlib.redirect_stdout(io.StringIO()):
+                start = time.perf_counter()
+                case()
+                times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
