@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -112,11 +113,13 @@ def test_without_tcp_quickack_nothing_is_mounted(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(transport, "QUICKACK", None)
+    monkeypatch.setattr(transport, "_told", set())
     session = requests.Session()
     with caplog.at_level("DEBUG", logger="trackcfg"):
         assert transport.mount_quickack("http://127.0.0.1:5000", [session]) is None
+        assert transport.mount_quickack("http://127.0.0.1:5000", [session]) is None
     assert "http://127.0.0.1:5000/" not in session.adapters
-    assert "TCP_QUICKACK is not available" in caplog.text
+    assert caplog.text.count("TCP_QUICKACK is not available") == 1  # said once
 
 
 def test_a_moved_hook_point_degrades_to_mlflows_client(
@@ -131,11 +134,38 @@ def test_a_moved_hook_point_degrades_to_mlflows_client(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(rest_utils, "http_request", http_request)
+    monkeypatch.setattr(transport, "_told", set())
     config = http_config(mlflow_server, tmp_path)
-    with caplog.at_level("DEBUG", logger="trackcfg"), TrackingSession(config, name="x") as s:
-        s.log_metrics({"m": 1.0})
-    assert "hook point changed" in caplog.text
-    assert mlflow.MlflowClient(mlflow_server).get_run(s.run_id or "").data.metrics == {"m": 1.0}
+    with caplog.at_level("DEBUG", logger="trackcfg"):
+        for value in (1.0, 2.0):
+            with TrackingSession(config, name="x") as s:
+                s.log_metrics({"m": value})
+            assert mlflow.MlflowClient(mlflow_server).get_run(s.run_id or "").data.metrics == {
+                "m": value
+            }
+    assert caplog.text.count("hook point changed") == 1  # said once, at debug level
+    assert {r.levelname for r in caplog.records if "hook point" in r.message} == {"DEBUG"}
+
+
+@pytest.mark.skipif(transport.QUICKACK is None, reason="TCP_QUICKACK exists on Linux only")
+def test_threads_inside_a_session_benefit_too(
+    mlflow_server: str, tmp_path: Path, quickack_calls: _Counter
+) -> None:
+    config = http_config(mlflow_server, tmp_path)
+    seen: list[int] = []
+    with TrackingSession(config, name="threads") as session:
+
+        def work() -> None:
+            before = quickack_calls.calls
+            session.log_metrics({"from_thread": 1.0})
+            seen.append(quickack_calls.calls - before)
+
+        worker = threading.Thread(target=work)
+        worker.start()
+        worker.join(60)
+    assert seen == [1]
+    run = mlflow.MlflowClient(mlflow_server).get_run(session.run_id or "")
+    assert run.data.metrics == {"from_thread": 1.0}
 
 
 @pytest.mark.skipif(transport.QUICKACK is None, reason="TCP_QUICKACK exists on Linux only")

@@ -53,7 +53,7 @@ from mlflow.utils import validation as _validation
 
 from ._backend import ExperimentRef, RunRef, RunStatus
 from ._params import Batch, Limits
-from ._transport import QuickAckMount, mount_quickack
+from ._transport import QuickAckMount, mount_quickack, not_used
 from .exceptions import ExperimentError, RunError, TrackingUnavailableError
 
 __all__ = ["MlflowBackend"]
@@ -172,7 +172,7 @@ def _quickack_for(tracking_uri: str) -> QuickAckMount | None:
     try:
         sessions = _mlflow_rest_sessions()
     except Exception as exc:
-        logger.debug("quick-ACK transport not used (MLflow's hook point changed: %s)", exc)
+        not_used(f"MLflow's hook point changed ({type(exc).__name__}: {exc})")
         return None
     return mount_quickack(tracking_uri, sessions)
 

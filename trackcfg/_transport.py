@@ -33,9 +33,18 @@ import requests
 import urllib3
 from requests.adapters import BaseAdapter, HTTPAdapter
 
-__all__ = ["QUICKACK", "QuickAckMount", "mount_quickack"]
+__all__ = ["QUICKACK", "QuickAckMount", "mount_quickack", "not_used"]
 
 logger = logging.getLogger(__name__)
+_told: set[str] = set()
+
+
+def not_used(why: str) -> None:
+    """Say once per process, at debug level, why MLflow's client is used as it is."""
+    if why not in _told:
+        _told.add(why)
+        logger.debug("quick-ACK transport not used: %s; MLflow's HTTP client used as is", why)
+
 
 QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
@@ -114,7 +123,7 @@ def _acquire(session: requests.Session, prefix: str) -> _Slot | None:
             return slot
         current = session.get_adapter(prefix)
         if not isinstance(current, HTTPAdapter):
-            logger.debug("quick-ACK not used: %s is not an HTTPAdapter", type(current).__name__)
+            not_used(f"MLflow's session uses a {type(current).__name__}, not an HTTPAdapter")
             return None
         if slot is None or slot.base is not current:
             if slot is not None:
@@ -168,7 +177,7 @@ def mount_quickack(base_url: str, sessions: list[requests.Session]) -> QuickAckM
     """Mount quick-ACK adapters for ``base_url`` on ``sessions``; ``None`` where the platform
     has no ``TCP_QUICKACK`` (then requests go exactly as MLflow sends them)."""
     if QUICKACK is None:
-        logger.debug("TCP_QUICKACK is not available here: MLflow's HTTP client used as is")
+        not_used("TCP_QUICKACK is not available on this platform")
         return None
     mount = QuickAckMount(prefix=base_url.rstrip("/") + "/")
     for session in sessions:
