@@ -5,6 +5,7 @@ fails here, loudly, instead of silently losing the speed-up)."""
 from __future__ import annotations
 
 import inspect
+import multiprocessing
 import os
 import socket
 import threading
@@ -300,3 +301,55 @@ def test_overlapping_mounts_share_one_adapter_and_the_last_puts_mlflows_back(
     assert session.get_adapter(mlflow_server + "/api") is original
     assert session.get(f"{mlflow_server}/health", timeout=30).status_code == 200
     assert quickack_calls.calls == calls + 1
+
+
+@pytest.mark.skipif(transport.QUICKACK is None, reason="TCP_QUICKACK exists on Linux only")
+def test_a_forked_worker_opens_its_own_connection(
+    mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Parent and child talking on one inherited keep-alive socket would mix their responses.
+    ports: list[int] = []
+    original = transport._quickack
+
+    def quickack(sock: Any) -> None:
+        ports.append(sock.getsockname()[1])
+        original(sock)
+
+    monkeypatch.setattr(transport, "_quickack", quickack)
+    config = http_config(mlflow_server, tmp_path)
+    context = multiprocessing.get_context("fork")
+    results: Any = context.SimpleQueue()
+
+    # Other process-wide settings than the open parent session's: fine in another process.
+    other = load_config(
+        cwd=tmp_path,
+        overrides={
+            "server.mlflow_tracking_uri": mlflow_server,
+            "tracking.experiment.name": "transport",
+            "server.request_timeout": 7,
+        },
+    )
+
+    def worker() -> None:
+        ports.clear()
+        with TrackingSession(other, name="child") as child:
+            child.log_metrics({"child": 1.0})
+        results.put((sorted(set(ports)), child.run_id))
+
+    with TrackingSession(config, name="parent") as parent:
+        parent.log_metrics({"before": 1.0})
+        parent_ports = set(ports)
+        process = context.Process(target=worker)
+        process.start()
+        process.join(120)
+        ports.clear()
+        parent.log_metrics({"after": 2.0})
+        assert set(ports) == parent_ports  # the parent keeps its connection
+
+    assert process.exitcode == 0
+    child_ports, child_run = results.get()
+    assert child_ports
+    assert not set(child_ports) & parent_ports
+    client = mlflow.MlflowClient(mlflow_server)
+    assert client.get_run(child_run).data.metrics == {"child": 1.0}
+    assert client.get_run(parent.run_id or "").data.metrics == {"before": 1.0, "after": 2.0}

@@ -153,7 +153,19 @@ _shared_lock = threading.Lock()
 _shared: _Shared | None = None
 
 
-def _join_process_settings(env: dict[str, str], uris: tuple[str, str | None]) -> None:
+def _after_fork_in_child() -> None:
+    """A forked process starts with no open session of its own: the parent's sessions'
+    settings are simply its inherited environment (and its new sessions may use others)."""
+    global _shared, _shared_lock
+    _shared_lock = threading.Lock()
+    _shared = None
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _join_process_settings(env: dict[str, str], uris: tuple[str, str | None]) -> _Shared:
     """Apply a top-level session's process-wide settings, or share the open sessions' ones.
 
     MLflow's tracking URI and the ``MLFLOW_*`` / credential variables are per process, yet
@@ -172,7 +184,7 @@ def _join_process_settings(env: dict[str, str], uris: tuple[str, str | None]) ->
             _shared = _Shared(
                 env=dict(env), uris=uris, thread=threading.current_thread().name, saved=saved
             )
-            return
+            return _shared
         differ = sorted(
             k for k in env.keys() | _shared.env.keys() if env.get(k) != _shared.env.get(k)
         )
@@ -187,27 +199,28 @@ def _join_process_settings(env: dict[str, str], uris: tuple[str, str | None]) ->
                 "processes"
             )
         _shared.users += 1
+        return _shared
 
 
-def _share_store(backend: Backend, experiment_id: str | None) -> None:
+def _share_store(shared: _Shared, backend: Backend, experiment_id: str | None) -> None:
     """Point MLflow's process-wide state at the store (first session only; later ones share
     it, and plain ``mlflow.start_run()`` calls use the first session's experiment)."""
     with _shared_lock:
-        assert _shared is not None
-        if _shared.restore_store is None:
-            _shared.store_token = backend.use_store(experiment_id)
-            _shared.restore_store = backend.restore_store
+        if shared.restore_store is None:
+            shared.store_token = backend.use_store(experiment_id)
+            shared.restore_store = backend.restore_store
 
 
-def _leave_process_settings() -> None:
+def _leave_process_settings(shared: _Shared) -> None:
     """One session fewer; the last one puts MLflow's state and the environment back."""
     global _shared
     with _shared_lock:
-        assert _shared is not None
-        _shared.users -= 1
-        if _shared.users > 0:
+        if shared is not _shared:  # a forked child leaving a session its parent opened
             return
-        shared, _shared = _shared, None
+        shared.users -= 1
+        if shared.users > 0:
+            return
+        _shared = None
     try:
         if shared.restore_store is not None:
             shared.restore_store(shared.store_token)
@@ -253,7 +266,7 @@ class TrackingSession:
         self._run_id: str | None = None
         self._started_run: str | None = None
         self._pushed_run: str | None = None
-        self._joined = False  # in the process-wide settings of open top-level sessions
+        self._shared: _Shared | None = None  # the process-wide settings it joined
         self._env = _EnvSnapshot()
         self._previous_sigterm: Any = None
         self._installed_sigterm = False
@@ -419,8 +432,7 @@ class TrackingSession:
                 env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
                 env["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0.5"
             registry = resolve_registry_uri(config.server.mlflow_registry_uri, self.project_root)
-            _join_process_settings(env, (location.tracking_uri, registry))
-            self._joined = True
+            self._shared = _join_process_settings(env, (location.tracking_uri, registry))
             if location.local_folder is not None:
                 location.local_folder.mkdir(parents=True, exist_ok=True)
             from ._mlflow import MlflowBackend
@@ -445,8 +457,8 @@ class TrackingSession:
                 self._experiment_id = os.environ["MLFLOW_EXPERIMENT_ID"]
             else:
                 self._experiment_id = self._experiment(backend)
-            if parent is None:
-                _share_store(backend, self._experiment_id)
+            if self._shared is not None:
+                _share_store(self._shared, backend, self._experiment_id)
             if active is not None and not run_cfg.nested and not must_nest:
                 self._attach(backend, active)
             else:
@@ -546,7 +558,8 @@ class TrackingSession:
             )
         self._experiment_id = existing.experiment_id
         self._logged_params.update(existing.params)
-        _share_store(backend, existing.experiment_id)
+        assert self._shared is not None
+        _share_store(self._shared, backend, existing.experiment_id)
         backend.resume_run(run_id)
         self._run_id = self._started_run = run_id
 
@@ -598,10 +611,10 @@ class TrackingSession:
                 logger.exception("could not end run %s of session %r", self._run_id, self._name)
         finally:
             self._env.restore()  # this session's own exports (share_with_subprocesses)
-            if self._joined:
-                self._joined = False
+            if self._shared is not None:
+                shared, self._shared = self._shared, None
                 try:
-                    _leave_process_settings()
+                    _leave_process_settings(shared)
                 except Exception as exc:
                     errors.append(exc)
             if backend is not None and self._parent is None:

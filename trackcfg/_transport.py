@@ -12,7 +12,9 @@ How, without a process-wide patch: MLflow sends its REST calls through a cached
 ``requests.Session``; for the session's lifetime we mount on it, for the tracking server's
 URL prefix only, an adapter that behaves exactly like MLflow's (same class, retries, pool and
 socket options) but whose connections set ``TCP_QUICKACK`` before reading each response.
-``unmount()`` puts the adapters back as they were (once the last of several sessions open
+MLflow keys its cached sessions by process id, so a forked worker gets new sessions, hence
+new adapters and connections of its own (pinned by a test).  ``unmount()`` puts the adapters
+back as they were (once the last of several sessions open
 at once in threads ends).  Our adapter and its idle keep-alive connections are kept for the
 next session, like MLflow's own pool keeps them between runs.  Where ``TCP_QUICKACK`` does not exist
 (macOS, Windows) nothing is mounted.
