@@ -1,8 +1,14 @@
 """1. Import cost: `import trackcfg, trackcfg.kedro` and `trackcfg --help` against a bare
-interpreter and against `import mlflow`. Budget: under 100 ms over a bare interpreter."""
+interpreter and against `import mlflow`. Budget: under 100 ms over a bare interpreter.
+
+Measured with bytecode caches, as a user has them (pip compiles at install, and Python writes
+them on first import): each case runs once first with ``PYTHONDONTWRITEBYTECODE`` unset.
+Without caches (this sandbox sets that variable and uv does not compile at install) every
+import compiles its modules from source, which roughly doubles these figures."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -17,9 +23,15 @@ CASES = {
 }
 
 
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def run() -> str:
     def runner(cmd: list[str]) -> None:
-        subprocess.run(cmd, check=True, capture_output=True)
+        subprocess.run(cmd, check=True, capture_output=True, env=ENV)
+
+    for cmd in CASES.values():  # writes the bytecode caches
+        runner(cmd)
 
     medians = interleaved(
         {name: (lambda c=cmd: runner(c)) for name, cmd in CASES.items()},
@@ -32,7 +44,7 @@ def run() -> str:
     ]
     verdict = max(medians["import trackcfg, trackcfg.kedro"], medians["trackcfg --help"]) - bare
     text = table(
-        "Import cost (median of 7, interleaved)", rows, ("case", "wall", "over bare", "ratio")
+        "Import cost (median of 7, interleaved, with bytecode caches)", rows, ("case", "wall", "over bare", "ratio")
     )
     text += f"\nBudget: < 100 ms over a bare interpreter; worst trackcfg case: {ms(verdict)} "
     text += "(" + ("met" if verdict < 0.1 else "MISSED") + ").\n"

@@ -17,20 +17,13 @@ import enum
 import json
 import os
 import signal
-import socket
-import sqlite3
-import ssl
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import attrs
 import click
@@ -39,6 +32,13 @@ from ._config import Source, TrackingConfig
 from ._loading import DEFAULT_ENV, _project_name, _root_for, load_config
 from ._store import StoreLocation, resolve_registry_uri, resolve_store
 from .exceptions import TrackcfgError
+
+if TYPE_CHECKING:
+    import ssl
+    import subprocess
+
+# The network, SQLite, subprocess and TLS modules are imported by the commands that use them,
+# not by `trackcfg --help` (~20 ms of its start-up).
 
 __all__ = ["cli", "main", "mask_uri", "render_template", "run_checks", "serve_ui", "write_template"]
 
@@ -399,6 +399,8 @@ class _Lookup:
 
 def _writable(folder: Path) -> CheckItem | None:
     """None when ``folder`` exists and takes a file, or can be created; else the failure."""
+    import tempfile
+
     probe = folder
     while not probe.exists():
         if probe.parent == probe:
@@ -428,6 +430,8 @@ def _writable(folder: Path) -> CheckItem | None:
 
 def _sqlite_tables(db: Path) -> set[str] | CheckItem:
     """The table names of an existing SQLite file, read-only (the store is left as it is)."""
+    import sqlite3
+
     try:
         connection = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=2)
         try:
@@ -537,6 +541,8 @@ def _http_headers(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def _ssl_context(env: Mapping[str, str]) -> ssl.SSLContext:
+    import ssl
+
     if env.get("MLFLOW_TRACKING_INSECURE_TLS", "").strip().lower() in ("1", "true", "yes"):
         context = ssl._create_unverified_context()
     else:
@@ -554,6 +560,9 @@ class _HttpAnswer:
 
 def _http_get(url: str, env: Mapping[str, str], timeout: float) -> _HttpAnswer:
     """One GET, no retries: an answer, or the reason there is none, within ``timeout``."""
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(url, headers=_http_headers(env))
     started = time.monotonic()
     status: int | None = None
@@ -648,6 +657,8 @@ def _http_lookup(
 
 
 def _tcp_reachable(uri: str, timeout: float) -> CheckItem:
+    import socket
+
     parts = urllib.parse.urlsplit(uri)
     scheme = parts.scheme.split("+")[0]
     shown = mask_uri(uri)
@@ -863,6 +874,8 @@ def _bind_probe(host: str, port: int) -> int:
     Done before starting the server, so that another server already on the port cannot
     answer the health poll in its place.
     """
+    import socket
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -910,6 +923,9 @@ def _open_browser(url: str) -> None:
 
 
 def _healthy(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
             return int(response.status) == 200
@@ -919,6 +935,8 @@ def _healthy(url: str) -> bool:
 
 def _stop_server(process: subprocess.Popen[bytes]) -> None:
     """Stop the server's whole process group (uvicorn workers included)."""
+    import subprocess
+
     if process.poll() is not None:
         return
     for sig, wait in ((signal.SIGTERM, UI_STOP_TIMEOUT), (signal.SIGKILL, UI_STOP_TIMEOUT)):
@@ -953,6 +971,8 @@ def _server_command(
 def _serve(
     config: TrackingConfig, location: StoreLocation, host: str, port: int, browser: bool
 ) -> None:
+    import subprocess
+
     root = _root(config)
     if location.local_folder is not None:
         location.local_folder.mkdir(parents=True, exist_ok=True)
