@@ -24,6 +24,11 @@ from typing import Any
 
 QUICK = os.environ.get("TRACKCFG_BENCH_QUICK") == "1"
 
+#: The environment for timed subprocesses: bytecode caches written and used, as users have
+#: them (pip compiles at install); this sandbox sets PYTHONDONTWRITEBYTECODE, and uv does not
+#: compile at install, so without this every start would compile every module from source.
+CACHED_BYTECODE_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
 
 def free_port() -> int:
     with socket.socket() as s:

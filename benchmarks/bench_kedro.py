@@ -3,7 +3,6 @@ no tracking plugin (`DISABLE_HOOKS_FOR_PLUGINS`), and where the extra time goes.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -11,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import QUICK, interleaved, ms, table
+from _common import CACHED_BYTECODE_ENV, QUICK, interleaved, ms, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
@@ -40,7 +39,7 @@ def _kedro(
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", **(env or {})},
+        env={**CACHED_BYTECODE_ENV, "KEDRO_DISABLE_TELEMETRY": "1", **(env or {})},
     )
 
 
