@@ -19,3 +19,47 @@ def line_of(path: Path, needle: str) -> int:
         if needle in line:
             return number
     raise AssertionError(f"{needle!r} not in {path}")
+
+
+HEADER_PROVIDERS = '''
+"""Request header providers for trackcfg's tests (server.request_header_provider)."""
+from mlflow.tracking.request_header.abstract_request_header_provider import RequestHeaderProvider
+
+
+class TeamHeader(RequestHeaderProvider):
+    def __init__(self, team="none", kedro_context=None):
+        self.team = team
+        self.project = None if kedro_context is None else kedro_context.project_path.name
+
+    def in_context(self):
+        return True
+
+    def request_headers(self):
+        headers = {"X-Team": self.team}
+        if self.project is not None:
+            headers["X-Kedro-Project"] = self.project
+        return headers
+
+
+class Broken(RequestHeaderProvider):
+    def __init__(self, **kwargs):
+        raise RuntimeError("no token in the vault")
+
+    def in_context(self):
+        return True
+
+    def request_headers(self):
+        return {}
+
+
+class NotAProvider:
+    pass
+'''
+
+
+def header_providers_module(folder: Path) -> Path:
+    """Write the module ``trackcfg_test_headers`` into ``folder``; returns ``folder`` (for
+    ``monkeypatch.syspath_prepend``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "trackcfg_test_headers.py").write_text(HEADER_PROVIDERS, encoding="utf-8")
+    return folder

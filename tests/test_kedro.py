@@ -493,3 +493,51 @@ def test_interrupted_run_is_killed_when_the_next_pipeline_starts(project: Path) 
         ("interrupt", "KILLED"),
         ("plain", "FINISHED"),
     ]
+
+
+@pytest.mark.usefixtures("in_process")
+def test_request_header_provider_gets_the_kedro_context(
+    project: Path, mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kedro-mlflow's ``pass_context: true``: the provider is built with ``kedro_context=``,
+    and every request of the pipeline's run carries its headers."""
+    import mlflow
+    import requests
+    from helpers import header_providers_module
+
+    monkeypatch.syspath_prepend(str(header_providers_module(tmp_path / "modules")))
+    write(
+        project / "conf" / "local" / "mlflow.yml",
+        f"""\
+        server:
+          mlflow_tracking_uri: {mlflow_server}
+          request_header_provider:
+            type: trackcfg_test_headers.TeamHeader
+            pass_context: true
+            init_kwargs:
+              team: vision
+        tracking:
+          experiment:
+            name: kedro-headers
+        """,
+    )
+    sent: list[tuple[str, dict[str, str]]] = []
+    original = requests.adapters.HTTPAdapter.send
+
+    def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if request.url.startswith(mlflow_server):
+            sent.append((request.path_url, dict(request.headers)))
+        return original(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+    run_in_process(project, pipeline_names=["plain"])
+
+    assert len(sent) >= 3
+    assert {(h.get("X-Team"), h.get("X-Kedro-Project")) for _, h in sent} == {
+        ("vision", project.name)
+    }
+    client = mlflow.MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("kedro-headers")
+    assert experiment is not None
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"

@@ -360,3 +360,30 @@ def test_log_batch_sends_params_tags_and_metrics_with_their_steps(
     history: list[Any] = client.get_metric_history(run_id, "loss")
     assert sorted((m.step, m.value) for m in history) == [(1, 0.5), (2, 0.4)]
     assert all(m.timestamp > 0 for m in history)
+
+
+def test_header_provider_registry_is_the_list_mlflow_asks_on_every_request() -> None:
+    from mlflow.tracking.request_header import registry
+    from mlflow.tracking.request_header.abstract_request_header_provider import (
+        RequestHeaderProvider,
+    )
+
+    from trackcfg._mlflow import add_header_provider, remove_header_provider
+
+    class Marker(RequestHeaderProvider):
+        def in_context(self) -> bool:
+            return True
+
+        def request_headers(self) -> dict[str, str]:
+            return {"X-Marker": "1"}
+
+    providers = registry._request_header_provider_registry._registry
+    assert isinstance(providers, list)
+    resolve: Any = registry.resolve_request_headers
+    before = list(providers)
+    marker = Marker()
+    add_header_provider(marker)
+    assert resolve()["X-Marker"] == "1"
+    remove_header_provider(marker)
+    assert "X-Marker" not in resolve()
+    assert providers == before

@@ -88,7 +88,9 @@ def _port_range(_inst: object, attribute: attrs.Attribute[int | None], value: in
 
 @attrs.frozen(kw_only=True)
 class RequestHeaderProviderConfig:
-    """kedro-mlflow's custom request-header provider (kept, not acted on yet)."""
+    """kedro-mlflow's custom request-header provider: ``type`` is the import path of a
+    subclass of MLflow's ``RequestHeaderProvider``, built with ``init_kwargs`` (and
+    ``kedro_context=`` under Kedro when ``pass_context``), used while a session is open."""
 
     type: str | None = None
     pass_context: bool = False

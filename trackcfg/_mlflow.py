@@ -14,6 +14,10 @@ MLflow internals relied on (pinned by ``tests/test_mlflow_backend.py``):
 - ``MlflowClient.set_terminated`` fetching the run again (``GET runs/get``) only to print its
   "View run" link, which ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT`` turns off: the backend
   prints the same link from the run it holds and spares that request;
+- ``mlflow.tracking.request_header.registry._request_header_provider_registry._registry``:
+  the list of header-provider instances MLflow asks on every request, to add the configured
+  ``server.request_header_provider`` for a session and take it off after (``register()``
+  only takes a class it builds without arguments, and nothing removes);
 - ``mlflow.utils.request_utils._get_request_session`` with the arguments
   ``mlflow.utils.rest_utils.http_request`` passes it by default: the cached
   ``requests.Session`` MLflow's REST calls use, to mount the quick-ACK adapter on it
@@ -221,6 +225,62 @@ def _env_set(name: str, value: str | None) -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = before
+
+
+def build_header_provider(spec: str, kwargs: Mapping[str, Any]) -> Any:
+    """Import ``spec`` (``package.module.Class``), check that it is one of MLflow's
+    ``RequestHeaderProvider`` classes and build it with ``kwargs``.
+
+    Raises ``ValueError`` saying what is wrong (the session names the config key)."""
+    import importlib
+
+    from mlflow.tracking.request_header.abstract_request_header_provider import (
+        RequestHeaderProvider,
+    )
+
+    module_name, _, class_name = spec.strip().rpartition(".")
+    if not module_name or not class_name:
+        raise ValueError(f"{spec!r} is not a dotted path to a class (package.module.Class)")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r}: {exc}") from exc
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ValueError(f"module {module_name!r} has no {class_name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, RequestHeaderProvider)):
+        raise ValueError(
+            f"{spec!r} must be a subclass of "
+            "mlflow.tracking.request_header.abstract_request_header_provider."
+            "RequestHeaderProvider"
+        )
+    try:
+        return cls(**kwargs)
+    except Exception as exc:
+        names = ", ".join(sorted(kwargs)) or "no arguments"
+        raise ValueError(f"{spec}({names}) failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _header_providers() -> list[Any]:
+    from mlflow.tracking.request_header import registry
+
+    providers: Any = registry._request_header_provider_registry._registry
+    if not isinstance(providers, list):
+        raise TypeError("MLflow's request header provider registry moved")
+    return providers
+
+
+def add_header_provider(provider: Any) -> None:
+    """Ask ``provider`` for headers on every MLflow request until ``remove_header_provider``."""
+    _header_providers().append(provider)
+
+
+def remove_header_provider(provider: Any) -> None:
+    providers = _header_providers()
+    for i in range(len(providers) - 1, -1, -1):
+        if providers[i] is provider:
+            del providers[i]
+            return
 
 
 def _sqlite_file(tracking_uri: str) -> Path | None:

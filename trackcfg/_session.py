@@ -33,7 +33,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
@@ -53,7 +53,7 @@ from ._params import (
     sanitize_key,
 )
 from ._store import StoreLocation, resolve_registry_uri, resolve_store
-from .exceptions import ExperimentError, RunError, TrackcfgError
+from .exceptions import ConfigError, ConfigProblem, ExperimentError, RunError, TrackcfgError
 
 if TYPE_CHECKING:
     import os as _os
@@ -142,8 +142,10 @@ class _Shared:
 
     env: dict[str, str]
     uris: tuple[str, str | None]
+    headers: object  # what identifies the request header provider (None: none)
     thread: str
     saved: _EnvSnapshot
+    provider: Any = None  # the header provider added to MLflow's registry
     users: int = 1
     store_token: object | None = None
     restore_store: Any = None
@@ -165,7 +167,12 @@ if hasattr(os, "register_at_fork"):  # not on Windows
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _join_process_settings(env: dict[str, str], uris: tuple[str, str | None]) -> _Shared:
+def _join_process_settings(
+    env: dict[str, str],
+    uris: tuple[str, str | None],
+    headers: object = None,
+    make_provider: Callable[[], Any] | None = None,
+) -> _Shared:
     """Apply a top-level session's process-wide settings, or share the open sessions' ones.
 
     MLflow's tracking URI and the ``MLFLOW_*`` / credential variables are per process, yet
@@ -173,21 +180,36 @@ def _join_process_settings(env: dict[str, str], uris: tuple[str, str | None]) ->
     first to open saves what was there and sets its values; later ones, while any is open,
     must need the very same values and share them (else they are refused before creating
     anything: their requests would go out with the other session's URI or credentials); the
-    last to close puts everything back (``_leave_process_settings``)."""
+    last to close puts everything back (``_leave_process_settings``).  MLflow's registry of
+    request header providers is process-wide too: ``make_provider`` builds the configured one
+    (``headers`` identifies it), which the first session adds and the last takes off."""
     global _shared
     with _shared_lock:
         if _shared is None:
+            # Built before anything changes: a provider that cannot be built changes nothing.
+            provider = make_provider() if make_provider is not None else None
             saved = _EnvSnapshot()
             saved.remember(*_MLFLOW_ENV)
             for key, value in env.items():
                 saved.set(key, value)
+            if provider is not None:
+                from ._mlflow import add_header_provider
+
+                add_header_provider(provider)
             _shared = _Shared(
-                env=dict(env), uris=uris, thread=threading.current_thread().name, saved=saved
+                env=dict(env),
+                uris=uris,
+                headers=headers,
+                thread=threading.current_thread().name,
+                saved=saved,
+                provider=provider,
             )
             return _shared
         differ = sorted(
             k for k in env.keys() | _shared.env.keys() if env.get(k) != _shared.env.get(k)
         )
+        if headers != _shared.headers:
+            differ.insert(0, "server.request_header_provider")
         if uris != _shared.uris:
             differ.insert(0, "the tracking/registry URI")
         if differ:
@@ -226,6 +248,10 @@ def _leave_process_settings(shared: _Shared) -> None:
             shared.restore_store(shared.store_token)
     finally:
         shared.saved.restore()
+        if shared.provider is not None:
+            from ._mlflow import remove_header_provider
+
+            remove_header_provider(shared.provider)
 
 
 class TrackingSession:
@@ -267,6 +293,8 @@ class TrackingSession:
         self._started_run: str | None = None
         self._pushed_run: str | None = None
         self._shared: _Shared | None = None  # the process-wide settings it joined
+        #: Set by the Kedro hook: what ``request_header_provider.pass_context`` passes.
+        self._kedro_context: Any = None
         self._env = _EnvSnapshot()
         self._previous_sigterm: Any = None
         self._installed_sigterm = False
@@ -432,7 +460,13 @@ class TrackingSession:
                 env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
                 env["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0.5"
             registry = resolve_registry_uri(config.server.mlflow_registry_uri, self.project_root)
-            self._shared = _join_process_settings(env, (location.tracking_uri, registry))
+            headers = config.server.request_header_provider
+            self._shared = _join_process_settings(
+                env,
+                (location.tracking_uri, registry),
+                headers if headers.type else None,
+                self._header_provider_factory() if headers.type else None,
+            )
             if location.local_folder is not None:
                 location.local_folder.mkdir(parents=True, exist_ok=True)
             from ._mlflow import MlflowBackend
@@ -475,6 +509,39 @@ class TrackingSession:
 
         # 6. Params and tags.
         self._send(params=prepared.params, tags=tags, artifacts=prepared.artifacts)
+
+    def _header_provider_factory(self) -> Callable[[], Any]:
+        """Builds ``server.request_header_provider`` (kedro-mlflow's key): the class at
+        ``type``, a subclass of MLflow's ``RequestHeaderProvider``, called with
+        ``init_kwargs`` (and ``kedro_context=`` the Kedro context when ``pass_context``: under
+        ``kedro run`` only).  Any failure is a ``ConfigError`` naming the key, before any
+        request."""
+        config = self._config
+        spec = config.server.request_header_provider
+
+        def problem(key: str, message: str) -> ConfigError:
+            full = f"server.request_header_provider.{key}"
+            source = config.sources.get(full)
+            return ConfigError([ConfigProblem(full, message, str(source) if source else None)])
+
+        def build() -> Any:
+            from ._mlflow import build_header_provider
+
+            kwargs = dict(spec.init_kwargs)
+            if spec.pass_context:
+                if self._kedro_context is None:
+                    raise problem(
+                        "pass_context",
+                        "is true, but only a Kedro run has a context to pass; set it to "
+                        "false outside Kedro",
+                    )
+                kwargs["kedro_context"] = self._kedro_context
+            try:
+                return build_header_provider(spec.type or "", kwargs)
+            except ValueError as exc:
+                raise problem("type", str(exc)) from exc
+
+        return build
 
     def _experiment(self, backend: Backend) -> str:
         settings = self._config.tracking.experiment

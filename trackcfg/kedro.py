@@ -164,6 +164,7 @@ class TrackingHooks:
     def __init__(self) -> None:
         self._config: TrackingConfig | None = None
         self._env: str | None = None
+        self._context: KedroContext | None = None
         self._session: TrackingSession | None = None
         self._nodes: dict[tuple[int, str], contextlib.AbstractContextManager[Any]] = {}
 
@@ -171,6 +172,7 @@ class TrackingHooks:
     def after_context_created(self, context: KedroContext) -> None:
         self._config = read_config(context)
         self._env = _env_name(context)
+        self._context = context
 
     @hook_impl
     def before_pipeline_run(
@@ -184,6 +186,7 @@ class TrackingHooks:
             params=_pipeline_params(pipeline, catalog),
             tags=_run_tags(run_params, self._env or run_params.get("env")),
         )
+        session._kedro_context = self._context  # for request_header_provider.pass_context
         session.__enter__()
         self._session, self._nodes = session, {}
         session.share_with_subprocesses()
