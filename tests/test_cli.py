@@ -573,11 +573,14 @@ class _StubHandler(http.server.BaseHTTPRequestHandler):
 
     token = f"tok-{SECRET}"
     html = False
+    team: str | None = None  # when set: requires an X-Team header of this value instead
 
     def do_GET(self) -> None:
         if self.html:
             self._send(404, b"<html>not here</html>", "text/html")
-        elif self.headers.get("Authorization") != f"Bearer {self.token}":
+        elif self.team is not None and self.headers.get("X-Team") != self.team:
+            self._send(403, b'{"error_code": "PERMISSION_DENIED"}', "application/json")
+        elif self.team is None and self.headers.get("Authorization") != f"Bearer {self.token}":
             self._send(401, b'{"error_code": "UNAUTHENTICATED"}', "application/json")
         else:
             body = b'{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no"}'
@@ -845,3 +848,41 @@ def test_ui_stops_on_sigint(ui_process: UiProcess) -> None:
     assert not port_open(ui_process.port), f"{url} still answers"
     with pytest.raises(ProcessLookupError):
         os.kill(server_pid, 0)
+
+
+def test_check_builds_the_request_header_provider_and_sends_its_headers(
+    project: Path,
+    stub_server: tuple[str, type[_StubHandler]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from helpers import header_providers_module
+
+    monkeypatch.syspath_prepend(str(header_providers_module(tmp_path / "modules")))
+    url, handler = stub_server
+    handler.team = "vision"
+    config = write(
+        project / "mlflow.yml",
+        f"""\
+        server:
+          mlflow_tracking_uri: {url}
+          request_header_provider:
+            type: trackcfg_test_headers.TeamHeader
+            init_kwargs: {{team: vision}}
+        """,
+    )
+    accepted = invoke("check")
+    assert accepted.exit_code == 0, accepted.output
+    assert "[ ok ] request headers: trackcfg_test_headers.TeamHeader adds: X-Team" in (
+        accepted.stdout
+    )
+    assert "vision" not in accepted.stdout  # names only: values may be tokens
+
+    write(config, config.read_text().replace("TeamHeader", "Broken"))
+    broken = invoke("check")
+    assert broken.exit_code == 1
+    assert "[FAIL] request headers: trackcfg_test_headers.Broken(team) failed: RuntimeError" in (
+        broken.stdout
+    )
+    assert f"fix server.request_header_provider ({config}:4)" in broken.stderr
+    assert "the server refused them (HTTP 403)" in broken.stdout  # and so does the server

@@ -558,12 +558,14 @@ class _HttpAnswer:
     error: str | None = None
 
 
-def _http_get(url: str, env: Mapping[str, str], timeout: float) -> _HttpAnswer:
+def _http_get(
+    url: str, env: Mapping[str, str], timeout: float, extra: Mapping[str, str] | None = None
+) -> _HttpAnswer:
     """One GET, no retries: an answer, or the reason there is none, within ``timeout``."""
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(url, headers=_http_headers(env))
+    request = urllib.request.Request(url, headers={**_http_headers(env), **(extra or {})})
     started = time.monotonic()
     status: int | None = None
     raw = b""
@@ -593,7 +595,12 @@ def _http_get(url: str, env: Mapping[str, str], timeout: float) -> _HttpAnswer:
 
 
 def _http_lookup(
-    uri: str, env: Mapping[str, str], experiment: str | None, run_id: str | None, timeout: float
+    uri: str,
+    env: Mapping[str, str],
+    experiment: str | None,
+    run_id: str | None,
+    timeout: float,
+    extra: Mapping[str, str] | None = None,
 ) -> tuple[CheckItem, CheckItem | None, _Lookup | None]:
     """One REST call answers three questions: reachable? credentials accepted? found?"""
     base = uri.rstrip("/")
@@ -604,7 +611,7 @@ def _http_lookup(
         query = urllib.parse.urlencode({"experiment_name": experiment or ""})
         url = f"{base}/api/2.0/mlflow/experiments/get-by-name?{query}"
     shown = mask_uri(base)
-    answer = _http_get(url, env, timeout)
+    answer = _http_get(url, env, timeout, extra)
     if answer.status is None:
         return (
             CheckItem(
@@ -681,6 +688,36 @@ def _tcp_reachable(uri: str, timeout: float) -> CheckItem:
             "start the database, or fix server.mlflow_tracking_uri",
         )
     return CheckItem(Status.OK, "store", f"{host}:{port} accepts connections ({shown})")
+
+
+def _headers_item(config: TrackingConfig) -> tuple[CheckItem | None, dict[str, str]]:
+    """``server.request_header_provider``: importable, buildable, and the headers it gives
+    (their names only: values may be tokens), which the server check then sends too."""
+    spec = config.server.request_header_provider
+    if not spec.type:
+        return None, {}
+    source = config.sources.get("server.request_header_provider.type")
+    fix = "fix server.request_header_provider" + (f" ({source})" if source else "")
+    from ._mlflow import build_header_provider, header_provider_class
+
+    try:
+        if spec.pass_context:
+            header_provider_class(spec.type)
+            return (
+                CheckItem(
+                    Status.OK,
+                    "request headers",
+                    f"{spec.type}: importable (built with the Kedro context under kedro run; "
+                    "not built here)",
+                ),
+                {},
+            )
+        provider = build_header_provider(spec.type, dict(spec.init_kwargs))
+        headers = dict(provider.request_headers()) if provider.in_context() else {}
+    except Exception as exc:
+        return CheckItem(Status.FAIL, "request headers", str(exc), fix), {}
+    names = ", ".join(sorted(headers)) or "none right now (not in context)"
+    return CheckItem(Status.OK, "request headers", f"{spec.type} adds: {names}"), headers
 
 
 def _credentials_item(config: TrackingConfig) -> CheckItem:
@@ -786,6 +823,9 @@ def run_checks(
     scheme = urllib.parse.urlsplit(location.tracking_uri).scheme.split("+")[0].lower()
 
     lookup: _Lookup | None = None
+    headers_item, extra_headers = _headers_item(config)
+    if headers_item is not None:
+        add(headers_item)
     credentials_item = _credentials_item(config)
     if location.is_local:
         store_item, can_look = _check_local(location)
@@ -797,7 +837,7 @@ def run_checks(
     elif scheme in ("http", "https"):
         http_env = {**os.environ, **credentials_env}
         store_item, refused, lookup = _http_lookup(
-            location.tracking_uri, http_env, experiment, run_id, timeout
+            location.tracking_uri, http_env, experiment, run_id, timeout, extra_headers
         )
         add(store_item)
         credentials_item = refused or credentials_item

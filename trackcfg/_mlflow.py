@@ -227,11 +227,9 @@ def _env_set(name: str, value: str | None) -> Iterator[None]:
             os.environ[name] = before
 
 
-def build_header_provider(spec: str, kwargs: Mapping[str, Any]) -> Any:
-    """Import ``spec`` (``package.module.Class``), check that it is one of MLflow's
-    ``RequestHeaderProvider`` classes and build it with ``kwargs``.
-
-    Raises ``ValueError`` saying what is wrong (the session names the config key)."""
+def header_provider_class(spec: str) -> type:
+    """Import ``spec`` (``package.module.Class``) and check that it is one of MLflow's
+    ``RequestHeaderProvider`` classes; ``ValueError`` says what is wrong."""
     import importlib
 
     from mlflow.tracking.request_header.abstract_request_header_provider import (
@@ -254,6 +252,13 @@ def build_header_provider(spec: str, kwargs: Mapping[str, Any]) -> Any:
             "mlflow.tracking.request_header.abstract_request_header_provider."
             "RequestHeaderProvider"
         )
+    return cls
+
+
+def build_header_provider(spec: str, kwargs: Mapping[str, Any]) -> Any:
+    """The provider class at ``spec`` built with ``kwargs``; ``ValueError`` says what is
+    wrong (the session names the config key)."""
+    cls = header_provider_class(spec)
     try:
         return cls(**kwargs)
     except Exception as exc:
