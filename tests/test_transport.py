@@ -25,16 +25,18 @@ from trackcfg._mlflow import _mlflow_rest_sessions
 class _Counter:
     def __init__(self) -> None:
         self.calls = 0
+        self.ports: list[int] = []  # the local port of each quick-ACKed connection used
 
 
 @pytest.fixture
 def quickack_calls(monkeypatch: pytest.MonkeyPatch) -> _Counter:
-    """Counts responses read through trackcfg's quick-ACK connections."""
+    """Counts responses read through trackcfg's quick-ACK connections, and their ports."""
     counter = _Counter()
     original = transport._quickack
 
     def counting(sock: Any) -> None:
         counter.calls += 1
+        counter.ports.append(sock.getsockname()[1])
         original(sock)
 
     monkeypatch.setattr(transport, "_quickack", counting)
@@ -258,18 +260,11 @@ def test_the_link_switch_is_put_back_after_the_session(mlflow_server: str, tmp_p
 
 @pytest.mark.skipif(transport.QUICKACK is None, reason="TCP_QUICKACK exists on Linux only")
 def test_sessions_one_after_another_reuse_one_connection(
-    mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mlflow_server: str, tmp_path: Path, quickack_calls: _Counter
 ) -> None:
     # Like MLflow's own pool between runs: a new connection (for https, a new TLS handshake)
     # per session would cost more than the stall saves on a distant server.
-    ports: list[int] = []
-    original = transport._quickack
-
-    def quickack(sock: Any) -> None:
-        ports.append(sock.getsockname()[1])
-        original(sock)
-
-    monkeypatch.setattr(transport, "_quickack", quickack)
+    ports = quickack_calls.ports
     config = http_config(mlflow_server, tmp_path)
     for step in range(3):
         with TrackingSession(config, name="again") as session:
@@ -305,17 +300,10 @@ def test_overlapping_mounts_share_one_adapter_and_the_last_puts_mlflows_back(
 
 @pytest.mark.skipif(transport.QUICKACK is None, reason="TCP_QUICKACK exists on Linux only")
 def test_a_forked_worker_opens_its_own_connection(
-    mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mlflow_server: str, tmp_path: Path, quickack_calls: _Counter
 ) -> None:
     # Parent and child talking on one inherited keep-alive socket would mix their responses.
-    ports: list[int] = []
-    original = transport._quickack
-
-    def quickack(sock: Any) -> None:
-        ports.append(sock.getsockname()[1])
-        original(sock)
-
-    monkeypatch.setattr(transport, "_quickack", quickack)
+    ports = quickack_calls.ports
     config = http_config(mlflow_server, tmp_path)
     context = multiprocessing.get_context("fork")
     results: Any = context.SimpleQueue()
