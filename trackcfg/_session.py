@@ -186,16 +186,16 @@ def _join_process_settings(
     global _shared
     with _shared_lock:
         if _shared is None:
-            # Built before anything changes: a provider that cannot be built changes nothing.
+            # Before anything changes: a provider that cannot be built changes nothing.
             provider = make_provider() if make_provider is not None else None
-            saved = _EnvSnapshot()
-            saved.remember(*_MLFLOW_ENV)
-            for key, value in env.items():
-                saved.set(key, value)
             if provider is not None:
                 from ._mlflow import add_header_provider
 
                 add_header_provider(provider)
+            saved = _EnvSnapshot()
+            saved.remember(*_MLFLOW_ENV)
+            for key, value in env.items():
+                saved.set(key, value)
             _shared = _Shared(
                 env=dict(env),
                 uris=uris,
