@@ -56,6 +56,8 @@ def _hermetic_env(
             monkeypatch.delenv(name)
     for name in _MLFLOW_VARS:
         monkeypatch.delenv(name, raising=False)
+    # MLflow 3's client sends usage telemetry to an outside host; tests send nothing out.
+    monkeypatch.setenv("DO_NOT_TRACK", "true")
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     return config_home
 
