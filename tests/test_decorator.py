@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -354,3 +355,36 @@ def test_decorated_sweep_example_makes_one_child_run_per_trial(tmp_path: Path) -
         assert child.data.tags["mlflow.parentRunId"] == parent_id
         assert set(child.data.params) == {"lr", "depth"}
         assert "score" in child.data.metrics
+
+
+def test_a_sweep_in_a_thread_pool_finishes_every_run(mlflow_server: str, tmp_path: Path) -> None:
+    """Tracked calls running at once in threads: one FINISHED run each, with its own params
+    and metrics, and MLflow's process-wide state given back after the last one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    (tmp_path / "pyproject.toml").write_text("")
+    config = load_config(
+        cwd=tmp_path,
+        overrides={"server.mlflow_tracking_uri": mlflow_server, "tracking.experiment.name": "pool"},
+    )
+
+    @tracked(config)
+    def train(lr: float) -> str:
+        mlflow.log_metric("loss", 1.0 - lr)  # plain MLflow: this thread's active run
+        active = mlflow.active_run()
+        assert active is not None
+        return str(active.info.run_id)
+
+    env_before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        run_ids = list(pool.map(train, [i / 10 for i in range(8)]))
+
+    client = MlflowClient(mlflow_server)
+    runs = [client.get_run(run_id) for run_id in run_ids]
+    assert len(set(run_ids)) == 8
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    assert sorted((run.data.params["lr"], run.data.metrics["loss"]) for run in runs) == [
+        (str(i / 10), 1.0 - i / 10) for i in range(8)
+    ]
+    assert {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")} == env_before
+    assert mlflow.get_tracking_uri() != mlflow_server
