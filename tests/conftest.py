@@ -15,6 +15,7 @@ import secrets as _secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -118,6 +119,7 @@ class _MlflowServer:
     folder: Path
     process: subprocess.Popen[bytes]
     healthy: bool = False
+    cafile: Path | None = None  # the certificate an https server presents
 
     @classmethod
     def start(cls) -> _MlflowServer:
@@ -140,8 +142,11 @@ class _MlflowServer:
                     f"healthy; stderr:\n{self.stderr_tail()}",
                     pytrace=False,
                 )
+            context = ssl.create_default_context(cafile=self.cafile) if self.cafile else None
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                with urllib.request.urlopen(
+                    f"{self.url}/health", timeout=2, context=context
+                ) as response:
                     self.healthy = response.status == 200
             except (urllib.error.URLError, OSError):
                 pass
@@ -224,9 +229,15 @@ POSTGRES_URL_VARIABLE = "TRACKCFG_TEST_POSTGRES_URL"
 
 
 def launch_mlflow_server(
-    backend_store_uri: str, artifacts_destination: Path, *, port: int | None = None
+    backend_store_uri: str,
+    artifacts_destination: Path,
+    *,
+    port: int | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> _MlflowServer:
-    """Start ``mlflow server --workers 1`` (not waiting for it): ``.wait_healthy(t)`` then."""
+    """Start ``mlflow server --workers 1`` (not waiting for it): ``.wait_healthy(t)`` then.
+
+    ``tls=(certificate, key)``: serve https with them (uvicorn's own TLS)."""
     logs = Path(tempfile.mkdtemp(prefix="trackcfg-mlflow-server-logs-"))
     port = port or _free_port()
     # The developer's MLflow/trackcfg settings must not reach the server.  Job execution
@@ -242,6 +253,8 @@ def launch_mlflow_server(
         "--backend-store-uri", backend_store_uri,
         "--artifacts-destination", str(artifacts_destination),
     ]  # fmt: skip
+    if tls is not None:
+        command += ["--uvicorn-opts", f"--ssl-certfile {tls[0]} --ssl-keyfile {tls[1]}"]
     with (logs / "stdout.log").open("wb") as out, (logs / "stderr.log").open("wb") as err:
         process = subprocess.Popen(
             command,
@@ -252,19 +265,29 @@ def launch_mlflow_server(
             stderr=err,
             start_new_session=True,  # its own process group: uvicorn workers die with it
         )
-    return _MlflowServer(url=f"http://127.0.0.1:{port}", folder=logs, process=process)
+    scheme = "https" if tls is not None else "http"
+    return _MlflowServer(
+        url=f"{scheme}://127.0.0.1:{port}",
+        folder=logs,
+        process=process,
+        cafile=tls[0] if tls is not None else None,
+    )
 
 
 @pytest.fixture(scope="module")
 def mlflow_server_launcher() -> Iterator[Callable[..., _MlflowServer]]:
-    """``launch(backend_store_uri, artifacts_destination, port=None)``; all stopped at the
-    end of the test module."""
+    """``launch(backend_store_uri, artifacts_destination, port=None, tls=None)``; all stopped
+    at the end of the test module."""
     started: list[_MlflowServer] = []
 
     def launch(
-        backend_store_uri: str, artifacts_destination: Path, *, port: int | None = None
+        backend_store_uri: str,
+        artifacts_destination: Path,
+        *,
+        port: int | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> _MlflowServer:
-        server = launch_mlflow_server(backend_store_uri, artifacts_destination, port=port)
+        server = launch_mlflow_server(backend_store_uri, artifacts_destination, port=port, tls=tls)
         started.append(server)
         return server
 

@@ -7,8 +7,11 @@ from __future__ import annotations
 import inspect
 import multiprocessing
 import os
+import shutil
 import socket
+import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -341,3 +344,47 @@ def test_a_forked_worker_opens_its_own_connection(
     client = mlflow.MlflowClient(mlflow_server)
     assert client.get_run(child_run).data.metrics == {"child": 1.0}
     assert client.get_run(parent.run_id or "").data.metrics == {"before": 1.0, "after": 2.0}
+
+
+@pytest.mark.skipif(transport.QUICKACK is None, reason="TCP_QUICKACK exists on Linux only")
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test certificate")
+def test_https_requests_are_quick_acked_over_one_tls_connection(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    quickack_calls: _Counter,
+    migrated_sqlite_db: Path,
+    mlflow_server_launcher: Callable[..., Any],
+) -> None:
+    """An https server (uvicorn's TLS): every request quick-ACKed, MLflow's certificate
+    setting honoured, and one TLS connection serving session after session."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    store = tmp_path / "server"
+    store.mkdir()
+    shutil.copyfile(migrated_sqlite_db, store / "mlflow.db")
+    server = mlflow_server_launcher(
+        f"sqlite:///{store / 'mlflow.db'}", store / "artifacts", tls=(cert, key)
+    )
+    server.wait_healthy(240)
+    assert server.url.startswith("https://")
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(cert))
+    config = http_config(server.url, tmp_path)
+
+    run_ids = []
+    for step in range(2):
+        with TrackingSession(config, name="tls") as session:
+            session.log_metrics({"m": float(step)})
+        run_ids.append(session.run_id or "")
+
+    ports = quickack_calls.ports
+    assert len(ports) >= 2 * 4  # experiment, create, metrics, end, twice
+    assert len(set(ports)) == 1, f"a TLS connection per session: {sorted(set(ports))}"
+    client = mlflow.MlflowClient(server.url)
+    assert [client.get_run(r).data.metrics["m"] for r in run_ids] == [0.0, 1.0]
+    assert {client.get_run(r).info.status for r in run_ids} == {"FINISHED"}
