@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -29,6 +29,7 @@ import attrs
 import click
 
 from ._config import Source, TrackingConfig
+from ._env import exported
 from ._loading import DEFAULT_ENV, _project_name, _root_for, load_config
 from ._store import StoreLocation, resolve_registry_uri, resolve_store
 from .exceptions import TrackcfgError
@@ -176,21 +177,6 @@ def _root(config: TrackingConfig) -> Path:
 
 def _effective_env(env: str | None) -> str:
     return env or os.environ.get("TRACKCFG_ENV") or DEFAULT_ENV
-
-
-@contextlib.contextmanager
-def _exported(variables: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the block only (credentials, file-store opt-in)."""
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, old in saved.items():
-            if old is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = old
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,7 +494,7 @@ def _backend_lookup(
     if location.legacy_file_store:
         variables["MLFLOW_ALLOW_FILE_STORE"] = "true"
     try:
-        with _exported(variables):
+        with exported(variables):
             from ._mlflow import MlflowBackend
 
             backend = MlflowBackend(location.tracking_uri)

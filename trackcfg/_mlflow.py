@@ -56,6 +56,7 @@ from mlflow.tracking import fluent as _fluent
 from mlflow.utils import validation as _validation
 
 from ._backend import ExperimentRef, RunRef, RunStatus
+from ._env import exported
 from ._params import Batch, Limits
 from ._transport import QuickAckMount, mount_quickack, not_used
 from .exceptions import ExperimentError, RunError, TrackingUnavailableError
@@ -208,23 +209,6 @@ def _run_link(tracking_uri: str, run: Any) -> str | None:
         f"\N{RUNNER} View run {run.info.run_name} at: {experiment}/runs/{run.info.run_id}\n"
         f"\N{TEST TUBE} View experiment at: {experiment}\n"
     )
-
-
-@contextlib.contextmanager
-def _env_set(name: str, value: str | None) -> Iterator[None]:
-    """``name=value`` in os.environ for the block (nothing if value is None), then as before."""
-    if value is None:
-        yield
-        return
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
 
 
 def header_provider_class(spec: str) -> type:
@@ -496,7 +480,7 @@ class MlflowBackend:
     def end_run(self, run_id: str, status: RunStatus) -> None:
         held = [run for run in _fluent_state._active_run_stack.get() if run.info.run_id == run_id]
         link = _run_link(self.tracking_uri, held[-1]) if held else None
-        with _env_set(_SUPPRESS_LINK, None if link is None else "true"):
+        with exported({} if link is None else {_SUPPRESS_LINK: "true"}):
             if self.active_run_id() == run_id:
                 mlflow.end_run(status.value)
             else:

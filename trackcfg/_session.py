@@ -465,7 +465,7 @@ class TrackingSession:
                 env,
                 (location.tracking_uri, registry),
                 headers if headers.type else None,
-                self._header_provider_factory() if headers.type else None,
+                self._build_header_provider if headers.type else None,
             )
             if location.local_folder is not None:
                 location.local_folder.mkdir(parents=True, exist_ok=True)
@@ -510,12 +510,14 @@ class TrackingSession:
         # 6. Params and tags.
         self._send(params=prepared.params, tags=tags, artifacts=prepared.artifacts)
 
-    def _header_provider_factory(self) -> Callable[[], Any]:
-        """Builds ``server.request_header_provider`` (kedro-mlflow's key): the class at
+    def _build_header_provider(self) -> Any:
+        """``server.request_header_provider`` (kedro-mlflow's key), built: the class at
         ``type``, a subclass of MLflow's ``RequestHeaderProvider``, called with
         ``init_kwargs`` (and ``kedro_context=`` the Kedro context when ``pass_context``: under
         ``kedro run`` only).  Any failure is a ``ConfigError`` naming the key, before any
         request."""
+        from ._mlflow import build_header_provider
+
         config = self._config
         spec = config.server.request_header_provider
 
@@ -524,24 +526,19 @@ class TrackingSession:
             source = config.sources.get(full)
             return ConfigError([ConfigProblem(full, message, str(source) if source else None)])
 
-        def build() -> Any:
-            from ._mlflow import build_header_provider
-
-            kwargs = dict(spec.init_kwargs)
-            if spec.pass_context:
-                if self._kedro_context is None:
-                    raise problem(
-                        "pass_context",
-                        "is true, but only a Kedro run has a context to pass; set it to "
-                        "false outside Kedro",
-                    )
-                kwargs["kedro_context"] = self._kedro_context
-            try:
-                return build_header_provider(spec.type or "", kwargs)
-            except ValueError as exc:
-                raise problem("type", str(exc)) from exc
-
-        return build
+        kwargs = dict(spec.init_kwargs)
+        if spec.pass_context:
+            if self._kedro_context is None:
+                raise problem(
+                    "pass_context",
+                    "is true, but only a Kedro run has a context to pass; set it to false "
+                    "outside Kedro",
+                )
+            kwargs["kedro_context"] = self._kedro_context
+        try:
+            return build_header_provider(spec.type or "", kwargs)
+        except ValueError as exc:
+            raise problem("type", str(exc)) from exc
 
     def _experiment(self, backend: Backend) -> str:
         settings = self._config.tracking.experiment
