@@ -64,6 +64,23 @@ def _hermetic_env(
 
 
 @pytest.fixture
+def http_requests(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every HTTP request sent through ``requests`` (MLflow's client included) during the
+    test, as the ``requests.PreparedRequest`` that went out: method, url, headers."""
+    import requests.adapters
+
+    seen: list[Any] = []
+    original = requests.adapters.HTTPAdapter.send
+
+    def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(request)
+        return original(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+    return seen
+
+
+@pytest.fixture
 def user_config_dir(_hermetic_env: Path) -> Path:
     """trackcfg's user config dir (``<XDG_CONFIG_HOME>/trackcfg``), created empty."""
     folder = _hermetic_env / "trackcfg"

@@ -10,30 +10,19 @@ from typing import Any
 
 import mlflow
 import pytest
-import requests
 from helpers import header_providers_module, line_of
 from mlflow.tracking.request_header import registry as header_registry
 
 from trackcfg import ConfigError, RunError, TrackingSession, load_config
 
 
-@pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, str]]]:
-    """Every HTTP request MLflow's client sends: its URL and headers."""
-    seen: list[tuple[str, dict[str, str]]] = []
-    original = requests.adapters.HTTPAdapter.send
-
-    def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append((request.url.split("?")[0], dict(request.headers)))
-        return original(self, request, *args, **kwargs)
-
-    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
-    return seen
-
-
 @pytest.fixture(autouse=True)
 def providers_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(header_providers_module(tmp_path / "modules")))
+
+
+def calls_of(requests_sent: list[Any]) -> list[tuple[str, str | None]]:
+    return [(r.path_url, r.headers.get("X-Team")) for r in requests_sent]
 
 
 def _providers() -> list[Any]:
@@ -55,7 +44,7 @@ def config_file(root: Path, url: str, provider: str) -> Path:
 
 
 def test_every_request_of_the_session_carries_the_providers_headers(
-    mlflow_server: str, tmp_path: Path, sent: list[tuple[str, dict[str, str]]]
+    mlflow_server: str, tmp_path: Path, http_requests: list[Any]
 ) -> None:
     before = _providers()
     file = config_file(
@@ -66,15 +55,15 @@ def test_every_request_of_the_session_carries_the_providers_headers(
     with TrackingSession.from_yaml(file, name="h") as session:
         session.log_metrics({"m": 1.0})
         mlflow.log_metric("plain", 2.0)  # plain MLflow calls in the block too
-    during = [(url, headers) for url, headers in sent if url.startswith(mlflow_server)]
-    sent.clear()
+    during = [r for r in http_requests if r.url.startswith(mlflow_server)]
+    http_requests.clear()
     run = mlflow.MlflowClient(mlflow_server).get_run(session.run_id or "")
 
     assert len(during) >= 5  # experiment, create, metrics, plain metric, update
-    assert all(headers.get("X-Team") == "vision" for _, headers in during), during
+    assert all(r.headers.get("X-Team") == "vision" for r in during), calls_of(during)
     assert run.data.metrics == {"m": 1.0, "plain": 2.0}
     assert run.info.status == "FINISHED"
-    assert all("X-Team" not in headers for _, headers in sent)  # off after the session
+    assert all("X-Team" not in r.headers for r in http_requests)  # off after the session
     assert _providers() == before
 
 
@@ -91,7 +80,7 @@ def test_every_request_of_the_session_carries_the_providers_headers(
 def test_a_provider_that_cannot_be_built_fails_before_any_request(
     mlflow_server: str,
     tmp_path: Path,
-    sent: list[tuple[str, dict[str, str]]],
+    http_requests: list[Any],
     provider: str,
     message: str,
 ) -> None:
@@ -103,13 +92,13 @@ def test_a_provider_that_cannot_be_built_fails_before_any_request(
     assert f"{file}:{line_of(file, 'type:')}: 'server.request_header_provider.type'" in text
     assert message in text
     # No run, no experiment: nothing reached the server.
-    assert [url for url, _ in sent if url.startswith(mlflow_server)] == []
+    assert [r.url for r in http_requests if r.url.startswith(mlflow_server)] == []
     assert _providers() == before
     assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
 
 
 def test_pass_context_outside_kedro_is_a_config_error(
-    mlflow_server: str, tmp_path: Path, sent: list[tuple[str, dict[str, str]]]
+    mlflow_server: str, tmp_path: Path, http_requests: list[Any]
 ) -> None:
     file = config_file(
         tmp_path,
@@ -121,7 +110,7 @@ def test_pass_context_outside_kedro_is_a_config_error(
     where = f"{file}:{line_of(file, 'pass_context:')}"
     assert f"{where}: 'server.request_header_provider.pass_context'" in str(caught.value)
     assert "only a Kedro run has a context" in str(caught.value)
-    assert [url for url, _ in sent if url.startswith(mlflow_server)] == []
+    assert [r.url for r in http_requests if r.url.startswith(mlflow_server)] == []
 
 
 def test_sessions_open_at_once_must_agree_on_the_provider(

@@ -497,12 +497,15 @@ def test_interrupted_run_is_killed_when_the_next_pipeline_starts(project: Path) 
 
 @pytest.mark.usefixtures("in_process")
 def test_request_header_provider_gets_the_kedro_context(
-    project: Path, mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    project: Path,
+    mlflow_server: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    http_requests: list[Any],
 ) -> None:
     """kedro-mlflow's ``pass_context: true``: the provider is built with ``kedro_context=``,
     and every request of the pipeline's run carries its headers."""
     import mlflow
-    import requests
     from helpers import header_providers_module
 
     monkeypatch.syspath_prepend(str(header_providers_module(tmp_path / "modules")))
@@ -521,19 +524,11 @@ def test_request_header_provider_gets_the_kedro_context(
             name: kedro-headers
         """,
     )
-    sent: list[tuple[str, dict[str, str]]] = []
-    original = requests.adapters.HTTPAdapter.send
-
-    def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-        if request.url.startswith(mlflow_server):
-            sent.append((request.path_url, dict(request.headers)))
-        return original(self, request, *args, **kwargs)
-
-    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
     run_in_process(project, pipeline_names=["plain"])
 
+    sent = [r for r in http_requests if r.url.startswith(mlflow_server)]
     assert len(sent) >= 3
-    assert {(h.get("X-Team"), h.get("X-Kedro-Project")) for _, h in sent} == {
+    assert {(r.headers.get("X-Team"), r.headers.get("X-Kedro-Project")) for r in sent} == {
         ("vision", project.name)
     }
     client = mlflow.MlflowClient(mlflow_server)

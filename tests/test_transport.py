@@ -185,36 +185,30 @@ def test_quickack_sets_the_socket_option() -> None:
             client.close()
 
 
-@pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every HTTP request MLflow's client sends ("METHOD /path"), counted at the transport."""
-    seen: list[str] = []
-    original = requests.adapters.HTTPAdapter.send
-
-    def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(f"{request.method} {request.path_url.split('?')[0]}")
-        return original(self, request, *args, **kwargs)
-
-    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
-    return seen
+def calls(requests_sent: list[Any]) -> list[str]:
+    """ "METHOD /path" of each request."""
+    return [f"{r.method} {r.path_url.split('?')[0]}" for r in requests_sent]
 
 
 def test_an_empty_session_sends_as_many_requests_as_a_raw_run(
-    mlflow_server: str, tmp_path: Path, sent: list[str], capsys: pytest.CaptureFixture[str]
+    mlflow_server: str,
+    tmp_path: Path,
+    http_requests: list[Any],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = http_config(mlflow_server, tmp_path)
     with TrackingSession(config, name="warm"):
         pass  # creates the experiment
     experiment_id = mlflow.MlflowClient(mlflow_server).get_experiment_by_name("transport")
     assert experiment_id is not None
-    sent.clear()
+    http_requests.clear()
     capsys.readouterr()
 
     mlflow.set_tracking_uri(mlflow_server)
     with mlflow.start_run(experiment_id=experiment_id.experiment_id, run_name="same") as raw:
         pass
-    raw_requests, raw_out = list(sent), capsys.readouterr().out
-    sent.clear()
+    raw_requests, raw_out = calls(http_requests), capsys.readouterr().out
+    http_requests.clear()
     with TrackingSession(config, name="same") as session:
         pass
     ours_out = capsys.readouterr().out
@@ -226,7 +220,7 @@ def test_an_empty_session_sends_as_many_requests_as_a_raw_run(
         f"POST {api}/runs/update",
     ]
     # Ours: the experiment by name instead of MLflow's second fetch of the run for its link.
-    assert sent == [
+    assert calls(http_requests) == [
         f"GET {api}/experiments/get-by-name",
         f"POST {api}/runs/create",
         f"POST {api}/runs/update",
@@ -241,7 +235,7 @@ def test_an_empty_session_sends_as_many_requests_as_a_raw_run(
 def test_with_mlflows_link_printing_off_nothing_is_printed_nor_fetched(
     mlflow_server: str,
     tmp_path: Path,
-    sent: list[str],
+    http_requests: list[Any],
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -250,7 +244,7 @@ def test_with_mlflows_link_printing_off_nothing_is_printed_nor_fetched(
     with TrackingSession(config, name="quiet"):
         pass
     assert "View run" not in capsys.readouterr().out
-    assert not any("runs/get" in request for request in sent)
+    assert not any("runs/get" in call for call in calls(http_requests))
     assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"
 
 
