@@ -1,7 +1,8 @@
 """The configuration model: the schema of ``mlflow.yml`` as frozen attrs classes.
 
 Pure data: no I/O, no mlflow, no environment reads.  Validation of what a type cannot say
-lives in validators here; everything about files, lines and layering lives in ``_loading``.
+lives in validators here; files, lines and layering live in ``_loading`` (with
+``_discovery``, ``_credentials`` and ``_convert``).
 
 The schema is a superset of kedro-mlflow 2.0.3's ``mlflow.yml``.  Keys that kedro-mlflow
 has and trackcfg accepts but does not act on yet are kept (so an existing file loads

@@ -1,12 +1,15 @@
-"""Loading ``mlflow.yml``: files, layering, provenance, and errors that point at file:line.
+"""Loading ``mlflow.yml``: layering, YAML reading, provenance, and errors that point at
+file:line.
 
 Layers, lowest to highest priority::
 
     built-in defaults < user file < project file(s) < TRACKCFG_<SECTION>__<KEY> < overrides
 
 Each layer is flattened to ``dotted.key -> (value, Source)`` along the schema, merged, checked
-against the schema (unknown keys, with a suggestion), then structured by a strict cattrs
-converter.  Every problem found on the way is collected and raised as ONE ``ConfigError``.
+against the schema (unknown keys, with a suggestion), then structured by the strict converter
+of ``_convert``.  Every problem found on the way is collected and raised as ONE
+``ConfigError``.  Which files are read is ``_discovery``'s business; the entry named by
+``server.credentials`` is resolved by ``_credentials``.
 
 YAML is read with ruamel.yaml's round-trip loader because it keeps line numbers; it builds
 only plain YAML types (it derives from the safe constructor), and a value with an explicit
@@ -17,46 +20,36 @@ from __future__ import annotations
 
 import difflib
 import enum
-import functools
 import logging
 import os
-import sys
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from ._config import (
-    Credentials,
-    InvalidFieldError,
-    Source,
-    TrackingConfig,
+from ._config import Credentials, Source, TrackingConfig
+from ._convert import cattrs_module, converter, error_paths
+from ._credentials import file_sources, mapping_sources, resolve_credentials
+from ._discovery import (
+    CONFIG_NAMES,
+    DEFAULT_ENV,
+    Located,
+    find_project_root,
+    first_existing,
+    locate,
+    project_name,
+    user_config_dir,
 )
 from .exceptions import ConfigError, ConfigProblem
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
-
-__all__ = [
-    "ENV_PREFIX",
-    "config_from_mapping",
-    "find_project_root",
-    "load_config",
-    "user_config_dir",
-]
+__all__ = ["ENV_PREFIX", "config_from_mapping", "load_config"]
 
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "TRACKCFG_"
-CONFIG_NAMES = ("mlflow.yml", "mlflow.yaml")
-CREDENTIALS_NAMES = ("credentials.yml", "credentials.yaml")
-ROOT_MARKERS = ("pyproject.toml", ".git")
-DEFAULT_ENV = "local"
 DEFAULT_SOURCE = Source("default")
 
 _Leaves = dict[str, tuple[Any, Source]]
@@ -264,6 +257,17 @@ def _file_layer(file: Path, problems: list[ConfigProblem]) -> _Leaves:
     return _flatten_layer(data, sources)
 
 
+def _secret_reader(
+    problems: list[ConfigProblem],
+) -> Callable[[Path], tuple[dict[str, Any], dict[str, Source]]]:
+    """How ``_credentials`` reads a credentials file: problems name lines, never quote them."""
+
+    def read(file: Path) -> tuple[dict[str, Any], dict[str, Source]]:
+        return _read_yaml(file, problems, secret=True)
+
+    return read
+
+
 # --------------------------------------------------------------------------------------------
 # Environment variables and overrides.
 
@@ -346,317 +350,12 @@ def _override_layer(overrides: Mapping[str, Any], problems: list[ConfigProblem])
     return layer
 
 
-# --------------------------------------------------------------------------------------------
-# Structuring: a strict converter, errors turned into problems with their origin.
-
-
-def _expected(what: str, value: Any) -> ValueError:
-    return ValueError(f"expected {what}, got {value!r} ({type(value).__name__})")
-
-
-_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
-
-
-def _structure_bool(value: Any, _: type) -> bool:
-    # YAML 1.2 reads yes/no/on/off as strings; Kedro's loader (YAML 1.1) as booleans.
-    # Accept both so a kedro-mlflow file means the same here.
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
-        return _BOOL_WORDS[value.strip().lower()]
-    raise _expected("true or false", value)
-
-
-def _structure_int(value: Any, _: type) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    raise _expected("an integer", value)
-
-
-def _structure_str(value: Any, _: type) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise _expected("a string", value)
-
-
-def _structure_str_tuple(value: Any, _: type) -> tuple[str, ...]:
-    if not isinstance(value, (list, tuple)):
-        raise _expected("a list of strings", value)
-    return tuple(_structure_str(v, str) for v in value)
-
-
-def _structure_str_mapping(value: Any, _: type) -> Mapping[str, str]:
-    if not isinstance(value, Mapping):
-        raise _expected("a mapping", value)
-    return {_structure_str(k, str): _structure_str(v, str) for k, v in value.items()}
-
-
-def _structure_any_mapping(value: Any, _: type) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _expected("a mapping", value)
-    return dict(value)
-
-
-def _structure_enum(value: Any, cls: type[enum.Enum]) -> enum.Enum:
-    if isinstance(value, cls):
-        return value
-    try:
-        return cls(value)
-    except ValueError:
-        allowed = ", ".join(repr(m.value) for m in cls)
-        raise ValueError(f"must be one of {allowed}, got {value!r}") from None
-
-
-def _is_alias(alias: Any) -> Callable[[Any], bool]:
-    def matches(tp: Any) -> bool:
-        return bool(tp == alias)
-
-    return matches
-
-
-def _is_enum(tp: Any) -> bool:
-    return isinstance(tp, type) and issubclass(tp, enum.Enum)
-
-
-def cattrs_module() -> Any:
-    """cattrs, imported on first use: it is a third of ``import trackcfg``'s cost otherwise."""
-    import cattrs
-
-    return cattrs
-
-
-@functools.cache
-def converter() -> Any:
-    """The strict converter, built once, on the first load (an immutable value)."""
-    return make_converter()
-
-
-def make_converter() -> Any:
-    cattrs = cattrs_module()
-    from cattrs.gen import make_dict_structure_fn
-
-    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
-    converter.register_structure_hook(bool, _structure_bool)
-    converter.register_structure_hook(int, _structure_int)
-    converter.register_structure_hook(str, _structure_str)
-    # Generic aliases are not classes: match them by equality.
-    for alias, hook in (
-        (tuple[str, ...], _structure_str_tuple),
-        (Mapping[str, str], _structure_str_mapping),
-        (Mapping[str, Any], _structure_any_mapping),
-    ):
-        converter.register_structure_hook_func(_is_alias(alias), hook)
-    converter.register_structure_hook_func(_is_enum, _structure_enum)
-
-    def section_hook(cls: type) -> Any:
-        inner: Callable[[Any, Any], Any] = make_dict_structure_fn(
-            cls, converter, _cattrs_forbid_extra_keys=True
-        )
-
-        def structure(value: Any, _: type) -> Any:
-            if not isinstance(value, Mapping):
-                raise _expected("a mapping", value)
-            return inner(value, cls)
-
-        return structure
-
-    converter.register_structure_hook_factory(attrs.has, section_hook)
-    return converter
-
-
-def _errors(exc: BaseException, path: str) -> Iterator[tuple[str, str]]:
-    def join(name: object) -> str:
-        return f"{path}.{name}" if path else str(name)
-
-    cattrs = cattrs_module()
-    if isinstance(exc, cattrs.ClassValidationError):
-        with_notes, without = exc.group_exceptions()
-        for sub, note in with_notes:
-            yield from _errors(sub, join(note.name))
-        for sub in without:
-            yield from _errors(sub, path)
-    elif isinstance(exc, cattrs.IterableValidationError):
-        inner = exc.group_exceptions()
-        for sub, _note in inner[0]:
-            yield from _errors(sub, path)
-        for sub in inner[1]:
-            yield from _errors(sub, path)
-    elif isinstance(exc, cattrs.ForbiddenExtraKeysError):
-        for name in sorted(exc.extra_fields):
-            yield join(name), f"unknown key; {_suggest(join(name))}"
-    elif isinstance(exc, InvalidFieldError):
-        yield join(exc.field), str(exc).split(" ", 1)[1]
-    else:
-        yield path, str(exc)
-
-
 def _where(path: str, sources: Mapping[str, Source]) -> str | None:
+    """The origin of ``path``'s value, or of the nearest section above it that was set."""
     while path:
         if path in sources and sources[path].kind != "default":
             return str(sources[path])
         path = path.rpartition(".")[0]
-    return None
-
-
-# --------------------------------------------------------------------------------------------
-# Project root, experiment name, credentials.
-
-
-def find_project_root(start: Path) -> Path | None:
-    """The nearest folder at or above ``start`` holding ``pyproject.toml`` or ``.git``."""
-    start = start.resolve()
-    for folder in (start, *start.parents):
-        if any((folder / marker).exists() for marker in ROOT_MARKERS):
-            return folder
-    return None
-
-
-def _root_for(config_folder: Path) -> Path:
-    """Project root of a config file's folder (for ``conf/<env>/``, count from above ``conf``)."""
-    found = find_project_root(config_folder)
-    if found is not None:
-        return found
-    return config_folder.resolve()
-
-
-def _project_name(root: Path) -> str:
-    pyproject = root / "pyproject.toml"
-    try:
-        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError):
-        data = {}
-    kedro = data.get("tool", {}).get("kedro", {})
-    name = kedro.get("package_name") or data.get("project", {}).get("name")
-    return str(name) if name else root.name
-
-
-def user_config_dir() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_config_dir("trackcfg", appauthor=False))
-
-
-def _first_existing(folder: Path, names: Sequence[str]) -> Path | None:
-    for name in names:
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def _load_credentials(
-    name: str,
-    folders: Sequence[Path],
-    where: str | None,
-    problems: list[ConfigProblem],
-) -> Credentials | None:
-    """The entry ``name`` merged across ``credentials.yml`` in ``folders`` (later wins), else
-    the user config dir's."""
-    searched: list[str] = []
-    for group in (list(folders), [user_config_dir()]):
-        entry: dict[str, Any] | None = None
-        origin: str | None = None
-        for folder in group:
-            file = _first_existing(folder, CREDENTIALS_NAMES)
-            searched.append(str(folder / CREDENTIALS_NAMES[0]))
-            if file is None:
-                continue
-            data, sources = _read_yaml(file, problems, secret=True)
-            if name in data:
-                value = data[name]
-                if not isinstance(value, Mapping):
-                    problems.append(
-                        ConfigProblem(
-                            "server.credentials",
-                            f"credentials entry {name!r} must map variable names to values",
-                            str(sources.get(name, file)),
-                        )
-                    )
-                    return None
-                entry = {**(entry or {}), **value}
-                origin = str(file)
-        if entry is not None:
-            bad = [k for k, v in entry.items() if isinstance(v, (Mapping, list))]
-            if bad:
-                problems.append(
-                    ConfigProblem(
-                        "server.credentials",
-                        f"credentials entry {name!r}: {', '.join(bad)} must be plain values",
-                        origin,
-                    )
-                )
-                return None
-            values = {str(k): "" if v is None else str(v) for k, v in entry.items()}
-            return Credentials(name=name, values=values, origin=origin)
-    problems.append(
-        ConfigProblem(
-            "server.credentials",
-            f"no credentials entry named {name!r}; looked in {', '.join(searched)}",
-            where,
-        )
-    )
-    return None
-
-
-# --------------------------------------------------------------------------------------------
-# Finding the files.
-
-
-@attrs.frozen
-class _Located:
-    files: tuple[Path, ...]
-    root: Path
-    credential_folders: tuple[Path, ...]
-
-
-def _conf_files(conf: Path, env: str) -> _Located:
-    folders = [conf / "base"] + ([conf / env] if env != "base" else [])
-    files = tuple(f for f in (_first_existing(d, CONFIG_NAMES) for d in folders) if f)
-    return _Located(files, _root_for(conf.parent), tuple(folders))
-
-
-def _is_conf_folder(folder: Path, env: str) -> bool:
-    return folder.name == "conf" or (folder / "base").is_dir() or (folder / env).is_dir()
-
-
-def _locate(path: Path | None, env: str, cwd: Path) -> _Located | None:
-    if path is None:
-        return _discover(cwd, env)
-    if path.is_file():
-        folder = path.resolve().parent
-        if folder.parent.name == "conf":
-            return _Located((path.resolve(),), _root_for(folder.parent.parent), (folder,))
-        return _Located((path.resolve(),), _root_for(folder), (folder,))
-    if path.is_dir():
-        if _is_conf_folder(path, env):
-            return _conf_files(path.resolve(), env)
-        if (path / "conf").is_dir():
-            return _conf_files((path / "conf").resolve(), env)
-        file = _first_existing(path, CONFIG_NAMES)
-        if file is not None:
-            return _Located((file.resolve(),), _root_for(path), (path.resolve(),))
-        raise ConfigError([ConfigProblem("", f"no conf/ folder or mlflow.yml in {path}")])
-    raise ConfigError([ConfigProblem("", f"no such file or folder: {path}")])
-
-
-def _discover(cwd: Path, env: str) -> _Located | None:
-    """From ``cwd`` upward, stopping at the project root: a ``conf/`` with an ``mlflow.yml``
-    for the environment (or base), else an ``mlflow.yml``."""
-    cwd = cwd.resolve()
-    for folder in (cwd, *cwd.parents):
-        conf = folder / "conf"
-        if conf.is_dir():
-            located = _conf_files(conf, env)
-            if located.files:
-                return located
-        file = _first_existing(folder, CONFIG_NAMES)
-        if file is not None:
-            return _Located((file,), _root_for(folder), (folder,))
-        if any((folder / marker).exists() for marker in ROOT_MARKERS):
-            break
     return None
 
 
@@ -686,10 +385,10 @@ def load_config(
     environ = os.environ if environ is None else environ
     cwd_path = Path.cwd() if cwd is None else Path(cwd)
     env = env or environ.get("TRACKCFG_ENV") or DEFAULT_ENV
-    located = _locate(None if path is None else Path(path), env, cwd_path)
+    located = locate(None if path is None else Path(path), env, cwd_path)
     if located is None:
         root = find_project_root(cwd_path) or cwd_path.resolve()
-        located = _Located((), root, ())
+        located = Located((), root, ())
     elif path is not None and not located.files:
         raise ConfigError(
             [
@@ -701,7 +400,7 @@ def load_config(
 
     problems: list[ConfigProblem] = []
     layers: list[_Leaves] = []
-    user_file = _first_existing(user_config_dir(), CONFIG_NAMES)
+    user_file = first_existing(user_config_dir(), CONFIG_NAMES)
     if user_file is not None:
         layers.append(_file_layer(user_file, problems))
     layers.extend(_file_layer(f, problems) for f in located.files)
@@ -726,7 +425,7 @@ def config_from_mapping(
     problems: list[ConfigProblem] = []
     label = Source("file", str(file)) if file else Source("override", "<mapping>")
     layer = _flatten_layer(data, _all("", label))
-    located = _Located((), Path(root).resolve(), ())
+    located = Located((), Path(root).resolve(), ())
     return _build(
         [layer, _env_layer(environ, problems)],
         problems,
@@ -740,7 +439,7 @@ def config_from_mapping(
 def _build(
     layers: list[_Leaves],
     problems: list[ConfigProblem],
-    located: _Located,
+    located: Located,
     files: tuple[Path, ...],
     environ: Mapping[str, str],
     *,
@@ -779,37 +478,30 @@ def _build(
     try:
         config = converter().structure(data, TrackingConfig)
     except Exception as exc:
-        for path, message in _errors(exc, ""):
+        for path, message in error_paths(exc, suggest=_suggest):
             problems.append(ConfigProblem(path, message, _where(path, sources)))
 
     # Checked even when other keys are wrong, so one run of the loader reports everything.
     credentials: Credentials | None = None
     cred_name = merged.get("server.credentials", (None, DEFAULT_SOURCE))[0]
     if isinstance(cred_name, str) and cred_name:
-        where = _where("server.credentials", sources)
-        if credentials_mapping is not None:
-            entry = credentials_mapping.get(cred_name)
-            if isinstance(entry, Mapping):
-                credentials = Credentials(
-                    name=cred_name, values={str(k): str(v) for k, v in entry.items()}
-                )
-            else:
-                problems.append(
-                    ConfigProblem(
-                        "server.credentials",
-                        f"no credentials entry named {cred_name!r} in the credentials config",
-                        where,
-                    )
-                )
-        else:
-            credentials = _load_credentials(cred_name, located.credential_folders, where, problems)
+        credentials = resolve_credentials(
+            cred_name,
+            (
+                file_sources(located.credential_folders, _secret_reader(problems))
+                if credentials_mapping is None
+                else mapping_sources(credentials_mapping)
+            ),
+            where=_where("server.credentials", sources),
+            problems=problems,
+        )
 
     if problems or config is None:
         raise ConfigError(_dedupe(problems))
     return attrs.evolve(
         config,
         project_root=located.root,
-        default_experiment_name=_project_name(located.root),
+        default_experiment_name=project_name(located.root),
         credentials=credentials,
         sources=types.MappingProxyType(sources),
         files=files,
