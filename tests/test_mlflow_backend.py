@@ -261,7 +261,8 @@ def test_limits_are_read_from_mlflow_validation() -> None:
         entities_per_batch=validation.MAX_ENTITIES_PER_BATCH,
         request_bytes=validation.MAX_BATCH_LOG_REQUEST_SIZE,
     )
-    # MLflow 3.17's values (DESIGN.md); a change is worth noticing, not necessarily a bug.
+    # MLflow 3.17's values (the README states the param limit); a change is worth
+    # noticing, not necessarily a bug.
     assert (limits.param_value, limits.tag_value, limits.key) == (6000, 8000, 250)
 
 

@@ -20,7 +20,7 @@ import pytest
 import requests
 from mlflow.utils import request_utils, rest_utils
 
-from trackcfg import TrackingSession, load_config
+from trackcfg import TrackingSession, _state, load_config
 from trackcfg import _transport as transport
 from trackcfg._mlflow import _mlflow_rest_sessions
 
@@ -119,7 +119,7 @@ def test_without_tcp_quickack_nothing_is_mounted(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(transport, "QUICKACK", None)
-    monkeypatch.setattr(transport, "_told", set())
+    monkeypatch.setattr(_state, "said_once", set())
     session = requests.Session()
     with caplog.at_level("DEBUG", logger="trackcfg"):
         assert transport.mount_quickack("http://127.0.0.1:5000", [session]) is None
@@ -140,7 +140,7 @@ def test_a_moved_hook_point_degrades_to_mlflows_client(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(rest_utils, "http_request", http_request)
-    monkeypatch.setattr(transport, "_told", set())
+    monkeypatch.setattr(_state, "said_once", set())
     config = http_config(mlflow_server, tmp_path)
     with caplog.at_level("DEBUG", logger="trackcfg"):
         for value in (1.0, 2.0):

@@ -7,10 +7,11 @@ starts.
 
 from __future__ import annotations
 
-from ._config import LongParamsStrategy, RankPolicy, TrackingConfig
+from ._config import LongParamsStrategy, RankPolicy, Source, TrackingConfig
 from ._decorator import tracked
 from ._loading import load_config
 from ._session import TrackingSession
+from ._workers import activate_inherited_run
 from .exceptions import (
     ConfigError,
     ExperimentError,
@@ -27,10 +28,12 @@ __all__ = [
     "ParamValueTooLongError",
     "RankPolicy",
     "RunError",
+    "Source",
     "TrackcfgError",
     "TrackingConfig",
     "TrackingSession",
     "TrackingUnavailableError",
+    "activate_inherited_run",
     "load_config",
     "tracked",
 ]

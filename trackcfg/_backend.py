@@ -1,8 +1,11 @@
-"""The boundary between the session's decisions and the tracking library.
+"""The one door to MLflow: the ``Backend`` protocol and the factory every caller uses.
 
-``TrackingSession`` talks only to a ``Backend``; ``_mlflow.MlflowBackend`` is the real one and
-the only module that imports mlflow.  Values crossing the boundary are plain data (ids,
-strings, dicts), never mlflow objects, so a fake backend can drive the session in unit tests.
+``TrackingSession``, the CLI and the worker helpers talk only to a ``Backend`` they get from
+``open_backend``; ``_mlflow.MlflowBackend`` is the real one, ``_mlflow`` the only module that
+imports mlflow, and this module the only one that imports ``_mlflow`` (lazily: importing it
+costs seconds).  Values crossing the boundary are plain data (ids, strings, dicts), never
+mlflow objects, so a fake backend (``tests/fakes.py``) can drive the session in unit tests
+through the session's ``_backend_factory`` seam.  See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -15,7 +18,18 @@ import attrs
 
 from ._params import Batch, Limits
 
-__all__ = ["Backend", "ExperimentRef", "RunRef", "RunStatus"]
+__all__ = [
+    "Backend",
+    "BackendFactory",
+    "ExperimentRef",
+    "RunRef",
+    "RunStatus",
+    "add_header_provider",
+    "build_header_provider",
+    "header_provider_class",
+    "open_backend",
+    "remove_header_provider",
+]
 
 
 class RunStatus(enum.Enum):
@@ -93,3 +107,58 @@ class Backend(Protocol):
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None: ...
     def log_dict(self, run_id: str, data: Mapping[str, Any], artifact_file: str) -> None: ...
     def log_artifact(self, run_id: str, path: str, artifact_path: str | None) -> None: ...
+
+
+class BackendFactory(Protocol):
+    """Opens a backend for one store; also knows the limits values must respect, which the
+    session checks before any store is opened."""
+
+    def __call__(self, tracking_uri: str, registry_uri: str | None = None) -> Backend: ...
+
+    def limits(self) -> Limits: ...
+
+
+@attrs.frozen
+class _MlflowFactory:
+    def __call__(self, tracking_uri: str, registry_uri: str | None = None) -> Backend:
+        from ._mlflow import MlflowBackend
+
+        return MlflowBackend(tracking_uri, registry_uri)
+
+    def limits(self) -> Limits:
+        from ._mlflow import mlflow_limits
+
+        return mlflow_limits()
+
+
+#: The real backends (MLflow's).  Imports mlflow on first use, never before.
+open_backend: BackendFactory = _MlflowFactory()
+
+
+# MLflow's registry of request header providers is process-wide, not per store: these are
+# functions, called by ``_state`` (which owns the process's share of it) and the CLI's check.
+
+
+def header_provider_class(spec: str) -> type:
+    """The class at import path ``spec``; ``ValueError`` saying why it is not usable."""
+    from ._mlflow import header_provider_class as load
+
+    return load(spec)
+
+
+def build_header_provider(spec: str, kwargs: Mapping[str, Any]) -> Any:
+    from ._mlflow import build_header_provider as build
+
+    return build(spec, kwargs)
+
+
+def add_header_provider(provider: Any) -> None:
+    from ._mlflow import add_header_provider as add
+
+    add(provider)
+
+
+def remove_header_provider(provider: Any) -> None:
+    from ._mlflow import remove_header_provider as remove
+
+    remove(provider)

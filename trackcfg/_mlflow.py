@@ -1,6 +1,7 @@
 """The real backend: the only module that imports mlflow.
 
-It is imported when a session starts, never by ``import trackcfg``.  MLflow errors are
+Only ``_backend`` imports it (the one door; docs/architecture.md), when a session starts,
+never by ``import trackcfg``.  MLflow errors are
 translated here, by error code (never by message text), into trackcfg's own.
 
 MLflow internals relied on (pinned by ``tests/test_mlflow_backend.py``):

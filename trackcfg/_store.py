@@ -15,16 +15,24 @@ Rules (the current directory never matters):
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import attrs
 
-__all__ = ["StoreLocation", "is_local_path", "resolve_registry_uri", "resolve_store"]
+__all__ = [
+    "MASK",
+    "StoreLocation",
+    "is_local_path",
+    "mask_uri",
+    "resolve_registry_uri",
+    "resolve_store",
+]
 
 STORE_DB = "mlflow.db"
 # URIs MLflow accepts without a colon; never folder names.
 _BARE_SCHEMES = frozenset({"databricks", "databricks-uc", "uc"})
 ARTIFACTS = "artifacts"
+MASK = "***"
 
 
 @attrs.frozen(kw_only=True)
@@ -135,3 +143,15 @@ def resolve_registry_uri(uri: str | None, root: Path) -> str | None:
     if uri is None:
         return None
     return resolve_store(uri, root).tracking_uri
+
+
+def mask_uri(uri: str) -> str:
+    """``scheme://user:secret@host`` → ``scheme://user:***@host``; other URIs unchanged."""
+    parts = urlsplit(uri)
+    if not parts.netloc or "@" not in parts.netloc:
+        return uri
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, has_password, _ = userinfo.partition(":")
+    if not has_password:
+        return uri
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))

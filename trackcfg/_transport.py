@@ -26,8 +26,6 @@ import contextlib
 import copy
 import logging
 import socket
-import threading
-import weakref
 from typing import Any
 
 import attrs
@@ -35,16 +33,17 @@ import requests
 import urllib3
 from requests.adapters import BaseAdapter, HTTPAdapter
 
-__all__ = ["QUICKACK", "QuickAckMount", "mount_quickack", "not_used"]
+from . import _state
+
+__all__ = ["QUICKACK", "QuickAckMount", "QuickAckSlot", "mount_quickack", "not_used"]
 
 logger = logging.getLogger(__name__)
-_told: set[str] = set()
 
 
 def not_used(why: str) -> None:
     """Say once per process, at debug level, why MLflow's client is used as it is."""
-    if why not in _told:
-        _told.add(why)
+    if why not in _state.said_once:
+        _state.said_once.add(why)
         logger.debug("quick-ACK transport not used: %s; MLflow's HTTP client used as is", why)
 
 
@@ -96,7 +95,7 @@ def _quickack_adapter(original: HTTPAdapter) -> HTTPAdapter:
 
 
 @attrs.define(eq=False)
-class _Slot:
+class QuickAckSlot:
     """Our adapter for one URL prefix of one ``requests.Session``, and who uses it now."""
 
     base: HTTPAdapter  # the adapter MLflow's session would use (ours copies its settings)
@@ -105,20 +104,15 @@ class _Slot:
     users: int = 0
 
 
-# Per requests.Session (weakly: MLflow may drop its cached sessions), per prefix.
-_slots: weakref.WeakKeyDictionary[requests.Session, dict[str, _Slot]] = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
-
-
-def _acquire(session: requests.Session, prefix: str) -> _Slot | None:
+def _acquire(session: requests.Session, prefix: str) -> QuickAckSlot | None:
     """Mount our adapter at ``prefix`` (or count one more user of the mounted one).
 
     Sessions open at once (threads) share one mount; the last to end takes it off.  The
     adapter outlives its mount so that the next session reuses its pooled connections (as
     MLflow's own client does between runs), instead of opening new ones (and, for https,
     doing a new TLS handshake) per session."""
-    with _lock:
-        slots = _slots.setdefault(session, {})
+    with _state.quickack_lock:
+        slots = _state.quickack_slots.setdefault(session, {})
         slot = slots.get(prefix)
         if slot is not None and slot.users > 0:
             slot.users += 1
@@ -130,15 +124,15 @@ def _acquire(session: requests.Session, prefix: str) -> _Slot | None:
         if slot is None or slot.base is not current:
             if slot is not None:
                 slot.adapter.close()
-            slot = slots[prefix] = _Slot(base=current, adapter=_quickack_adapter(current))
+            slot = slots[prefix] = QuickAckSlot(base=current, adapter=_quickack_adapter(current))
         slot.previous = session.adapters.get(prefix)
         session.mount(prefix, slot.adapter)
         slot.users = 1
         return slot
 
 
-def _release(session: requests.Session, prefix: str, slot: _Slot) -> None:
-    with _lock:
+def _release(session: requests.Session, prefix: str, slot: QuickAckSlot) -> None:
+    with _state.quickack_lock:
         slot.users -= 1
         if slot.users > 0 or session.adapters.get(prefix) is not slot.adapter:
             return
@@ -154,7 +148,7 @@ class QuickAckMount:
     """Quick-ACK adapters in use for one URL prefix on some ``requests.Session`` objects."""
 
     prefix: str
-    _held: list[tuple[requests.Session, _Slot]] = attrs.field(factory=list)
+    _held: list[tuple[requests.Session, QuickAckSlot]] = attrs.field(factory=list)
 
     def add(self, session: requests.Session) -> None:
         if any(s is session for s, _ in self._held):

@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 from kedro.framework.hooks import hook_impl
 
 from ._loading import config_from_mapping, load_config
-from ._session import TrackingSession, activate_inherited_run
+from ._session import TrackingSession
+from ._workers import activate_inherited_run
 
 if TYPE_CHECKING:
     from kedro.framework.context import KedroContext
@@ -185,8 +186,8 @@ class TrackingHooks:
             name=_session_name(run_params),
             params=_pipeline_params(pipeline, catalog),
             tags=_run_tags(run_params, self._env or run_params.get("env")),
+            kedro_context=self._context,  # for request_header_provider.pass_context
         )
-        session._kedro_context = self._context  # for request_header_provider.pass_context
         session.__enter__()
         self._session, self._nodes = session, {}
         session.share_with_subprocesses()

@@ -1,0 +1,100 @@
+"""What more than one command of the ``trackcfg`` CLI uses.
+
+The PATH argument and ``--env`` option, display helpers (paths shown relative to the current
+folder, ``mask_uri`` and ``MASK`` for secrets), the experiment name and project root a
+configuration stands for, the database schemes trackcfg knows the ports of, and the line of
+``trackcfg check``'s report (``CheckItem``), which its probes produce too.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import click
+
+from trackcfg._config import TrackingConfig
+from trackcfg._discovery import DEFAULT_ENV
+from trackcfg._store import MASK, mask_uri
+
+__all__ = [
+    "DB_PORTS",
+    "MASK",
+    "CheckItem",
+    "Status",
+    "display_path",
+    "effective_env",
+    "env_option",
+    "experiment_name",
+    "mask_uri",
+    "path_argument",
+    "project_root",
+]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def path_argument(func: _F) -> _F:
+    return click.argument(
+        "path", required=False, type=click.Path(dir_okay=True, file_okay=True, path_type=Path)
+    )(func)
+
+
+def env_option(func: _F) -> _F:
+    return click.option(
+        "--env",
+        "env",
+        metavar="ENV",
+        default=None,
+        help="Read conf/<ENV>/ over conf/base/ [default: $TRACKCFG_ENV, else local].",
+    )(func)
+
+
+def display_path(path: str | Path) -> str:
+    """A path relative to the current folder when it lies below it: shorter to read."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def experiment_name(config: TrackingConfig, root: Path) -> str:
+    return config.tracking.experiment.name or config.default_experiment_name or root.name
+
+
+def project_root(config: TrackingConfig) -> Path:
+    # The loader always fills project_root; a config built in code is not seen here.
+    return config.project_root or Path.cwd().resolve()
+
+
+def effective_env(env: str | None) -> str:
+    return env or os.environ.get("TRACKCFG_ENV") or DEFAULT_ENV
+
+
+class Status(enum.Enum):
+    OK = "ok"
+    FAIL = "FAIL"
+    WARN = "warn"
+    SKIP = "skip"
+
+
+@attrs.frozen
+class CheckItem:
+    """One line of ``trackcfg check``'s report (and its fix, when it failed)."""
+
+    status: Status
+    what: str
+    detail: str
+    fix: str | None = None
+
+    def lines(self) -> list[str]:
+        out = [f"[{self.status.value:^4}] {self.what}: {self.detail}"]
+        if self.fix:
+            out.append(f"       fix: {self.fix}")
+        return out

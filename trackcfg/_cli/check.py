@@ -1,0 +1,279 @@
+"""``trackcfg check``: would a tracked run start with this configuration?
+
+The checks (config, request headers, store, credentials, experiment or run, TRACKCFG_DISABLE)
+and their report.  The store is asked through the probes of ``probes``; what a session would
+do about the experiment or run is decided by the session's own rules (``_rules``), so both
+say the same thing in the same words.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from trackcfg import _backend
+from trackcfg._config import TrackingConfig
+from trackcfg._loading import load_config
+from trackcfg._rules import TRUTHY, experiment_plan, resume_refusal
+from trackcfg._store import StoreLocation, resolve_store
+from trackcfg.exceptions import TrackcfgError
+
+from ._common import (
+    DB_PORTS,
+    MASK,
+    CheckItem,
+    Status,
+    display_path,
+    env_option,
+    experiment_name,
+    mask_uri,
+    path_argument,
+    project_root,
+)
+from .probes import (
+    Lookup,
+    backend_lookup,
+    http_lookup,
+    sqlite_tables,
+    tcp_reachable,
+    writable,
+)
+
+__all__ = ["DEFAULT_CHECK_TIMEOUT", "CheckItem", "Status", "check", "run_checks"]
+
+DEFAULT_CHECK_TIMEOUT = 5.0
+
+
+def _check_local(location: StoreLocation) -> tuple[CheckItem, bool]:
+    """The store line for a local store, and whether the experiment can be looked up."""
+    uri = location.tracking_uri
+    if location.legacy_file_store and location.local_folder is not None:
+        failure = writable(location.local_folder)
+        if failure is not None:
+            return failure, False
+        return (
+            CheckItem(
+                Status.OK,
+                "store",
+                f"{display_path(location.local_folder)} is an old-style MLflow file store "
+                "(kept as one); writable",
+            ),
+            True,
+        )
+    db_text = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
+    if not db_text or db_text.startswith(":memory:"):
+        return (
+            CheckItem(Status.WARN, "store", f"{uri} is an in-memory database: runs vanish at exit"),
+            False,
+        )
+    db = Path(db_text)
+    failure = writable(db.parent)
+    if failure is not None:
+        return failure, False
+    if not db.exists():
+        return (
+            CheckItem(
+                Status.OK,
+                "store",
+                f"{display_path(db)} does not exist yet; it is created at the first run "
+                f"(folder {display_path(db.parent)} writable)",
+            ),
+            False,
+        )
+    tables = sqlite_tables(db)
+    if isinstance(tables, CheckItem):
+        return tables, False
+    if "experiments" not in tables:
+        return (
+            CheckItem(
+                Status.OK,
+                "store",
+                f"{display_path(db)} opens (empty: MLflow sets it up at the first run)",
+            ),
+            False,
+        )
+    return CheckItem(Status.OK, "store", f"{display_path(db)} opens (SQLite, MLflow store)"), True
+
+
+def _headers_item(config: TrackingConfig) -> tuple[CheckItem | None, dict[str, str]]:
+    """``server.request_header_provider``: importable, buildable, and the headers it gives
+    (their names only: values may be tokens), which the server check then sends too."""
+    spec = config.server.request_header_provider
+    if not spec.type:
+        return None, {}
+    source = config.sources.get("server.request_header_provider.type")
+    fix = "fix server.request_header_provider" + (f" ({source})" if source else "")
+    try:
+        if spec.pass_context:
+            _backend.header_provider_class(spec.type)
+            return (
+                CheckItem(
+                    Status.OK,
+                    "request headers",
+                    f"{spec.type}: importable (built with the Kedro context under kedro run; "
+                    "not built here)",
+                ),
+                {},
+            )
+        provider = _backend.build_header_provider(spec.type, dict(spec.init_kwargs))
+        headers = dict(provider.request_headers()) if provider.in_context() else {}
+    except Exception as exc:
+        return CheckItem(Status.FAIL, "request headers", str(exc), fix), {}
+    names = ", ".join(sorted(headers)) or "none right now (not in context)"
+    return CheckItem(Status.OK, "request headers", f"{spec.type} adds: {names}"), headers
+
+
+def _credentials_item(config: TrackingConfig) -> CheckItem:
+    creds = config.credentials
+    if creds is None:
+        return CheckItem(Status.SKIP, "credentials", "none configured (server.credentials: null)")
+    names = creds.keys()
+    keys = ", ".join(f"{k}={MASK}" for k in names) or "no keys"
+    origin = f" in {display_path(creds.origin)}" if creds.origin else ""
+    empty = [k for k, v in creds.as_env().items() if not v]
+    if empty:
+        return CheckItem(
+            Status.WARN,
+            "credentials",
+            f"entry {creds.name!r}{origin}: {keys}; empty: {', '.join(empty)}",
+        )
+    return CheckItem(Status.OK, "credentials", f"entry {creds.name!r}{origin}: {keys}")
+
+
+def _target_item(config: TrackingConfig, name: str, lookup: Lookup | None) -> CheckItem:
+    """What a session would do about the experiment, or the run it would continue: the
+    session's own rules (``_rules``) applied to what the store holds."""
+    run_id = config.tracking.run.id
+    if lookup is None:
+        what = f"run {run_id!r}" if run_id else f"experiment {name!r}"
+        return CheckItem(Status.SKIP, "experiment", f"{what} not looked up (store not checked)")
+    if lookup.error is not None:
+        return CheckItem(Status.FAIL, "experiment", f"the store could not be read: {lookup.error}")
+    if run_id:
+        # check does not know the params a run would log: only the run itself is checked.
+        refusal = resume_refusal(run_id, lookup.run, {})
+        if refusal is not None:
+            return CheckItem(Status.FAIL, "run", refusal.problem, refusal.fix)
+        assert lookup.run is not None  # a missing run is refused
+        return CheckItem(
+            Status.OK,
+            "run",
+            f"run {run_id!r} exists (experiment {lookup.run.experiment_id}); it is continued",
+        )
+    plan = experiment_plan(name, lookup.experiment, config.tracking.experiment)
+    if plan.refusal is not None:
+        return CheckItem(Status.FAIL, "experiment", plan.refusal.problem, plan.refusal.fix)
+    return CheckItem(Status.OK, "experiment", plan.summary)
+
+
+def run_checks(
+    path: Path | None, env: str | None, timeout: float, emit: Callable[[CheckItem], None]
+) -> list[CheckItem]:
+    """Every preflight check, each handed to ``emit`` as soon as it is known."""
+    items: list[CheckItem] = []
+
+    def add(item: CheckItem) -> None:
+        items.append(item)
+        emit(item)
+
+    try:
+        config = load_config(path, env=env)
+    except TrackcfgError as exc:
+        add(CheckItem(Status.FAIL, "config", str(exc), "fix the file and line named above"))
+        return items
+    files = ", ".join(display_path(f) for f in config.files)
+    add(
+        CheckItem(
+            Status.OK,
+            "config",
+            f"valid ({files})" if files else "valid (no mlflow.yml found: built-in defaults)",
+        )
+    )
+    root = project_root(config)
+    location = resolve_store(config.server.mlflow_tracking_uri, root)
+    credentials_env = config.credentials.as_env() if config.credentials else {}
+    name = experiment_name(config, root)
+    run_id = config.tracking.run.id or None
+    experiment = None if run_id else name
+    scheme = urllib.parse.urlsplit(location.tracking_uri).scheme.split("+")[0].lower()
+
+    lookup: Lookup | None = None
+    headers_item, extra_headers = _headers_item(config)
+    if headers_item is not None:
+        add(headers_item)
+    credentials_item = _credentials_item(config)
+    if location.is_local:
+        store_item, can_look = _check_local(location)
+        add(store_item)
+        if can_look:
+            lookup = backend_lookup(location, credentials_env, experiment, run_id)
+        elif store_item.status is not Status.FAIL and not location.legacy_file_store:
+            lookup = Lookup()  # a store created at the first run holds nothing yet
+    elif scheme in ("http", "https"):
+        http_env = {**os.environ, **credentials_env}
+        store_item, refused, lookup = http_lookup(
+            location.tracking_uri, http_env, experiment, run_id, timeout, extra_headers
+        )
+        add(store_item)
+        credentials_item = refused or credentials_item
+    elif scheme in DB_PORTS:
+        store_item = tcp_reachable(location.tracking_uri, timeout)
+        add(store_item)
+        if store_item.status is Status.OK:
+            lookup = backend_lookup(location, credentials_env, experiment, run_id)
+    else:
+        add(
+            CheckItem(
+                Status.SKIP,
+                "store",
+                f"{mask_uri(location.tracking_uri)}: trackcfg cannot check this kind of store",
+            )
+        )
+    add(credentials_item)
+    add(_target_item(config, name, lookup))
+    if os.environ.get("TRACKCFG_DISABLE", "").strip().lower() in TRUTHY:
+        add(CheckItem(Status.WARN, "tracking", "TRACKCFG_DISABLE is set: sessions log nothing"))
+    return items
+
+
+@click.command()
+@path_argument
+@env_option
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=DEFAULT_CHECK_TIMEOUT,
+    show_default=True,
+    metavar="S",
+    help="Seconds to wait for a tracking server or database; no retries.",
+)
+def check(path: Path | None, env: str | None, timeout: float) -> None:
+    """Preflight: would a tracked run start with this configuration?
+
+    \b
+    Checks, printed as a list ([ ok ], [FAIL], [warn], [skip]):
+      config       the files load and every key is valid
+      store        local store: its folder is writable and the SQLite file opens;
+                   http(s): the server answers one API call within --timeout
+      credentials  the server.credentials entry exists (its keys are listed, masked)
+      experiment   exists / is deleted / is missing, and what the settings make of it
+                   (or: the run named by tracking.run.id exists)
+
+    Exit status 0 when a run would start, 1 otherwise (the reason and the setting to
+    change are printed). Nothing is created: a missing store is reported as "created at
+    the first run".
+    """
+    items = run_checks(path, env, timeout, lambda item: click.echo("\n".join(item.lines())))
+    failures = [item for item in items if item.status is Status.FAIL]
+    if not failures:
+        click.echo("a run would start")
+        return
+    first = failures[0]
+    reason = first.detail.splitlines()[0]
+    fix = f"; fix: {first.fix}" if first.fix else ""
+    click.echo(f"Error: a run would not start: {first.what}: {reason}{fix}", err=True)
+    raise SystemExit(1)

@@ -1,0 +1,186 @@
+"""The session's decisions, as pure functions over facts read from the store.
+
+Each rule and its message lives here once: ``TrackingSession`` acts on a decision (and raises
+its refusal), ``trackcfg check`` shows the same decision without acting.  Nothing here reads
+the environment, the store or the clock; callers pass in what they found.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+import attrs
+
+from ._backend import ExperimentRef, RunRef
+from ._config import ExperimentConfig, RankPolicy, TrackingConfig
+from .exceptions import ExperimentError, RunError, TrackcfgError
+
+__all__ = [
+    "TRUTHY",
+    "ExperimentAction",
+    "ExperimentPlan",
+    "Placement",
+    "Refusal",
+    "attach_refusal",
+    "changed_params",
+    "disabled_reason",
+    "experiment_plan",
+    "placement",
+    "resume_refusal",
+]
+
+TRUTHY = frozenset({"1", "true", "yes", "on"})
+
+
+@attrs.frozen
+class Refusal:
+    """Why the session will not go on, and the setting or action that changes that."""
+
+    problem: str
+    fix: str
+    kind: type[TrackcfgError] = RunError
+
+    def error(self, store: str | None = None) -> TrackcfgError:
+        """The error a session raises; ``store`` (masked) says where it looked."""
+        where = f" (store: {store})" if store else ""
+        return self.kind(f"{self.problem}{where}; {self.fix}")
+
+
+class ExperimentAction(enum.Enum):
+    USE = "use"
+    CREATE = "create"
+    RESTORE = "restore"
+
+
+@attrs.frozen
+class ExperimentPlan:
+    """What to do about the configured experiment: ``refusal`` set means do nothing."""
+
+    action: ExperimentAction | None
+    summary: str
+    refusal: Refusal | None = None
+    experiment_id: str | None = None
+
+
+def experiment_plan(
+    name: str, found: ExperimentRef | None, settings: ExperimentConfig
+) -> ExperimentPlan:
+    """Use, create or restore the experiment ``name`` (``found``: what the store holds)."""
+    if found is None:
+        if settings.create:
+            return ExperimentPlan(
+                ExperimentAction.CREATE,
+                f"{name!r} does not exist; it will be created (tracking.experiment.create: true)",
+            )
+        return ExperimentPlan(
+            None,
+            "",
+            Refusal(
+                f"experiment {name!r} does not exist and tracking.experiment.create is false",
+                "set tracking.experiment.create: true, create the experiment, or change "
+                "tracking.experiment.name",
+                ExperimentError,
+            ),
+        )
+    if found.deleted:
+        if settings.restore_if_deleted:
+            return ExperimentPlan(
+                ExperimentAction.RESTORE,
+                f"{name!r} (id {found.id}) is deleted; it will be restored "
+                "(tracking.experiment.restore_if_deleted: true)",
+                experiment_id=found.id,
+            )
+        return ExperimentPlan(
+            None,
+            "",
+            Refusal(
+                f"experiment {name!r} (id {found.id}) is deleted and "
+                "tracking.experiment.restore_if_deleted is false",
+                "set tracking.experiment.restore_if_deleted: true, restore the experiment, or "
+                "change tracking.experiment.name",
+                ExperimentError,
+            ),
+            experiment_id=found.id,
+        )
+    return ExperimentPlan(
+        ExperimentAction.USE, f"{name!r} exists (id {found.id})", experiment_id=found.id
+    )
+
+
+def changed_params(logged: Mapping[str, str], new: Mapping[str, str]) -> str | None:
+    """The params of ``new`` whose value differs from the one ``logged`` (MLflow params are
+    immutable and compared as text), described for a message; None when none differ."""
+    changed = [
+        f"{key!r}: logged {logged[key]!r}, now {value!r}"
+        for key, value in new.items()
+        if key in logged and logged[key] != value
+    ]
+    return "; ".join(changed) or None
+
+
+def resume_refusal(
+    run_id: str, existing: RunRef | None, params: Mapping[str, str]
+) -> Refusal | None:
+    """Whether continuing ``run_id`` (``tracking.run.id``) with ``params`` is refused."""
+    if existing is None or existing.deleted:
+        state = "is deleted" if existing is not None else "does not exist"
+        return Refusal(
+            f"run {run_id!r} (tracking.run.id) {state}",
+            "set tracking.run.id: null to start a new run",
+        )
+    changed = changed_params(existing.params, params)
+    if changed:
+        return Refusal(
+            f"cannot resume run {run_id!r}: params differ from the ones it logged ({changed})",
+            "MLflow params are immutable; start a new run (tracking.run.id: null) instead",
+        )
+    return None
+
+
+def attach_refusal(run_id: str, existing: RunRef | None) -> Refusal | None:
+    """Whether attaching to the active run ``run_id`` (``run.nested: false``) is refused."""
+    if existing is None or existing.deleted:
+        return Refusal(
+            f"the active run {run_id!r} (MLFLOW_RUN_ID or this thread's) does not exist",
+            "unset MLFLOW_RUN_ID or set tracking.run.nested: true",
+        )
+    return None
+
+
+class Placement(enum.Enum):
+    NEW = "a new top-level run"
+    CHILD = "a child of the active run"
+    ATTACH = "the active run itself"
+
+
+def placement(active: str | None, *, must_nest: bool, nested: bool) -> Placement:
+    """Where the session's run goes, given the run active around it (if any).  A worker
+    started by ``child_env()`` (``must_nest``) always nests, whatever ``run.nested`` says."""
+    if active is None:
+        return Placement.NEW
+    if must_nest or nested:
+        return Placement.CHILD
+    return Placement.ATTACH
+
+
+def disabled_reason(
+    config: TrackingConfig,
+    name: str,
+    *,
+    disable_variable: str,
+    rank: int,
+    parent_enabled: bool = True,
+) -> str | None:
+    """Why a session named ``name`` logs nothing, or None when it logs.  ``disable_variable``
+    is the value of ``TRACKCFG_DISABLE``; ``rank`` the process's rank in a distributed job."""
+    if not parent_enabled:
+        return "the parent session is disabled"
+    if disable_variable.strip().lower() in TRUTHY:
+        return "TRACKCFG_DISABLE is set"
+    if rank != 0 and config.tracking.run.ranks is RankPolicy.ZERO:
+        return f"rank {rank} (tracking.run.ranks: zero logs from rank 0 only)"
+    listed = config.tracking.disable_tracking.pipelines
+    if name in listed or name.rpartition(".")[2] in listed:
+        return f"{name!r} is listed in tracking.disable_tracking.pipelines"
+    return None
