@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import TELEMETRY_OFF
 
 # --- hermetic environment (config/loader tests) --------------------------------------------
 
@@ -58,7 +59,8 @@ def _hermetic_env(
     for name in _MLFLOW_VARS:
         monkeypatch.delenv(name, raising=False)
     # MLflow 3's client sends usage telemetry to an outside host; tests send nothing out.
-    monkeypatch.setenv("DO_NOT_TRACK", "true")
+    for name, value in TELEMETRY_OFF.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     return config_home
 
@@ -190,19 +192,28 @@ class _MlflowServer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def _mlflow_server_process() -> Iterator[_MlflowServer]:
-    server = _MlflowServer.start()
+def _stopped_after(server: _MlflowServer) -> Iterator[_MlflowServer]:
+    """A server fixture's body: yields ``server``, stops it when the fixture is torn down."""
     try:
         yield server
     finally:
         server.stop()
 
 
+def _selected_tests_use(request: pytest.FixtureRequest, fixture: str) -> bool:
+    """Whether any test selected in this session uses ``fixture``."""
+    return any(fixture in getattr(item, "fixturenames", ()) for item in request.session.items)
+
+
+@pytest.fixture(scope="session")
+def _mlflow_server_process() -> Iterator[_MlflowServer]:
+    yield from _stopped_after(_MlflowServer.start())
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _start_mlflow_server_early(request: pytest.FixtureRequest) -> None:
     """Start the server at the first test when any selected test uses ``mlflow_server``."""
-    if any("mlflow_server" in getattr(item, "fixturenames", ()) for item in request.session.items):
+    if _selected_tests_use(request, "mlflow_server"):
         request.getfixturevalue("_mlflow_server_process")
 
 
@@ -293,18 +304,12 @@ def launch_mlflow_server(
 
 @pytest.fixture(scope="module")
 def mlflow_server_launcher() -> Iterator[Callable[..., _MlflowServer]]:
-    """``launch(backend_store_uri, artifacts_destination, port=None, tls=None)``; all stopped
-    at the end of the test module."""
+    """``launch(backend_store_uri, artifacts_destination, port=None, tls=None)``: the
+    arguments of :func:`launch_mlflow_server`; all stopped at the end of the test module."""
     started: list[_MlflowServer] = []
 
-    def launch(
-        backend_store_uri: str,
-        artifacts_destination: Path,
-        *,
-        port: int | None = None,
-        tls: tuple[Path, Path] | None = None,
-    ) -> _MlflowServer:
-        server = launch_mlflow_server(backend_store_uri, artifacts_destination, port=port, tls=tls)
+    def launch(*args: Any, **kwargs: Any) -> _MlflowServer:
+        server = launch_mlflow_server(*args, **kwargs)
         started.append(server)
         return server
 
@@ -359,20 +364,18 @@ def postgres_database() -> Iterator[PostgresStore]:
 def _pg_mlflow_server_process(
     postgres_database: PostgresStore, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[_MlflowServer]:
-    server = launch_mlflow_server(
-        postgres_database.store_uri, tmp_path_factory.mktemp("pg-server-artifacts")
+    yield from _stopped_after(
+        launch_mlflow_server(
+            postgres_database.store_uri, tmp_path_factory.mktemp("pg-server-artifacts")
+        )
     )
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _start_pg_mlflow_server_early(request: pytest.FixtureRequest) -> None:
     """Start the PostgreSQL-backed server at the first test when a selected test uses it."""
-    if os.environ.get(POSTGRES_URL_VARIABLE, "").strip() and any(
-        "pg_mlflow_server" in getattr(item, "fixturenames", ()) for item in request.session.items
+    if os.environ.get(POSTGRES_URL_VARIABLE, "").strip() and _selected_tests_use(
+        request, "pg_mlflow_server"
     ):
         request.getfixturevalue("_pg_mlflow_server_process")
 

@@ -2,8 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+    from trackcfg import TrackingSession
+
+REPO: Final = Path(__file__).resolve().parents[1]
+"""The repository (``tests/`` is right below it): its ``trackcfg`` is the one under test."""
+
+TELEMETRY_OFF: Final[Mapping[str, str]] = {"DO_NOT_TRACK": "true"}
+"""MLflow 3's client sends usage telemetry to an outside host unless this is set: every test
+(conftest's ``_hermetic_env``) and every child process (:func:`subprocess_env`) has it."""
+
+TRACKING_SETTINGS: Final = ("MLFLOW_", "TRACKCFG_")
+"""Prefixes of MLflow's and trackcfg's own environment variables: ``subprocess_env(drop=...)``
+for a child process that must not inherit the settings of the test's process."""
 
 
 def write(path: Path, text: str) -> Path:
@@ -63,3 +86,117 @@ def header_providers_module(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "trackcfg_test_headers.py").write_text(HEADER_PROVIDERS, encoding="utf-8")
     return folder
+
+
+def subprocess_env(
+    *, drop: tuple[str, ...] = (), venv_on_path: bool = False, **extra: str
+) -> dict[str, str]:
+    """This process's environment for a child process, with the repo first on ``PYTHONPATH``
+    (the child imports the trackcfg under test) and telemetry off (:data:`TELEMETRY_OFF`, set
+    here too for fixtures that run before ``_hermetic_env``).
+
+    ``drop``: leave out the variables whose names start with one of these prefixes
+    (:data:`TRACKING_SETTINGS`); ``venv_on_path``: this interpreter's ``bin`` folder first on
+    ``PATH`` (for scripts that run ``kedro`` or ``mlflow``); ``extra``: set last, over all."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.update(TELEMETRY_OFF)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    if venv_on_path:
+        bin_folder = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join(filter(None, [bin_folder, env.get("PATH")]))
+    env.update(extra)
+    return env
+
+
+def run_python(
+    *args: str,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """``python *args`` (this interpreter) in a child process, its output captured as text;
+    ``env``: :func:`subprocess_env` unless given.  The exit code is not checked."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=subprocess_env() if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def project_folder(
+    root: Path, *, name: str | None = "proj", config: str | None = None, store: Path | None = None
+) -> Path:
+    """A project folder ``root`` (created); returns it.
+
+    Its ``pyproject.toml`` names the project ``name`` (the default experiment name), or is
+    empty with ``None``; ``config``: the text of its ``mlflow.yml``, written as it is;
+    ``store``: a migrated SQLite store (the ``migrated_sqlite_db`` fixture) copied to its local
+    store ``mlruns/mlflow.db``."""
+    root.mkdir(parents=True, exist_ok=True)
+    pyproject = "" if name is None else f'[project]\nname = "{name}"\n'
+    (root / "pyproject.toml").write_text(pyproject, encoding="utf-8")
+    if config is not None:
+        (root / "mlflow.yml").write_text(config, encoding="utf-8")
+    if store is not None:
+        copy_store(store, root / "mlruns")
+    return root
+
+
+def copy_store(db: Path, folder: Path) -> Path:
+    """A copy of the SQLite store ``db`` as ``folder/mlflow.db`` (``folder`` created);
+    returns the copy (copying a migrated store saves seconds of migrations)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copyfile(db, folder / "mlflow.db"))
+
+
+def store_uri(root: Path) -> str:
+    """The tracking URI of the local store of the project ``root`` (``mlruns/mlflow.db``)."""
+    return f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+
+
+def read_runs(
+    store: str | MlflowClient,
+    experiment: str | None = None,
+    *,
+    deleted: bool = False,
+    oldest_first: bool = False,
+) -> list[Run]:
+    """The runs of a store (a tracking URI or a client), newest first: of every experiment,
+    or of the one named ``experiment`` (none if it does not exist).
+
+    ``deleted``: deleted experiments and runs too; ``oldest_first``: by start time, oldest
+    first."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    client = store if isinstance(store, MlflowClient) else MlflowClient(tracking_uri=store)
+    view = ViewType.ALL if deleted else ViewType.ACTIVE_ONLY
+    if experiment is None:
+        ids = [e.experiment_id for e in client.search_experiments(view_type=view)]
+    else:
+        found = client.get_experiment_by_name(experiment)  # deleted or not
+        if found is None:
+            return []
+        ids = [found.experiment_id]
+    order_by = ["attributes.start_time ASC"] if oldest_first else None
+    return list(client.search_runs(ids, run_view_type=view, order_by=order_by))
+
+
+def use_every_method(session: TrackingSession, tmp_path: Path) -> None:
+    """Call each logging method of ``session`` once (for sessions that must log nothing)."""
+    file = tmp_path / "artifact.txt"
+    file.write_text("content")
+    session.log_params({"more": 1})
+    session.log_metrics({"loss": 0.5}, step=2)
+    session.log_metric("acc", 0.9)
+    session.set_tags({"stage": "dev"})
+    session.log_artifact(file)
+    session.log_text("text", "notes/a.txt")
+    session.log_dict({"a": 1}, "d.json")
+    session.share_with_subprocesses()
+    with session.activate():
+        pass

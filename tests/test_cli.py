@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,13 +25,21 @@ from typing import Any
 import attrs
 import pytest
 from click.testing import CliRunner, Result
-from helpers import line_of, write
+from helpers import (
+    REPO,
+    TRACKING_SETTINGS,
+    copy_store,
+    line_of,
+    project_folder,
+    run_python,
+    subprocess_env,
+    write,
+)
 
 from trackcfg import TrackingConfig, load_config
 from trackcfg._cli import cli
 from trackcfg._loading import SCHEMA, SECTIONS
 
-REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "trackcfg" / "templates" / "mlflow.yml"
 SECRET = "s3cr3t-Zq9-do-not-print"
 UI_HEALTH_TIMEOUT = 90.0
@@ -45,24 +52,8 @@ def invoke(*args: str) -> Result:
     return result
 
 
-def subprocess_env(**extra: str) -> dict[str, str]:
-    """The (hermetic) test environment for a child process, with trackcfg importable."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
 def run_trackcfg(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trackcfg", *args],
-        cwd=cwd,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_python("-m", "trackcfg", *args, cwd=cwd, timeout=timeout)
 
 
 def free_port() -> int:
@@ -93,8 +84,7 @@ def post_json(url: str, payload: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project folder named ``proj`` (``[project].name = "proj"``), the current folder."""
-    folder = tmp_path / "proj"
-    write(folder / "pyproject.toml", '[project]\nname = "proj"\n')
+    folder = project_folder(tmp_path / "proj")
     monkeypatch.chdir(folder)
     return folder
 
@@ -102,8 +92,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def store_with_db(project: Path, migrated_sqlite_db: Path) -> Path:
     """``project`` with a real, empty MLflow store at ``mlruns/mlflow.db``."""
-    (project / "mlruns").mkdir()
-    shutil.copy(migrated_sqlite_db, project / "mlruns" / "mlflow.db")
+    copy_store(migrated_sqlite_db, project / "mlruns")
     return project
 
 
@@ -115,15 +104,7 @@ def test_help_is_fast_and_does_not_import_mlflow(tmp_path: Path) -> None:
     """`trackcfg --help` and `trackcfg check --help` load no mlflow module."""
     for args in (["--help"], ["check", "--help"]):
         started = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, "-X", "importtime", "-m", "trackcfg", *args],
-            cwd=tmp_path,
-            env=subprocess_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = run_python("-X", "importtime", "-m", "trackcfg", *args, cwd=tmp_path, timeout=60)
         elapsed = time.monotonic() - started
         assert done.returncode == 0, done.stderr
         assert "Usage: trackcfg" in done.stdout
@@ -461,8 +442,8 @@ def test_check_create_false_and_missing_experiment_fails_naming_the_setting(
     result = invoke("check")
     assert result.exit_code == 1
     assert (
-        "[FAIL] experiment: 'proj' does not exist and tracking.experiment.create is false"
-        in result.stdout
+        "[FAIL] experiment: experiment 'proj' does not exist and tracking.experiment.create "
+        "is false" in result.stdout
     )
     assert "a run would not start" in result.stderr
     assert "set tracking.experiment.create: true" in result.stderr
@@ -743,11 +724,10 @@ class UiProcess:
 @pytest.fixture(scope="module")
 def _ui_launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiProcess]:
     """`trackcfg ui --port P --no-browser` on a new project's local store, not waited for."""
-    folder = tmp_path_factory.mktemp("ui-project")
-    write(folder / "pyproject.toml", '[project]\nname = "uiproj"\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRACKCFG_"))}
-    env["PYTHONPATH"] = str(REPO)
-    env["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("ui-xdg"))
+    folder = project_folder(tmp_path_factory.mktemp("ui-project"), name="uiproj")
+    env = subprocess_env(
+        drop=TRACKING_SETTINGS, XDG_CONFIG_HOME=str(tmp_path_factory.mktemp("ui-xdg"))
+    )
     port = free_port()
     with (folder / "stdout.log").open("wb") as out, (folder / "stderr.log").open("wb") as err:
         process = subprocess.Popen(

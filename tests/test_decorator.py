@@ -7,7 +7,6 @@ import inspect
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
@@ -16,36 +15,29 @@ from typing import Any
 
 import mlflow
 import pytest
+from helpers import REPO, project_folder, read_runs, run_python, store_uri
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from trackcfg import TrackingSession, load_config, tracked
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A project folder with an mlflow.yml; its store is <project>/mlruns."""
-    root = tmp_path / "proj"
-    root.mkdir()
-    (root / "pyproject.toml").write_text('[project]\nname = "proj"\n')
-    (root / "mlflow.yml").write_text(
-        "tracking:\n  experiment:\n    name: deco\n  disable_tracking:\n    pipelines: [skipped]\n"
+    return project_folder(
+        tmp_path / "proj",
+        config="tracking:\n  experiment:\n    name: deco\n"
+        "  disable_tracking:\n    pipelines: [skipped]\n",
     )
-    return root
 
 
 def store(project: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    return MlflowClient(tracking_uri=store_uri(project))
 
 
 def runs(project: Path) -> list[Run]:
-    client = store(project)
-    exp = client.get_experiment_by_name("deco")
-    if exp is None:
-        return []
-    return list(client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]))
+    return read_runs(store_uri(project), "deco", oldest_first=True)
 
 
 def test_each_call_is_one_finished_run_with_bound_args_and_defaults(project: Path) -> None:
@@ -293,9 +285,7 @@ def test_decorating_reads_no_file_and_imports_no_mlflow(tmp_path: Path) -> None:
             print("ERR", exc)
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
+    done = run_python("-c", code)
     assert done.returncode == 0, done.stderr
     assert "ERR" in done.stdout
     assert "missing.yml" in done.stdout
@@ -305,28 +295,19 @@ def test_decorating_reads_no_file_and_imports_no_mlflow(tmp_path: Path) -> None:
 
 
 def _copy_examples(tmp_path: Path) -> Path:
-    root = tmp_path / "examples-project"
+    root = project_folder(tmp_path / "examples-project", name="examples-project")
     shutil.copytree(REPO / "examples", root / "examples")
-    (root / "pyproject.toml").write_text('[project]\nname = "examples-project"\n')
     return root
 
 
 def _run_example(root: Path, script: str, cwd: Path) -> list[str]:
-    done = subprocess.run(
-        [sys.executable, str(root / "examples" / script)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = run_python(str(root / "examples" / script), cwd=cwd, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.split()
 
 
 def _example_store(root: Path) -> Callable[[str], Run]:
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
-    return client.get_run
+    return MlflowClient(tracking_uri=store_uri(root)).get_run
 
 
 def test_script_quickstart_example_creates_a_finished_run(tmp_path: Path) -> None:

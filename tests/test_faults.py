@@ -22,16 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from helpers import TRACKING_SETTINGS, project_folder, subprocess_env
 from mlflow import MlflowClient
 
-import trackcfg
 from trackcfg import TrackingConfig, TrackingSession, load_config
 from trackcfg.exceptions import TrackcfgError, TrackingUnavailableError
 
 if TYPE_CHECKING:
     from conftest import _MlflowServer
 
-REPO = Path(trackcfg.__file__).resolve().parents[1]
 HEALTH_TIMEOUT = 120.0
 BUDGET = 30.0
 """Loose bound for "within timeout x retries" (2 s x 2 attempts + backoff, on a busy machine)."""
@@ -44,23 +43,16 @@ HTTP_VARIABLES = (
 
 
 def make_config(root: Path, uri: str, experiment: str) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "pyproject.toml").write_text('[project]\nname = "faults"\n')
-    config = root / "mlflow.yml"
-    config.write_text(
-        textwrap.dedent(
-            f"""\
-            server:
-              mlflow_tracking_uri: {uri}
-              request_timeout: 2
-              max_retries: 1
-            tracking:
-              experiment:
-                name: {experiment}
-            """
-        )
-    )
-    return config
+    yaml = f"""\
+        server:
+          mlflow_tracking_uri: {uri}
+          request_timeout: 2
+          max_retries: 1
+        tracking:
+          experiment:
+            name: {experiment}
+        """
+    return project_folder(root, name="faults", config=textwrap.dedent(yaml)) / "mlflow.yml"
 
 
 def http_env() -> dict[str, str | None]:
@@ -212,11 +204,9 @@ def test_server_killed_mid_run_then_restarted(
     block sees it, the process exits promptly; the killed run stays RUNNING; a new session
     works once the server is back on the same port."""
     outage.server.wait_healthy(HEALTH_TIMEOUT)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRACKCFG_"))}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     process = subprocess.Popen(
         [sys.executable, "-c", DOOMED, str(outage.config)],
-        env=env,
+        env=subprocess_env(drop=TRACKING_SETTINGS),
         cwd=outage.config.parent,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

@@ -10,7 +10,7 @@ from typing import Any
 
 import mlflow
 import pytest
-from helpers import header_providers_module, line_of
+from helpers import header_providers_module, line_of, project_folder
 from mlflow.tracking.request_header import registry as header_registry
 
 from trackcfg import ConfigError, RunError, TrackingSession, load_config
@@ -32,15 +32,12 @@ def _providers() -> list[Any]:
 def config_file(root: Path, url: str, provider: str) -> Path:
     """``mlflow.yml`` in ``root`` for ``url``; ``provider``: the lines under
     ``request_header_provider:``, one key per line."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "pyproject.toml").write_text("")
     keys = "".join(f"    {line}\n" for line in provider.splitlines())
     text = (
         f"server:\n  mlflow_tracking_uri: {url}\n  request_header_provider:\n{keys}"
         "tracking:\n  experiment:\n    name: headers\n"
     )
-    (root / "mlflow.yml").write_text(text)
-    return root / "mlflow.yml"
+    return project_folder(root, name=None, config=text) / "mlflow.yml"
 
 
 def test_every_request_of_the_session_carries_the_providers_headers(

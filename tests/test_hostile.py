@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import project_folder
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -58,11 +59,7 @@ FUZZ = settings(
 @contextmanager
 def project(text: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        (root / "pyproject.toml").write_text("[project]\nname = 'fuzz'\n")
-        file = root / "mlflow.yml"
-        file.write_text(text, encoding="utf-8")
-        yield file
+        yield project_folder(Path(tmp), name="fuzz", config=text) / "mlflow.yml"
 
 
 def load_or_config_error(file: Path, **kwargs: Any) -> TrackingConfig | ConfigError:

@@ -17,13 +17,20 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import (
+    copy_store,
+    header_providers_module,
+    read_runs,
+    run_python,
+    store_uri,
+    write,
+)
 
 kedro = pytest.importorskip("kedro")
 
@@ -70,8 +77,7 @@ def kedro_template(tmp_path_factory: pytest.TempPathFactory, migrated_sqlite_db:
     )
     (project / "conf" / "base" / "parameters.yml").write_text(PARAMETERS)
     # A fresh SQLite store costs seconds of migrations in every `kedro run`: start migrated.
-    (project / "mlruns").mkdir()
-    shutil.copy(migrated_sqlite_db, project / "mlruns" / "mlflow.db")
+    copy_store(migrated_sqlite_db, project / "mlruns")
     return project
 
 
@@ -91,12 +97,6 @@ def in_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
 
 
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
 def kedro_cli(
     project: Path, *args: str, cwd: Path | None = None, **env: str
 ) -> subprocess.CompletedProcess[str]:
@@ -110,18 +110,9 @@ def kedro_cli(
     )
 
 
-def store_uri(project: Path) -> str:
-    return f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
-
-
 def runs(project: Path) -> list[Any]:
     """Every run in the project's store, oldest first."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=store_uri(project))
-    ids = [e.experiment_id for e in client.search_experiments()]
-    found = client.search_runs(ids, order_by=["attributes.start_time ASC"])
-    return list(found)
+    return read_runs(store_uri(project), oldest_first=True)
 
 
 def only(found: list[Any]) -> Any:
@@ -288,14 +279,7 @@ def kedro_modules(project: Path, *args: str) -> tuple[int, set[str], str]:
         "print('MODULES', ' '.join(sorted(sys.modules)))\n"
         "sys.exit(code)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=project,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    result = run_python("-c", code, cwd=project, env=_env(), timeout=TIMEOUT)
     lines = result.stdout.splitlines()
     modules = set(lines[-1].removeprefix("MODULES ").split()) if lines else set()
     return result.returncode, modules, result.stdout + result.stderr
@@ -506,7 +490,6 @@ def test_request_header_provider_gets_the_kedro_context(
     """kedro-mlflow's ``pass_context: true``: the provider is built with ``kedro_context=``,
     and every request of the pipeline's run carries its headers."""
     import mlflow
-    from helpers import header_providers_module
 
     monkeypatch.syspath_prepend(str(header_providers_module(tmp_path / "modules")))
     write(

@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO, run_python, subprocess_env
 from mlflow import MlflowClient
 
 pytest.importorskip("kedro")
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def test_kedro_example_tracks_one_finished_run_with_effective_params(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "kedro_example.py"), str(tmp_path)],
+    done = run_python(
+        str(REPO / "examples" / "kedro_example.py"),
+        str(tmp_path),
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
+        env=subprocess_env(venv_on_path=True),
         timeout=600,
-        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     run_id = done.stdout.split()[-1]

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import line_of, write
+from helpers import line_of, project_folder, run_python, write
 
 from trackcfg import ConfigError, LongParamsStrategy, TrackcfgError, TrackingConfig, load_config
 from trackcfg._config import RankPolicy
-from trackcfg._loading import find_project_root
-
-REPO = Path(__file__).resolve().parents[1]
+from trackcfg._discovery import find_project_root
 
 
 def value_at(config: TrackingConfig, dotted: str) -> Any:
@@ -36,9 +32,7 @@ def load_error(*args: Any, **kwargs: Any) -> ConfigError:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A project folder with a ``pyproject.toml`` (so it is the project root)."""
-    folder = tmp_path / "proj"
-    write(folder / "pyproject.toml", '[project]\nname = "proj"\n')
-    return folder
+    return project_folder(tmp_path / "proj")
 
 
 @pytest.fixture
@@ -703,22 +697,6 @@ def test_a_conf_folder_without_mlflow_yml_is_a_config_error(project: Path) -> No
     assert "no mlflow.yml in" in str(load_error(project / "conf"))
 
 
-def _run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_a_config_error_is_raised_before_mlflow_is_imported(project: Path) -> None:
     file = write(project / "mlflow.yml", "tracking:\n  run:\n    nestd: true\n")
     code = textwrap.dedent(
@@ -733,7 +711,7 @@ def test_a_config_error_is_raised_before_mlflow_is_imported(project: Path) -> No
         """
     )
 
-    result = _run_python(code, project)
+    result = run_python("-c", code, cwd=project, timeout=60)
 
     assert result.returncode == 0, result.stderr
     assert "did you mean 'nested'?" in result.stdout
@@ -748,7 +726,7 @@ def test_loading_a_valid_config_never_imports_mlflow(project: Path) -> None:
         "print('mlflow imported:', 'mlflow' in sys.modules)\n"
     )
 
-    result = _run_python(code, project)
+    result = run_python("-c", code, cwd=project, timeout=60)
 
     assert result.returncode == 0, result.stderr
     assert "mlflow imported: False" in result.stdout

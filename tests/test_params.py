@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
+from helpers import run_python, subprocess_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mlflow.utils.validation import path_not_unique, validate_param_and_metric_name
@@ -425,11 +424,8 @@ def test_limits_must_be_positive(field: str) -> None:
 def test_params_module_does_not_import_mlflow() -> None:
     code = "import sys, trackcfg._params; print('mlflow' in sys.modules)"
     # The package's own folder, whatever the current one is and however trackcfg was installed.
-    root = str(Path(trackcfg._params.__file__).parents[1])
-    env = {**os.environ, "PYTHONPATH": root}
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root
-    )
+    root = Path(trackcfg._params.__file__).parents[1]
+    done = run_python("-c", code, cwd=root, env=subprocess_env(PYTHONPATH=str(root)))
     assert (done.returncode, done.stdout.strip()) == (0, "False"), done.stderr
 
 

@@ -15,17 +15,16 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from helpers import copy_store, project_folder, read_runs, store_uri, subprocess_env
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
-import trackcfg
 from trackcfg import TrackingConfig, TrackingSession, load_config
 from trackcfg._mlflow import MlflowBackend
 from trackcfg.exceptions import TrackingUnavailableError
@@ -33,7 +32,6 @@ from trackcfg.exceptions import TrackingUnavailableError
 if TYPE_CHECKING:
     from conftest import MotoS3, PostgresStore
 
-REPO = Path(trackcfg.__file__).resolve().parents[1]
 EXPERIMENT = "scale"
 
 # A worker: ``python -c WORKER <mlflow.yml> <worker> <children> <steps> <metrics> [<barrier>]``.
@@ -75,17 +73,8 @@ def expected_points(worker: int, child: int, metric: int, steps: int) -> list[tu
 
 def make_project(root: Path, yaml: str = "") -> Path:
     """A project whose ``mlflow.yml`` names the experiment and sets no tracking URI."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "pyproject.toml").write_text('[project]\nname = "scale-project"\n')
-    config = root / "mlflow.yml"
-    config.write_text(f"tracking:\n  experiment:\n    name: {EXPERIMENT}\n{yaml}")
-    return config
-
-
-def python_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = {**os.environ, **(extra or {})}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return env
+    text = f"tracking:\n  experiment:\n    name: {EXPERIMENT}\n{yaml}"
+    return project_folder(root, name="scale-project", config=text) / "mlflow.yml"
 
 
 def run_workers(
@@ -194,15 +183,14 @@ SQLITE_WORKERS, SQLITE_CHILDREN, SQLITE_STEPS, SQLITE_METRICS = 4, 8, 5, 20
 def sqlite_project(tmp_path: Path, migrated_sqlite_db: Path) -> Path:
     """A project whose store folder ``mlruns`` holds an existing (migrated) SQLite store."""
     config = make_project(tmp_path / "proj", "server:\n  mlflow_tracking_uri: mlruns\n")
-    (config.parent / "mlruns").mkdir()
-    shutil.copyfile(migrated_sqlite_db, config.parent / "mlruns" / "mlflow.db")
+    copy_store(migrated_sqlite_db, config.parent / "mlruns")
     return config
 
 
 def test_workers_sharing_one_sqlite_file_lose_nothing(sqlite_project: Path) -> None:
     """SQLite serializes writers (MLflow waits up to 20 s for the lock): slow, but complete."""
     with TrackingSession(load_config(sqlite_project), name="sweep") as parent:
-        envs = [python_env(parent.child_env()) for _ in range(SQLITE_WORKERS)]
+        envs = [subprocess_env() | parent.child_env() for _ in range(SQLITE_WORKERS)]
         assert envs[0]["MLFLOW_TRACKING_URI"] == parent.tracking_uri
         printed = run_workers(
             sqlite_project,
@@ -231,9 +219,9 @@ def test_processes_starting_at_once_on_a_new_sqlite_store_all_succeed(tmp_path: 
     barrier = tmp_path / "barrier"
     barrier.mkdir()
     printed = run_workers(
-        config, [python_env()] * 3, children=1, steps=1, metrics=1, barrier=barrier
+        config, [subprocess_env()] * 3, children=1, steps=1, metrics=1, barrier=barrier
     )
-    client = MlflowClient(tracking_uri=f"sqlite:///{config.parent / 'mlruns' / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=store_uri(config.parent))
     runs = [client.get_run(ids[0]) for ids in printed]
     assert [r.info.status for r in runs] == ["FINISHED"] * 3
     assert len({r.info.experiment_id for r in runs}) == 1
@@ -370,11 +358,7 @@ def test_child_env_of_a_disabled_session_keeps_workers_quiet(
 def _store_runs(config: TrackingConfig) -> list[Run]:
     root = config.project_root
     assert root is not None
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
-        return []
-    return list(client.search_runs([experiment.experiment_id]))
+    return read_runs(store_uri(root), EXPERIMENT)
 
 
 @pytest.mark.parametrize("variable", ["RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"])
@@ -526,7 +510,7 @@ def test_eight_workers_log_200_complete_child_runs_on_the_postgres_server(
             "MLFLOW_EXPERIMENT_ID": parent.experiment_id,
         }
         envs = [
-            python_env({**shared, **({"MLFLOW_RUN_ID": stale} if w % 2 == 0 else {})})
+            subprocess_env() | shared | ({"MLFLOW_RUN_ID": stale} if w % 2 == 0 else {})
             for w in range(PG_WORKERS)
         ]
         printed = run_workers(

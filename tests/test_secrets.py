@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import shutil
 import socket
 import textwrap
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from click.testing import CliRunner
+from helpers import project_folder, read_runs
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
@@ -59,10 +59,21 @@ def exception_texts(exc: BaseException) -> str:
 def project(tmp_path: Path, migrated_sqlite_db: Path) -> Path:
     """A project with an existing local store and a credentials entry ``vault``; returns its
     ``mlflow.yml``."""
-    root = tmp_path / "proj"
-    (root / "mlruns").mkdir(parents=True)
-    shutil.copyfile(migrated_sqlite_db, root / "mlruns" / "mlflow.db")
-    (root / "pyproject.toml").write_text('[project]\nname = "secret-project"\n')
+    config = textwrap.dedent(
+        """\
+        server:
+          credentials: vault
+          request_timeout: 2
+          max_retries: 0
+        tracking:
+          params:
+            dict_params: {flatten: true}
+            long_params_strategy: tag
+        """
+    )
+    root = project_folder(
+        tmp_path / "proj", name="secret-project", config=config, store=migrated_sqlite_db
+    )
     (root / "credentials.yml").write_text(
         textwrap.dedent(
             f"""\
@@ -73,22 +84,7 @@ def project(tmp_path: Path, migrated_sqlite_db: Path) -> Path:
             """
         )
     )
-    config = root / "mlflow.yml"
-    config.write_text(
-        textwrap.dedent(
-            """\
-            server:
-              credentials: vault
-              request_timeout: 2
-              max_retries: 0
-            tracking:
-              params:
-                dict_params: {flatten: true}
-                long_params_strategy: tag
-            """
-        )
-    )
-    return config
+    return root / "mlflow.yml"
 
 
 @pytest.fixture
@@ -116,7 +112,7 @@ def assert_store_clean(tracking_uri: str, downloads: Path, experiment: str | Non
         for e in client.search_experiments(view_type=ViewType.ALL)
         if experiment is None or e.name == experiment
     ]
-    runs = client.search_runs([e.experiment_id for e in experiments], run_view_type=ViewType.ALL)
+    runs = read_runs(client, experiment, deleted=True)
     for found in experiments:
         assert_clean(repr(found.tags), f"experiment {found.name} tags")
     for run in runs:

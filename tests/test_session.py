@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,13 +20,22 @@ from typing import Any
 
 import mlflow
 import pytest
+from helpers import (
+    REPO,
+    TRACKING_SETTINGS,
+    project_folder,
+    read_runs,
+    run_python,
+    store_uri,
+    subprocess_env,
+    use_every_method,
+)
 from mlflow import MlflowClient
-from mlflow.entities import Run, ViewType
+from mlflow.entities import Run
 from mlflow.store.tracking.rest_store import RestStore
 from mlflow.tracking import _tracking_service
 from mlflow.tracking import fluent as mlflow_fluent
 
-import trackcfg
 from trackcfg import (
     ExperimentError,
     ParamValueTooLongError,
@@ -37,7 +45,6 @@ from trackcfg import (
     load_config,
 )
 
-REPO = Path(trackcfg.__file__).resolve().parents[1]
 PROJECT_NAME = "demo-project"
 """The default experiment name of the test project (its ``[project].name``)."""
 
@@ -52,7 +59,7 @@ class Project:
 
     @property
     def store_uri(self) -> str:
-        return f"sqlite:///{self.root / 'mlruns' / 'mlflow.db'}"
+        return store_uri(self.root)
 
     def config(self, yaml: str = "", overrides: Mapping[str, Any] | None = None) -> TrackingConfig:
         """Write ``mlflow.yml`` and load it with the real loader (root: this project)."""
@@ -61,26 +68,17 @@ class Project:
         return load_config(file, overrides=overrides)
 
 
-def _make_project(root: Path) -> Project:
-    root.mkdir(parents=True)
-    (root / "pyproject.toml").write_text(f'[project]\nname = "{PROJECT_NAME}"\n')
-    return Project(root)
-
-
 @pytest.fixture
 def project(tmp_path: Path, migrated_sqlite_db: Path) -> Project:
     """A project whose store (``<root>/mlruns/mlflow.db``) exists, empty but the Default
     experiment."""
-    made = _make_project(tmp_path / "proj")
-    (made.root / "mlruns").mkdir()
-    shutil.copyfile(migrated_sqlite_db, made.root / "mlruns" / "mlflow.db")
-    return made
+    return Project(project_folder(tmp_path / "proj", name=PROJECT_NAME, store=migrated_sqlite_db))
 
 
 @pytest.fixture
 def bare_project(tmp_path: Path) -> Project:
     """A project with no store yet."""
-    return _make_project(tmp_path / "proj")
+    return Project(project_folder(tmp_path / "proj", name=PROJECT_NAME))
 
 
 def client_of(session: TrackingSession) -> MlflowClient:
@@ -94,10 +92,7 @@ def run_of(session: TrackingSession) -> Run:
 
 
 def all_runs(client: MlflowClient) -> list[Run]:
-    experiments = client.search_experiments(view_type=ViewType.ALL)
-    return list(
-        client.search_runs([e.experiment_id for e in experiments], run_view_type=ViewType.ALL)
-    )
+    return read_runs(client, deleted=True)
 
 
 def read_artifact(client: MlflowClient, run_id: str, path: str, tmp_path: Path) -> str:
@@ -131,22 +126,6 @@ def _raises_if(raises: bool, error: type[BaseException]) -> AbstractContextManag
     return pytest.raises(error) if raises else contextlib.nullcontext()
 
 
-def _use_every_method(session: TrackingSession, tmp_path: Path) -> None:
-    file = tmp_path / "artifact.txt"
-    file.write_text("content")
-    session.log_params({"more": 1})
-    session.log_metrics({"loss": 0.5}, step=2)
-    session.log_metric("acc", 0.9)
-    session.set_tags({"stage": "dev"})
-    session.log_artifact(file)
-    session.log_text("text", "notes/a.txt")
-    session.log_dict({"a": 1}, "d.json")
-    with session.child("trial", params={"k": 1}) as child:
-        assert child.enabled is False
-        assert child.run_id is None
-        child.log_metrics({"trial_loss": 0.1})
-
-
 @pytest.mark.parametrize("how", ["disable_tracking.pipelines", "TRACKCFG_DISABLE=1"])
 def test_disabled_session_works_and_writes_nothing(
     bare_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
@@ -164,7 +143,11 @@ def test_disabled_session_works_and_writes_nothing(
         assert s.enabled is False
         assert s.run_id is None
         assert s.experiment_id is None
-        _use_every_method(s, tmp_path)
+        use_every_method(s, tmp_path)
+        with s.child("trial", params={"k": 1}) as child:
+            assert child.enabled is False
+            assert child.run_id is None
+            child.log_metrics({"trial_loss": 0.1})
         assert mlflow.active_run() is None
 
     assert s.enabled is False
@@ -223,7 +206,7 @@ def test_credentials_are_exported_only_during_the_session(
 @pytest.mark.parametrize("before", ["unset", "set by the user"])
 def test_tracking_uri_is_given_back(project: Project, tmp_path: Path, before: str) -> None:
     # Loaded first: mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI, which a config
-    # loaded afterwards would take for its unset URI (DESIGN: it fills an unset URI).
+    # loaded afterwards would take for its unset URI (docs/architecture.md: it fills an unset URI).
     config = project.config()
     if before == "set by the user":
         mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
@@ -782,7 +765,7 @@ def test_sigterm_ends_the_run_killed_and_the_process_by_sigterm(
     process = subprocess.Popen(
         [sys.executable, str(script)],
         cwd=tmp_path,
-        env=_python_env(),
+        env=subprocess_env(drop=TRACKING_SETTINGS),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -981,22 +964,9 @@ def test_session_from_another_cwd_writes_into_the_project_store(
     assert list(elsewhere.iterdir()) == []
 
 
-def _python_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRACKCFG_"))}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
-
-
 def _run_python(code: str, cwd: Path) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=cwd,
-        env=_python_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    env = subprocess_env(drop=TRACKING_SETTINGS)
+    done = run_python("-c", textwrap.dedent(code), cwd=cwd, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
