@@ -1,7 +1,8 @@
 """The real backend: the only module that imports mlflow.
 
 Only ``_backend`` imports it (the one door; docs/architecture.md), when a session starts,
-never by ``import trackcfg``.  MLflow errors are
+never by ``import trackcfg``.  It is long because it holds one concept, every contact with
+mlflow, so that nothing else needs to know mlflow's internals.  MLflow errors are
 translated here, by error code (never by message text), into trackcfg's own.
 
 MLflow internals relied on (pinned by ``tests/test_mlflow_backend.py``):

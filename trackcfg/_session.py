@@ -26,7 +26,9 @@ session touched and the SIGTERM handler are given back as they were.
 
 The rules behind steps 1, 4 and 5 are pure functions in ``_rules`` (``trackcfg check`` shows
 the same decisions); process-wide state is ``_state``'s; the worker contract is
-``_workers``'; MLflow is reached only through a ``Backend`` (``_backend``).
+``_workers``'; MLflow is reached only through a ``Backend`` (``_backend``).  What remains here
+is one concept, the session's lifecycle and its logging API, which is why the module is
+longer than the others (docs/architecture.md).
 """
 
 from __future__ import annotations
