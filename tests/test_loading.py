@@ -12,7 +12,7 @@ import pytest
 from helpers import line_of, project_folder, run_python, write
 
 from trackcfg import ConfigError, LongParamsStrategy, TrackcfgError, TrackingConfig, load_config
-from trackcfg._config import RankPolicy
+from trackcfg._config import LoggingMode, RankPolicy
 from trackcfg._discovery import find_project_root
 
 
@@ -66,10 +66,17 @@ SCHEMA_DEFAULTS: dict[str, Any] = {
     "tracking.run.name": None,
     "tracking.run.nested": True,
     "tracking.run.ranks": RankPolicy.ZERO,
+    "tracking.run.resume_running": False,
     "tracking.params.dict_params.flatten": False,
     "tracking.params.dict_params.recursive": True,
     "tracking.params.dict_params.sep": ".",
     "tracking.params.long_params_strategy": LongParamsStrategy.FAIL,
+    "tracking.logging.mode": LoggingMode.BUFFERED,
+    "tracking.logging.flush_seconds": 2.0,
+    "tracking.logging.max_buffered": 100_000,
+    "tracking.logging.journal": True,
+    "tracking.logging.journal_dir": None,
+    "tracking.logging.exit_timeout": 30.0,
     "ui.port": None,
     "ui.host": None,
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import reprlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -21,9 +22,24 @@ from ._config import InvalidFieldError
 __all__ = ["cattrs_module", "converter", "error_paths", "make_converter"]
 
 
-def _expected(what: str, value: Any) -> ValueError:
-    return ValueError(f"expected {what}, got {value!r} ({type(value).__name__})")
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a message, bounded: a value may be megabytes, or a list whose
+    parts are shared many times over (YAML aliases), whose whole repr would never end."""
+    shorter = reprlib.Repr()
+    shorter.maxlevel, shorter.maxlist, shorter.maxdict = 2, 5, 5
+    shorter.maxstring = shorter.maxother = shorter.maxlong = 80
+    try:
+        return shorter.repr(value)
+    except ValueError:  # an integer of more digits than repr() writes
+        return f"a {type(value).__name__} too large to show"
 
+
+def _expected(what: str, value: Any) -> ValueError:
+    return ValueError(f"expected {what}, got {_shown(value)} ({type(value).__name__})")
+
+
+_MAX_INT_DIGITS = 19
+"""Digits of the longest integer written as text that is read as one (2**63 has 19)."""
 
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
@@ -42,8 +58,23 @@ def _structure_int(value: Any, _: type) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+        digits = value.strip()
+        if len(digits) > _MAX_INT_DIGITS:
+            # int() of thousands of digits is a ValueError of its own; none is a setting.
+            raise ValueError(f"expected an integer, got a number of {len(digits):,} digits")
+        return int(digits)
     raise _expected("an integer", value)
+
+
+def _structure_float(value: Any, _: type) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+    raise _expected("a number", value)
 
 
 def _structure_str(value: Any, _: type) -> str:
@@ -79,7 +110,7 @@ def _structure_enum(value: Any, cls: type[enum.Enum]) -> enum.Enum:
         return cls(value)
     except ValueError:
         allowed = ", ".join(repr(m.value) for m in cls)
-        raise ValueError(f"must be one of {allowed}, got {value!r}") from None
+        raise ValueError(f"must be one of {allowed}, got {_shown(value)}") from None
 
 
 def _is_alias(alias: Any) -> Callable[[Any], bool]:
@@ -114,6 +145,7 @@ def make_converter() -> Any:
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
     converter.register_structure_hook(bool, _structure_bool)
     converter.register_structure_hook(int, _structure_int)
+    converter.register_structure_hook(float, _structure_float)
     converter.register_structure_hook(str, _structure_str)
     # Generic aliases are not classes: match them by equality.
     for alias, hook in (

@@ -8,11 +8,17 @@ Rules:
 - a ``conf/`` folder gives ``base/mlflow.yml`` then ``<env>/mlflow.yml``; credentials are
   looked for in the same folders;
 - without a path, the current folder and its parents are searched, stopping at the project
-  root.
+  root;
+- a relative path is taken from the current folder, as ``open()`` takes it: a missing one is
+  reported with the folder it was looked for in and how to find the project's file instead;
+- an ``mlflow.yml`` (or ``credentials.yml``) that is there but cannot be read (a folder, a
+  symlink loop, a dangling link) is found all the same, and the reader reports it: a broken
+  file is never skipped for the defaults, found or named.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,10 +88,32 @@ def user_config_dir() -> Path:
 
 
 def first_existing(folder: Path, names: Sequence[str]) -> Path | None:
+    """The first of ``names`` present in ``folder``: a file, or anything else standing there
+    under that name (a folder, a symlink loop, a dangling link), which the reader then
+    refuses; a broken config file is an error, never skipped for the defaults."""
     for name in names:
-        if (folder / name).is_file():
+        if os.path.lexists(folder / name):
             return folder / name
     return None
+
+
+def _resolved(path: Path) -> Path:
+    """``path.resolve()``, or the absolute path when it cannot be resolved (a symlink loop:
+    the reader reports it, with this path)."""
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()
+    # A dangling link is reported under its own name, not its missing target's.
+    return resolved if resolved.exists() else path.absolute()
+
+
+def _is_file_like(path: Path) -> bool:
+    """``path`` names a config file, readable or not: a file; anything there but a folder
+    (a symlink loop, a dangling link); a folder named like a config file."""
+    if path.is_dir():
+        return path.name in CONFIG_NAMES
+    return os.path.lexists(path)
 
 
 @attrs.frozen
@@ -108,26 +136,55 @@ def _is_conf_folder(folder: Path, env: str) -> bool:
     return folder.name == "conf" or (folder / "base").is_dir() or (folder / env).is_dir()
 
 
+def _not_found(given: Path, cwd: Path) -> ConfigError:
+    """A missing ``path``: where it was looked for, and the ways to name the right file."""
+    if given.is_absolute():
+        message = (
+            f"no such file or folder: {given}; pass the right path, or no path to find the "
+            "project's mlflow.yml from the current folder upward"
+        )
+    else:
+        folder = cwd.resolve()
+        message = (
+            f"no such file or folder: {folder / given} (a relative path is taken from the "
+            f"current folder, {folder}, as open() takes it); to find the project's mlflow.yml "
+            "from the current folder upward pass no path (load_config(), "
+            "TrackingSession.from_yaml(None), a trackcfg command without PATH), or pass an "
+            f'absolute path such as Path(__file__).parent / "{given.as_posix()}"'
+        )
+    return ConfigError([ConfigProblem("", message)])
+
+
 def locate(path: Path | None, env: str, cwd: Path) -> Located | None:
-    """The files ``path`` (a file, a conf folder or a project folder) stands for; without
-    ``path``, those found from ``cwd`` upward (``None``: nothing found)."""
+    """The files ``path`` (a file, a conf folder or a project folder; relative to ``cwd``)
+    stands for; without ``path``, those found from ``cwd`` upward (``None``: nothing found)."""
     if path is None:
         return _discover(cwd, env)
-    if path.is_file():
-        folder = path.resolve().parent
+    given, path = path, path if path.is_absolute() else cwd / path
+    if _is_file_like(path):
+        file = _resolved(path)
+        folder = file.parent
         if folder.parent.name == "conf":
-            return Located((path.resolve(),), root_for(folder.parent.parent), (folder,))
-        return Located((path.resolve(),), root_for(folder), (folder,))
+            return Located((file,), root_for(folder.parent.parent), (folder,))
+        return Located((file,), root_for(folder), (folder,))
     if path.is_dir():
         if _is_conf_folder(path, env):
             return _conf_files(path.resolve(), env)
         if (path / "conf").is_dir():
             return _conf_files((path / "conf").resolve(), env)
-        file = first_existing(path, CONFIG_NAMES)
-        if file is not None:
-            return Located((file.resolve(),), root_for(path), (path.resolve(),))
-        raise ConfigError([ConfigProblem("", f"no conf/ folder or mlflow.yml in {path}")])
-    raise ConfigError([ConfigProblem("", f"no such file or folder: {path}")])
+        found = first_existing(path, CONFIG_NAMES)
+        if found is not None:
+            return Located((_resolved(found),), root_for(path), (path.resolve(),))
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    "",
+                    f"no conf/ folder or mlflow.yml in {path.resolve()}; write one with "
+                    "`trackcfg init` there, or pass the right path",
+                )
+            ]
+        )
+    raise _not_found(given, cwd)
 
 
 def _discover(cwd: Path, env: str) -> Located | None:

@@ -13,7 +13,21 @@ of ``_convert``.  Every problem found on the way is collected and raised as ONE
 
 YAML is read with ruamel.yaml's round-trip loader because it keeps line numbers; it builds
 only plain YAML types (it derives from the safe constructor), and a value with an explicit
-tag (``!!python/...``, ``!custom``) is refused.
+tag (``!!python/...``, ``!custom``, ``!!set``, ``!!omap``, on a scalar or a collection) is
+refused.
+
+A file is hostile input as much as a mistake: reading one is bounded before any work grows
+with it.  A file over ``MAX_FILE_BYTES`` is not parsed; parsing stops past ``MAX_NODES``
+keys and values or ``MAX_DEPTH`` levels of nesting (the parser's cost grows with the nodes: a
+few hundred thousand take minutes); aliases expand to ``MAX_VALUES`` values at most (a "billion
+laughs" file of a few hundred bytes expands to billions); bytes that are not UTF-8, numbers
+longer than Python reads and other unreadable values are problems with their file and line,
+like any other.  Text values are limited to what MLflow takes (``TEXT_LIMITS``), else to
+``MAX_TEXT`` characters.
+
+``${km.random_name:}`` (kedro-mlflow's resolver) as the whole value of a text key is
+replaced by a new random run name (``random_run_name``) each time a configuration is loaded,
+as Kedro's config loader does with the resolver ``trackcfg.kedro`` registers.
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ import difflib
 import enum
 import logging
 import os
+import secrets
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +45,7 @@ from typing import Any
 
 import attrs
 
+from . import _state
 from ._config import Credentials, Source, TrackingConfig
 from ._convert import cattrs_module, converter, error_paths
 from ._credentials import file_sources, mapping_sources, resolve_credentials
@@ -43,9 +59,19 @@ from ._discovery import (
     project_name,
     user_config_dir,
 )
+from ._store import depends_on_root, resolve_store
+from ._yaml import (
+    MAX_INTEGER,
+    MAX_TEXT,
+    MAX_VALUES,
+    TEXT_LIMITS,
+    Refused,
+    limited_classes,
+    read_yaml,
+)
 from .exceptions import ConfigError, ConfigProblem
 
-__all__ = ["ENV_PREFIX", "config_from_mapping", "load_config"]
+__all__ = ["ENV_PREFIX", "config_from_mapping", "load_config", "notice_cwd_root"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +79,11 @@ ENV_PREFIX = "TRACKCFG_"
 DEFAULT_SOURCE = Source("default")
 
 _Leaves = dict[str, tuple[Any, Source]]
+
+MAX_PROBLEMS = 50
+"""Problems listed in one ``ConfigError``; more are counted, not listed."""
+RANDOM_NAME = "${km.random_name:}"
+"""kedro-mlflow's resolver: as a whole text value, a new random run name at each load."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,100 +191,8 @@ def _defaults_layer() -> _Leaves:
     return _flatten_layer(data, {})
 
 
-# --------------------------------------------------------------------------------------------
-# YAML files.
-
-
-def _yaml() -> Any:
-    from ruamel.yaml import YAML
-
-    return YAML(typ="rt", pure=True)
-
-
-def _plain(
-    node: Any, path: str, file: Path, sources: dict[str, Source], problems: list[ConfigProblem]
-) -> Any:
-    """ruamel's round-trip objects → plain Python, recording each key's line."""
-    from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
-
-    if isinstance(node, CommentedMap):
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            child = f"{path}.{key}" if path else str(key)
-            line = node.lc.key(key)[0] + 1
-            sources[child] = Source("file", str(file), line)
-            if not isinstance(key, str):
-                problems.append(ConfigProblem(child, "keys must be strings", f"{file}:{line}"))
-                continue
-            out[key] = _plain(value, child, file, sources, problems)
-        return out
-    if isinstance(node, CommentedSeq):
-        return [_plain(v, path, file, sources, problems) for v in node]
-    if isinstance(node, TaggedScalar):
-        where = sources.get(path)
-        problems.append(
-            ConfigProblem(path, f"tagged values ({node.tag.value}) are not allowed", str(where))
-        )
-        return None
-    if isinstance(node, bool) or node is None:
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, str):
-        return str(node)
-    return node
-
-
-def _read_yaml(
-    file: Path, problems: list[ConfigProblem], *, secret: bool = False
-) -> tuple[dict[str, Any], dict[str, Source]]:
-    """Read one YAML file into plain data and per-key sources; problems are appended.
-
-    ``secret``: the file holds credentials, so a problem names the line but never quotes it.
-    """
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
-    sources: dict[str, Source] = {}
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        problems.append(ConfigProblem("", f"cannot read the file: {exc.strerror}", str(file)))
-        return {}, sources
-    try:
-        raw = _yaml().load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{file}:{mark.line + 1}" if mark is not None else str(file)
-        what = str(exc.problem or exc.context)
-        if exc.context and exc.context_mark is not None:
-            what += f" ({exc.context} started on line {exc.context_mark.line + 1})"
-        if secret:
-            what = f"{type(exc).__name__} (details hidden: the file holds credentials)"
-        problems.append(ConfigProblem("", f"malformed YAML: {what}", where))
-        return {}, sources
-    except YAMLError as exc:
-        what = type(exc).__name__ if secret else str(exc)
-        problems.append(ConfigProblem("", f"malformed YAML: {what}", str(file)))
-        return {}, sources
-    if raw is None:
-        return {}, sources
-    from ruamel.yaml.comments import CommentedMap
-
-    if not isinstance(raw, CommentedMap):
-        problems.append(
-            ConfigProblem(
-                "", f"expected a mapping at the top, got {type(raw).__name__}", f"{file}:1"
-            )
-        )
-        return {}, sources
-    data = _plain(raw, "", file, sources, problems)
-    return data, sources
-
-
 def _file_layer(file: Path, problems: list[ConfigProblem]) -> _Leaves:
-    data, sources = _read_yaml(file, problems)
+    data, sources = read_yaml(file, problems)
     return _flatten_layer(data, sources)
 
 
@@ -263,7 +202,7 @@ def _secret_reader(
     """How ``_credentials`` reads a credentials file: problems name lines, never quote them."""
 
     def read(file: Path) -> tuple[dict[str, Any], dict[str, Source]]:
-        return _read_yaml(file, problems, secret=True)
+        return read_yaml(file, problems, secret=True)
 
     return read
 
@@ -277,9 +216,13 @@ def _parse_scalar(text: str) -> Any:
     from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError
 
+    yaml = YAML(typ="safe", pure=True)
+    yaml.Composer = limited_classes()[1]
     try:
-        value = YAML(typ="safe", pure=True).load(text)
-    except YAMLError:
+        value = yaml.load(text)
+    except (YAMLError, ValueError, RecursionError, Refused):
+        # Not a YAML value this reader takes (a 5,000-digit number, nesting past MAX_DEPTH):
+        # the text itself, which the key's type then accepts or refuses.
         return text
     if value is None and text.strip() not in ("", "null", "~", "Null", "NULL"):
         return text
@@ -386,14 +329,19 @@ def load_config(
     cwd_path = Path.cwd() if cwd is None else Path(cwd)
     env = env or environ.get("TRACKCFG_ENV") or DEFAULT_ENV
     located = locate(None if path is None else Path(path), env, cwd_path)
+    root_is_cwd = False
     if located is None:
-        root = find_project_root(cwd_path) or cwd_path.resolve()
-        located = Located((), root, ())
+        found = find_project_root(cwd_path)
+        root_is_cwd = found is None
+        located = Located((), found or cwd_path.resolve(), ())
     elif path is not None and not located.files:
+        folders = ", ".join(map(str, located.credential_folders))
         raise ConfigError(
             [
                 ConfigProblem(
-                    "", f"no mlflow.yml in {', '.join(map(str, located.credential_folders))}"
+                    "",
+                    f"no mlflow.yml in {folders}; write one with `trackcfg init`, or pass the "
+                    "right path",
                 )
             ]
         )
@@ -407,7 +355,32 @@ def load_config(
     layers.append(_env_layer(environ, problems))
     layers.append(_override_layer(overrides or {}, problems))
     files = ((user_file,) if user_file else ()) + located.files
-    return _build(layers, problems, located, files, environ)
+    config = _build(layers, problems, located, files, environ)
+    if root_is_cwd:
+        notice_cwd_root(located.root, config.server.mlflow_tracking_uri)
+    return config
+
+
+def notice_cwd_root(root: Path, tracking_uri: str) -> None:
+    """Say once per process and folder, as a warning, that the store is in ``root`` only
+    because the program started there: no config file, ``pyproject.toml`` or ``.git`` was
+    found at or above it, so that folder is the project root.  Nothing to say when the store
+    does not depend on the root (an absolute path, a server)."""
+    if not depends_on_root(tracking_uri):
+        return
+    if root in _state.cwd_root_notices:
+        return
+    _state.cwd_root_notices.add(root)
+    location = resolve_store(tracking_uri, root)
+    store = location.local_folder or location.tracking_uri.removeprefix("sqlite:///")
+    logger.warning(
+        "no mlflow.yml, pyproject.toml or .git in %s or above: it is the project root, so "
+        "runs go to %s, which depends on the folder the program starts in; to pin it, add a "
+        "pyproject.toml, .git or mlflow.yml to the project folder, or set "
+        "server.mlflow_tracking_uri to an absolute path",
+        root,
+        store,
+    )
 
 
 def config_from_mapping(
@@ -461,7 +434,9 @@ def _build(
                 break
         if prefix:
             problems.append(
-                ConfigProblem(prefix, f"unknown key; {_suggest(prefix)}", str(merged[path][1]))
+                ConfigProblem(
+                    _shortened(prefix), f"unknown key; {_suggest(prefix)}", str(merged[path][1])
+                )
             )
         del merged[path]
 
@@ -470,6 +445,17 @@ def _build(
     current = merged.get(uri_key)
     if current is not None and current[1].kind == "default" and environ.get("MLFLOW_TRACKING_URI"):
         merged[uri_key] = (environ["MLFLOW_TRACKING_URI"], Source("env", "MLFLOW_TRACKING_URI"))
+
+    # kedro-mlflow's ${km.random_name:}; values no user means (a 50 MB run name), refused
+    # before anything copies, converts or quotes them.
+    for path, (value, source) in list(merged.items()):
+        if value == RANDOM_NAME and _is_text_field(path):
+            merged[path] = (random_run_name(), source)
+            continue
+        refusal = _oversized(path, value)
+        if refusal is not None:
+            problems.append(ConfigProblem(path, refusal, str(source)))
+            del merged[path]
 
     sources = {path: source for path, (_value, source) in merged.items()}
     data = _unflatten({path: value for path, (value, _source) in merged.items()})
@@ -497,7 +483,7 @@ def _build(
         )
 
     if problems or config is None:
-        raise ConfigError(_dedupe(problems))
+        raise ConfigError(_capped(_dedupe(problems)))
     return attrs.evolve(
         config,
         project_root=located.root,
@@ -516,3 +502,78 @@ def _dedupe(problems: Sequence[ConfigProblem]) -> list[ConfigProblem]:
             seen.add(p)
             out.append(p)
     return out
+
+
+def _capped(problems: list[ConfigProblem]) -> list[ConfigProblem]:
+    """The first ``MAX_PROBLEMS`` problems, and how many more there are: a file of thousands
+    of wrong keys gives a message one can read."""
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    more = len(problems) - MAX_PROBLEMS
+    return [*problems[:MAX_PROBLEMS], ConfigProblem("", f"... and {more:,} more problems")]
+
+
+def _shortened(text: str, limit: int = 100) -> str:
+    """``text`` cut to ``limit`` characters for a message (a key may be a 200 KB line)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def _oversized(path: str, value: Any) -> str | None:
+    """Why ``value`` of ``path`` is more than any setting takes, or ``None``.
+
+    Text: ``TEXT_LIMITS`` or ``MAX_TEXT`` characters; integers: ``MAX_INTEGER``; a list or
+    mapping (``init_kwargs``, experiment tags): the same for everything in it, and at most
+    ``MAX_VALUES`` values however its parts are shared.
+    """
+    limit, whose = TEXT_LIMITS.get(path, (MAX_TEXT, f"no setting takes more than {MAX_TEXT:,}"))
+    if isinstance(value, str):
+        return f"is {len(value):,} characters long; {whose}" if len(value) > limit else None
+    stack: list[Any] = [value]
+    seen = 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            return f"holds more than {MAX_VALUES:,} values; no setting takes that many"
+        if isinstance(item, str):
+            if len(item) > MAX_TEXT:
+                return (
+                    f"holds a text of {len(item):,} characters; no setting takes more than "
+                    f"{MAX_TEXT:,}"
+                )
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if abs(item) > MAX_INTEGER:
+                return f"holds a number above {MAX_INTEGER:,}; no setting takes one that large"
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# ${km.random_name:}: adjective-noun-number, like the names MLflow gives runs (at most 20
+# characters).  Drawn with ``secrets``: a program that seeds ``random`` for reproducibility
+# still gets a new name per run.
+
+_ADJECTIVES = (
+    "able", "amber", "bold", "brave", "brisk", "calm", "clever", "cosmic", "crisp", "dapper",
+    "eager", "early", "fancy", "fair", "gentle", "glad", "golden", "grand", "happy", "honest",
+    "jolly", "keen", "kind", "lively", "lucky", "mellow", "merry", "misty", "modest", "nimble",
+    "noble", "polite", "proud", "quick", "quiet", "rapid", "silent", "smart", "steady", "sunny",
+    "swift", "tidy", "upbeat", "vivid", "warm", "wise", "witty", "zesty",
+)  # fmt: skip
+_NOUNS = (
+    "badger", "bear", "beaver", "bison", "carp", "cat", "cod", "crane", "crow", "deer",
+    "dove", "eagle", "eel", "elk", "falcon", "ferret", "finch", "fox", "frog", "gecko",
+    "goat", "goose", "hare", "hawk", "heron", "ibis", "jay", "koala", "lark", "lemur",
+    "lion", "lynx", "mole", "moose", "newt", "otter", "owl", "panda", "pike", "puffin",
+    "quail", "raven", "robin", "seal", "shrew", "snail", "stork", "swan", "tiger", "toad",
+    "trout", "vole", "wasp", "whale", "wolf", "wren", "yak", "zebra",
+)  # fmt: skip
+
+
+def random_run_name() -> str:
+    """A new ``adjective-noun-number`` run name (``brisk-otter-417``)."""
+    return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.randbelow(1000)}"
