@@ -1,11 +1,18 @@
 """The main job: load examples/mlflow.yml, show where each value came from, track a run.
 
 python3 -m nox -s demo        # or: python examples/demo.py
+
+It ends with the commands that show the run, each runnable as printed in the shell that
+started the demo: `python3 -m nox -s ui` under nox, and the same `trackcfg ui` through this
+interpreter, which has trackcfg, so no virtualenv to activate.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +37,28 @@ def main() -> None:
         session.log_text("a tiny model card\n", "model_card.md")
     print()
     print(f"run {session.run_id} in experiment {session.experiment_id} ({session.tracking_uri})")
-    print("view it with:")
-    print(f"  trackcfg ui {CONFIG}   # serves this store's UI on a free port")
-    print(f"  mlflow ui --backend-store-uri {session.tracking_uri}   # or MLflow's own")
+    for line in view_commands():
+        print(line)
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the current folder when it lies below it: shorter to type."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def view_commands() -> list[str]:
+    """How to view the run, as commands that run as printed in the shell that started the
+    demo (nox's virtualenv is not on its PATH: `trackcfg` alone would not be found)."""
+    python = shlex.quote(sys.executable)  # has trackcfg: no virtualenv to activate
+    lines = ["view it (a UI on a free port, on the experiment's runs; Ctrl-C stops it):"]
+    if os.environ.get("NOX_CURRENT_SESSION") == "demo":
+        lines.append("  python3 -m nox -s ui")
+        lines.append("or, without nox:")
+    lines.append(f"  {python} -m trackcfg ui {shlex.quote(shown(CONFIG))}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -191,6 +191,9 @@ def test_init_file_spells_out_every_key(project: Path) -> None:
     assert invoke("init").exit_code == 0
     config = load_config(project / "mlflow.yml")
     leaves = {key for key in SCHEMA if key not in SECTIONS}
+    # Written as null ("not set here"): MLFLOW_TRACKING_URI, else the default, fills it.
+    leaves.discard("server.mlflow_tracking_uri")
+    assert "  mlflow_tracking_uri: null\n" in (project / "mlflow.yml").read_text(encoding="utf-8")
     not_in_file = sorted(key for key in leaves if config.sources[key].kind != "file")
     assert not_in_file == []
 
@@ -628,34 +631,84 @@ def test_check_a_web_server_that_is_not_mlflow_fails(
 
 
 def test_ui_for_an_http_store_prints_the_url_and_opens_a_browser(
-    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    project: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stub_server: tuple[str, type[_StubHandler]],
 ) -> None:
+    """The server answers (with the credentials entry's token) but holds no experiment
+    'proj': its home page, and a note saying why."""
+    url, _handler = stub_server
     opened = tmp_path / "opened.txt"
     browser = write(tmp_path / "browser.sh", f'#!/bin/sh\necho "$1" > {opened}\n')
     browser.chmod(0o755)
     monkeypatch.setenv("BROWSER", f"{browser} %s")
-    write(project / "mlflow.yml", "server:\n  mlflow_tracking_uri: https://mlflow.example/\n")
+    write(project / "mlflow.yml", f"server:\n  mlflow_tracking_uri: {url}/\n  credentials: srv\n")
+    write(project / "credentials.yml", f"srv:\n  MLFLOW_TRACKING_TOKEN: tok-{SECRET}\n")
 
     quiet = invoke("ui", "--no-browser")
     assert quiet.exit_code == 0
-    assert quiet.stdout.strip() == "MLflow UI: https://mlflow.example"
+    assert quiet.stdout.strip() == f"MLflow UI: {url}"
+    assert quiet.stderr.strip() == (
+        f"experiment 'proj' is not in {url} yet, so the URL below is MLflow's home page"
+    )
     assert not opened.exists()
 
     result = invoke("ui")
     assert result.exit_code == 0
-    assert opened.read_text().strip() == "https://mlflow.example"
+    assert opened.read_text().strip() == url
+    assert SECRET not in result.output
 
 
 def test_ui_without_a_display_does_not_try_a_browser(
-    project: Path, monkeypatch: pytest.MonkeyPatch
+    project: Path, monkeypatch: pytest.MonkeyPatch, stub_server: tuple[str, type[_StubHandler]]
 ) -> None:
+    """(The stub refuses the missing token: the home page, which may ask to log in.)"""
     for name in ("BROWSER", "DISPLAY", "WAYLAND_DISPLAY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(sys, "platform", "linux")
-    write(project / "mlflow.yml", "server:\n  mlflow_tracking_uri: http://127.0.0.1:1\n")
+    url, _handler = stub_server
+    write(project / "mlflow.yml", f"server:\n  mlflow_tracking_uri: {url}\n")
     result = invoke("ui")
     assert result.exit_code == 0
+    assert result.stdout.strip() == f"MLflow UI: {url}"
+    assert f"{url} refused the credentials (server.credentials)" in result.stderr
     assert "no browser available" in result.stderr
+
+
+def test_ui_for_an_http_store_that_does_not_answer_exits_1_with_the_reason(
+    project: Path,
+) -> None:
+    """Nothing listens (refused at once), or something accepts and never answers (after
+    --timeout): no URL, exit 1, the reason and where the URI was set."""
+    port = free_port()
+    config = write(
+        project / "mlflow.yml", f"server:\n  mlflow_tracking_uri: http://127.0.0.1:{port}\n"
+    )
+    started = time.monotonic()
+    refused = invoke("ui", "--no-browser")
+    assert time.monotonic() - started < 5
+    assert refused.exit_code == 1
+    assert refused.stdout == ""
+    assert f"http://127.0.0.1:{port} not reachable: " in refused.stderr
+    assert "refused" in refused.stderr.lower()
+    assert "fix server.mlflow_tracking_uri" in refused.stderr
+    assert f"{config}:2" in refused.stderr
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        write(
+            config,
+            f"server:\n  mlflow_tracking_uri: http://127.0.0.1:{listener.getsockname()[1]}\n",
+        )
+        started = time.monotonic()
+        silent = invoke("ui", "--no-browser", "--timeout", "1")
+        elapsed = time.monotonic() - started
+    assert silent.exit_code == 1
+    assert silent.stdout == ""
+    assert "not reachable" in silent.stderr
+    assert 1 <= elapsed < 1 + 5
 
 
 @pytest.mark.parametrize("where", ["--port", "ui.port"])
@@ -723,15 +776,19 @@ class UiProcess:
 
 @pytest.fixture(scope="module")
 def _ui_launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiProcess]:
-    """`trackcfg ui --port P --no-browser` on a new project's local store, not waited for."""
+    """`trackcfg ui --port P --no-browser` on a new project's local store, not waited for.
+
+    Started as a script's background job is (``cmd &``): with SIGINT ignored, which the
+    process inherits; Ctrl-C (``test_ui_stops_on_sigint``) must stop it all the same."""
     folder = project_folder(tmp_path_factory.mktemp("ui-project"), name="uiproj")
     env = subprocess_env(
         drop=TRACKING_SETTINGS, XDG_CONFIG_HOME=str(tmp_path_factory.mktemp("ui-xdg"))
     )
     port = free_port()
+    ui_command = [sys.executable, "-m", "trackcfg", "ui", "--no-browser", "--port", str(port)]
     with (folder / "stdout.log").open("wb") as out, (folder / "stderr.log").open("wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "trackcfg", "ui", "--no-browser", "--port", str(port)],
+            ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *ui_command],
             cwd=folder,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -803,11 +860,17 @@ def test_check_over_http_reports_what_the_experiment_settings_do(
 
 
 def test_ui_prints_the_url_of_the_server_it_started(ui_process: UiProcess) -> None:
+    """A new store holds no experiment yet: the home page, and a note saying why (the URL
+    of an experiment's runs: tests/test_ui_browser.py)."""
     url = ui_process.url
+    line = f"MLflow UI: {url}  (mlflow server pid "
     deadline = time.monotonic() + 10
-    while f"MLflow UI: {url}" not in ui_process.stdout() and time.monotonic() < deadline:
+    while line not in ui_process.stdout() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert f"MLflow UI: {url}" in ui_process.stdout()
+    assert line in ui_process.stdout()
+    assert (
+        "experiment 'uiproj' is not in mlruns/mlflow.db yet, so the URL below is MLflow's home page"
+    ) in ui_process.stderr()
     # It serves the configured store: the project's experiment can be created and listed.
     post_json(f"{url}/api/2.0/mlflow/experiments/create", {"name": "uiproj"})
     with urllib.request.urlopen(
@@ -817,8 +880,33 @@ def test_ui_prints_the_url_of_the_server_it_started(ui_process: UiProcess) -> No
     assert ui_process.process.poll() is None
 
 
+def test_ui_for_an_http_store_prints_the_url_of_the_experiments_runs(
+    project: Path, ui_process: UiProcess
+) -> None:
+    """The server holds the experiment: its runs page; deleted: the home page and why."""
+    url = ui_process.url
+    write(
+        project / "mlflow.yml",
+        f"server:\n  mlflow_tracking_uri: {url}\ntracking:\n  experiment:\n    name: ui-web\n",
+    )
+    experiment_id = post_json(f"{url}/api/2.0/mlflow/experiments/create", {"name": "ui-web"})[
+        "experiment_id"
+    ]
+    found = invoke("ui", "--no-browser")
+    assert found.exit_code == 0, found.output
+    assert found.stdout.strip() == f"MLflow UI: {url}/#/experiments/{experiment_id}/runs"
+    assert found.stderr == ""
+
+    post_json(f"{url}/api/2.0/mlflow/experiments/delete", {"experiment_id": experiment_id})
+    deleted = invoke("ui", "--no-browser")
+    assert deleted.exit_code == 0, deleted.output
+    assert deleted.stdout.strip() == f"MLflow UI: {url}"
+    assert f"experiment 'ui-web' (id {experiment_id}) is deleted in {url}" in deleted.stderr
+
+
 def test_ui_stops_on_sigint(ui_process: UiProcess) -> None:
-    """Ctrl-C: the server's whole process group stops and trackcfg exits 0."""
+    """Ctrl-C, although the process was started with SIGINT ignored (``_ui_launched``): the
+    server's whole process group stops and trackcfg exits 0."""
     url = ui_process.url
     line = next(x for x in ui_process.stdout().splitlines() if x.startswith("MLflow UI: "))
     server_pid = int(line.split("mlflow server pid ")[1].split(";")[0])

@@ -1,10 +1,10 @@
-"""``kedro trackcfg init | ui``: the trackcfg commands inside a Kedro project.
+"""``kedro trackcfg init | ui | sync``: the trackcfg commands inside a Kedro project.
 
 Registered through the ``kedro.project_commands`` entry point.  They differ from ``trackcfg
-init | ui`` only in where the configuration comes from: Kedro's config loader and credentials
-(``trackcfg.kedro.read_config``) for the project Kedro found, in the environment ``--env``
-names.  Importing this module (every ``kedro`` command in a project) imports neither mlflow
-nor Kedro's session machinery.
+init | ui | sync`` only in where the configuration comes from: Kedro's config loader and
+credentials (``trackcfg.kedro.read_config``) for the project Kedro found, in the environment
+``--env`` names.  Importing this module (every ``kedro`` command in a project) imports
+neither mlflow nor Kedro's session machinery.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ def trackcfg() -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing mlflow.yml.")
 @click.pass_obj
 def init(metadata: Any, env: str, force: bool) -> None:
-    """Write a commented conf/<ENV>/mlflow.yml (every key with its default)."""
-    target = _cli.write_template(Path(metadata.project_path), env, force=force)
-    click.echo(f"wrote {target}")
+    """Write a commented conf/<ENV>/mlflow.yml (every key with its default; commented out
+    when conf/base/mlflow.yml exists, so that it stays in effect)."""
+    written = _cli.write_template(Path(metadata.project_path), env, force=force, user_file=False)
+    click.echo(written.summary())
 
 
 @trackcfg.command()
@@ -46,11 +47,25 @@ def init(metadata: Any, env: str, force: bool) -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="[default: ui.port]")
 @click.option("--host", default=None, help="[default: ui.host, else 127.0.0.1]")
 @click.option("--no-browser", is_flag=True, help="Do not open a web browser.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=_cli.ui.UI_PROBE_TIMEOUT,
+    show_default=True,
+    metavar="S",
+    help="Seconds to wait for an http(s) tracking server or a database to answer.",
+)
 @click.pass_obj
 def ui(
-    metadata: Any, env: str | None, port: int | None, host: str | None, no_browser: bool
+    metadata: Any,
+    env: str | None,
+    port: int | None,
+    host: str | None,
+    no_browser: bool,
+    timeout: float,
 ) -> None:
-    """Serve the MLflow UI of the store this project's runs are logged to."""
+    """Serve the MLflow UI of the store this project's runs are logged to, on the
+    experiment's runs (see `trackcfg ui --help`)."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
@@ -61,4 +76,26 @@ def ui(
     session = KedroSession.create(project_path=root, env=env)
     with session:
         config = read_config(session.load_context())
-    _cli.serve_ui(config, port=port, host=host, browser=not no_browser)
+    _cli.serve_ui(config, port=port, host=host, browser=not no_browser, timeout=timeout)
+
+
+@trackcfg.command()
+@click.option("--env", "-e", default=None, help="Kedro configuration environment.")
+@click.option("--dry-run", is_flag=True, help="List what would be sent; send nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+def sync(metadata: Any, env: str | None, dry_run: bool, as_json: bool) -> None:
+    """Send the logging calls buffered sessions left in the project's journals to the
+    configured store (see `trackcfg sync --help`)."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    from .kedro import read_config
+
+    root = Path(metadata.project_path)
+    bootstrap_project(root)
+    session = KedroSession.create(project_path=root, env=env)
+    with session:
+        context = session.load_context()
+        config = read_config(context)
+    _cli.sync_project(config, dry_run=dry_run, as_json=as_json, kedro_context=context)

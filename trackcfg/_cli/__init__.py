@@ -1,15 +1,17 @@
-"""The ``trackcfg`` command line: ``init``, ``show``, ``check`` and ``ui``.
+"""The ``trackcfg`` command line: ``init``, ``show``, ``check``, ``ui`` and ``sync``.
 
 A thin adapter over the loader (``load_config``), the store rules (``resolve_store``), the
-session's rules (``_rules``) and, for ``check`` on a local or database store, the backend
-(``_backend``, the one door to MLflow).  One module per command (``init``, ``show``,
-``check``, ``ui``), the store probes of ``check`` in ``probes`` and what several use in
-``_common``; this module holds the click group and registers the commands.
+session's rules (``_rules``) and, for ``check`` and ``ui`` on a local or database store, the
+backend (``_backend``, the one door to MLflow).  One module per command (``init``, ``show``,
+``check``, ``ui``, ``sync``), the store probes of ``check`` in ``probes`` and what several
+use in ``_common``; this module holds the click group and registers the commands.
 
 ``trackcfg --help``, ``init`` and ``show`` never import mlflow; ``check`` imports it only to
-look the experiment up in a local or database store, and ``ui`` only runs ``python -m mlflow
-server`` as a child process.  The network, SQLite, subprocess, temporary-file and TLS modules
-are imported by the functions that use them, not by ``trackcfg --help``.
+look the experiment up in a local or database store, ``ui`` only for the same lookup (the
+URL it prints is the experiment's) and runs ``python -m mlflow server`` as a child process,
+and ``sync`` imports it only when there is a journal to send.
+The network, SQLite, subprocess, temporary-file and TLS modules are imported by the functions
+that use them, not by ``trackcfg --help``.
 
 Exit codes: 0 success (``check``: a run would start), 1 a trackcfg error or a failed check
 (one message on stderr, no traceback), 2 a usage error (click's).
@@ -23,10 +25,11 @@ import click
 
 from trackcfg.exceptions import TrackcfgError
 
-from . import check, init, show, ui
+from . import check, init, show, sync, ui
 from ._common import mask_uri
 from .check import run_checks
 from .init import render_template, write_template
+from .sync import sync_project
 from .ui import serve_ui
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "render_template",
     "run_checks",
     "serve_ui",
+    "sync_project",
     "write_template",
 ]
 
@@ -62,12 +66,13 @@ def cli() -> None:
     """
 
 
-# The package's names ``init``, ``show``, ``check`` and ``ui`` stay the modules (so that
-# ``trackcfg._cli.check`` is one thing); the commands are registered from them.
+# The package's names ``init``, ``show``, ``check``, ``ui`` and ``sync`` stay the modules (so
+# that ``trackcfg._cli.check`` is one thing); the commands are registered from them.
 cli.add_command(init.init)
 cli.add_command(show.show)
 cli.add_command(check.check)
 cli.add_command(ui.ui)
+cli.add_command(sync.sync)
 
 
 def main() -> None:

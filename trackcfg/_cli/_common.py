@@ -33,6 +33,7 @@ __all__ = [
     "mask_uri",
     "path_argument",
     "project_root",
+    "setting_origin",
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -62,6 +63,18 @@ def display_path(path: str | Path) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except (ValueError, OSError):
         return str(path)
+
+
+def setting_origin(config: TrackingConfig, key: str) -> str:
+    """``key``, with where its value came from unless a default (``file:line`` with the
+    file shown relative to the current folder): the setting a fix names."""
+    source = config.sources.get(key)
+    if source is None or source.kind == "default":
+        return key
+    if source.kind == "file" and source.detail is not None:
+        shown = display_path(source.detail)
+        return f"{key} ({shown}:{source.line})" if source.line else f"{key} ({shown})"
+    return f"{key} ({source})"
 
 
 def experiment_name(config: TrackingConfig, root: Path) -> str:

@@ -19,8 +19,8 @@ from trackcfg import _backend
 from trackcfg._config import TrackingConfig
 from trackcfg._loading import load_config
 from trackcfg._rules import TRUTHY, experiment_plan, resume_refusal
-from trackcfg._store import StoreLocation, resolve_store
-from trackcfg.exceptions import TrackcfgError
+from trackcfg._store import StoreLocation, missing_driver, resolve_store
+from trackcfg.exceptions import ConfigError, TrackcfgError
 
 from ._common import (
     DB_PORTS,
@@ -33,6 +33,7 @@ from ._common import (
     mask_uri,
     path_argument,
     project_root,
+    setting_origin,
 )
 from .probes import (
     Lookup,
@@ -155,7 +156,9 @@ def _target_item(config: TrackingConfig, name: str, lookup: Lookup | None) -> Ch
         return CheckItem(Status.FAIL, "experiment", f"the store could not be read: {lookup.error}")
     if run_id:
         # check does not know the params a run would log: only the run itself is checked.
-        refusal = resume_refusal(run_id, lookup.run, {})
+        refusal = resume_refusal(
+            run_id, lookup.run, {}, resume_running=config.tracking.run.resume_running
+        )
         if refusal is not None:
             return CheckItem(Status.FAIL, "run", refusal.problem, refusal.fix)
         assert lookup.run is not None  # a missing run is refused
@@ -183,7 +186,7 @@ def run_checks(
     try:
         config = load_config(path, env=env)
     except TrackcfgError as exc:
-        add(CheckItem(Status.FAIL, "config", str(exc), "fix the file and line named above"))
+        add(CheckItem(Status.FAIL, "config", str(exc), _config_fix(path, exc)))
         return items
     files = ", ".join(display_path(f) for f in config.files)
     add(
@@ -221,10 +224,16 @@ def run_checks(
         add(store_item)
         credentials_item = refused or credentials_item
     elif scheme in DB_PORTS:
-        store_item = tcp_reachable(location.tracking_uri, timeout)
-        add(store_item)
-        if store_item.status is Status.OK:
-            lookup = backend_lookup(location, credentials_env, experiment, run_id)
+        driver = missing_driver(location.tracking_uri)
+        if driver is not None:
+            # A session would stop there too (the same words): no server to probe for it.
+            key = setting_origin(config, "server.mlflow_tracking_uri")
+            add(CheckItem(Status.FAIL, "store", driver.problem, f"{driver.fix}; set by {key}"))
+        else:
+            store_item = tcp_reachable(location.tracking_uri, timeout)
+            add(store_item)
+            if store_item.status is Status.OK:
+                lookup = backend_lookup(location, credentials_env, experiment, run_id, timeout)
     else:
         add(
             CheckItem(
@@ -238,6 +247,19 @@ def run_checks(
     if os.environ.get("TRACKCFG_DISABLE", "").strip().lower() in TRUTHY:
         add(CheckItem(Status.WARN, "tracking", "TRACKCFG_DISABLE is set: sessions log nothing"))
     return items
+
+
+def _config_fix(path: Path | None, exc: TrackcfgError) -> str | None:
+    """What to do about a configuration that did not load: a missing file is created or
+    named right; problems with a file and line are fixed there."""
+    if path is not None and not path.exists():
+        return "create it with `trackcfg init`, or pass the right path"
+    problems = exc.problems if isinstance(exc, ConfigError) else ()
+    if problems and all(problem.where is None for problem in problems):
+        return None  # no file and line to fix: the message says what to do instead
+    if len(problems) > 1:
+        return "fix each file and line named above"
+    return "fix the file and line named above"
 
 
 @click.command()
@@ -272,8 +294,10 @@ def check(path: Path | None, env: str | None, timeout: float) -> None:
     if not failures:
         click.echo("a run would start")
         return
+    # The first failure in full: one line, or a configuration's problems one per line.
     first = failures[0]
-    reason = first.detail.splitlines()[0]
-    fix = f"; fix: {first.fix}" if first.fix else ""
-    click.echo(f"Error: a run would not start: {first.what}: {reason}{fix}", err=True)
+    fix = ""
+    if first.fix:
+        fix = f"\nfix: {first.fix}" if "\n" in first.detail else f"; fix: {first.fix}"
+    click.echo(f"Error: a run would not start: {first.what}: {first.detail}{fix}", err=True)
     raise SystemExit(1)

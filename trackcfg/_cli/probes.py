@@ -2,16 +2,22 @@
 
 * ``http_lookup``: one HTTP GET on the server's own REST paths (``experiments/get-by-name``,
   ``runs/get``), with MLflow's client authentication variables and TLS settings;
-* ``tcp_reachable``: whether a database's host and port accept a connection;
+* ``tcp_reachable``: whether a database's host and port accept a connection and answer like
+  the database (PostgreSQL: its answer to an SSL request; MySQL: its greeting);
 * ``sqlite_tables``: the tables of an SQLite store, opened read-only;
 * ``writable``: whether a local store's folder takes a file (a real, temporary write);
+* ``database_tables``: the tables of a database store, listed through its driver;
 * ``backend_lookup``: the experiment or run looked up through MLflow (``_backend``), for local
   and database stores only, once the probes above found them there.
 
 They bound every request by ``--timeout`` and bypass MLflow's retry loop: a server that does
-not answer is reported after ``--timeout`` seconds, not after minutes of retries.  Nothing is
-created or changed.  The network, SQLite and temporary-file modules are imported by the
-probes that use them, not when the CLI starts.
+not answer is reported after ``--timeout`` seconds, not after minutes of retries.  A
+database is asked through its driver first (``database_tables``: a login and a table
+listing, bounded by ``--timeout``), and through MLflow only once it answered and holds
+MLflow's tables: MLflow retries creating its engine ten times over about two minutes, and
+sets an empty database up, which check must not do.  Nothing is created or changed.  The
+network, SQLite, SQLAlchemy, threading and temporary-file modules are imported by the probes
+that use them, not when the CLI starts.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -30,7 +37,7 @@ import attrs
 from trackcfg import _backend
 from trackcfg._backend import ExperimentRef, RunRef, RunStatus
 from trackcfg._env import exported
-from trackcfg._store import StoreLocation
+from trackcfg._store import StoreLocation, with_connect_timeout
 
 from ._common import DB_PORTS, CheckItem, Status, display_path, mask_uri
 
@@ -40,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Lookup",
     "backend_lookup",
+    "database_tables",
     "http_lookup",
     "sqlite_tables",
     "tcp_reachable",
@@ -117,26 +125,93 @@ def sqlite_tables(db: Path) -> set[str] | CheckItem:
 
 
 def backend_lookup(
-    location: StoreLocation, env: Mapping[str, str], experiment: str | None, run_id: str | None
+    location: StoreLocation,
+    env: Mapping[str, str],
+    experiment: str | None,
+    run_id: str | None,
+    timeout: float | None = None,
 ) -> Lookup:
     """Ask the store through MLflow itself: used for local and database stores only, which
-    answer without MLflow's long HTTP retry loop."""
+    answer without MLflow's long HTTP retry loop.
+
+    ``timeout``: the store is a database, asked first through its driver (``database_tables``:
+    one login and a table listing, given up after ``timeout``), and through MLflow only when
+    it holds MLflow's tables; MLflow's connections get the driver's connect timeout."""
     variables = dict(env)
     if location.legacy_file_store:
         variables["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    with exported(variables):
+        if timeout is None:
+            return _ask(location.tracking_uri, experiment, run_id)
+        uri = with_connect_timeout(location.tracking_uri, math.ceil(timeout))
+        tables = database_tables(uri, timeout)
+        if isinstance(tables, str):
+            return Lookup(error=tables)
+        if "experiments" not in tables:
+            # Empty: MLflow sets it up at the first run (as for SQLite); MLflow's lookup would
+            # set it up now, for seconds, which check must not do.
+            return Lookup()
+        return _ask(uri, experiment, run_id)
+
+
+def _ask(uri: str, experiment: str | None, run_id: str | None) -> Lookup:
     try:
-        with exported(variables):
-            backend = _backend.open_backend(location.tracking_uri)
-            try:
-                if run_id is not None:
-                    return Lookup(run=backend.get_run(run_id))
-                assert experiment is not None
-                return Lookup(experiment=backend.get_experiment(experiment))
-            finally:
-                backend.close()
+        backend = _backend.open_backend(uri)
+        try:
+            if run_id is not None:
+                return Lookup(run=backend.get_run(run_id))
+            assert experiment is not None
+            return Lookup(experiment=backend.get_experiment(experiment))
+        finally:
+            backend.close()
     except Exception as exc:  # the store's own error is the news: report it, do not crash
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return Lookup(error=message)
+        return Lookup(error=_first_line(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def database_tables(uri: str, timeout: float) -> set[str] | str:
+    """The table names of a database store (SQLAlchemy and the URI's driver, no MLflow, no
+    retries), or why they could not be listed: one login and one catalog query, given up
+    after ``timeout`` seconds.  ``uri`` carries the driver's connect timeout
+    (``with_connect_timeout``), so the login ends by itself too.
+
+    The listing runs in a daemon thread, left behind if the database hangs after the login
+    (the command ends soon after; the thread dies with the process)."""
+    import threading
+
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    def list_tables() -> set[str] | str:
+        try:
+            engine = sqlalchemy.create_engine(uri, poolclass=NullPool)
+            try:
+                with engine.connect() as connection:
+                    return set(sqlalchemy.inspect(connection).get_table_names())
+            finally:
+                engine.dispose()
+        except Exception as exc:  # the driver's own error is the news
+            return _first_line(exc)
+
+    answers: list[set[str] | str] = []
+    worker = threading.Thread(
+        target=lambda: answers.append(list_tables()), name="trackcfg-check-tables", daemon=True
+    )
+    started = time.monotonic()
+    worker.start()
+    # A second more than the login's own timeout: its message ("timeout expired") is the
+    # better one; this one is for a database that hangs after the login.
+    worker.join(timeout + 1)
+    if answers:
+        return answers[0]
+    return (
+        f"no answer to a table listing within --timeout {timeout:g} "
+        f"(waited {time.monotonic() - started:.1f} s)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,8 +387,18 @@ def http_lookup(
 # Databases.
 
 
+#: What each database says first, asked for in the way that logs nothing on its side:
+#: PostgreSQL answers an SSL request ("S" or "N", one byte) before any login; MySQL greets
+#: every connection unasked.  MSSQL waits for a login packet: only its port is tried.
+_POSTGRES_SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
+_FIRST_WORDS: dict[str, bytes] = {"postgresql": _POSTGRES_SSL_REQUEST, "mysql": b""}
+_DB_NAMES = {"postgresql": "PostgreSQL", "mysql": "MySQL", "mssql": "SQL Server"}
+
+
 def tcp_reachable(uri: str, timeout: float) -> CheckItem:
-    """Whether the database's host and port accept a connection within ``timeout``."""
+    """Whether the database's host and port accept a connection, and the database answers
+    on it, within ``timeout`` seconds in all: a server that takes the connection and never
+    answers would hold the lookup through MLflow for minutes."""
     import socket
 
     parts = urllib.parse.urlsplit(uri)
@@ -327,8 +412,7 @@ def tcp_reachable(uri: str, timeout: float) -> CheckItem:
         return CheckItem(Status.SKIP, "store", f"{shown}: no host and port to try")
     started = time.monotonic()
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
+        connection = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         return CheckItem(
@@ -337,4 +421,37 @@ def tcp_reachable(uri: str, timeout: float) -> CheckItem:
             f"{host}:{port} not reachable: {reason} (waited {time.monotonic() - started:.1f} s)",
             "start the database, or fix server.mlflow_tracking_uri",
         )
-    return CheckItem(Status.OK, "store", f"{host}:{port} accepts connections ({shown})")
+    first_words = _FIRST_WORDS.get(scheme)
+    if first_words is None:
+        connection.close()
+        return CheckItem(Status.OK, "store", f"{host}:{port} accepts connections ({shown})")
+    with connection:
+        silence = _silence(connection, first_words, started + timeout)
+    waited = time.monotonic() - started
+    name = _DB_NAMES.get(scheme, scheme)
+    if silence is not None:
+        return CheckItem(
+            Status.FAIL,
+            "store",
+            f"{host}:{port} accepts connections but does not answer as {name} does: "
+            f"{silence} (waited {waited:.1f} s, --timeout {timeout:g})",
+            f"check that the {name} server is up and not overloaded, and that "
+            "server.mlflow_tracking_uri names its host and port",
+        )
+    return CheckItem(Status.OK, "store", f"{host}:{port} answers as {name} ({shown})")
+
+
+def _silence(connection: Any, first_words: bytes, deadline: float) -> str | None:
+    """``None`` when the server on ``connection`` says something (after ``first_words``)
+    before ``deadline``; else why it did not."""
+    try:
+        connection.settimeout(max(deadline - time.monotonic(), 0.01))
+        if first_words:
+            connection.sendall(first_words)
+        if connection.recv(1):
+            return None
+        return "it closed the connection without a word"
+    except TimeoutError:
+        return "no answer"
+    except OSError as exc:
+        return exc.strerror or str(exc)

@@ -107,7 +107,9 @@ def _show_data(config: TrackingConfig, env: str) -> dict[str, Any]:
 @click.command()
 @path_argument
 @env_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (shape below).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object (its shape is shown above)."
+)
 def show(path: Path | None, env: str | None, as_json: bool) -> None:
     """Print the effective configuration and where each value came from.
 
