@@ -131,6 +131,7 @@ class FakeStore:
         self.current_registry_uri: str | None = None
         self.active_experiment_id: str | None = None
         self._failures: dict[str, list[BaseException]] = {}
+        self.refused_metrics: set[str] = set()
 
     # ---------------------------------------------------------------- BackendFactory
 
@@ -156,6 +157,15 @@ class FakeStore:
             failure = queued.pop(0) if queued else None
         if failure is not None:
             raise failure
+
+    def refuse_metric(self, key: str) -> None:
+        """Refuse (like MLflow refuses an invalid value) every batch holding metric ``key``."""
+        with self._lock:
+            self.refused_metrics.add(key)
+
+    def clear_failures(self) -> None:
+        with self._lock:
+            self._failures.clear()
 
     def fail(self, method: str, error: BaseException) -> None:
         """Make the next call of ``method`` (a backend method, ``open`` or ``limits``) raise
@@ -484,6 +494,11 @@ class FakeBackend:
         with store.lock:
             run = store.live_run(run_id)
             problems = _batch_problems(batch, limits)
+            problems += [
+                f"Invalid value for metric {m.key!r}"
+                for m in batch.metrics
+                if m.key in store.refused_metrics
+            ]
             for key, value in batch.params:
                 if key in run.params and run.params[key] != value:
                     problems.append(
@@ -517,6 +532,18 @@ class FakeBackend:
         key = f"{artifact_path.rstrip('/')}/{source.name}" if artifact_path else source.name
         with self.store.lock:
             self.store.live_run(run_id).artifacts[key] = text
+
+    # ---------------------------------------------------------------- journal replay
+
+    def metric_history(self, run_id: str, key: str) -> list[MetricPoint]:
+        self._call("metric_history", run_id, key)
+        with self.store.lock:
+            return [m for m in self.store.live_run(run_id).metrics if m.key == key]
+
+    def terminate(self, run_id: str, status: RunStatus, end_time: int | None) -> None:
+        self._call("terminate", run_id, status, end_time)
+        with self.store.lock:
+            self.store.live_run(run_id).status = status
 
 
 def _remove_last(stack: list[str], run_id: str) -> None:

@@ -40,6 +40,7 @@ from trackcfg import (
     RunError,
     TrackingConfig,
     TrackingSession,
+    TrackingUnavailableError,
     _state,
     load_config,
 )
@@ -68,13 +69,19 @@ class Project:
     root: Path
 
     def config(
-        self, overrides: Mapping[str, Any] | None = None, *, extra_yaml: str = ""
+        self,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        extra_yaml: str = "",
+        mode: str = "sync",
     ) -> TrackingConfig:
         """``mlflow.yml`` pointing at ``FAKE_URI`` (plus ``extra_yaml``), loaded with the real
-        loader and ``overrides``."""
+        loader and ``overrides``.  ``tracking.logging.mode`` is ``sync`` unless said: most
+        tests here are about when a call reaches the store; buffered logging has its own
+        section at the end."""
         file = self.root / "mlflow.yml"
         file.write_text(f"server:\n  mlflow_tracking_uri: {FAKE_URI}\n{extra_yaml}")
-        return load_config(file, overrides=overrides)
+        return load_config(file, overrides={"tracking.logging.mode": mode, **(overrides or {})})
 
 
 @pytest.fixture
@@ -453,13 +460,6 @@ def test_attaching_to_a_missing_run_raises_naming_mlflow_run_id_and_creates_no_r
     assert os.environ["MLFLOW_RUN_ID"] == missing
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the session looks up and creates (or restores) the configured experiment before it "
-    "decides to attach (step 4 before 5), so a refused attach still creates an experiment, and "
-    "an attach with tracking.experiment.create: false fails on an experiment it does not use "
-    "(reproduced on MLflow 3.17 with a SQLite store)",
-)
 def test_attaching_to_a_missing_run_creates_no_experiment_either(
     project: Project, store: FakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -472,13 +472,6 @@ def test_attaching_to_a_missing_run_creates_no_experiment_either(
     assert store.experiments == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a missing parent run is never checked: MLflow's start_run(parent_run_id=...) "
-    "raises a raw MlflowException 'Run with id=... not found' (reproduced on MLflow 3.17 "
-    "with a SQLite store), not a RunError naming MLFLOW_RUN_ID; and the experiment is "
-    "created first",
-)
 def test_mlflow_run_id_naming_a_missing_run_with_nested_true_is_refused_naming_it(
     project: Project, store: FakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -971,18 +964,42 @@ def test_the_sigterm_handler_is_given_back_whatever_order_sessions_end_in(
     assert signal.getsignal(signal.SIGTERM) is previous_sigterm
 
 
-def test_sigterm_ends_the_run_killed_then_reaches_the_previous_handler(
+def test_sigterm_runs_the_programs_handler_at_once_and_a_handled_one_finishes_the_runs(
     project: Project, store: FakeStore, previous_sigterm: RecordingHandler
 ) -> None:
     session = open_session(project.config(), store)
 
-    with pytest.raises(_state.Terminated), session, session.child("step") as child:
+    with session, session.child("step") as child:
+        signal.raise_signal(signal.SIGTERM)
+        assert previous_sigterm.received == [signal.SIGTERM]  # at the signal, in the block
+
+    assert store.run(session.run_id).status is RunStatus.FINISHED
+    assert store.run(child.run_id).status is RunStatus.FINISHED
+    assert previous_sigterm.received == [signal.SIGTERM]  # once
+    assert signal.getsignal(signal.SIGTERM) is previous_sigterm
+
+
+def test_sigterm_handler_that_exits_ends_the_runs_killed(
+    project: Project, store: FakeStore, previous_sigterm: RecordingHandler
+) -> None:
+    """The program's handler ends the process (``sys.exit(0)``): the runs end KILLED, not
+    FINISHED; where SIGTERM has no handler of the program's, ``Terminated`` does the same
+    (tests/test_session.py, with a real process)."""
+
+    def exits(signum: int, frame: FrameType | None) -> None:
+        previous_sigterm(signum, frame)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, exits)
+    session = open_session(project.config(), store)
+
+    with pytest.raises(SystemExit), session, session.child("step") as child:
         signal.raise_signal(signal.SIGTERM)
 
     assert store.run(session.run_id).status is RunStatus.KILLED
     assert store.run(child.run_id).status is RunStatus.KILLED
-    assert previous_sigterm.received == [signal.SIGTERM]  # handed on once
-    assert signal.getsignal(signal.SIGTERM) is previous_sigterm
+    assert previous_sigterm.received == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGTERM) is exits
 
 
 def test_activate_makes_the_run_active_in_another_thread_only_for_the_block(
@@ -1039,3 +1056,119 @@ def test_the_fake_and_this_module_import_no_mlflow(tmp_path: Path) -> None:
 
     assert result.returncode == 0, result.stderr
     assert "mlflow imported: False" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Buffered logging (tracking.logging.mode: buffered, the default): what the session decides.
+
+
+def buffered(project: Project, **logging: Any) -> TrackingConfig:
+    settings = {"flush_seconds": 0.05, "exit_timeout": 2.0, **logging}
+    return project.config(
+        {f"tracking.logging.{key}": value for key, value in settings.items()}, mode="buffered"
+    )
+
+
+def test_buffered_calls_land_in_order_and_the_journal_is_gone_after_a_clean_end(
+    project: Project, store: FakeStore
+) -> None:
+    with open_session(buffered(project), store, params={"lr": 0.1}) as s:
+        for step in range(50):
+            s.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+        s.set_tags({"stage": "dev"})
+        run_id = s.run_id
+    assert run_id is not None
+    run = store.runs[run_id]
+    assert run.status is RunStatus.FINISHED
+    assert run.params == {"lr": "0.1"}
+    assert run.tags["stage"] == "dev"
+    assert [m.step for m in run.metrics] == list(range(50))
+    assert not list((project.root / ".trackcfg" / "journal").glob("*.journal"))
+
+
+def test_buffered_flush_returns_once_everything_is_in_the_store(
+    project: Project, store: FakeStore
+) -> None:
+    with open_session(buffered(project, flush_seconds=60), store) as s:
+        s.log_metrics({"loss": 0.5}, step=1)
+        s.flush(timeout=5)
+        assert run_id_metrics(store, s) == [("loss", 1)]
+
+
+def run_id_metrics(store: FakeStore, s: TrackingSession) -> list[tuple[str, int]]:
+    assert s.run_id is not None
+    return [(m.key, m.step) for m in store.runs[s.run_id].metrics]
+
+
+def test_buffered_calls_never_raise_while_the_store_is_unreachable(
+    project: Project, store: FakeStore
+) -> None:
+    with open_session(buffered(project), store) as s:
+        for _ in range(2):
+            store.fail("log_batch", TrackingUnavailableError("server away"))
+        for step in range(5):
+            s.log_metrics({"loss": float(step)}, step=step)
+        s.flush(timeout=10)  # retried after the failures: everything lands
+        assert [step for _, step in run_id_metrics(store, s)] == [0, 1, 2, 3, 4]
+
+
+def test_buffered_flush_timeout_raises_unavailable_and_loses_nothing(
+    project: Project, store: FakeStore
+) -> None:
+    with open_session(buffered(project), store) as s:
+        for _ in range(2):
+            store.fail("log_batch", TrackingUnavailableError("server away"))
+        s.log_metrics({"loss": 0.5}, step=1)
+        with pytest.raises(TrackingUnavailableError, match="not yet on"):
+            s.flush(timeout=0.2)
+        s.flush(timeout=30)
+        assert run_id_metrics(store, s) == [("loss", 1)]
+
+
+def test_buffered_rejection_raises_naming_the_key_and_the_rest_lands(
+    project: Project, store: FakeStore
+) -> None:
+    session = open_session(buffered(project), store)
+    # The store refuses any batch holding "bad", like MLflow refuses an invalid value.
+    store.refuse_metric("bad")
+    with pytest.raises(RunError, match="'bad'"):  # noqa: SIM117
+        with session as s:
+            s.log_metrics({"good": 1.0, "bad": 2.0, "fine": 3.0}, step=0)
+    assert session.run_id is not None
+    run = store.runs[session.run_id]
+    assert sorted(m.key for m in run.metrics) == ["fine", "good"]
+    assert run.status is RunStatus.FINISHED
+
+
+def test_buffered_end_with_the_store_away_keeps_the_journal_for_sync(
+    project: Project, store: FakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    from trackcfg._sync import sync_journals
+
+    session = open_session(buffered(project, exit_timeout=0.3), store)
+    with session as s:
+        s.log_metrics({"loss": 0.5}, step=1)
+        s.flush(timeout=5)
+        for _ in range(1000):
+            store.fail("log_batch", TrackingUnavailableError("server away"))
+        store.fail("end_run", TrackingUnavailableError("server away"))
+        s.log_metrics({"loss": 0.25}, step=2)
+    # Leaving did not raise; the warning names the command that sends the rest.
+    assert "trackcfg sync" in caplog.text
+    assert session.run_id is not None
+    assert store.runs[session.run_id].status is RunStatus.RUNNING
+    journals = list((project.root / ".trackcfg" / "journal").glob("*.journal"))
+    assert [j.name.split(".")[0] for j in journals] == [session.run_id]
+
+    store.clear_failures()
+    results = sync_journals(
+        journals[0].parent,
+        tracking_uri=FAKE_URI,
+        shown_uri=FAKE_URI,
+        factory=store,
+    )
+    assert [(r.state, r.end) for r in results] == [("sent", "FINISHED")]
+    run = store.runs[session.run_id]
+    assert run.status is RunStatus.FINISHED
+    assert [(m.key, m.step) for m in run.metrics] == [("loss", 1), ("loss", 2)]
+    assert not journals[0].exists()

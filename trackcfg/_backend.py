@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from ._params import Batch, Limits
+from ._params import Batch, Limits, MetricPoint
 
 __all__ = [
     "Backend",
@@ -107,6 +107,12 @@ class Backend(Protocol):
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None: ...
     def log_dict(self, run_id: str, data: Mapping[str, Any], artifact_file: str) -> None: ...
     def log_artifact(self, run_id: str, path: str, artifact_path: str | None) -> None: ...
+
+    # Replaying a journal (``trackcfg sync``).
+    def metric_history(self, run_id: str, key: str) -> list[MetricPoint]: ...
+    def terminate(self, run_id: str, status: RunStatus, end_time: int | None) -> None:
+        """Set the run's end status and time, whatever thread or process started it."""
+        ...
 
 
 class BackendFactory(Protocol):

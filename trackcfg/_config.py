@@ -18,6 +18,8 @@ from typing import Any
 
 import attrs
 
+from ._store import mask_uri
+
 __all__ = [
     "CreateExperimentKwargs",
     "Credentials",
@@ -25,6 +27,8 @@ __all__ = [
     "DisableTrackingConfig",
     "ExperimentConfig",
     "InvalidFieldError",
+    "LoggingConfig",
+    "LoggingMode",
     "LongParamsStrategy",
     "ParamsConfig",
     "RankPolicy",
@@ -82,6 +86,16 @@ def _at_least_zero(_inst: object, attribute: attrs.Attribute[int], value: int) -
         raise InvalidFieldError(attribute.name, f"must be 0 or more, got {value}")
 
 
+def _at_least_zero_float(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if value < 0:
+        raise InvalidFieldError(attribute.name, f"must be 0 or more, got {value!r}")
+
+
+def _masked_or_none(uri: str | None) -> str:
+    # A password inside a URI never appears in a repr (nor, so, in a traceback or a log line).
+    return repr(None if uri is None else mask_uri(uri))
+
+
 def _port_range(_inst: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
     if value is not None and not 0 <= value <= 65535:
         raise InvalidFieldError(attribute.name, f"must be between 0 and 65535, got {value}")
@@ -102,10 +116,11 @@ class RequestHeaderProviderConfig:
 class ServerConfig:
     """WHERE runs are logged."""
 
-    mlflow_tracking_uri: str = "mlruns"
+    mlflow_tracking_uri: str = attrs.field(default="mlruns", repr=lambda uri: repr(mask_uri(uri)))
     """A URI, or a bare path meaning a local store folder; relative ones resolve against the
-    project root. Unset (or ``null``): ``MLFLOW_TRACKING_URI`` when set, else ``mlruns``."""
-    mlflow_registry_uri: str | None = None
+    project root. Unset (or ``null``): ``MLFLOW_TRACKING_URI`` when set, else ``mlruns``.
+    Its password (``http://user:secret@host``) is masked in the repr."""
+    mlflow_registry_uri: str | None = attrs.field(default=None, repr=_masked_or_none)
     credentials: str | None = None
     """Name of an entry in ``credentials.yml``; its keys are exported as environment variables
     for the duration of a session only."""
@@ -149,6 +164,10 @@ class ExperimentConfig:
 class RunConfig:
     id: str | None = None
     """Continue this run instead of starting a new one (it is never renamed)."""
+    resume_running: bool = False
+    """Continue ``id`` even when it is RUNNING: another process may be logging to it, and
+    this session ends it.  False: such a run is refused (a FINISHED, FAILED or KILLED run is
+    continued, and ends with this session's status)."""
     name: str | None = None
     """Default: the session name (pipeline, function or script name)."""
     nested: bool = True
@@ -170,6 +189,39 @@ class ParamsConfig:
     long_params_strategy: LongParamsStrategy = LongParamsStrategy.FAIL
 
 
+class LoggingMode(enum.Enum):
+    """How the session's logging calls reach the server."""
+
+    BUFFERED = "buffered"
+    """Return at once; a background sender delivers (never waits on the network)."""
+    SYNC = "sync"
+    """Every call waits for the server, and raises when it cannot be reached."""
+
+
+def _positive(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise InvalidFieldError(attribute.name, f"must be greater than 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class LoggingConfig:
+    """``tracking.logging``: buffered logging and its journal."""
+
+    mode: LoggingMode = LoggingMode.BUFFERED
+    flush_seconds: float = attrs.field(default=2.0, validator=_positive)
+    """The most a logged value waits in memory before it is sent."""
+    max_buffered: int = attrs.field(default=100_000, validator=_at_least_one)
+    """Entities (params, tags, metric points) held in memory; past it, the journal holds the
+    rest (without a journal, a logging call waits for the sender)."""
+    journal: bool = True
+    """Append each call to a local journal before it returns (nothing is lost if the process
+    is killed or the server stays away; ``trackcfg sync`` sends it)."""
+    journal_dir: str | None = None
+    """Default: ``<project root>/.trackcfg/journal``; relative paths resolve against the root."""
+    exit_timeout: float = attrs.field(default=30.0, validator=_at_least_zero_float)
+    """Seconds leaving a session waits for the sender; then the journal keeps the rest."""
+
+
 @attrs.frozen(kw_only=True)
 class TrackingSettings:
     """HOW runs are logged: the ``tracking:`` section."""
@@ -178,6 +230,7 @@ class TrackingSettings:
     experiment: ExperimentConfig = attrs.field(factory=ExperimentConfig)
     run: RunConfig = attrs.field(factory=RunConfig)
     params: ParamsConfig = attrs.field(factory=ParamsConfig)
+    logging: LoggingConfig = attrs.field(factory=LoggingConfig)
 
 
 @attrs.frozen(kw_only=True)

@@ -1,0 +1,419 @@
+"""The local journal of a buffered run: every logging call, appended before the call returns.
+
+One file per session, ``<journal_dir>/<run_id>.<random>.journal``, JSON lines:
+
+- line 1, the header: ``{"trackcfg_journal": 1, "run_id", "experiment_id", "tracking_uri"
+  (masked: never a password), "host", "pid", "created"}``;
+- a record per logging call: ``{"s": seq, "p": {params}, "t": {tags}, "m": [[key, value,
+  timestamp, step], ...], "a": [[file, artifact_path], ...]}`` (keys absent when empty);
+- ``{"ack": seq}``: every record up to ``seq`` is on the server (appended by the sender);
+- ``{"end": status, "at": ms}``: the session ended with that status, not yet sent;
+- ``{"done": true}``: the run's end is on the server too; the file is then deleted.
+
+Artifacts are copied at call time into ``<run_id>.blobs/`` beside it, so what the journal
+names exists even if the caller deletes its file.  The writer holds an exclusive ``flock`` on
+the file for the session's lifetime: ``trackcfg sync`` takes a journal only when it gets the
+lock, i.e. when its writer is gone (ended or killed).  Appends are plain ``write`` calls
+(no ``fsync``): the data survives the process being killed (SIGKILL, the OOM killer), not
+the machine losing power.  A torn last line (a crash mid-write) is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import attrs
+
+from ._params import MetricPoint
+from .exceptions import RunError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Journal",
+    "JournalContents",
+    "JournalRecord",
+    "open_journal",
+    "read_journal",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SUFFIX = ".journal"
+
+#: One encoder for every record: ``json.dumps(..., separators=...)`` builds a new one per
+#: call, a third of the cost of journaling a ``log_metrics`` call.
+_encode_compact = json.JSONEncoder(separators=(",", ":")).encode
+_json_string = json.encoder.encode_basestring_ascii  # what json.dumps uses for a str
+_float_repr = float.__repr__  # what json.dumps uses for a finite float
+
+
+@attrs.frozen(kw_only=True)
+class JournalRecord:
+    """One logging call's data."""
+
+    seq: int
+    params: Mapping[str, str] = attrs.field(factory=dict)
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+    metrics: Sequence[MetricPoint] = ()
+    artifacts: Sequence[tuple[str, str | None]] = ()  # (file, artifact_path)
+
+    @property
+    def size(self) -> int:
+        """How many entities it holds (what ``max_buffered`` counts)."""
+        return len(self.params) + len(self.tags) + len(self.metrics) + len(self.artifacts) or 1
+
+    def to_json(self) -> str:
+        if not (self.params or self.tags or self.artifacts):
+            # A training loop's every step: written here exactly as json.dumps writes it,
+            # in half its time.
+            if not self.metrics:
+                return f'{{"s":{self.seq}}}'
+            points = []
+            for m in self.metrics:
+                value = m.value
+                number = (
+                    _float_repr(value)
+                    if type(value) is float and value - value == 0  # finite
+                    else _encode_compact(value)  # NaN, infinities, ints: as json.dumps writes
+                )
+                points.append(f"[{_json_string(m.key)},{number},{m.timestamp},{m.step}]")
+            return f'{{"s":{self.seq},"m":[{",".join(points)}]}}'
+        data: dict[str, Any] = {"s": self.seq}
+        if self.params:
+            data["p"] = dict(self.params)
+        if self.tags:
+            data["t"] = dict(self.tags)
+        if self.metrics:
+            data["m"] = [[m.key, m.value, m.timestamp, m.step] for m in self.metrics]
+        if self.artifacts:
+            data["a"] = [list(a) for a in self.artifacts]
+        return _encode_compact(data)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JournalRecord:
+        return cls(
+            seq=int(data["s"]),
+            params={str(k): str(v) for k, v in data.get("p", {}).items()},
+            tags={str(k): str(v) for k, v in data.get("t", {}).items()},
+            metrics=tuple(
+                MetricPoint(key=str(k), value=float(v), timestamp=int(ts), step=int(step))
+                for k, v, ts, step in data.get("m", ())
+            ),
+            artifacts=tuple((str(f), None if p is None else str(p)) for f, p in data.get("a", ())),
+        )
+
+
+@attrs.frozen(kw_only=True)
+class JournalContents:
+    """What a journal file holds, as ``trackcfg sync`` needs it."""
+
+    path: Path
+    header: Mapping[str, Any]
+    records: Sequence[JournalRecord]  # those not acknowledged yet, in order
+    acked: int
+    end: tuple[str, int] | None  # (status, end time in ms) when the session ended
+    done: bool
+    torn: bool  # the last line was cut short (a crash mid-write); it was skipped
+
+    @property
+    def run_id(self) -> str:
+        return str(self.header["run_id"])
+
+    @property
+    def tracking_uri(self) -> str:
+        return str(self.header.get("tracking_uri", ""))
+
+    @property
+    def ends_run(self) -> bool:
+        return bool(self.header.get("ends_run", True))
+
+
+def journal_path(folder: Path, run_id: str) -> Path:
+    """A new journal's file: one per session, so that sessions logging into one run (a
+    session attached to another's run) each keep their own."""
+    return folder / f"{run_id}.{uuid.uuid4().hex[:12]}{SUFFIX}"
+
+
+def copy_artifact(source: Path, target: Path) -> None:
+    """A file, or a folder with everything in it (MLflow logs both)."""
+    if source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        shutil.copyfile(source, target)
+
+
+def run_id_of(journal: Path) -> str:
+    """The run a journal file belongs to, from its name (its header says it too)."""
+    return journal.name.split(".", 1)[0]
+
+
+def blobs_folder(journal: Path) -> Path:
+    return journal.with_suffix(".blobs")
+
+
+def _lock(handle: IO[Any], *, blocking: bool) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; sync relies on the end record
+        return True
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except OSError:
+        return False
+    return True
+
+
+@attrs.define(eq=False)
+class Journal:
+    """The writer's side: appends records and acknowledgements; thread-safe by its caller
+    (the buffer holds its lock around every append)."""
+
+    path: Path
+    _handle: IO[bytes]  # unbuffered: each write() is one write(2)
+    _seq: int = 0
+    _blob_count: int = 0
+    offset: int = 0  # bytes written so far: where the next line starts
+
+    def append(
+        self,
+        *,
+        params: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+        metrics: Sequence[MetricPoint] = (),
+        artifacts: Sequence[tuple[str, str | None]] = (),
+    ) -> JournalRecord:
+        self._seq += 1
+        record = JournalRecord(
+            seq=self._seq,
+            params=dict(params or {}),
+            tags=dict(tags or {}),
+            metrics=tuple(metrics),
+            artifacts=tuple(artifacts),
+        )
+        self._write(record.to_json())
+        return record
+
+    def keep_file(self, source: Path, name: str) -> Path:
+        """A copy of ``source`` named ``name`` in the run's blob folder (artifacts are
+        uploaded later: the caller may change or delete its file meanwhile)."""
+        self._blob_count += 1
+        target = blobs_folder(self.path) / str(self._blob_count) / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        copy_artifact(source, target)
+        return target
+
+    def keep_text(self, text: str, name: str) -> Path:
+        self._blob_count += 1
+        target = blobs_folder(self.path) / str(self._blob_count) / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        return target
+
+    def ack(self, seq: int) -> None:
+        self._write(json.dumps({"ack": seq}))
+
+    def end(self, status: str, at_ms: int) -> None:
+        self._write(json.dumps({"end": status, "at": at_ms}))
+
+    def finish(self) -> None:
+        """Everything is on the server: the journal is not needed any more."""
+        self.close()
+        remove(self.path)
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()  # releases the lock
+
+    def _write(self, line: str) -> None:
+        # One write(2) per line, straight from an unbuffered file (no Python-level buffer to
+        # flush): when it returns the line is the OS's, so a SIGKILL loses nothing, and a
+        # reader sees whole lines, or a torn last one.  A regular file takes a write whole
+        # unless the disk is full; the loop finishes a short one.
+        data = (line + "\n").encode("utf-8")
+        done = self._handle.write(data) or 0
+        while done < len(data):
+            written = self._handle.write(data[done:])
+            if not written:
+                raise OSError(f"could not append to the journal {self.path}")
+            done += written
+        self.offset += done
+
+    @property
+    def closed(self) -> bool:
+        return self._handle.closed
+
+
+def open_journal(
+    folder: Path,
+    *,
+    run_id: str,
+    experiment_id: str | None,
+    tracking_uri: str,
+    ends_run: bool = True,
+) -> Journal:
+    """Start the journal of ``run_id`` (``tracking_uri`` already masked), locked.
+    ``ends_run`` is False for a run the session only attached to: sync never ends it."""
+    import socket  # here: `trackcfg --help` imports no network module
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = journal_path(folder, run_id)
+    handle = open(path, "xb", buffering=0)  # noqa: SIM115 - held for the session
+    if not _lock(handle, blocking=False):  # pragma: no cover - a new file nobody else has
+        handle.close()
+        raise RunError(f"cannot lock the new journal {path}")
+    journal = Journal(path, handle, offset=0)
+    header = {
+        "trackcfg_journal": FORMAT_VERSION,
+        "run_id": run_id,
+        "experiment_id": experiment_id,
+        "tracking_uri": tracking_uri,
+        "ends_run": ends_run,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "created": int(time.time() * 1000),
+    }
+    journal._write(json.dumps(header))
+    return journal
+
+
+def records_from(path: Path, offset: int, room: int) -> tuple[list[JournalRecord], int | None]:
+    """Records starting at byte ``offset``, up to ``room`` entities (at least one record);
+    with the offset of the first one not returned (None: none left)."""
+    records: list[JournalRecord] = []
+    entities = 0
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        position = offset
+        for line in handle:
+            if not line.endswith(b"\n"):
+                break  # being written right now
+            data = json.loads(line)
+            if "s" in data:
+                record = JournalRecord.from_json(data)
+                if records and entities + record.size > room:
+                    return records, position
+                records.append(record)
+                entities += record.size
+            position += len(line)
+    return records, None
+
+
+def remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    shutil.rmtree(blobs_folder(path), ignore_errors=True)
+
+
+class JournalFormatError(RunError):
+    """A journal this trackcfg cannot read (another format version, or not a journal)."""
+
+
+def read_journal(path: Path) -> JournalContents:
+    """Parse a journal; ``JournalFormatError`` for another format version or a file that is
+    not a journal.  A torn last line is skipped (``torn``)."""
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    lines = raw.split(b"\n")
+    torn = bool(lines and lines[-1])  # no newline at the very end: cut short
+    complete = lines[:-1]
+    if not complete:
+        if torn:
+            raise JournalFormatError(f"{path} holds no complete header line: not a journal")
+        raise JournalFormatError(f"{path} is empty: not a journal")
+    try:
+        header = json.loads(complete[0])
+    except ValueError as exc:
+        raise JournalFormatError(f"{path} does not start with a journal header") from exc
+    if not isinstance(header, dict) or "trackcfg_journal" not in header:
+        raise JournalFormatError(f"{path} does not start with a journal header")
+    version = header["trackcfg_journal"]
+    if version != FORMAT_VERSION:
+        raise JournalFormatError(
+            f"{path} was written in journal format {version!r}; this trackcfg reads format "
+            f"{FORMAT_VERSION}: sync it with the trackcfg version that wrote it"
+        )
+    records: list[JournalRecord] = []
+    acked = 0
+    end: tuple[str, int] | None = None
+    done = False
+    for number, line in enumerate(complete[1:], start=2):
+        try:
+            data = json.loads(line)
+            if "s" in data:
+                records.append(JournalRecord.from_json(data))
+            elif "ack" in data:
+                acked = max(acked, int(data["ack"]))
+            elif "end" in data:
+                end = (str(data["end"]), int(data["at"]))
+            elif data.get("done"):
+                done = True
+        except (ValueError, TypeError, KeyError) as exc:
+            raise JournalFormatError(f"{path}:{number}: not a journal line ({exc})") from exc
+    pending = [r for r in records if r.seq > acked]
+    return JournalContents(
+        path=path,
+        header=header,
+        records=pending,
+        acked=acked,
+        end=end,
+        done=done,
+        torn=torn,
+    )
+
+
+@contextlib.contextmanager
+def claimed(path: Path) -> Iterator[bool]:
+    """Hold the journal's lock for the block; yields False (and holds nothing) when a live
+    writer holds it, or the file is gone."""
+    try:
+        # Read-only: "a" would create again a journal its session has just deleted.
+        handle = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        yield False
+        return
+    try:
+        got = _lock(handle, blocking=False)
+        yield got
+    finally:
+        handle.close()
+
+
+def read_header(path: Path) -> Mapping[str, Any] | None:
+    """A journal's header (its first line), without reading the rest; None when the file
+    is gone or does not start with one."""
+    try:
+        with open(path, "rb") as handle:
+            header = json.loads(handle.readline())
+    except (OSError, ValueError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def cut_torn_tail(path: Path) -> None:
+    """Drop a torn last line, so that lines appended after it stay whole."""
+    with open(path, "rb+") as handle:
+        raw = handle.read()
+        if raw and not raw.endswith(b"\n"):
+            handle.truncate(raw.rfind(b"\n") + 1)
+
+
+def append_line(path: Path, data: Mapping[str, Any]) -> None:
+    """Append one control line (``ack``/``end``/``done``) as ``trackcfg sync`` goes."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(dict(data)) + "\n")
+
+
+def pending_journals(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob(f"*{SUFFIX}"))
