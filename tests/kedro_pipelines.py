@@ -14,7 +14,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kedro.io import AbstractDataset
 from kedro.pipeline import Pipeline, node
+
+
+class TextFile(AbstractDataset[str, str]):
+    """A text file (Kedro's core has no file datasets): ``slow_output``'s output."""
+
+    def __init__(self, filepath: str) -> None:
+        self._path = Path(filepath)
+
+    def _load(self) -> str:
+        return self._path.read_text()
+
+    def _save(self, data: str) -> None:
+        self._path.write_text(data)
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._path)}
 
 
 def fit(lr: float, model: dict[str, Any], parameters: dict[str, Any]) -> float:
@@ -56,6 +73,13 @@ def wait_for_signal(lr: float) -> None:
     time.sleep(120)
 
 
+def slow_result(lr: float) -> str:
+    """Writes DEMO_MARKER (its pid) once started, then takes a minute to give its output."""
+    Path(os.environ["DEMO_MARKER"]).write_text(str(os.getpid()))
+    time.sleep(60)
+    return "computed after a minute"
+
+
 def interrupt(value: float) -> None:
     raise KeyboardInterrupt
 
@@ -92,5 +116,7 @@ def register_pipelines() -> dict[str, Pipeline]:
             ]
         ),
         "slow": Pipeline([node(wait_for_signal, "params:lr", None, name="wait")]),
+        # Its output "result" is a TextFile when the test's catalog says so.
+        "slow_output": Pipeline([node(slow_result, "params:lr", "result", name="slow_result")]),
         "secret": Pipeline([node(read_secret, "params:lr", None, name="read_secret")]),
     }

@@ -20,6 +20,8 @@ def test_every_benchmark_runs_at_a_tiny_size(mlflow_server: str, tmp_path: Path)
         "Empty session",
         "kedro run, one node",
         "Quick ACKs",
+        "Buffered logging: time the loop is blocked",
+        "points logged while the server is down",
     ):
         assert title in done.stdout
     assert not (REPO / "benchmarks" / "results.md").exists() or "QUICK" not in done.stdout

@@ -15,7 +15,7 @@ from typing import Any
 
 import mlflow
 import pytest
-from helpers import REPO, project_folder, read_runs, run_python, store_uri
+from helpers import REPO, project_folder, read_runs, run_python, store_uri, subprocess_env
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
@@ -301,7 +301,9 @@ def _copy_examples(tmp_path: Path) -> Path:
 
 
 def _run_example(root: Path, script: str, cwd: Path) -> list[str]:
-    done = run_python(str(root / "examples" / script), cwd=cwd, timeout=300)
+    # Only what the example prints: not the "View run ... with: mlflow ui" lines of its runs.
+    quiet = subprocess_env(MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true")
+    done = run_python(str(root / "examples" / script), cwd=cwd, env=quiet, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.split()
 

@@ -36,6 +36,13 @@ kedro = pytest.importorskip("kedro")
 
 PACKAGE = "tracked_demo"
 KEDRO = str(Path(sys.executable).with_name("kedro"))
+# Runs the command that follows with SIGINT at its default, as a shell runs a foreground job.
+FOREGROUND = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
 TIMEOUT = 240
 PARAMETERS = """\
 lr: 0.1
@@ -232,10 +239,14 @@ def test_kedro_run_async_node_error_fails_the_run_and_propagates(project: Path) 
 def test_kedro_run_signal_ends_the_run_killed(
     project: Path, tmp_path: Path, sig: signal.Signals
 ) -> None:
-    """SIGTERM or Ctrl-C while a node runs: kedro run stops promptly, the run ends KILLED."""
+    """SIGTERM or Ctrl-C while a node runs: kedro run stops promptly, the run ends KILLED.
+
+    ``kedro run`` is started as a terminal's foreground job is, SIGINT at its default, also
+    when this test runs as a background job (which inherits SIGINT ignored: Ctrl-C does not
+    reach background jobs, and trackcfg's hooks leave the user's process its disposition)."""
     marker = tmp_path / "node-started"
     process = subprocess.Popen(
-        [KEDRO, "run", "--pipelines", "slow"],
+        [*FOREGROUND, KEDRO, "run", "--pipelines", "slow"],
         cwd=project,
         env=_env(DEMO_MARKER=str(marker)),
         stdout=subprocess.DEVNULL,
@@ -256,7 +267,9 @@ def test_kedro_run_signal_ends_the_run_killed(
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode != 0
+    # SIGTERM is handed on once the run has ended: the process dies by it, as without trackcfg
+    # (143 in a shell); Ctrl-C ends as click ends it ("Aborted!", 1).
+    assert process.returncode == (-signal.SIGTERM if sig == signal.SIGTERM else 1)
 
     run = only(runs(project))
     assert (run.info.run_name, run.info.status) == ("slow", "KILLED")
@@ -324,7 +337,7 @@ def test_kedro_trackcfg_init_writes_conf_env_mlflow_yml(project: Path) -> None:
 
 def test_kedro_trackcfg_ui_reads_the_config_through_kedro(project: Path) -> None:
     """The tracking URI comes from Kedro's loader (its env and resolvers): an http server's
-    UI is that server, printed without serving anything."""
+    UI is that server, checked (nothing listens on port 9) without serving anything."""
     write(project / "conf" / "prod" / "globals.yml", "server: http://127.0.0.1:9\n")
     write(
         project / "conf" / "prod" / "mlflow.yml",
@@ -334,8 +347,10 @@ def test_kedro_trackcfg_ui_reads_the_config_through_kedro(project: Path) -> None
         """,
     )
     result = kedro_cli(project, "trackcfg", "ui", "--env", "prod", "--no-browser")
-    assert result.returncode == 0, result.stderr
-    assert "MLflow UI: http://127.0.0.1:9" in result.stdout
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "MLflow UI" not in result.stdout
+    assert "http://127.0.0.1:9 not reachable" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,3 +534,230 @@ def test_request_header_provider_gets_the_kedro_context(
     assert experiment is not None
     [run] = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
+
+
+def test_kedro_trackcfg_init_over_a_base_file_keeps_it_in_effect(project: Path) -> None:
+    """Issue 17: `kedro trackcfg init` over a conf/base/mlflow.yml writes conf/local/mlflow.yml
+    with every key commented out and says so; the next `kedro run` still flattens `model`,
+    and tells where its run went."""
+    from trackcfg import load_config
+
+    write(
+        project / "conf" / "base" / "mlflow.yml",
+        """\
+        tracking:
+          params:
+            dict_params:
+              flatten: true
+        """,
+    )
+    before = [(k, v, str(s)) for k, v, s in load_config(project / "conf").provenance()]
+
+    result = kedro_cli(project, "trackcfg", "init")
+
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"wrote {Path('conf/local/mlflow.yml')}: every key commented out, so "
+        f"{Path('conf/base/mlflow.yml')} keeps its values (uncomment a key to change it here)"
+    ) in result.stdout.splitlines()
+    after = load_config(project / "conf")
+    assert after.files[-1] == project / "conf" / "local" / "mlflow.yml"
+    assert [(k, v, str(s)) for k, v, s in after.provenance()] == before
+
+    ran = kedro_cli(project, "run", "--pipelines", "train")
+    assert ran.returncode == 0, ran.stderr
+    run = only(runs(project))
+    assert {k: v for k, v in run.data.params.items() if k.startswith("model")} == {
+        "model.depth": "3",
+        "model.kind": "tree",
+    }
+    assert "\N{RUNNER} View run train with: " in ran.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 16: long values trackcfg generates (item 14), SIGTERM with ParallelRunner (item 16).
+
+
+def test_kedro_run_long_params_command_line_is_shortened_visibly_and_kept_whole(
+    project: Path, tmp_path: Path
+) -> None:
+    """`kedro run --params` of over 9,000 characters (MLflow keeps tags up to 8,000) under
+    `long_params_strategy: tag`: the run finishes; `kedro.command` keeps the beginning and
+    says where the whole text is (artifact kedro/command.txt), as does the param's tag (artifact
+    params/alpha.txt)."""
+    import shlex
+
+    import mlflow
+
+    write(
+        project / "conf" / "local" / "mlflow.yml",
+        "tracking:\n  params:\n    long_params_strategy: tag\n",
+    )
+    value = "".join(chr(97 + i % 26) for i in range(9000))
+    args = ["run", "--pipelines", "plain", "--params", f"alpha={value}"]
+
+    result = kedro_cli(project, *args)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = only(runs(project))
+    assert (run.info.run_name, run.info.status) == ("plain", "FINISHED")
+    command = shlex.join(["kedro", *args])
+    note = f"\u2026 ({len(command)} characters; full text in artifact kedro/command.txt)"
+    assert run.data.tags["kedro.command"] == command[: 8000 - len(note)] + note
+    note = "\u2026 (9000 characters; full text in artifact params/alpha.txt)"
+    assert run.data.tags["alpha"] == value[: 8000 - len(note)] + note
+    assert "alpha" not in run.data.params
+    client = mlflow.MlflowClient(tracking_uri=store_uri(project))
+    for path, whole in [("kedro/command.txt", command), ("params/alpha.txt", value)]:
+        local = client.download_artifacts(run.info.run_id, path, str(tmp_path))
+        assert Path(local).read_text() == whole
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (Linux's /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def _processes_with(variable: str, value: str) -> list[int]:
+    """The processes whose environment has ``variable=value`` (a run's processes, orphans
+    included), read from /proc."""
+    entry = f"{variable}={value}".encode()
+    found = []
+    for folder in Path("/proc").iterdir():
+        if folder.name.isdigit():
+            try:
+                environ = (folder / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if entry in environ and _running(int(folder.name)):
+                found.append(int(folder.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_kedro_run_parallel_runner_sigterm_stops_the_workers_and_dies_by_the_signal(
+    project: Path, tmp_path: Path
+) -> None:
+    """ParallelRunner, SIGTERM to `kedro run` while a node runs in a worker (which the signal
+    does not reach): the process ends within seconds (the node takes a minute) and dies by
+    SIGTERM; the worker is stopped before the node's output is saved; no process of the run
+    is left (workers, the runner's manager); the run ends KILLED."""
+    output = tmp_path / "result.txt"
+    write(
+        project / "conf" / "base" / "catalog.yml",
+        f"result:\n  type: {PACKAGE}.pipeline_registry.TextFile\n  filepath: {output}\n",
+    )
+    marker = tmp_path / "node-started"
+    with (tmp_path / "output.txt").open("w") as log:
+        process = subprocess.Popen(
+            [KEDRO, "run", "--pipelines", "slow_output", "--runner", "ParallelRunner"],
+            cwd=project,
+            env=_env(DEMO_MARKER=str(marker)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    worker = 0
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (marker.exists() and marker.read_text()):
+            assert process.poll() is None, (tmp_path / "output.txt").read_text()
+            assert time.monotonic() < deadline, "the node never started"
+            time.sleep(0.2)
+        worker = int(marker.read_text())
+        assert worker != process.pid
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=40)  # the node would end after 60 s
+        except subprocess.TimeoutExpired:
+            pytest.fail("kedro run still running 40 s after SIGTERM")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if worker and _running(worker):
+            os.kill(worker, signal.SIGKILL)
+    output_text = (tmp_path / "output.txt").read_text()
+    assert process.returncode == -signal.SIGTERM, output_text
+    assert not _running(worker)
+    assert not output.exists()  # and never will be: its worker is gone
+    assert _processes_with("DEMO_MARKER", str(marker)) == []
+    run = only(runs(project))
+    assert (run.info.run_name, run.info.status) == ("slow_output", "KILLED")
+
+
+@pytest.mark.usefixtures("in_process")
+def test_km_random_name_from_kedro_mlflows_template_names_the_run(project: Path) -> None:
+    """kedro-mlflow's template suggests run.name: "${km.random_name:}": under Kedro it is
+    a random run name (the resolver is registered with OmegaConf; settings.py unchanged),
+    and a resolver Kedro does not know is a ConfigError naming the file."""
+    import re
+
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    from trackcfg import ConfigError
+
+    config = write(
+        project / "conf" / "local" / "mlflow.yml", 'tracking:\n  run:\n    name: "${nope:}"\n'
+    )
+    bootstrap_project(project)
+    session = KedroSession.create(project_path=project)
+    with session, pytest.raises(ConfigError) as caught:
+        session.load_context()
+    assert str(caught.value).startswith(
+        f"invalid trackcfg configuration: {config}: (top level): Kedro's config loader cannot "
+        "read the 'mlflow' config: "
+    )
+
+    write(config, 'tracking:\n  run:\n    name: "${km.random_name:}"\n')
+    run_in_process(project, pipeline_names=["plain"])
+    run_in_process(project, pipeline_names=["plain"])
+
+    names = [r.info.run_name for r in runs(project)]
+    assert len(names) == 2
+    assert all(re.fullmatch(r"[a-z]+-[a-z]+-\d{1,3}", name) for name in names), names
+    assert names[0] != names[1]
+
+
+def test_kedro_trackcfg_sync_reads_the_journal_folder_through_kedro(project: Path) -> None:
+    """``kedro trackcfg sync`` reads ``tracking.logging.journal_dir`` through Kedro's loader
+    (its environment and globals): the journal there is listed by ``--dry-run --json`` for the
+    project's store, and left as it is."""
+    import json
+
+    from trackcfg._journal import FORMAT_VERSION
+
+    write(project / "conf" / "prod" / "globals.yml", "journals: var/journals\n")
+    write(
+        project / "conf" / "prod" / "mlflow.yml",
+        """\
+        tracking:
+          logging:
+            journal_dir: ${globals:journals}
+        """,
+    )
+    run_id = "0123456789abcdef0123456789abcdef"
+    journal = project / "var" / "journals" / f"{run_id}.0a1b2c3d4e5f.journal"
+    journal.parent.mkdir(parents=True)
+    header = {
+        "trackcfg_journal": FORMAT_VERSION,
+        "run_id": run_id,
+        "tracking_uri": store_uri(project),
+    }
+    record = {"s": 1, "m": [["loss", 0.5, 1_700_000_000_000, 0]]}
+    journal.write_text(json.dumps(header) + "\n" + json.dumps(record) + "\n")
+
+    result = kedro_cli(project, "trackcfg", "sync", "--env", "prod", "--dry-run", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout[result.stdout.index("{") :])
+    assert data["journal_dir"] == str(project / "var" / "journals")
+    assert data["tracking_uri"] == store_uri(project)
+    assert [(r["run_id"], r["state"], r["points"]) for r in data["results"]] == [
+        (run_id, "would send", 1)
+    ]
+    assert "Traceback" not in result.stderr
+    assert journal.exists()

@@ -388,3 +388,100 @@ def test_header_provider_registry_is_the_list_mlflow_asks_on_every_request() -> 
     remove_header_provider(marker)
     assert "X-Marker" not in resolve()
     assert providers == before
+
+
+# ---------------------------------------------------------------------------------------------
+# Pins and backend behaviour: the per-task active-run stacks, and a locked SQLite store.
+
+
+class _OwnStack:
+    """A stand-in with ``ThreadLocalVariable``'s interface, holding one list of our own."""
+
+    def __init__(self) -> None:
+        self.runs: list[Any] = []
+
+    def get(self) -> list[Any]:
+        return self.runs
+
+    def set(self, value: list[Any]) -> None:
+        self.runs = value
+
+    def get_all_thread_values(self) -> dict[int, list[Any]]:
+        return {threading.get_ident(): self.runs}
+
+    def reset(self) -> None:
+        self.runs = []
+
+
+def test_active_run_stack_is_looked_up_at_each_call_and_changed_in_place(
+    client: MlflowClient, experiment_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.utils.thread_utils import ThreadLocalVariable
+
+    assert isinstance(fluent._active_run_stack, ThreadLocalVariable)
+    for name in ("get", "set", "get_all_thread_values", "reset"):
+        assert callable(getattr(fluent._active_run_stack, name)), name
+    stand_in = _OwnStack()
+    monkeypatch.setattr(fluent, "_active_run_stack", stand_in)
+
+    run = mlflow.start_run(experiment_id=experiment_id)
+    assert stand_in.runs == [run]
+    active = mlflow.active_run()
+    assert active is not None
+    assert active.info.run_id == run.info.run_id
+    mlflow.log_metric("through_the_stand_in", 1.0)
+    assert fluent._get_latest_active_run().info.run_id == run.info.run_id
+    mlflow.end_run()
+    assert stand_in.runs == []
+
+    logged = client.get_run(run.info.run_id)
+    assert logged.data.metrics == {"through_the_stand_in": 1.0}
+    assert logged.info.status == "FINISHED"
+
+
+def test_sqlite_store_sessions_wait_20_s_for_a_lock() -> None:
+    """The wait the locked-store message names (``_locked_store_error``)."""
+    import inspect
+
+    from mlflow.store.db import utils
+
+    assert "PRAGMA busy_timeout = 20000;" in inspect.getsource(utils._get_managed_session_maker)
+
+
+def test_each_asyncio_task_gets_its_own_active_run_stack_while_the_store_is_in_use(
+    store_uri: str, experiment_id: str
+) -> None:
+    import asyncio
+
+    backend = MlflowBackend(store_uri)
+    original = fluent._active_run_stack
+    token = backend.use_store(experiment_id)
+    assert fluent._active_run_stack is not original
+    seen: dict[str, list[str]] = {}
+
+    async def task(name: str, go: asyncio.Event, other: asyncio.Event) -> None:
+        ref = backend.start_run(experiment_id=experiment_id, name=name, parent_run_id=None, tags={})
+        go.set()
+        await other.wait()  # both runs started: each task still sees only its own
+        seen[name] = backend.active_run_ids()
+        mlflow.log_metric(name, 1.0)
+        backend.end_run(ref.id, RunStatus.FINISHED)
+        seen[f"{name} after"] = backend.active_run_ids()
+
+    async def main() -> None:
+        a, b = asyncio.Event(), asyncio.Event()
+        await asyncio.gather(task("a", a, b), task("b", b, a))
+
+    try:
+        asyncio.run(main())
+    finally:
+        backend.restore_store(token)
+    assert fluent._active_run_stack is original
+    assert backend.active_run_ids() == []
+
+    runs = {r.info.run_name: r for r in MlflowClient(store_uri).search_runs([experiment_id])}
+    a_id, b_id = runs["a"].info.run_id, runs["b"].info.run_id
+    assert seen == {"a": [a_id], "b": [b_id], "a after": [], "b after": []}
+    assert runs["a"].data.metrics == {"a": 1.0}
+    assert runs["b"].data.metrics == {"b": 1.0}
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}

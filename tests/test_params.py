@@ -292,18 +292,20 @@ def test_tag_moves_the_full_value_to_a_tag_of_the_same_key(
     assert caplog.messages == []
 
 
-def test_tag_past_the_tag_limit_truncates_the_tag_and_logs_an_artifact(
+def test_tag_past_the_tag_limit_shortens_the_tag_visibly_and_logs_an_artifact(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     value = "".join(chr(97 + i % 26) for i in range(9000))
+    note = "\u2026 (9000 characters; full text in artifact params/a/b.txt)"
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         prepared = prepare_params({"a/b": value}, config(LongParamsStrategy.TAG))
     assert prepared.params == {}
-    assert prepared.tags == {"a/b": value[:8000]}
+    assert prepared.tags == {"a/b": value[: 8000 - len(note)] + note}
+    assert len(prepared.tags["a/b"]) == 8000
     assert prepared.artifacts == {"params/a/b.txt": value}
     assert caplog.messages == [
         "param 'a/b' is 9000 characters long, past the tag limit 8000 too; the tag holds its "
-        "first 8000 characters and the full value is logged as artifact 'params/a/b.txt' "
+        "beginning and says so, the full value is logged as artifact 'params/a/b.txt' "
         "(tracking.params.long_params_strategy: tag)"
     ]
     assert prepared.warnings == tuple(caplog.messages)
@@ -582,3 +584,111 @@ def test_limits_none_means_mlflow_defaults() -> None:
         100,
         1,
     ]
+
+
+# --- values trackcfg shortens itself (issue 16, item 14) -------------------------------------
+
+
+def test_shorten_keeps_the_beginning_and_says_how_long_the_whole_was() -> None:
+    from trackcfg._params import shorten
+
+    assert shorten("abc", 3) == "abc"
+    note = "\u2026 (11132 characters; full text in artifact kedro/command.txt)"
+    assert (
+        shorten("k" * 11132, 8000, artifact="kedro/command.txt") == "k" * (8000 - len(note)) + note
+    )
+    assert shorten("x" * 100, 40) == "x" * 22 + "\u2026 (100 characters)"
+    assert len(shorten("x" * 100, 5)) == 5  # a limit shorter than the note: still within it
+
+
+@pytest.mark.parametrize("length", [9063, 2_000_000])
+def test_tag_and_truncate_never_fail_on_length(length: int) -> None:
+    """A long param under ``tag`` or ``truncate`` (9063 characters: issue 16's `kedro run
+    --params`) is never an error: ``truncate`` keeps the first 6000 characters; ``tag`` keeps
+    a tag within MLflow's limit that says it was cut, and the whole value as an artifact."""
+    value = "".join(chr(97 + i % 26) for i in range(length))
+    truncated = prepare_params({"p": value}, config(LongParamsStrategy.TRUNCATE))
+    assert (truncated.params, truncated.tags, truncated.artifacts) == ({"p": value[:6000]}, {}, {})
+
+    tagged = prepare_params({"p": value}, config(LongParamsStrategy.TAG))
+    note = f"\u2026 ({length} characters; full text in artifact params/p.txt)"
+    assert tagged.params == {}
+    assert tagged.tags == {"p": value[: 8000 - len(note)] + note}
+    assert tagged.artifacts == {"params/p.txt": value}
+
+
+# --- metric keys: the param key policy, never merged in silence (issue 16.3) ----------------
+
+metric_keys = st.one_of(key_text, st.integers(-3, 3))
+
+
+def _series(metrics: Mapping[Any, Any]) -> dict[str, list[str]]:
+    """Final metric key -> the keys (as written) that become it, in order."""
+    finals: dict[str, list[str]] = {}
+    for key in metrics:
+        finals.setdefault(sanitize_key(str(key)), []).append(str(key))
+    return finals
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(metric_keys, st.floats(allow_nan=False), max_size=6))
+def test_property_metric_keys_are_valid_unique_or_refused_naming_both(
+    metrics: dict[Any, float],
+) -> None:
+    finals = _series(metrics)
+    merged = {key: written for key, written in finals.items() if len(written) > 1}
+    if merged:
+        with pytest.raises(ConfigError) as raised:
+            trackcfg._params.prepare_metrics(metrics)
+        assert {problem.key for problem in raised.value.problems} == set(merged)
+        for problem in raised.value.problems:
+            first, *others = merged[problem.key]
+            assert repr(first) in problem.message
+            assert any(repr(other) in problem.message for other in others)
+        return
+    prepared = trackcfg._params.prepare_metrics(metrics)
+    assert set(prepared.values) == set(finals)
+    by_text = {str(key): float(value) for key, value in metrics.items()}
+    for key, value in prepared.values.items():
+        assert mlflow_accepts(key)
+        assert sanitize_key(prepared.origins[key]) == key
+        assert value == by_text[prepared.origins[key]]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.dictionaries(metric_keys, st.floats(allow_nan=False), max_size=4), max_size=4))
+def test_property_metric_keys_never_merge_across_calls(calls: list[dict[Any, float]]) -> None:
+    """Whatever the calls, no final key ever holds points of two keys as written."""
+    earlier: dict[str, str] = {}
+    for metrics in calls:
+        try:
+            prepared = trackcfg._params.prepare_metrics(metrics, earlier=earlier)
+        except ConfigError:
+            continue
+        for key, written in prepared.origins.items():
+            assert earlier.get(key, written) == written
+        earlier.update(prepared.origins)
+    assert all(sanitize_key(written) == key for key, written in earlier.items())
+
+
+def test_metric_key_rename_is_warned_once_per_run(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    first = trackcfg._params.prepare_metrics({"a b!": 1})
+    again = trackcfg._params.prepare_metrics({"a b!": 2}, earlier=first.origins)
+    assert first.values == {"a b_": 1.0}
+    assert again.values == {"a b_": 2.0}
+    assert first.warnings == ("metric key 'a b!' is not accepted by MLflow; logged as 'a b_'",)
+    assert again.warnings == ()
+    assert len(caplog.records) == 1
+
+
+def test_flatten_logs_a_mapping_that_contains_itself_as_python_prints_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    looped: dict[str, Any] = {"a": 1}
+    looped["me"] = looped
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    flat = flatten({"d": looped}, recursive=True, sep=".")
+    assert {key: str(value) for key, value in flat.items()} == {"d.a": "1", "d.me": "{...}"}
+    assert flat["d.me"] is trackcfg._params.CYCLE
+    assert "param ['d']['me'] is ['d'] again" in caplog.text

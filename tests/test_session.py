@@ -812,25 +812,7 @@ def test_previous_sigterm_handler_is_restored_after_the_session(
     assert run_of(s).info.status == ("FAILED" if raises else "FINISHED")
 
 
-def test_sigterm_kills_the_run_then_reaches_the_previous_handler(project: Project) -> None:
-    received: list[int] = []
-
-    def previous(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-
-    original = signal.signal(signal.SIGTERM, previous)
-    try:
-        with pytest.raises(KeyboardInterrupt):  # noqa: SIM117
-            with TrackingSession(project.config(), name="train") as s:
-                signal.raise_signal(signal.SIGTERM)
-        assert signal.getsignal(signal.SIGTERM) is previous
-    finally:
-        signal.signal(signal.SIGTERM, original)
-    assert received == [signal.SIGTERM]
-    assert run_of(s).info.status == "KILLED"
-
-
-def test_sigterm_inside_a_child_kills_both_runs_and_reaches_the_previous_handler_once(
+def test_sigterm_runs_the_programs_handler_at_once_and_a_handled_one_finishes_the_run(
     project: Project,
 ) -> None:
     received: list[int] = []
@@ -840,8 +822,29 @@ def test_sigterm_inside_a_child_kills_both_runs_and_reaches_the_previous_handler
 
     original = signal.signal(signal.SIGTERM, previous)
     try:
+        with TrackingSession(project.config(), name="train") as s:
+            signal.raise_signal(signal.SIGTERM)
+            assert received == [signal.SIGTERM]  # in the block: nothing was interrupted
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, original)
+    assert received == [signal.SIGTERM]
+    assert run_of(s).info.status == "FINISHED"
+
+
+def test_sigterm_handler_that_exits_inside_a_child_kills_both_runs_and_runs_once(
+    project: Project,
+) -> None:
+    received: list[int] = []
+
+    def previous(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        raise SystemExit(143)
+
+    original = signal.signal(signal.SIGTERM, previous)
+    try:
         session = TrackingSession(project.config(), name="train")
-        with pytest.raises(KeyboardInterrupt), session as s, s.child("trial") as c:
+        with pytest.raises(SystemExit), session as s, s.child("trial") as c:
             signal.raise_signal(signal.SIGTERM)
         assert signal.getsignal(signal.SIGTERM) is previous
     finally:
@@ -851,7 +854,7 @@ def test_sigterm_inside_a_child_kills_both_runs_and_reaches_the_previous_handler
     assert run_of(s).info.status == "KILLED"
 
 
-def test_sigterm_while_entering_kills_the_run_and_reaches_the_previous_handler(
+def test_sigterm_while_entering_runs_the_programs_handler_and_its_exit_kills_the_run(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The signal is raised at a precise moment: when the session sends its first batch
@@ -865,12 +868,15 @@ def test_sigterm_while_entering_kills_the_run_and_reaches_the_previous_handler(
 
     def previous(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
+        raise SystemExit(0)  # even a clean exit: the process ends because of the signal
 
-    session = TrackingSession(project.config(), name="train", params={"lr": 0.1})
+    # In sync mode the first batch is sent while entering (buffered: by the sender thread).
+    config = project.config("tracking:\n  logging:\n    mode: sync\n")
+    session = TrackingSession(config, name="train", params={"lr": 0.1})
     monkeypatch.setattr(MlflowClient, "log_batch", signal_then_log_batch)
     original = signal.signal(signal.SIGTERM, previous)
     try:
-        with pytest.raises(KeyboardInterrupt), session:
+        with pytest.raises(SystemExit), session:
             pytest.fail("the block must not run")
         assert signal.getsignal(signal.SIGTERM) is previous
     finally:
@@ -932,7 +938,8 @@ def test_param_past_the_tag_limit_under_tag_is_a_cut_tag_and_an_artifact(
 
     run = run_of(s)
     assert "prompt" not in run.data.params
-    assert run.data.tags["prompt"] == value[:8000]
+    note = "\u2026 (9000 characters; full text in artifact params/prompt.txt)"
+    assert run.data.tags["prompt"] == value[: 8000 - len(note)] + note
     assert s.run_id is not None
     assert read_artifact(client_of(s), s.run_id, "params/prompt.txt", tmp_path) == value
 
@@ -1063,6 +1070,7 @@ def test_thousand_params_over_http_land_in_at_most_ten_batch_requests(
     with TrackingSession(_http_config(bare_project, mlflow_server, request), name="many") as s:
         before = dict(calls)
         s.log_params(params)
+        s.flush()  # buffered logging (the default) sends them from its own thread
         sent = {k: calls[k] - before[k] for k in calls}
 
     logged = run_of(s).data.params
@@ -1178,3 +1186,110 @@ def test_a_session_needing_other_process_settings_than_an_open_one_is_refused(
     assert not (tmp_path / "mlruns").exists()
     assert run_of(open_session).data.metrics == {"still": 1.0}
     assert run_of(open_session).info.status == "FINISHED"
+
+
+# ---------------------------------------------------------------------------------------------
+# Resuming a run by id (tracking.run.id): a RUNNING run is refused unless
+# tracking.run.resume_running; an ended one ends again with the new session's status.
+
+
+def _run_in_state(project: Project, status: str) -> str:
+    """A run of the project's store, left in ``status`` (RUNNING: as a live process has it)."""
+    client = MlflowClient(tracking_uri=project.store_uri)
+    experiment_id = client.create_experiment(f"elsewhere-{status.lower()}")
+    run_id: str = client.create_run(experiment_id, run_name="earlier").info.run_id
+    client.log_param(run_id, "lr", "0.1")
+    if status != "RUNNING":
+        client.set_terminated(run_id, status)
+    return run_id
+
+
+def test_resume_of_a_running_run_is_refused_and_leaves_it_untouched(project: Project) -> None:
+    run_id = _run_in_state(project, "RUNNING")
+    client = MlflowClient(tracking_uri=project.store_uri)
+    before = client.get_run(run_id)
+    config = project.config(f"tracking:\n  run:\n    id: {run_id}\n")
+
+    with pytest.raises(RunError) as raised:  # noqa: SIM117
+        with TrackingSession(config, name="second", params={"epochs": 3}):
+            pytest.fail("the block must not run")
+
+    assert str(raised.value) == (
+        f"run {run_id!r} (tracking.run.id) is RUNNING: another process may be logging to it, "
+        f"and this session would end it (store: {project.store_uri}); let it end first, start "
+        "a new run (tracking.run.id: null), or set tracking.run.resume_running: true to "
+        "continue it anyway"
+    )
+    after = client.get_run(run_id)
+    assert after.info.status == "RUNNING"
+    assert after.info.end_time == before.info.end_time
+    assert after.data.params == {"lr": "0.1"}
+    assert after.data.tags == before.data.tags
+    assert len(all_runs(client)) == 1
+    assert mlflow.active_run() is None
+
+
+def test_resume_of_a_running_run_with_resume_running_continues_and_ends_it(
+    project: Project,
+) -> None:
+    run_id = _run_in_state(project, "RUNNING")
+    config = project.config(f"tracking:\n  run:\n    id: {run_id}\n    resume_running: true\n")
+
+    with TrackingSession(config, name="second", params={"epochs": 3}) as s:
+        s.log_metrics({"loss": 0.5})
+
+    run = run_of(s)
+    assert run.info.run_id == run_id
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"lr": "0.1", "epochs": "3"}
+    assert run.data.metrics == {"loss": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("before", "error", "after"),
+    [
+        ("FAILED", None, "FINISHED"),
+        ("KILLED", None, "FINISHED"),
+        ("FINISHED", ValueError("boom"), "FAILED"),
+        ("FAILED", KeyboardInterrupt(), "KILLED"),
+    ],
+)
+def test_resumed_ended_run_ends_with_the_new_sessions_status(
+    project: Project, before: str, error: BaseException | None, after: str
+) -> None:
+    run_id = _run_in_state(project, before)
+    config = project.config(overrides={"tracking.run.id": run_id})
+    session = TrackingSession(config, name="second")
+
+    with _raises_if(error is not None, type(error) if error else Exception), session as s:
+        assert run_of(s).info.status == "RUNNING"
+        if error is not None:
+            raise error
+
+    assert run_of(session).info.status == after
+    assert run_of(session).info.run_name == "earlier"
+
+
+@pytest.mark.parametrize("resume_running", [False, True])
+def test_check_agrees_with_the_session_about_resuming_a_running_run(
+    project: Project, resume_running: bool
+) -> None:
+    from trackcfg._cli import run_checks
+
+    run_id = _run_in_state(project, "RUNNING")
+    project.config(
+        f"tracking:\n  run:\n    id: {run_id}\n    resume_running: {str(resume_running).lower()}\n"
+    )
+
+    items = run_checks(project.root / "mlflow.yml", None, 10.0, lambda item: None)
+
+    (run_item,) = [item for item in items if item.what == "run"]
+    if resume_running:
+        assert run_item.status.name == "OK", run_item
+    else:
+        assert run_item.status.name == "FAIL"
+        assert run_item.detail == (
+            f"run {run_id!r} (tracking.run.id) is RUNNING: another process may be logging to "
+            "it, and this session would end it"
+        )
+        assert "tracking.run.resume_running: true" in str(run_item.fix)

@@ -14,6 +14,7 @@ from ._session import TrackingSession
 from ._workers import activate_inherited_run
 from .exceptions import (
     ConfigError,
+    CredentialsError,
     ExperimentError,
     ParamValueTooLongError,
     RunError,
@@ -23,6 +24,7 @@ from .exceptions import (
 
 __all__ = [
     "ConfigError",
+    "CredentialsError",
     "ExperimentError",
     "LongParamsStrategy",
     "ParamValueTooLongError",

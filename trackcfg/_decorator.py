@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from ._config import TrackingConfig
 from ._loading import load_config
+from ._params import CYCLE
 from ._session import TrackingSession
 
 if TYPE_CHECKING:
@@ -35,13 +36,35 @@ ParamsSpec = Literal["args"] | Sequence[str] | None
 _PLAIN = (str, int, float, bool, complex, type(None), Path)
 
 
-def _loggable(name: str, value: Any) -> Any:
+# Mappings nested deeper than this are logged as their type name: a param that deep is no
+# use to anyone, and descending further would reach Python's recursion limit.
+_MAX_DEPTH = 100
+
+
+def _loggable(name: str, value: Any, _within: frozenset[int] = frozenset()) -> Any:
     """The value to hand to the param policy: plain values and containers as they are; an
-    object with no meaningful text form as its type name, with a warning."""
+    object with no meaningful text form as its type name, with a warning.  A mapping met again
+    inside itself (``d["self"] = d``) is logged as Python prints it, ``{...}`` (``CYCLE``),
+    with a warning, so the call runs (``_within``: the mappings around ``value``)."""
     if isinstance(value, _PLAIN):
         return value
     if isinstance(value, Mapping):
-        return {k: _loggable(f"{name}.{k}", v) for k, v in value.items()}
+        if id(value) in _within:
+            logger.warning(
+                "argument %r: a mapping that contains itself; the inner occurrence is logged as %s",
+                name,
+                CYCLE,
+            )
+            return CYCLE
+        if len(_within) >= _MAX_DEPTH:
+            logger.warning(
+                "argument %r: mappings nested deeper than %d levels; logged as its type name",
+                name,
+                _MAX_DEPTH,
+            )
+            return type(value).__name__
+        inner = _within | {id(value)}
+        return {k: _loggable(f"{name}.{k}", v, inner) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return value
     cls: Any = type(value)
@@ -130,6 +153,9 @@ def _decorate(
 
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            # Entered here, when the coroutine runs: inside the asyncio task that runs it
+            # (never at the call, which only makes the coroutine), so the run is that task's
+            # and concurrent calls (asyncio.gather) are independent runs.
             with session_for(args, kwargs):
                 return await async_func(*args, **kwargs)
 

@@ -12,7 +12,14 @@ MLflow internals relied on (pinned by ``tests/test_mlflow_backend.py``):
 - ``mlflow.tracking.fluent._active_experiment_id``: so plain ``mlflow.start_run(nested=True)``
   inside a session lands in the session's experiment, without a ``set_experiment`` request;
 - ``mlflow.tracking.fluent._active_run_stack``: to make a run that the session attached to
-  (and must not end) active, and to take it off again without terminating it;
+  (and must not end) active, and to take it off again without terminating it; and, while
+  sessions are open, replaced by a stand-in with the same interface (``get``, ``set``,
+  ``get_all_thread_values``, ``reset``; MLflow's functions look it up at each call and change
+  the list ``get()`` returns in place) that gives each asyncio task or thread where a session
+  placed a run a stack of its own (``_ContextRunStacks``);
+- MLflow's SQLAlchemy store waiting up to 20 s on a locked SQLite file (its ``busy_timeout``)
+  inside the C library, where Ctrl-C cannot interrupt it; the interrupt comes when the call
+  returns, and the frames it unwinds hold the interrupted transaction (``_drop_interrupted``);
 - ``MlflowClient.set_terminated`` fetching the run again (``GET runs/get``) only to print its
   "View run" link, which ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT`` turns off: the backend
   prints the same link from the run it holds and spares that request;
@@ -31,14 +38,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import os
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableSequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 import mlflow
@@ -57,11 +66,13 @@ from mlflow.tracking import _tracking_service as _tracking_pkg
 from mlflow.tracking import fluent as _fluent
 from mlflow.utils import validation as _validation
 
+from . import _state
 from ._backend import ExperimentRef, RunRef, RunStatus
 from ._env import exported
-from ._params import Batch, Limits
+from ._params import Batch, Limits, MetricPoint
+from ._store import mask_uri
 from ._transport import QuickAckMount, mount_quickack, not_used
-from .exceptions import ExperimentError, RunError, TrackingUnavailableError
+from .exceptions import CredentialsError, ExperimentError, RunError, TrackingUnavailableError
 
 __all__ = ["MlflowBackend"]
 
@@ -79,20 +90,223 @@ def _code(exc: MlflowException) -> int:
     return int(ErrorCode.Value(exc.error_code))
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception behind it, nearest first: ``__cause__``, ``__context__``
+    and the ones urllib3 and requests keep as attributes (``MaxRetryError.reason``) or
+    arguments (``requests.ConnectionError(MaxRetryError(...))``)."""
+    found: list[BaseException] = []
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(current)
+        reason = getattr(current, "reason", None)
+        todo += [current.__cause__, current.__context__]
+        todo += [reason] if isinstance(reason, BaseException) else []
+        todo += [arg for arg in current.args if isinstance(arg, BaseException)]
+    return found
+
+
 def _network_cause(exc: BaseException) -> BaseException | None:
     """The requests error behind an MlflowException, if the server was not reached.
 
     MLflow wraps transport failures in a plain MlflowException (error code INTERNAL_ERROR,
     like a server-side failure), chaining the requests exception; the chain tells them apart.
+    An ``HTTPError`` is not one: the server answered, with an error status.
     """
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
+    for current in _chain(exc):
+        if isinstance(current, requests.exceptions.HTTPError):
+            return None
         if isinstance(current, requests.exceptions.RequestException):
             return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
     return None
+
+
+@attrs.frozen
+class _Unreachable:
+    """Why the server was not reached: what the one-line message says, and the exception
+    deepest in the chain that says it (the error is chained from it: MLflow's own wrapper
+    repeats the URI, credentials included, over a hundred lines of retry frames)."""
+
+    what: str
+    """What happened; ``{server}`` stands for the server's (masked) URI."""
+    fix: str
+    root: BaseException
+    retried: bool = True
+    """Whether the session's budget (request_timeout x max_retries) was spent on it."""
+
+
+_RETRY_FIX = "or raise server.request_timeout / server.max_retries"
+
+
+def _host_port(tracking_uri: str) -> tuple[str, int] | None:
+    parts = urlsplit(tracking_uri)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    return (parts.hostname, port) if parts.hostname else None
+
+
+def _where(tracking_uri: str) -> str:
+    address = _host_port(tracking_uri)
+    return f"{address[0]}:{address[1]}" if address else "its address"
+
+
+def _unreachable(tracking_uri: str, error: BaseException, *, retried: bool) -> _Unreachable:
+    """Name the cause of a failed connection from the exception types in its chain (refused,
+    name not resolved, unreachable network, TLS, timed out, closed), never from message text.
+    """
+    import errno
+    import socket
+    import ssl
+
+    import urllib3.exceptions as u3
+
+    chain = _chain(error)
+    root = chain[-1]
+    for current in chain:
+        if isinstance(current, ssl.SSLError):
+            detail = getattr(current, "verify_message", None) or getattr(current, "reason", None)
+            return _Unreachable(
+                f"the TLS handshake with tracking server {{server}} failed "
+                f"({detail or type(current).__name__})",
+                "check the scheme (http or https) of server.mlflow_tracking_uri and the server's "
+                "certificate (MLFLOW_TRACKING_SERVER_CERT_PATH, or MLFLOW_TRACKING_INSECURE_TLS, "
+                "in the server.credentials entry)",
+                current,
+                retried,
+            )
+    for current in chain:
+        if isinstance(current, ConnectionRefusedError):
+            return _Unreachable(
+                "tracking server {server} refused the connection (nothing listens on "
+                f"{_where(tracking_uri)})",
+                "start the server, or fix the host and port in server.mlflow_tracking_uri",
+                current,
+                retried,
+            )
+        if isinstance(current, (socket.gaierror, u3.NameResolutionError)):
+            host = (_host_port(tracking_uri) or ("?", 0))[0]
+            return _Unreachable(
+                f"the host name {host!r} of tracking server {{server}} could not be resolved",
+                "fix the host in server.mlflow_tracking_uri, or check the DNS and the network",
+                current,
+                retried,
+            )
+        if isinstance(current, OSError) and current.errno in (
+            errno.ENETUNREACH,
+            errno.EHOSTUNREACH,
+        ):
+            return _Unreachable(
+                "tracking server {server} is unreachable from here "
+                f"({os.strerror(current.errno or 0).lower()})",
+                "check the network (VPN, proxy settings) and server.mlflow_tracking_uri",
+                current,
+                retried,
+            )
+    for current in chain:
+        if isinstance(current, (u3.ConnectTimeoutError, requests.exceptions.ConnectTimeout)):
+            return _Unreachable(
+                "tracking server {server} did not accept a connection in time (timed out)",
+                f"check that it is running and reachable, {_RETRY_FIX}",
+                root,
+                retried,
+            )
+        if isinstance(current, (TimeoutError, u3.TimeoutError, requests.exceptions.Timeout)):
+            return _Unreachable(
+                "tracking server {server} did not answer in time (timed out)",
+                f"check that it is running and not overloaded, {_RETRY_FIX}",
+                root,
+                retried,
+            )
+    for current in chain:
+        if isinstance(current, (ConnectionError, u3.ProtocolError)):
+            return _Unreachable(
+                "tracking server {server} closed the connection without an answer "
+                f"({type(current).__name__})",
+                f"check that it is an MLflow server and running, {_RETRY_FIX}",
+                root,
+                retried,
+            )
+    return _Unreachable(
+        f"tracking server {{server}} could not be reached ({type(error).__name__})",
+        f"check that it is running, {_RETRY_FIX}",
+        root,
+        retried,
+    )
+
+
+def _unavailable(tracking_uri: str, why: _Unreachable) -> TrackingUnavailableError:
+    """The one-line message: the server (password masked), the cause, the budget spent on it
+    (none at session start, where a refused connection is not retried) and the fix."""
+    text, fix = why.what.replace("{server}", mask_uri(tracking_uri)), why.fix
+    if why.retried:
+        text += (
+            f", through the session's budget of "
+            f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '?')} retries of "
+            f"{os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s"
+        )
+        fix += "" if _RETRY_FIX in fix else f", {_RETRY_FIX}"
+    return TrackingUnavailableError(f"{text}; {fix}")
+
+
+# A TCP connect that takes longer than this at session start is left to MLflow's own budget.
+_PRECHECK_SECONDS = 1.0
+
+
+def _precheck(tracking_uri: str) -> _Unreachable | None:
+    """At session start, one TCP connect to the server: a refused connection, a host name that
+    does not resolve or an unreachable network is reported at once, instead of after MLflow's
+    retries with backoff (10-35 s with the defaults) for an answer that cannot come.  Anything
+    else (connected, timed out) goes on to the first request.  Skipped where requests would
+    go through a proxy (the proxy, not the server, is what the client connects to)."""
+    import errno
+    import socket
+
+    address = _host_port(tracking_uri)
+    if address is None or not tracking_uri.startswith(("http://", "https://")):
+        return None
+    if requests.utils.get_environ_proxies(tracking_uri):
+        return None
+    try:
+        with socket.create_connection(address, timeout=_PRECHECK_SECONDS):
+            return None
+    except (ConnectionRefusedError, socket.gaierror) as exc:
+        return _unreachable(tracking_uri, exc, retried=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return _unreachable(tracking_uri, exc, retried=False)
+        return None
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status of a server's refusal: from MLflow's error code (which MLflow derives
+    from the status), or from a requests ``HTTPError`` (MLflow's artifact client)."""
+    if isinstance(exc, MlflowException):
+        status: Any = exc.get_http_status_code  # untyped in MLflow
+        return int(status())
+    if isinstance(exc, requests.exceptions.HTTPError) and exc.response is not None:
+        return int(exc.response.status_code)
+    return None
+
+
+def _refused_credentials(tracking_uri: str, status: int) -> CredentialsError:
+    shown = mask_uri(tracking_uri)
+    if status == 401:
+        return CredentialsError(
+            f"credentials rejected by {shown} (HTTP 401: none were sent, or the user name, "
+            "password or token is wrong); check server.credentials (its entry's "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN)"
+        )
+    return CredentialsError(
+        f"credentials refused by {shown} for this request (HTTP 403: the user has no "
+        "permission for it); check server.credentials, or ask the server's admin for "
+        "permission on the experiment"
+    )
 
 
 # SQLite's result codes for "another connection holds the lock" (sqlite3 names them from 3.11).
@@ -112,35 +326,362 @@ def _sqlite_busy(exc: BaseException) -> bool:
     return False
 
 
+# SQLite's lock bytes (rollback journal: os_unix.c's PENDING_BYTE, RESERVED_BYTE and the 510
+# SHARED bytes after them) and, in WAL mode, the write lock's byte of the ``-shm`` file.
+_SQLITE_LOCK_BYTES = (0x40000000, 0x40000000 + 2 + 510)
+_WAL_WRITE_LOCK_BYTE = 120
+
+
+def _sqlite_lock_holder(db: Path) -> int | None:
+    """The process holding a lock on the SQLite file ``db`` (or its ``-shm`` file) that keeps
+    a writer out: another process's id, ``os.getpid()`` when only this process holds one
+    (through another connection), None when no lock is held now or where it cannot be told.
+
+    Read from ``/proc/locks`` (Linux): opening the file to ask ``fcntl`` would be wrong, as
+    closing any descriptor of it drops every POSIX lock this process holds on it, SQLite's
+    included."""
+    try:
+        targets: dict[str, tuple[int, int]] = {}
+        for path, (low, high) in (
+            (db, _SQLITE_LOCK_BYTES),
+            (db.with_name(db.name + "-shm"), (_WAL_WRITE_LOCK_BYTE, _WAL_WRITE_LOCK_BYTE)),
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(path)
+                key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+                targets[key] = (low, high)
+        with open("/proc/locks", encoding="ascii", errors="replace") as listing:
+            lines = listing.read().splitlines()
+    except OSError:
+        return None
+    holders: list[tuple[bool, int]] = []  # (a write lock, pid)
+    for line in lines:
+        fields = line.split()
+        if "->" in fields or len(fields) < 8 or fields[1] != "POSIX":
+            continue  # a waiter's entry, or another kind of lock
+        rw, pid, where, start, end = fields[3], fields[4], fields[5], fields[6], fields[7]
+        span = targets.get(where)
+        if span is None or not pid.isdigit() or not start.isdigit():
+            continue
+        last = span[1] + 1 if end == "EOF" else int(end)
+        if int(start) <= span[1] and last >= span[0]:
+            holders.append((rw == "WRITE", int(pid)))
+    for _, holder in sorted(holders, key=lambda held: not held[0]):  # writers first
+        if holder != os.getpid():
+            return holder
+    return os.getpid() if holders else None
+
+
+def _locked_store_error(tracking_uri: str) -> TrackingUnavailableError:
+    """What happened when a write to a SQLite store gave up waiting for its lock, naming who
+    holds the lock where that can be told (``_sqlite_lock_holder``)."""
+    db = _sqlite_file(tracking_uri)
+    holder = None if db is None else _sqlite_lock_holder(db)
+    waited = (
+        f"a write to SQLite store {mask_uri(tracking_uri)} waited for its lock longer than "
+        "MLflow waits (20 s)"
+    )
+    server = (
+        "SQLite lets one connection write at a time, so for many processes writing at once use "
+        "a tracking server (mlflow server --backend-store-uri postgresql+psycopg2://...; see "
+        "docs/scale.md)"
+    )
+    if holder == os.getpid():
+        return TrackingUnavailableError(
+            f"{waited}: this process (pid {holder}) holds that lock itself, through another "
+            "connection with a transaction left open (a sqlite3 connection of the program's "
+            "own to that file, or a write interrupted by Ctrl-C); commit or close it"
+        )
+    if holder is not None:
+        return TrackingUnavailableError(
+            f"{waited}: process {holder} holds it (a program writing to the store, or one "
+            f"that left a transaction open); {server}"
+        )
+    return TrackingUnavailableError(
+        f"{waited}: another connection held it (of this process or another); {server}"
+    )
+
+
+def _own_lock_let_go(tracking_uri: str) -> bool:
+    """After ending a run gave up waiting for a SQLite lock: whether one more try may pass.
+    Not when another process holds the lock (MLflow waited for it already); when this
+    process held it, the garbage collector may free an interrupted transaction that a cycle
+    of references kept (``_drop_interrupted`` frees the others): then it is let go."""
+    db = _sqlite_file(tracking_uri)
+    if db is None or _sqlite_lock_holder(db) not in (None, os.getpid()):
+        return False
+    gc.collect()
+    return _sqlite_lock_holder(db) != os.getpid()
+
+
+#: Modules whose frames, left behind by an interrupted store call, hold its connection.
+_STORE_MODULES = ("mlflow.", "sqlalchemy.", "sqlite3")
+
+
+def _drop_interrupted(exc: BaseException | None) -> None:
+    """Let go of what a store call interrupted by Ctrl-C, SIGTERM or ``sys.exit()`` holds.
+
+    The interrupt's traceback keeps the frames it unwound, and MLflow's and SQLAlchemy's
+    among them keep the interrupted transaction's session, connection and cursor - with their
+    lock on the database: on a SQLite store, ending the run KILLED would wait 20 s for a lock
+    this very process holds, then fail, leaving the run RUNNING.  Those frames have finished
+    (the exception left them); clearing their variables returns the connection to its pool,
+    rolled back.  The program's own frames are left as they are.  Only for interrupts (not
+    ``Exception``: MLflow's own handlers roll those back)."""
+    if exc is None or isinstance(exc, Exception):
+        return
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        todo += [current.__cause__, current.__context__]
+        tb = current.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            if str(frame.f_globals.get("__name__", "")).startswith(_STORE_MODULES):
+                with contextlib.suppress(RuntimeError):  # still running: not ours to clear
+                    frame.clear()
+            tb = tb.tb_next
+
+
 def _reachable(method: F) -> F:
-    """Turn "the server did not answer" into ``TrackingUnavailableError`` naming the URI
-    (and "the SQLite file stayed locked by other writers" into the same, recommending a
-    server)."""
+    """Translate what stops a backend call at the door, by exception type, MLflow error code
+    or HTTP status (never by message text), with the URI's password masked:
+
+    - the server not reached → ``TrackingUnavailableError`` naming the cause (refused, name
+      not resolved, unreachable, TLS, timed out); at the backend's first call a TCP connect
+      reports the definite ones at once (``_precheck``);
+    - HTTP 401/403 → ``RunError`` pointing at ``server.credentials``;
+    - the SQLite file locked past MLflow's wait → ``TrackingUnavailableError`` naming who
+      holds the lock (``_locked_store_error``);
+    - an interrupt (Ctrl-C, SIGTERM, ``sys.exit()``) in the middle of a call: what the call
+      held is let go (``_drop_interrupted``) before it propagates.
+    """
 
     @functools.wraps(method)
     def wrapper(self: MlflowBackend, *args: Any, **kwargs: Any) -> Any:
+        if not self._prechecked:
+            self._prechecked = True
+            early = _precheck(self.tracking_uri)
+            if early is not None:
+                raise _unavailable(self.tracking_uri, early) from early.root
         try:
             return method(self, *args, **kwargs)
         except (MlflowException, requests.exceptions.RequestException) as exc:
+            status = _http_status(exc)
+            if status in (401, 403):
+                assert status is not None
+                # A requests HTTPError's text holds the whole URL, credentials included.
+                raise _refused_credentials(self.tracking_uri, status) from (
+                    exc if isinstance(exc, MlflowException) else None
+                )
             if _sqlite_busy(exc):
-                raise TrackingUnavailableError(
-                    f"SQLite store {self.tracking_uri} stayed locked by other writers longer "
-                    "than MLflow waits (20 s); SQLite serializes every write, so for many "
-                    "processes use a tracking server (mlflow server --backend-store-uri "
-                    "postgresql+psycopg2://...; see docs/scale.md)"
-                ) from exc
+                raise _locked_store_error(self.tracking_uri) from exc
+            if isinstance(exc, requests.exceptions.HTTPError):  # MLflow's artifact client
+                # Its text holds the whole URL, credentials included: not chained.
+                raise RunError(
+                    f"tracking server {mask_uri(self.tracking_uri)} answered HTTP {status} to "
+                    f"{method.__name__}; see the server's log"
+                ) from None
             cause = _network_cause(exc)
             if cause is None:
                 raise
-            raise TrackingUnavailableError(
-                f"tracking server {self.tracking_uri} did not answer "
-                f"({type(cause).__name__}) within the session's budget of "
-                f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '?')} retries of "
-                f"{os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s; check that it is "
-                "running, or raise server.request_timeout / server.max_retries"
-            ) from exc
+            why = _unreachable(self.tracking_uri, cause, retried=True)
+            raise _unavailable(self.tracking_uri, why) from why.root
+        except BaseException as exc:
+            _drop_interrupted(exc)  # Ctrl-C, SIGTERM, sys.exit() in the middle of a call
+            raise
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _artifact_refused(run_id: str, where: str) -> Iterator[None]:
+    """A path the store refused (MLflow's INVALID_PARAMETER_VALUE; an artifact server's HTTP
+    400, as MLflow's artifact client reports it) as a ``RunError`` naming it.  The session
+    refuses the paths it knows to be wrong before sending; this is for the store's own rules.
+    """
+    try:
+        yield
+    except (MlflowException, requests.exceptions.HTTPError) as exc:
+        if _http_status(exc) != 400 or _network_cause(exc) is not None:
+            raise
+        detail = exc.message if isinstance(exc, MlflowException) else "HTTP 400"
+        # A requests HTTPError's text holds the whole URL, credentials included.
+        raise RunError(
+            f"the store refused artifact {where!r} of run {run_id} ({detail}); use a relative "
+            "path inside the run's artifacts, without '..', '#' or a leading '/'"
+        ) from (exc if isinstance(exc, MlflowException) else None)
+
+
+def _link_base(tracking_uri: str) -> str:
+    """The server's address for a link a person opens: without the user name and password
+    (which must not be printed, and which the browser asks for)."""
+    parts = urlsplit(tracking_uri)
+    if "@" not in parts.netloc:
+        return tracking_uri.rstrip("/")
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])).rstrip("/")
+
+
+# ---------------------------------------------------------------------------- active runs
+#
+# MLflow keeps its active-run stack per thread: asyncio tasks in one thread share it, so
+# concurrent sessions would nest under, log into and end each other's runs.  While sessions
+# are open, ``fluent._active_run_stack`` is a stand-in that gives each context (asyncio task,
+# thread) where a session placed a run a stack of its own, held in ``_state.context_runs``.
+
+
+def _own_runs() -> _state.ContextRuns | None:
+    """The current context's own stack, if it has one: made in this process (not a forked
+    child's copy) for the stand-in MLflow reads now (not left over from earlier sessions)."""
+    record = _state.context_runs.get()
+    if record is None or record.pid != os.getpid():
+        return None
+    return record if record.maker is _fluent_state._active_run_stack else None
+
+
+def _write_runs(runs: tuple[Any, ...]) -> None:
+    """Make ``runs`` the current context's stack (a new value: other contexts keep theirs)."""
+    record = _own_runs() or _state.ContextRuns(maker=_fluent_state._active_run_stack)
+    _state.context_runs.set(attrs.evolve(record, runs=runs))
+    before = {run.info.run_id for run in record.runs}
+    after = {run.info.run_id: run for run in runs}
+    with _state.runs_lock:
+        for run_id in before - after.keys():
+            _state.runs_on_context_stacks.pop(run_id, None)
+        for run_id in after.keys() - before:
+            _state.runs_on_context_stacks[run_id] = after[run_id]
+
+
+class _ContextRunList(MutableSequence[Any]):
+    """The current context's stack as the list MLflow's functions use (``append``, ``pop``,
+    ``[-1]``, ``len``, iteration); each change writes the context's new stack."""
+
+    @staticmethod
+    def _runs() -> tuple[Any, ...]:
+        record = _own_runs()
+        return () if record is None else record.runs
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        runs = self._runs()
+        return runs[index] if isinstance(index, int) else list(runs[index])
+
+    @overload
+    def __setitem__(self, index: int, value: Any) -> None: ...
+    @overload
+    def __setitem__(self, index: slice, value: Iterable[Any]) -> None: ...
+    def __setitem__(self, index: int | slice, value: Any) -> None:
+        runs = list(self._runs())
+        runs[index] = value
+        _write_runs(tuple(runs))
+
+    def __delitem__(self, index: int | slice) -> None:
+        runs = list(self._runs())
+        del runs[index]
+        _write_runs(tuple(runs))
+
+    def __len__(self) -> int:
+        return len(self._runs())
+
+    def insert(self, index: int, value: Any) -> None:
+        runs = list(self._runs())
+        runs.insert(index, value)
+        _write_runs(tuple(runs))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, _ContextRunList)):
+            return list(self._runs()) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(list(self._runs()))
+
+
+class _ContextRunStacks:
+    """Stands in for MLflow's ``_active_run_stack`` (a ``ThreadLocalVariable`` with one list
+    per thread) while sessions are open: a context with a stack of its own reads and changes
+    that one; any other context, its thread's list, as before."""
+
+    def __init__(self, per_thread: Any) -> None:
+        self.per_thread = per_thread
+
+    def get(self) -> Any:
+        return _ContextRunList() if _own_runs() is not None else self.per_thread.get()
+
+    def set(self, value: Any) -> None:
+        if _own_runs() is not None:
+            _write_runs(tuple(value))
+        else:
+            self.per_thread.set(value)
+
+    def get_all_thread_values(self) -> dict[int, Any]:
+        """Every thread's list, and (under -1, not a thread id: MLflow looks only at the
+        lists, for the latest run active anywhere) the runs on contexts' own stacks."""
+        values = dict(self.per_thread.get_all_thread_values())
+        with _state.runs_lock:
+            elsewhere = list(_state.runs_on_context_stacks.values())
+        if elsewhere:
+            values[-1] = elsewhere
+        return values
+
+    def reset(self) -> None:
+        self.per_thread.reset()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.per_thread, name)
+
+
+def _use_context_stacks() -> bool:
+    """Install the stand-in; False when it is installed already (nothing to take off)."""
+    current = _fluent_state._active_run_stack
+    if isinstance(current, _ContextRunStacks):
+        return False
+    _fluent_state._active_run_stack = _ContextRunStacks(current)
+    return True
+
+
+def _stop_context_stacks() -> None:
+    """Give MLflow its per-thread stacks back.  Runs the current context started beyond the
+    sessions' (plain ``mlflow.start_run()`` left open) go on its thread's list, to stay
+    active; other contexts' stacks are from then on ignored (``_own_runs``)."""
+    current = _fluent_state._active_run_stack
+    record = _own_runs()
+    if isinstance(current, _ContextRunStacks):
+        if record is not None:
+            thread_runs = current.per_thread.get()
+            known = {run.info.run_id for run in thread_runs}
+            thread_runs.extend(run for run in record.runs if run.info.run_id not in known)
+        _fluent_state._active_run_stack = current.per_thread
+    _state.context_runs.set(None)
+    with _state.runs_lock:
+        _state.runs_on_context_stacks.clear()
+
+
+def _take_own_stack() -> None:
+    """Before a session puts a run on the stack: give the current context a stack of its own,
+    a copy of what it sees now (a task created later copies it in turn, with the run)."""
+    stacks = _fluent_state._active_run_stack
+    if isinstance(stacks, _ContextRunStacks) and _own_runs() is None:
+        runs = tuple(stacks.per_thread.get())
+        base = tuple(run.info.run_id for run in runs)
+        _state.context_runs.set(_state.ContextRuns(runs=runs, base=base, maker=stacks))
+
+
+def _give_back_stack() -> None:
+    """After a session took a run off: once only the runs the context found are left, it
+    reads its thread's list again (where those runs still are)."""
+    record = _own_runs()
+    if record is not None and tuple(run.info.run_id for run in record.runs) == record.base:
+        _state.context_runs.set(None)
 
 
 @attrs.frozen
@@ -148,6 +689,7 @@ class _StoreToken:
     tracking_uri: str | None
     registry_uri: str | None
     experiment_id: str | None
+    context_stacks: bool = False  # whether use_store installed the stand-in
 
 
 def _mlflow_rest_sessions() -> list[requests.Session]:
@@ -193,9 +735,10 @@ def _run_link(tracking_uri: str, run: Any) -> str | None:
     them (one more request per run, ~10 ms on a fast server, ~50 ms on a stalling one).
 
     None, and MLflow decides as before, where its rules differ from a plain server (Databricks,
-    workspaces), where the user turned the printing off, or where its helpers moved."""
+    workspaces), where the user turned the printing off, or where its helpers moved.  For a
+    local store, where MLflow prints nothing: ``_local_run_link``."""
     if not tracking_uri.startswith(("http://", "https://")):
-        return None
+        return _local_run_link(tracking_uri, run)
     try:
         from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
         from mlflow.utils import databricks_utils
@@ -206,10 +749,41 @@ def _run_link(tracking_uri: str, run: Any) -> str | None:
     databricks: Any = databricks_utils
     if suppress.get() or databricks.is_in_databricks_runtime() or get_request_workspace():
         return None
-    experiment = f"{tracking_uri.rstrip('/')}/#/experiments/{run.info.experiment_id}"
+    experiment = f"{_link_base(tracking_uri)}/#/experiments/{run.info.experiment_id}"
     return (
         f"\N{RUNNER} View run {run.info.run_name} at: {experiment}/runs/{run.info.run_id}\n"
         f"\N{TEST TUBE} View experiment at: {experiment}\n"
+    )
+
+
+def _local_run_link(tracking_uri: str, run: Any) -> str | None:
+    """For a top-level run in a local store (a SQLite file, an old file store), which MLflow
+    ends silently: the command that shows it, as it runs in a shell, and the run's address
+    there (MLflow's UI listens on 127.0.0.1:5000 by default).  Children are found under their
+    parent: a sweep says it once.  Off with ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT``, as
+    MLflow's own link."""
+    import shlex
+
+    from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
+
+    suppress: Any = MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
+    if suppress.get() or run.data.tags.get("mlflow.parentRunId"):
+        return None
+    if _sqlite_file(tracking_uri) is not None:
+        variables = ""
+    elif tracking_uri.startswith("file:"):
+        variables = "MLFLOW_ALLOW_FILE_STORE=true "  # MLflow 3 opens a file store only so
+    else:  # in memory, or not local
+        return None
+    # This interpreter by its path: a bare `mlflow` found on PATH now may be a virtualenv's
+    # that the user's shell does not have (nox, tox and IDE runners put theirs on PATH).
+    mlflow_command = f"{shlex.quote(sys.executable)} -m mlflow"
+    command = f"{variables}{mlflow_command} ui --backend-store-uri {shlex.quote(tracking_uri)}"
+    info = run.info
+    return (
+        f"\N{RUNNER} View run {info.run_name} with: {command}\n"
+        f"   then open http://127.0.0.1:5000/#/experiments/{info.experiment_id}/runs/"
+        f"{info.run_id}\n"
     )
 
 
@@ -323,10 +897,13 @@ def mlflow_limits() -> Limits:
 
 @attrs.define
 class MlflowBackend:
-    tracking_uri: str
-    registry_uri: str | None = None
+    tracking_uri: str = attrs.field(repr=lambda uri: repr(mask_uri(uri)))
+    registry_uri: str | None = attrs.field(
+        default=None, repr=lambda uri: repr(None if uri is None else mask_uri(uri))
+    )
     _client: Any = attrs.field(init=False)
     _quickack: QuickAckMount | None = attrs.field(init=False, default=None)
+    _prechecked: bool = attrs.field(init=False, default=False)
 
     def __attrs_post_init__(self) -> None:
         # The client builds MLflow's (per-process, cached) store, creating a new one's tables.
@@ -352,6 +929,7 @@ class MlflowBackend:
             tracking_uri=_tracking_utils._tracking_uri,
             registry_uri=_registry_utils._registry_uri,
             experiment_id=_fluent_state._active_experiment_id,
+            context_stacks=_use_context_stacks(),
         )
         mlflow.set_tracking_uri(self.tracking_uri)
         if self.registry_uri is not None:
@@ -367,6 +945,8 @@ class MlflowBackend:
         if _registry_utils._registry_uri != token.registry_uri:
             _registry_utils._registry_uri = token.registry_uri
         _fluent_state._active_experiment_id = token.experiment_id
+        if token.context_stacks:
+            _stop_context_stacks()
 
     # ---------------------------------------------------------------- experiments
 
@@ -392,6 +972,8 @@ class MlflowBackend:
                 )
             )
         except MlflowException as exc:
+            if _network_cause(exc) is not None or _http_status(exc) in (401, 403):
+                raise  # the server was not reached, or refused the credentials: _reachable
             if _code(exc) == RESOURCE_ALREADY_EXISTS:
                 # Another process created it between our lookup and our create.
                 found = self.get_experiment(name)
@@ -441,6 +1023,7 @@ class MlflowBackend:
         # With MLFLOW_RUN_ID set, mlflow.start_run() would reopen that run instead of starting
         # one; the session decided already what it means and restores the variable on exit.
         os.environ.pop("MLFLOW_RUN_ID", None)
+        _take_own_stack()
         top = self.active_run_id()
         if parent_run_id is not None and top == parent_run_id:
             active = mlflow.start_run(
@@ -464,11 +1047,13 @@ class MlflowBackend:
     @_reachable
     def resume_run(self, run_id: str) -> None:
         # No run_name: MLflow would rename the run it reopens.
+        _take_own_stack()
         mlflow.start_run(run_id=run_id, nested=self.active_run_id() is not None)
 
     @_reachable
     def push_active(self, run_id: str) -> None:
         run = self._client.get_run(run_id)
+        _take_own_stack()
         _fluent_state._active_run_stack.get().append(_fluent_state.ActiveRun(run))
 
     def pop_active(self, run_id: str) -> None:
@@ -476,18 +1061,30 @@ class MlflowBackend:
         for i in range(len(stack) - 1, -1, -1):
             if stack[i].info.run_id == run_id:
                 del stack[i]
-                return
+                break
+        _give_back_stack()
 
     @_reachable
     def end_run(self, run_id: str, status: RunStatus) -> None:
+        # Ended while an interrupt propagates (Ctrl-C, SIGTERM): what the interrupted call
+        # holds goes first, else the end would wait for this very process's lock.
+        _drop_interrupted(sys.exc_info()[1])
         held = [run for run in _fluent_state._active_run_stack.get() if run.info.run_id == run_id]
         link = _run_link(self.tracking_uri, held[-1]) if held else None
-        with exported({} if link is None else {_SUPPRESS_LINK: "true"}):
-            if self.active_run_id() == run_id:
-                mlflow.end_run(status.value)
-            else:
-                self.pop_active(run_id)
-                self._client.set_terminated(run_id, status.value)
+        try:
+            with exported({} if link is None else {_SUPPRESS_LINK: "true"}):
+                try:
+                    if self.active_run_id() == run_id:
+                        mlflow.end_run(status.value)  # takes it off the stack, then ends it
+                    else:
+                        self.pop_active(run_id)
+                        self._client.set_terminated(run_id, status.value)
+                except MlflowException as exc:
+                    if not (_sqlite_busy(exc) and _own_lock_let_go(self.tracking_uri)):
+                        raise
+                    self._client.set_terminated(run_id, status.value)  # once more, off the stack
+        finally:
+            _give_back_stack()
         if link is not None:
             sys.stdout.write(link)
 
@@ -512,12 +1109,31 @@ class MlflowBackend:
 
     @_reachable
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self._client.log_text(run_id, text, artifact_file)
+        with _artifact_refused(run_id, artifact_file):
+            self._client.log_text(run_id, text, artifact_file)
 
     @_reachable
     def log_dict(self, run_id: str, data: Mapping[str, Any], artifact_file: str) -> None:
-        self._client.log_dict(run_id, dict(data), artifact_file)
+        with _artifact_refused(run_id, artifact_file):
+            self._client.log_dict(run_id, dict(data), artifact_file)
 
     @_reachable
     def log_artifact(self, run_id: str, path: str, artifact_path: str | None) -> None:
-        self._client.log_artifact(run_id, path, artifact_path)
+        with _artifact_refused(run_id, artifact_path or os.path.basename(path)):
+            self._client.log_artifact(run_id, path, artifact_path)
+
+    # ---------------------------------------------------------------- journal replay
+
+    @_reachable
+    def metric_history(self, run_id: str, key: str) -> list[MetricPoint]:
+        return [
+            MetricPoint(key=m.key, value=m.value, step=m.step, timestamp=m.timestamp)
+            for m in self._client.get_metric_history(run_id, key)
+        ]
+
+    @_reachable
+    def terminate(self, run_id: str, status: RunStatus, end_time: int | None) -> None:
+        # No "View run" line: ``trackcfg sync --json`` prints JSON only, and a session's
+        # background sync must not print into its program's output (one request fewer too).
+        with exported({_SUPPRESS_LINK: "true"}):
+            self._client.set_terminated(run_id, status.value, end_time)

@@ -13,30 +13,41 @@ before a run is created, and the policy is the same whatever the store.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import posixpath
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import PureWindowsPath
+from typing import Any, Final
 
 import attrs
 
 from trackcfg._config import LongParamsStrategy, ParamsConfig
-from trackcfg.exceptions import ConfigError, ConfigProblem, ParamValueTooLongError
+from trackcfg.exceptions import ConfigError, ConfigProblem, ParamValueTooLongError, RunError
 
 __all__ = [
+    "CYCLE",
     "DEFAULT_LIMITS",
+    "STEP_MAX",
+    "STEP_MIN",
     "Batch",
     "Limits",
     "MetricPoint",
+    "PreparedMetrics",
     "PreparedParams",
+    "artifact_path_problem",
+    "artifact_path_suggestion",
+    "checked_step",
     "flatten",
     "is_valid_key",
     "plan_batches",
+    "prepare_metrics",
     "prepare_params",
     "prepare_tags",
     "render_value",
     "sanitize_key",
+    "shorten",
 ]
 
 logger = logging.getLogger(__name__)
@@ -100,6 +111,22 @@ class Batch:
 # flatten
 
 
+class _Cycle:
+    """Stands for a mapping met again inside itself: rendered as Python prints it (``{...}``),
+    so ``str()`` of a mapping holding it reads exactly like ``str()`` of the original."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "{...}"
+
+    __str__ = __repr__
+
+
+CYCLE: Final = _Cycle()
+"""The value logged for a mapping that contains itself (``d["self"] = d``)."""
+
+
 @attrs.frozen
 class _Entry:
     key: str
@@ -114,10 +141,23 @@ def _origin_label(origin: tuple[object, ...]) -> str:
 
 
 def _entries(
-    params: Mapping[Any, Any], *, flatten: bool, recursive: bool, sep: str
+    params: Mapping[Any, Any],
+    *,
+    flatten: bool,
+    recursive: bool,
+    sep: str,
+    warn: Callable[..., None] | None = None,
 ) -> Iterator[_Entry]:
     for key, value in params.items():
-        yield from _flat(key, (key,), value, flatten=flatten, recursive=recursive, sep=sep)
+        yield from _flat(
+            key,
+            (key,),
+            value,
+            flatten=flatten,
+            recursive=recursive,
+            sep=sep,
+            warn=warn or logger.warning,
+        )
 
 
 def _flat(
@@ -128,20 +168,42 @@ def _flat(
     flatten: bool,
     recursive: bool,
     sep: str,
+    warn: Callable[..., None],
 ) -> Iterator[_Entry]:
     # An empty mapping would vanish when flattened; keeping it as "{}" loses nothing.
     if not flatten or not isinstance(value, Mapping) or not value:
         yield _Entry(str(key), origin, value)
         return
-    for child_key, child in value.items():
-        yield from _flat(
-            f"{key!s}{sep}{child_key!s}",
-            (*origin, child_key),
-            child,
-            flatten=recursive,
-            recursive=recursive,
-            sep=sep,
-        )
+    # A loop over a stack of iterators, not recursion: a deep mapping must not reach Python's
+    # recursion limit, and a mapping that contains itself must end (its inner occurrence is
+    # logged as Python prints it, "{...}", with a warning).
+    on_path: dict[int, tuple[object, ...]] = {id(value): origin}
+    stack: list[tuple[str, tuple[object, ...], Iterator[tuple[Any, Any]], int]] = [
+        (str(key), origin, iter(value.items()), id(value))
+    ]
+    while stack:
+        prefix, prefix_origin, items, mapping_id = stack[-1]
+        for child_key, child in items:
+            child_flat = f"{prefix}{sep}{child_key!s}"
+            child_origin = (*prefix_origin, child_key)
+            if recursive and isinstance(child, Mapping) and child:
+                outer = on_path.get(id(child))
+                if outer is not None:
+                    warn(
+                        "param %s is %s again (a mapping that contains itself); logged as %s",
+                        _origin_label(child_origin),
+                        _origin_label(outer),
+                        CYCLE,
+                    )
+                    yield _Entry(child_flat, child_origin, CYCLE)
+                    continue
+                on_path[id(child)] = child_origin
+                stack.append((child_flat, child_origin, iter(child.items()), id(child)))
+                break
+            yield _Entry(child_flat, child_origin, child)
+        else:
+            stack.pop()
+            del on_path[mapping_id]
 
 
 def _merge(
@@ -302,6 +364,7 @@ def prepare_params(
             flatten=dict_params.flatten,
             recursive=dict_params.recursive,
             sep=dict_params.sep,
+            warn=warn,
         ),
         kind="param",
         limits=limits,
@@ -338,21 +401,34 @@ def prepare_params(
             )
         else:
             path = f"params/{key}.txt"
-            out_tags[key] = value[: limits.tag_value]
+            out_tags[key] = shorten(value, limits.tag_value, artifact=path)
             artifacts[path] = value
             warn(
                 "param %r is %d characters long, past the tag limit %d too; the tag holds "
-                "its first %d characters and the full value is logged as artifact %r "
+                "its beginning and says so, the full value is logged as artifact %r "
                 "(tracking.params.long_params_strategy: tag)",
                 key,
                 len(value),
-                limits.tag_value,
                 limits.tag_value,
                 path,
             )
     return PreparedParams(
         params=out_params, tags=out_tags, artifacts=artifacts, warnings=tuple(warn.messages)
     )
+
+
+def shorten(value: str, limit: int, *, artifact: str | None = None) -> str:
+    """``value`` if it has at most ``limit`` characters, else its beginning followed by a note
+    that says it was shortened: ``"… (12345 characters; full text in artifact <artifact>)"``
+    (``"… (12345 characters)"`` without ``artifact``), ``limit`` characters in all.
+
+    For values trackcfg makes or moves itself (a long param's tag, Kedro's command line): they
+    must never stop a run, and a cut must never pass for the whole value."""
+    if len(value) <= limit:
+        return value
+    where = f"; full text in artifact {artifact}" if artifact else ""
+    note = f"\u2026 ({len(value)} characters{where})"
+    return (value[: max(limit - len(note), 0)] + note)[:limit]
 
 
 def prepare_tags(tags: Mapping[Any, Any], limits: Limits | None = None) -> dict[str, str]:
@@ -386,6 +462,181 @@ def prepare_tags(tags: Mapping[Any, Any], limits: Limits | None = None) -> dict[
     if problems:
         raise ConfigError(problems)
     return rendered
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+@attrs.frozen(kw_only=True)
+class PreparedMetrics:
+    """What to send for one ``log_metrics`` call once the key policy has been applied."""
+
+    values: dict[str, float] = attrs.field(factory=dict)
+    """Final key → value (one point each)."""
+    origins: dict[str, str] = attrs.field(factory=dict)
+    """Final key → the key the caller wrote (``str()``'ed), to refuse a later call whose key
+    becomes the same series (``prepare_metrics(..., earlier=)``)."""
+    warnings: tuple[str, ...] = ()
+
+
+def prepare_metrics(
+    metrics: Mapping[Any, Any],
+    limits: Limits | None = None,
+    *,
+    earlier: Mapping[str, str] | None = None,
+) -> PreparedMetrics:
+    """Metric keys through the param key policy: valid keys unchanged, others sanitized with a
+    warning, never merged in silence.
+
+    A metric key names a series: two keys of the call that give the same final key
+    (``"a b!"`` and ``"a b?"`` both become ``"a b_"``) are refused whatever their values, as is
+    a key that gives the final key of a *different* key logged before (``earlier``: the
+    ``origins`` of the calls before, which also keeps a rename from being warned about at every
+    step).  Raises ``ConfigError`` listing every bad key (collision, too long, value that is
+    not a number), naming the keys as written.
+    """
+    limits = limits or DEFAULT_LIMITS
+    earlier = earlier or {}
+    if earlier:
+        # A training loop's every step: the same keys, each logged before exactly as written
+        # (so valid, distinct, its own series): only the values are left to check.  Anything
+        # else (a new key, a value that is not a number) takes the full check below.
+        longest = limits.key
+        known: dict[str, float] = {}
+        for k, v in metrics.items():
+            if type(k) is not str or earlier.get(k) != k or len(k) > longest:
+                break
+            try:
+                known[k] = float(v)
+            except (TypeError, ValueError):
+                break
+        else:
+            return PreparedMetrics(values=known, origins=dict(zip(known, known, strict=True)))
+    warn = _Warnings()
+    problems: list[ConfigProblem] = []
+    values: dict[str, float] = {}
+    origins: dict[str, str] = {}
+    for raw_key, raw_value in metrics.items():
+        written = str(raw_key)
+        # A key logged before exactly as written passed the policy unchanged: a training
+        # loop logs the same keys at every step, so skip re-checking them.
+        key = written if earlier.get(written) == written else sanitize_key(written)
+        first = origins.get(key)
+        before = earlier.get(key)
+        if first is not None:
+            problems.append(
+                ConfigProblem(
+                    key=key,
+                    message=(
+                        f"metrics {first!r} and {written!r} both become the metric key {key!r} "
+                        "(one series); rename one of them"
+                    ),
+                )
+            )
+            continue
+        if before is not None and before != written:
+            problems.append(
+                ConfigProblem(
+                    key=key,
+                    message=(
+                        f"metric {written!r} becomes the metric key {key!r}, the series of metric "
+                        f"{before!r} logged before in this run; rename one of them"
+                    ),
+                )
+            )
+            continue
+        if key != written and before is None:
+            warn("metric key %r is not accepted by MLflow; logged as %r", written, key)
+        if len(key) > limits.key:
+            problems.append(
+                ConfigProblem(
+                    key=key,
+                    message=(
+                        f"metric key is {len(key)} characters long; MLflow accepts at most "
+                        f"{limits.key}. Use a shorter key"
+                    ),
+                )
+            )
+            continue
+        try:
+            value = float(raw_value)
+        except (TypeError, ValueError):
+            problems.append(
+                ConfigProblem(
+                    key=key,
+                    message=f"metric {written!r}: value {raw_value!r} is not a number",
+                )
+            )
+            continue
+        values[key] = value
+        origins[key] = written
+    if problems:
+        raise ConfigError(problems)
+    return PreparedMetrics(values=values, origins=origins, warnings=tuple(warn.messages))
+
+
+STEP_MIN: Final = -(2**63)
+STEP_MAX: Final = 2**63 - 1
+"""MLflow stores a step as a 64-bit signed integer (``int64`` in its protocol, ``BIGINT`` in its
+SQL stores): "Step must be a valid long (64-bit integer)"."""
+
+
+def checked_step(step: object, *, call: str = "log_metrics") -> int:
+    """``step`` as MLflow stores it (``None`` is 0); ``RunError`` naming the step for anything
+    that is not an integer (``1.5``, ``"3"``, ``True``) or is outside 64 bits, before anything
+    is sent: MLflow would store ``1.5`` as 1, and refuse the others only once sent, with an
+    error of its store (``Python int too large to convert to SQLite INTEGER``)."""
+    if step is None:
+        return 0
+    if type(step) is int and STEP_MIN <= step <= STEP_MAX:
+        return step  # the usual case, without isinstance's slower check of numbers.Integral
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        raise RunError(
+            f"{call}: step {step!r} ({type(step).__name__}) is not an integer; MLflow stores "
+            "steps as 64-bit integers: pass an int, such as the epoch or batch number"
+        )
+    value = int(step)
+    if not STEP_MIN <= value <= STEP_MAX:
+        raise RunError(
+            f"{call}: step {value} is outside the steps MLflow stores (64-bit integers, "
+            f"{STEP_MIN} to {STEP_MAX}); use a smaller step"
+        )
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# artifact paths
+
+
+def artifact_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a place inside a run's artifacts, or None when it can.
+
+    MLflow's rule (``mlflow.store.artifact.artifact_repo.verify_artifact_path`` and, on a
+    server, ``mlflow.utils.uri.validate_path_is_safe``): a relative path in normal form that
+    stays inside the run's artifact folder.  MLflow reports a break of it with an error code
+    it also uses for unrelated failures, so trackcfg checks before sending.
+    """
+    if not isinstance(path, str):
+        return f"is a {type(path).__name__}, not a string"
+    if path in ("", "."):
+        return "is empty"
+    if path.startswith("/") or PureWindowsPath(path).is_absolute():
+        return "is absolute"
+    normal = posixpath.normpath(path)
+    if normal == ".." or normal.startswith("../") or ".." in path.split("/"):
+        return "goes out of the run's artifact folder ('..')"
+    if normal != path:
+        return f"is not in normal form (MLflow would read it as {normal!r})"
+    return None
+
+
+def artifact_path_suggestion(path: str) -> str:
+    """A path inside the run's artifacts close to ``path`` (for messages)."""
+    parts = [
+        part for part in str(path).replace("\\", "/").split("/") if part not in ("", ".", "..")
+    ]
+    return "/".join(parts) or "file.txt"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from ._backend import ExperimentRef, RunRef
+from ._backend import ExperimentRef, RunRef, RunStatus
 from ._config import ExperimentConfig, RankPolicy, TrackingConfig
 from .exceptions import ExperimentError, RunError, TrackcfgError
 
@@ -26,6 +26,7 @@ __all__ = [
     "changed_params",
     "disabled_reason",
     "experiment_plan",
+    "named_run_refusal",
     "placement",
     "resume_refusal",
 ]
@@ -120,14 +121,29 @@ def changed_params(logged: Mapping[str, str], new: Mapping[str, str]) -> str | N
 
 
 def resume_refusal(
-    run_id: str, existing: RunRef | None, params: Mapping[str, str]
+    run_id: str,
+    existing: RunRef | None,
+    params: Mapping[str, str],
+    *,
+    resume_running: bool,
 ) -> Refusal | None:
-    """Whether continuing ``run_id`` (``tracking.run.id``) with ``params`` is refused."""
+    """Whether continuing ``run_id`` (``tracking.run.id``) with ``params`` is refused.
+
+    A RUNNING run is refused unless ``tracking.run.resume_running``: another process may be
+    logging to it, and the session would end it.  A FINISHED, FAILED or KILLED run is
+    continued (RUNNING again), and ends with the session's own status."""
     if existing is None or existing.deleted:
         state = "is deleted" if existing is not None else "does not exist"
         return Refusal(
             f"run {run_id!r} (tracking.run.id) {state}",
             "set tracking.run.id: null to start a new run",
+        )
+    if existing.status is RunStatus.RUNNING and not resume_running:
+        return Refusal(
+            f"run {run_id!r} (tracking.run.id) is RUNNING: another process may be logging to "
+            "it, and this session would end it",
+            "let it end first, start a new run (tracking.run.id: null), or set "
+            "tracking.run.resume_running: true to continue it anyway",
         )
     changed = changed_params(existing.params, params)
     if changed:
@@ -138,14 +154,49 @@ def resume_refusal(
     return None
 
 
-def attach_refusal(run_id: str, existing: RunRef | None) -> Refusal | None:
-    """Whether attaching to the active run ``run_id`` (``run.nested: false``) is refused."""
-    if existing is None or existing.deleted:
+def attach_refusal(
+    run_id: str, existing: RunRef | None, *, variable: str | None = "MLFLOW_RUN_ID"
+) -> Refusal | None:
+    """Whether attaching to the active run ``run_id`` (``run.nested: false``) is refused;
+    ``variable``: the environment variable that named it (None: this thread's active run)."""
+    return named_run_refusal(run_id, existing, variable=variable, nest=False)
+
+
+def named_run_refusal(
+    run_id: str, existing: RunRef | None, *, variable: str | None, nest: bool
+) -> Refusal | None:
+    """Whether the run around the session can be used: as the parent of its run (``nest``)
+    or as the run it logs into.  ``variable`` is where the id came from (``MLFLOW_RUN_ID``,
+    ``TRACKCFG_PARENT_RUN_ID``; None: this thread's active run); ``existing`` what the store
+    holds under that id.  A stale variable (a run of another store, of an earlier job, or
+    deleted) is refused before anything is created, naming the variable and how to clear it.
+    """
+    if existing is not None and not existing.deleted:
+        return None
+    state = "is deleted" if existing is not None else "does not exist in this store"
+    role = (
+        "the parent of the session's run"
+        if nest
+        else "the run the session logs into (tracking.run.nested: false)"
+    )
+    if variable is None:
         return Refusal(
-            f"the active run {run_id!r} (MLFLOW_RUN_ID or this thread's) does not exist",
-            "unset MLFLOW_RUN_ID or set tracking.run.nested: true",
+            f"this thread's active run {run_id!r}, {role}, {state}",
+            "start the session outside that run, or in the store it belongs to "
+            "(server.mlflow_tracking_uri)",
         )
-    return None
+    if variable == "TRACKCFG_PARENT_RUN_ID":
+        fix = (
+            "TrackingSession.child_env() and share_with_subprocesses() set it for worker "
+            "processes while the parent's session is open: unset TRACKCFG_PARENT_RUN_ID (a "
+            "leftover of another job), or start the worker from a session open on this store"
+        )
+    else:
+        fix = (
+            f"unset {variable} (a leftover of an earlier run, or a run of another store), or "
+            "point server.mlflow_tracking_uri at the store that holds that run"
+        )
+    return Refusal(f"{variable}={run_id!r} names {role}, but that run {state}", fix)
 
 
 class Placement(enum.Enum):

@@ -10,19 +10,24 @@ Entering a session, in this order (nothing reaches the store before steps 1-2 pa
 3. credentials are exported as environment variables; the local store folder is created;
 4. the experiment is looked up, created or restored as configured (skipped when resuming
    ``run.id``: the run's own experiment is used);
-5. the run: ``run.id`` → that run, reopened (a param whose logged value differs is refused
-   first, leaving the run untouched; the run is never renamed); an active run (this thread's,
-   or ``MLFLOW_RUN_ID``) → a child run when ``run.nested``, else the session attaches to it;
+5. the run: ``run.id`` → that run, reopened (a RUNNING one is refused unless
+   ``run.resume_running``, and a param whose logged value differs is refused, both leaving the
+   run untouched; the run is never renamed); an active run (this task's or thread's, or
+   ``MLFLOW_RUN_ID``) → a child run when ``run.nested``, else the session attaches to it;
    otherwise a new run named ``run.name`` or the session name.  It becomes MLflow's active
-   run, so ``mlflow.log_*`` and autolog inside the block log into it;
+   run in this asyncio task or thread (each has a stack of its own while sessions are open),
+   so ``mlflow.log_*`` and autolog inside the block log into it;
 6. params and tags are logged, in batches.
 
 Leaving it: a run the session started (or reopened) ends FINISHED on success, FAILED when an
 exception escapes (``SystemExit(0)`` counts as success), KILLED on ``KeyboardInterrupt`` or
-SIGTERM; a run it attached to is left running.  Runs left open above the session's own run
-(a child run the code inside never ended) are ended with the same status.  The tracking and
-registry URI, the active experiment, the active-run stack, every environment variable the
-session touched and the SIGTERM handler are given back as they were.
+SIGTERM (with a SIGTERM handler of the program's own, which runs at the signal: when that
+handler raises, or a ``SystemExit`` follows the signal); a run it attached to is left
+running.  Runs left open above the session's own run (a child run the code inside never
+ended) are ended with the same status, but not another open session's run (sessions that end
+out of order each end their own).  The tracking and registry URI, the active experiment, the
+active-run stack, every environment variable the session touched and the SIGTERM handler are
+given back as they were, by the last session open, whatever order they end in.
 
 The rules behind steps 1, 4 and 5 are pure functions in ``_rules`` (``trackcfg check`` shows
 the same decisions); process-wide state is ``_state``'s; the worker contract is
@@ -38,6 +43,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -47,20 +53,24 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from . import _state
-from ._backend import Backend, BackendFactory, RunStatus, open_backend
-from ._config import RankPolicy, TrackingConfig
+from ._artifacts import artifact_places, check_artifact_path, dict_text
+from ._backend import Backend, BackendFactory, RunRef, RunStatus, open_backend
+from ._buffer import BufferedRun, LoggingSettings
+from ._config import LoggingMode, RankPolicy, TrackingConfig
 from ._discovery import find_project_root
 from ._env import EnvSnapshot
 from ._headers import header_provider
-from ._loading import load_config
+from ._journal import open_journal
+from ._loading import load_config, notice_cwd_root
 from ._params import (
     Limits,
     MetricPoint,
     PreparedParams,
+    checked_step,
     plan_batches,
+    prepare_metrics,
     prepare_params,
     prepare_tags,
-    sanitize_key,
 )
 from ._rules import (
     ExperimentAction,
@@ -69,12 +79,27 @@ from ._rules import (
     changed_params,
     disabled_reason,
     experiment_plan,
+    named_run_refusal,
     placement,
     resume_refusal,
 )
-from ._store import StoreLocation, mask_uri, resolve_registry_uri, resolve_store
-from ._workers import activate_inherited_run, inherited_parent, process_rank, worker_env
-from .exceptions import RunError, TrackcfgError
+from ._store import (
+    StoreLocation,
+    mask_uri,
+    missing_driver,
+    resolve_registry_uri,
+    resolve_store,
+    with_connect_timeout,
+)
+from ._sync import journal_folder, sync_journals
+from ._workers import (
+    PARENT_RUN_ENV,
+    activate_inherited_run,
+    inherited_parent,
+    process_rank,
+    worker_env,
+)
+from .exceptions import RunError, TrackcfgError, TrackingUnavailableError
 
 if TYPE_CHECKING:
     import os as _os
@@ -84,12 +109,17 @@ __all__ = ["TrackingSession"]
 logger = logging.getLogger(__name__)
 
 
-def _status_for(exc: BaseException | None) -> RunStatus:
+def _status_for(exc: BaseException | None, *, after_sigterm: bool = False) -> RunStatus:
+    """The status a run ends with when ``exc`` leaves its session (None: success).
+    ``after_sigterm``: SIGTERM came during the session, and the program's own handler ran:
+    a ``SystemExit`` is then the process ending because of the signal."""
     if exc is None or isinstance(exc, GeneratorExit):
         return RunStatus.FINISHED
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, KeyboardInterrupt) or _state.raised_on_sigterm(exc):
         return RunStatus.KILLED
     if isinstance(exc, SystemExit):
+        if after_sigterm:
+            return RunStatus.KILLED
         return RunStatus.FINISHED if exc.code in (None, 0) else RunStatus.FAILED
     return RunStatus.FAILED
 
@@ -156,7 +186,12 @@ class TrackingSession:
         self._env = EnvSnapshot()  # its own exports (share_with_subprocesses)
         self._trapped_sigterm = False
         self._hand_on_sigterm = False
+        self._sigterms_before = 0  # SIGTERMs the trap had seen when the session was entered
+        self._held_run: str | None = None  # the run it owns among the open sessions' runs
         self._logged_params: dict[str, str] = {}
+        self._metric_keys: dict[str, str] = {}  # final metric key -> key as written
+        self._named_run: RunRef | None = None  # looked up by _external_active_run
+        self._buffer: BufferedRun | None = None  # tracking.logging.mode: buffered
         # activate() in a forked copy of this object must not use the parent's backend.
         self._owner_pid = os.getpid()
 
@@ -239,10 +274,11 @@ class TrackingSession:
         if reason is not None:
             logger.info("tracking disabled for %r: %s", self._name, reason)
             return self
+        self._sigterms_before = _state.sigterms_received()
         try:
             self._open()
         except BaseException as exc:
-            self._close(_status_for(exc), raising=False)
+            self._close(self._status_for(exc), raising=False)
             self._hand_on(exc)
             raise
         return self
@@ -255,13 +291,21 @@ class TrackingSession:
     ) -> None:
         if not self._enabled:
             return
-        self._close(_status_for(exc), raising=exc is None)
+        self._close(self._status_for(exc), raising=exc is None)
         self._hand_on(exc)
+
+    def _status_for(self, exc: BaseException | None) -> RunStatus:
+        return _status_for(exc, after_sigterm=_state.sigterms_received() > self._sigterms_before)
 
     def _hand_on(self, exc: BaseException | None) -> None:
         """After the last session let go of the SIGTERM trap: a SIGTERM that ended this one
         goes on to whoever handled it before (by default: the process terminates)."""
         if isinstance(exc, _state.Terminated) and self._hand_on_sigterm:
+            # The default action ends the process at once: output still buffered would be lost
+            # (the "View run" line of the run just ended, when stdout is a pipe).
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
             signal.raise_signal(signal.SIGTERM)
 
     def _disabled_reason(self) -> str | None:
@@ -286,11 +330,86 @@ class TrackingSession:
         inputs = self._check_inputs()  # 2
         backend = self._connect()  # 3
         tags = self._place_run(backend, inputs)  # 4-5
+        self._held_run = self._started_run or self._pushed_run
+        if self._held_run is not None:  # other open sessions must not end it (_end_own_run)
+            _state.hold_run(self._held_run, self)
         if self._parent is None:
             self._trapped_sigterm = _state.trap_sigterm()
+        self._start_buffer(backend, inputs.limits)
         self._send(  # 6
             params=inputs.prepared.params, tags=tags, artifacts=inputs.prepared.artifacts
         )
+
+    def _start_buffer(self, backend: Backend, limits: Limits) -> None:
+        """Buffered logging (``tracking.logging``): a journal and a sender for the run, and
+        the project's earlier journals for this server sent in the background."""
+        settings = self._config.tracking.logging
+        if settings.mode is not LoggingMode.BUFFERED or self._run_id is None:
+            return
+        folder = journal_folder(settings.journal_dir, self.project_root)
+        journal = None
+        if settings.journal:
+            journal = open_journal(
+                folder,
+                run_id=self._run_id,
+                experiment_id=self._experiment_id,
+                tracking_uri=self._shown_store(),
+                ends_run=self._started_run is not None,
+            )
+        self._buffer = BufferedRun(
+            backend=backend,
+            run_id=self._run_id,
+            limits=limits,
+            settings=LoggingSettings(
+                flush_seconds=settings.flush_seconds,
+                max_buffered=settings.max_buffered,
+                exit_timeout=settings.exit_timeout,
+            ),
+            journal=journal,
+            where=self._shown_store(),
+        )
+        self._buffer.start()
+        _state.reset_in_forked_child(self, TrackingSession._leave_buffer_to_parent)
+        if journal is not None and self._parent is None:
+            threading.Thread(
+                target=self._send_earlier_journals,
+                args=(folder,),
+                name="trackcfg-sync",
+                daemon=True,
+            ).start()
+
+    def _send_earlier_journals(self, folder: Path) -> None:
+        """What earlier sessions of this project left for this server (they were killed, or
+        the server was away when they ended): sent in the background, never raising."""
+        try:
+            results = sync_journals(
+                folder,
+                tracking_uri=self.tracking_uri,
+                shown_uri=self._shown_store(),
+                factory=self._backend_factory,
+            )
+        except Exception:
+            logger.debug("could not send earlier journals from %s", folder, exc_info=True)
+            return
+        for result in results:
+            if result.state == "sent":
+                logger.info("sent the journal of run %s (%s)", result.run_id, result.end)
+
+    def _leave_buffer_to_parent(self) -> None:
+        """In a forked child's copy of the session: the buffer (its sender thread, the calls
+        it holds, its journal) is the parent's, which sends it.  The child's own calls through
+        this copy go out as in ``sync`` mode; its journal descriptor is closed (the parent's
+        lock on the file stays: the parent has it open too)."""
+        buffer, self._buffer = self._buffer, None
+        if buffer is not None:
+            buffer.leave_to_parent()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Return when everything logged so far is on the server; raise
+        ``TrackingUnavailableError`` after ``timeout`` seconds (nothing is lost: it is still
+        sent later).  A no-op in ``sync`` mode and for a session that logs nothing."""
+        if self._buffer is not None and not self._closed:
+            self._buffer.flush(timeout)
 
     def _check_inputs(self) -> _Inputs:
         """Step 2: everything that can be checked before touching the store."""
@@ -316,6 +435,12 @@ class TrackingSession:
             self._backend = self._parent._backend
             return self._backend
         config, location = self._config, self._store_location()
+        missing = missing_driver(location.tracking_uri)
+        if missing is not None:  # else SQLAlchemy's bare ModuleNotFoundError, seconds later
+            source = config.sources.get("server.mlflow_tracking_uri")
+            raise missing.error(str(source) if source and source.kind != "default" else None)
+        if config.project_root is None and find_project_root(Path.cwd()) is None:
+            notice_cwd_root(self.project_root, config.server.mlflow_tracking_uri)  # built in code
         env: dict[str, str] = {}
         if config.credentials is not None:
             env.update(config.credentials.as_env())
@@ -330,15 +455,17 @@ class TrackingSession:
             env["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0.5"
         registry = resolve_registry_uri(config.server.mlflow_registry_uri, self.project_root)
         headers = config.server.request_header_provider
+        # A database store: its driver's connect timeout is server.request_timeout.
+        tracking_uri = with_connect_timeout(location.tracking_uri, config.server.request_timeout)
         self._shared = _state.join_settings(
             env,
-            (location.tracking_uri, registry),
+            (tracking_uri, registry),
             headers if headers.type else None,
             (lambda: header_provider(config, self._kedro_context)) if headers.type else None,
         )
         if location.local_folder is not None:
             location.local_folder.mkdir(parents=True, exist_ok=True)
-        self._backend = self._backend_factory(location.tracking_uri, registry)
+        self._backend = self._backend_factory(tracking_uri, registry)
         return self._backend
 
     def _place_run(self, backend: Backend, inputs: _Inputs) -> dict[str, str]:
@@ -406,18 +533,38 @@ class TrackingSession:
 
         Precedence: this thread's active run, then ``TRACKCFG_PARENT_RUN_ID`` (always a
         parent: a worker started by ``child_env()``), then ``MLFLOW_RUN_ID`` (a run an
-        orchestrator started: child or attach, by ``run.nested``)."""
+        orchestrator started: child or attach, by ``run.nested``).  A run named by either
+        variable is looked up first (``_check_named_run``)."""
         stack = backend.active_run_ids()
         if stack:
             return stack[-1], False
         parent = inherited_parent()
         if parent:
+            self._check_named_run(backend, parent, PARENT_RUN_ENV, nest=True)
             return parent, True
-        return os.environ.get("MLFLOW_RUN_ID") or None, False
+        named = os.environ.get("MLFLOW_RUN_ID") or None
+        if named:
+            nest = self._config.tracking.run.nested
+            self._check_named_run(backend, named, "MLFLOW_RUN_ID", nest=nest)
+        return named, False
+
+    def _check_named_run(self, backend: Backend, run_id: str, variable: str, *, nest: bool) -> None:
+        """A run named by an environment variable must exist before anything is created
+        under or for it (the experiment included): a stale id is refused naming the variable,
+        not met later as MLflow's "Run ... not found" once an experiment was made."""
+        existing = backend.get_run(run_id)
+        refusal = named_run_refusal(run_id, existing, variable=variable, nest=nest)
+        if refusal is not None:
+            raise refusal.error(self._shown_store())
+        self._named_run = existing
 
     def _attach(self, backend: Backend, run_id: str) -> None:
-        existing = backend.get_run(run_id)
-        refusal = attach_refusal(run_id, existing)
+        named = self._named_run
+        existing: RunRef | None = named
+        variable: str | None = "MLFLOW_RUN_ID"
+        if named is None or named.id != run_id:  # else looked up by _external_active_run
+            existing, variable = backend.get_run(run_id), None
+        refusal = attach_refusal(run_id, existing, variable=variable)
         if refusal is not None:
             raise refusal.error(self._shown_store())
         assert existing is not None
@@ -431,7 +578,12 @@ class TrackingSession:
 
     def _resume(self, backend: Backend, run_id: str, prepared: PreparedParams) -> None:
         existing = backend.get_run(run_id)
-        refusal = resume_refusal(run_id, existing, prepared.params)
+        refusal = resume_refusal(
+            run_id,
+            existing,
+            prepared.params,
+            resume_running=self._config.tracking.run.resume_running,
+        )
         if refusal is not None:
             raise refusal.error(self._shown_store())
         assert existing is not None
@@ -449,7 +601,9 @@ class TrackingSession:
         backend = self._backend
         errors: list[BaseException] = []
         try:
-            if backend is not None and (self._started_run or self._pushed_run):
+            if self._buffer is not None and backend is not None:
+                self._end_buffered(backend, status)
+            elif backend is not None and (self._started_run or self._pushed_run):
                 self._end_own_run(backend, status)
         except Exception as exc:
             errors.append(exc)
@@ -460,32 +614,112 @@ class TrackingSession:
             else:
                 logger.exception("could not end run %s of session %r", self._run_id, self._name)
         finally:
-            self._env.restore()
-            if self._shared is not None:
-                shared, self._shared = self._shared, None
+            # Each step whatever the others did: a SIGTERM trap or shared settings left held
+            # would outlive every session.
+            for step in (self._env.restore, self._leave_process_state):
                 try:
-                    _state.leave_settings(shared)
+                    step()
                 except Exception as exc:
                     errors.append(exc)
             if backend is not None and self._parent is None:
-                backend.close()
-            if self._trapped_sigterm:
-                self._trapped_sigterm = False
-                self._hand_on_sigterm = _state.release_sigterm()
+                try:
+                    backend.close()
+                except Exception as exc:
+                    errors.append(exc)
         if errors and raising:
             first = errors[0]
             if isinstance(first, TrackcfgError):
                 raise first
             raise RunError(f"could not end run {self._run_id!r} cleanly: {first}") from first
 
+    def _end_buffered(self, backend: Backend, status: RunStatus) -> None:
+        """Send what is pending within ``exit_timeout``, then end the run.  If the server does
+        not take it all, the journal keeps the rest and the run's end for ``trackcfg sync``,
+        and leaving the session does not raise."""
+        buffer = self._buffer
+        assert buffer is not None
+        delivered = buffer.close(self._config.tracking.logging.exit_timeout)
+        if delivered and (self._started_run or self._pushed_run):
+            try:
+                self._end_own_run(backend, status)
+            except TrackingUnavailableError:
+                delivered = False
+        if delivered:
+            buffer.finished()
+            buffer.raise_refused()
+            return
+        buffer.keep_end(status.value if self._started_run else None)
+        own = self._started_run or self._pushed_run
+        stack = backend.active_run_ids()
+        if own is not None and own in stack:  # this context's stack: nothing to ask the server
+            for run_id in reversed(stack[stack.index(own) + 1 :]):
+                owners = _state.run_owners(run_id)
+                if not owners or any(self._encloses(owner) for owner in owners):
+                    backend.pop_active(run_id)  # its own session (if any) is inside this one
+            backend.pop_active(own)
+        if buffer.journal is None:
+            logger.warning(
+                "tracking server %s did not take everything run %s logged within %s s "
+                "(tracking.logging.exit_timeout); %d logging call(s) are lost "
+                "(tracking.logging.journal is false)",
+                self._shown_store(),
+                self._run_id,
+                self._config.tracking.logging.exit_timeout,
+                buffer.pending,
+            )
+            return
+        logger.warning(
+            "tracking server %s did not answer within %s s (tracking.logging.exit_timeout): "
+            "%d logging call(s) and the end of run %s (%s) are kept in %s; send them with: "
+            "trackcfg sync %s",
+            self._shown_store(),
+            self._config.tracking.logging.exit_timeout,
+            buffer.pending,
+            self._run_id,
+            status.value,
+            buffer.journal.path,
+            self.project_root,
+        )
+
+    def _leave_process_state(self) -> None:
+        """Give back the session's share of process-wide state: its run among the open
+        sessions' runs, the SIGTERM trap and the shared settings (the last one out restores
+        them), whatever the order sessions end in."""
+        try:
+            if self._held_run is not None:
+                held, self._held_run = self._held_run, None
+                _state.let_go_of_run(held, self)
+        finally:
+            try:
+                if self._trapped_sigterm:
+                    self._trapped_sigterm = False
+                    self._hand_on_sigterm = _state.release_sigterm()
+            finally:
+                if self._shared is not None:
+                    shared, self._shared = self._shared, None
+                    _state.leave_settings(shared)
+
+    def _encloses(self, other: object) -> bool:
+        """Whether ``other`` is a ``child()`` session of this one, at any depth."""
+        parent = getattr(other, "_parent", None)
+        while parent is not None:
+            if parent is self:
+                return True
+            parent = parent._parent
+        return False
+
     def _end_own_run(self, backend: Backend, status: RunStatus) -> None:
-        """End the session's run (and runs left open above it), or take the run it attached
-        to off this thread's stack."""
+        """End the session's run (and runs left open above it, but not the run of another
+        open session: sessions that end out of order each end their own), or take the run it
+        attached to off this context's stack."""
         own = self._started_run or self._pushed_run
         assert own is not None
         stack = backend.active_run_ids()
         if own in stack:
             for leftover in reversed(stack[stack.index(own) + 1 :]):
+                owners = _state.run_owners(leftover)
+                if owners and not any(self._encloses(owner) for owner in owners):
+                    continue  # its own session ends it
                 logger.warning(
                     "run %s was still active when session %r ended; ending it %s",
                     leftover,
@@ -525,6 +759,16 @@ class TrackingSession:
             raise RunError(f"params are immutable in MLflow and these differ: {changed}")
         # Re-sending an identical param is harmless but costs a request: skip it.
         params = {k: v for k, v in params.items() if k not in self._logged_params}
+        if self._buffer is not None:
+            kept = [
+                (str(self._buffer.keep_text(text, name)), folder)
+                for name, folder, text in artifact_places(artifacts or {})
+            ]
+            self._buffer.submit(
+                params=params, tags=dict(tags or {}), metrics=metrics or (), artifacts=kept
+            )
+            self._logged_params.update(params)
+            return
         assert self._limits is not None
         for batch in plan_batches(
             params=params, tags=dict(tags or {}), metrics=metrics or [], limits=self._limits
@@ -543,15 +787,28 @@ class TrackingSession:
         self._send(params=prepared.params, tags=prepared.tags, artifacts=prepared.artifacts)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log metric values (one point each) at ``step`` (default 0), batched."""
+        """Log metric values (one point each) at ``step`` (default 0), batched.
+
+        Keys go through the param key policy: a key MLflow refuses is logged sanitized with a
+        warning (once per run), and two keys that would become one series are refused with a
+        ``ConfigError`` naming both.  A step that is not an integer within 64 bits is a
+        ``RunError`` before anything is sent."""
         if self._live() is None:
             return
+        assert self._limits is not None
+        at = checked_step(step)
+        prepared = prepare_metrics(metrics, self._limits, earlier=self._metric_keys)
         now = int(time.time() * 1000)
         points = [
-            MetricPoint(key=sanitize_key(str(k)), value=float(v), step=step or 0, timestamp=now)
-            for k, v in metrics.items()
+            MetricPoint(key=key, value=value, step=at, timestamp=now)
+            for key, value in prepared.values.items()
         ]
-        self._send(metrics=points)
+        if self._buffer is not None:
+            # A training loop's every step: metrics need none of _send's param bookkeeping.
+            self._buffer.submit(metrics=points)
+        else:
+            self._send(metrics=points)
+        self._metric_keys.update(prepared.origins)
 
     def log_metric(self, key: str, value: float, step: int | None = None) -> None:
         self.log_metrics({key: value}, step=step)
@@ -563,21 +820,44 @@ class TrackingSession:
         self._send(tags=prepare_tags(tags, self._limits))
 
     def log_artifact(self, path: str | _os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Copy the local file or folder ``path`` into the run's artifacts, under the folder
+        ``artifact_path`` (a relative path; default: the top)."""
         live = self._live()
-        if live is not None:
-            live[0].log_artifact(live[1], os.fspath(path), artifact_path)
+        if live is None:
+            return
+        if artifact_path:
+            check_artifact_path("log_artifact", "artifact_path", artifact_path)
+        if self._buffer is not None:
+            # A copy now: the caller may change or delete its file before the upload.
+            source = Path(path)
+            if not source.exists():
+                raise RunError(f"log_artifact: {source} does not exist")
+            kept = self._buffer.keep_file(source, source.name)
+            self._buffer.submit(artifacts=[(str(kept), artifact_path or None)])
+            return
+        live[0].log_artifact(live[1], os.fspath(path), artifact_path)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Write ``text`` as the artifact ``artifact_file`` (no temporary file to manage)."""
         live = self._live()
-        if live is not None:
-            live[0].log_text(live[1], text, artifact_file)
+        if live is None:
+            return
+        check_artifact_path("log_text", "artifact_file", artifact_file)
+        if self._buffer is not None:
+            self._send(artifacts={artifact_file: text})
+            return
+        live[0].log_text(live[1], text, artifact_file)
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         """Write ``data`` as JSON (``.json``) or YAML (``.yml``/``.yaml``) artifact."""
         live = self._live()
-        if live is not None:
-            live[0].log_dict(live[1], data, artifact_file)
+        if live is None:
+            return
+        check_artifact_path("log_dict", "artifact_file", artifact_file)
+        if self._buffer is not None:
+            self._send(artifacts={artifact_file: dict_text(data, artifact_file)})
+            return
+        live[0].log_dict(live[1], data, artifact_file)
 
     # ------------------------------------------------------------------ workers, threads
 

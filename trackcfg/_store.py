@@ -10,22 +10,38 @@ Rules (the current directory never matters):
 - ``sqlite:///relative.db`` resolves against the project root; ``sqlite:////abs.db`` and
   ``sqlite://`` (in memory) are kept;
 - anything else (``http(s)://``, ``postgresql://``, ``databricks`` …) is kept as it is.
+
+Also here: whether a URI depends on the project root at all (``depends_on_root``), and which
+Python driver a database URI needs that is not installed (``missing_driver``), so that the
+session and ``trackcfg check`` name the package to install instead of failing late inside
+SQLAlchemy with a bare ``ModuleNotFoundError``.
+
+A database URI gets its driver's connect timeout (``with_connect_timeout``) for the session's
+backend and ``trackcfg check``: without one, a server that accepts the connection and never
+answers holds them forever.
 """
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import attrs
 
+from .exceptions import ConfigError, ConfigProblem
+
 __all__ = [
     "MASK",
+    "MissingDriver",
     "StoreLocation",
+    "depends_on_root",
     "is_local_path",
     "mask_uri",
+    "missing_driver",
     "resolve_registry_uri",
     "resolve_store",
+    "with_connect_timeout",
 ]
 
 STORE_DB = "mlflow.db"
@@ -155,3 +171,172 @@ def mask_uri(uri: str) -> str:
     if not has_password:
         return uri
     return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+
+
+def depends_on_root(uri: str) -> bool:
+    """Whether ``resolve_store`` puts ``uri`` somewhere that depends on the project root: a
+    relative bare path or ``file:`` path, or a relative ``sqlite:///`` file."""
+    if uri in _BARE_SCHEMES:
+        return False
+    scheme = _scheme(uri)
+    if scheme is None or scheme == "file":
+        path = _file_uri_path(uri) if scheme == "file" else uri
+        return not Path(path).expanduser().is_absolute()
+    if scheme == "sqlite" and uri[len("sqlite:") :].startswith("///"):
+        db = uri[len("sqlite:///") :]
+        return bool(db) and not db.startswith(("/", ":memory:"))
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# Database drivers.
+
+#: SQLAlchemy's driver names (``postgresql+<driver>://``) → the module it imports and the
+#: package that provides it.
+_DRIVER_PACKAGES: dict[str, tuple[str, str]] = {
+    "psycopg2": ("psycopg2", "psycopg2-binary"),
+    "psycopg": ("psycopg", "psycopg[binary]"),
+    "pg8000": ("pg8000", "pg8000"),
+    "mysqldb": ("MySQLdb", "mysqlclient"),
+    "pymysql": ("pymysql", "pymysql"),
+    "mysqlconnector": ("mysql.connector", "mysql-connector-python"),
+    "pyodbc": ("pyodbc", "pyodbc"),
+    "pymssql": ("pymssql", "pymssql"),
+}
+#: The drivers of each database MLflow stores runs in, best known first.
+_DIALECT_DRIVERS: dict[str, tuple[str, ...]] = {
+    "postgresql": ("psycopg2", "psycopg", "pg8000"),
+    "mysql": ("pymysql", "mysqldb", "mysqlconnector"),
+    "mssql": ("pyodbc", "pymssql"),
+}
+#: SQLAlchemy's default drivers (2.0; 2.1 made ``psycopg`` the PostgreSQL one), used only
+#: when SQLAlchemy itself cannot be asked.
+_DEFAULT_DRIVERS = {"postgresql": "psycopg2", "mysql": "mysqldb", "mssql": "pyodbc"}
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # the parent package of a dotted name is missing
+        return False
+
+
+def _default_driver(uri: str, dialect: str) -> str:
+    """The driver SQLAlchemy picks for ``dialect://`` (it changed between versions)."""
+    try:
+        from sqlalchemy.engine.url import make_url
+
+        driver = make_url(uri).get_dialect().driver
+    except Exception:  # not installed, or a URI SQLAlchemy cannot parse: it says so later
+        return _DEFAULT_DRIVERS[dialect]
+    return str(driver)
+
+
+@attrs.frozen
+class MissingDriver:
+    """A database URI whose SQLAlchemy driver is not installed: what to install."""
+
+    uri: str
+    dialect: str
+    driver: str
+    module: str
+    package: str
+    explicit: bool
+    """The URI names the driver (``mysql+pymysql://``) rather than taking SQLAlchemy's."""
+    alternatives: tuple[str, ...] = ()
+    """Other drivers of the same database that are installed."""
+
+    @property
+    def problem(self) -> str:
+        how = (
+            f"the driver it names, {self.driver}"
+            if self.explicit
+            else f"SQLAlchemy's default {self.dialect} driver, {self.driver}"
+        )
+        return (
+            f"{mask_uri(self.uri)} needs {how} (Python module {self.module}), which is not "
+            "installed here"
+        )
+
+    @property
+    def fix(self) -> str:
+        fix = f"pip install {shlex.quote(self.package)}"
+        if self.alternatives:
+            names = ", ".join(f"{self.dialect}+{d}://" for d in self.alternatives)
+            fix += f", or write the URI as {names} (installed)"
+        elif self.dialect == "mysql" and self.driver != "pymysql":
+            fix += ", or write the URI as mysql+pymysql:// and pip install pymysql"
+        return fix
+
+    def error(self, where: str | None) -> ConfigError:
+        """The ``ConfigError`` a session raises, naming ``server.mlflow_tracking_uri``."""
+        return ConfigError(
+            [ConfigProblem("server.mlflow_tracking_uri", f"{self.problem}: {self.fix}", where)]
+        )
+
+
+def missing_driver(uri: str) -> MissingDriver | None:
+    """For a ``postgresql``/``mysql``/``mssql`` URI whose driver module is not installed,
+    what to install; ``None`` for every other URI, an installed driver, or a driver trackcfg
+    does not know (SQLAlchemy reports those itself)."""
+    scheme = _scheme(uri)
+    if scheme is None:
+        return None
+    dialect, _, driver = scheme.partition("+")
+    if dialect not in _DIALECT_DRIVERS:
+        return None
+    explicit = bool(driver)
+    driver = driver or _default_driver(uri, dialect)
+    known = _DRIVER_PACKAGES.get(driver)
+    if known is None or _installed(known[0]):
+        return None
+    alternatives = tuple(
+        d for d in _DIALECT_DRIVERS[dialect] if d != driver and _installed(_DRIVER_PACKAGES[d][0])
+    )
+    return MissingDriver(
+        uri=uri,
+        dialect=dialect,
+        driver=driver,
+        module=known[0],
+        package=known[1],
+        explicit=explicit,
+        alternatives=alternatives,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Database connect timeouts.
+
+#: The connect-timeout query parameter (seconds) of the drivers that have one bounding only
+#: the connection (not every later read, which would cut a long query): libpq's for
+#: psycopg2 and psycopg, which bounds the whole startup, a server that accepts the TCP
+#: connection and never answers included; mysqlclient's and PyMySQL's (SQLAlchemy converts
+#: it to an int).  Other drivers (pg8000, mysql-connector, MSSQL's) are left alone.
+_CONNECT_TIMEOUT_PARAMS: dict[str, str] = {
+    "postgresql": "connect_timeout",
+    "postgresql+psycopg2": "connect_timeout",
+    "postgresql+psycopg": "connect_timeout",
+    "mysql": "connect_timeout",
+    "mysql+mysqldb": "connect_timeout",
+    "mysql+pymysql": "connect_timeout",
+}
+
+
+def with_connect_timeout(uri: str, seconds: int) -> str:
+    """``uri`` with its driver's connect timeout set to ``seconds``, for a database URI whose
+    driver has one (``_CONNECT_TIMEOUT_PARAMS``) and that does not set it already; every
+    other URI unchanged.  ``postgresql+psycopg2://u@db/mlflow`` →
+    ``postgresql+psycopg2://u@db/mlflow?connect_timeout=10``."""
+    from urllib.parse import parse_qsl
+
+    scheme = _scheme(uri)
+    param = _CONNECT_TIMEOUT_PARAMS.get(scheme or "")
+    if param is None:
+        return uri
+    parts = urlsplit(uri)
+    if any(key == param for key, _ in parse_qsl(parts.query, keep_blank_values=True)):
+        return uri  # the user's own value wins
+    query = f"{parts.query}&" if parts.query else ""
+    return urlunsplit(parts._replace(query=f"{query}{param}={max(1, int(seconds))}"))

@@ -6,6 +6,7 @@
     ├── ConfigError (ValueError)          the configuration is wrong: file, line, key, fix
     ├── ExperimentError                   the experiment cannot be used (missing, deleted)
     ├── RunError                          the run cannot be started, resumed or logged to
+    │   └── CredentialsError              the server rejected the credentials (HTTP 401/403)
     ├── TrackingUnavailableError (ConnectionError)
     │                                     the tracking server did not answer within
     │                                     server.request_timeout x server.max_retries
@@ -27,6 +28,7 @@ import attrs
 __all__ = [
     "ConfigError",
     "ConfigProblem",
+    "CredentialsError",
     "ExperimentError",
     "ParamValueTooLongError",
     "RunError",
@@ -78,6 +80,11 @@ class ExperimentError(TrackcfgError):
 
 class RunError(TrackcfgError):
     """A run cannot be started, resumed or written to as configured."""
+
+
+class CredentialsError(RunError):
+    """The tracking server rejected the credentials (HTTP 401) or refused the request (403).
+    Buffered logging keeps the data and retries: credentials may be renewed meanwhile."""
 
 
 class TrackingUnavailableError(TrackcfgError, ConnectionError):

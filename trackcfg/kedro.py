@@ -19,30 +19,47 @@ Each hook only translates Kedro's call into a session call:
   in it.
 - ``after_pipeline_run`` / ``on_pipeline_error``: the session ends FINISHED / FAILED.
 
-Ctrl-C and SIGTERM skip Kedro's end hooks: the session then ends KILLED at interpreter exit, or
-when the next pipeline starts in the same process (a notebook).  One pipeline runs at a time
-per process: the hooks instance holds the current run's state.
+Ctrl-C and SIGTERM skip Kedro's end hooks (Kedro calls ``on_pipeline_error`` for an
+``Exception`` only, and click turns the interrupt into "Aborted!" and exit code 1): the session
+then ends KILLED at interpreter exit, or when the next pipeline starts in the same process (a
+notebook).  After a SIGTERM the exit hands the signal on, so the process dies by it (exit
+status 143) as it would without trackcfg.  While a pipeline runs, a SIGTERM that stops it also
+stops the worker processes started since it began (``ParallelRunner``'s): the main thread
+would otherwise wait in the executor's shutdown for their nodes to end and save outputs.
+One pipeline runs at a time per process: the hooks instance holds the current run's state.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
+import multiprocessing
+import os
 import re
 import shlex
+import signal
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from kedro.framework.hooks import hook_impl
 
-from ._loading import config_from_mapping, load_config
+from ._backend import open_backend
+from ._loading import config_from_mapping, load_config, random_run_name
+from ._params import shorten
 from ._session import TrackingSession
+from ._state import Terminated
 from ._workers import activate_inherited_run
+from .exceptions import ConfigError, ConfigProblem
 
 if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+
     from kedro.framework.context import KedroContext
     from kedro.io import CatalogProtocol
     from kedro.pipeline import Pipeline
@@ -52,27 +69,72 @@ if TYPE_CHECKING:
 
 __all__ = ["TrackingHooks", "hooks", "read_config"]
 
+logger = logging.getLogger(__name__)
+
 CONFIG_PATTERNS = ["mlflow*", "mlflow*/**", "**/mlflow*"]
 
 
-def read_config(context: KedroContext) -> TrackingConfig:
-    """The project's tracking config, read through ``context``'s config loader."""
-    from kedro.config import MissingConfigException
+RANDOM_NAME_RESOLVER = "km.random_name"
+"""kedro-mlflow's resolver, which its ``mlflow.yml`` template suggests for ``run.name``."""
 
+
+def read_config(context: KedroContext) -> TrackingConfig:
+    """The project's tracking config, read through ``context``'s config loader.
+
+    ``${km.random_name:}`` resolves to a new random run name each time (each pipeline run
+    loads the context again); an interpolation Kedro's loader cannot resolve is a
+    ``ConfigError`` naming the file."""
+    from kedro.config import MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    _register_random_name()
     loader = context.config_loader
     patterns = getattr(loader, "config_patterns", None)
     if isinstance(patterns, dict):
         patterns.setdefault("mlflow", CONFIG_PATTERNS)
+    file = _config_file(context)
     sections: dict[str, Any] = {}
     for key in ("mlflow", "credentials"):
-        with contextlib.suppress(MissingConfigException, KeyError):
+        try:
             sections[key] = loader[key]
+        except (MissingConfigException, KeyError):
+            continue
+        except OmegaConfBaseException as exc:
+            # Credentials' messages may quote values: their error is named, never shown.
+            what = f"{type(exc).__name__} in the credentials" if key == "credentials" else exc
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        "",
+                        f"Kedro's config loader cannot read the {key!r} config: {what}",
+                        str(file) if file is not None and key == "mlflow" else None,
+                    )
+                ]
+            ) from exc
     return config_from_mapping(
         sections.get("mlflow") or {},
-        file=_config_file(context),
+        file=file,
         root=context.project_path,
         credentials=sections.get("credentials") or {},
     )
+
+
+def _register_random_name() -> None:
+    """Register ``km.random_name`` with OmegaConf unless a resolver of that name is there.
+
+    OmegaConf's resolvers are one registry per process, which Kedro's own
+    ``custom_resolvers`` also fill: registering one is done once and never undone, so it
+    is not state to give back (``_state``).  A resolver the project registered itself
+    (``CONFIG_LOADER_ARGS["custom_resolvers"]`` in settings.py, kedro-mlflow's hook) is
+    kept; settings.py needs no change."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.has_resolver(RANDOM_NAME_RESOLVER):
+        return
+    # register_resolver from OmegaConf 2.4 on; register_new_resolver before (deprecated after).
+    register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
+    with contextlib.suppress(ValueError):  # registered by another thread meanwhile
+        register(RANDOM_NAME_RESOLVER, random_run_name)
 
 
 def _config_file(context: KedroContext) -> Path | None:
@@ -113,6 +175,30 @@ def _run_tags(run_params: Mapping[str, Any], env: str | None) -> dict[str, str]:
     if env:
         tags["kedro.env"] = env
     return tags
+
+
+def _fit_tags(tags: Mapping[str, str], limit: int) -> tuple[dict[str, str], dict[str, str]]:
+    """The run's tags within MLflow's tag ``limit``, and the texts to keep as artifacts.
+
+    trackcfg makes these tags itself, so none may stop a run: one that is too long (a
+    ``kedro run --params ...`` of thousands of characters) keeps its beginning and says so, and
+    its whole text goes to the artifact ``kedro/<name>.txt`` (``kedro/command.txt``)."""
+    fitted: dict[str, str] = {}
+    texts: dict[str, str] = {}
+    for key, value in tags.items():
+        path = f"kedro/{key.removeprefix('kedro.')}.txt"
+        fitted[key] = shorten(value, limit, artifact=path)
+        if fitted[key] != value:
+            texts[path] = value
+            logger.info(
+                "tag %r is %d characters long (MLflow's limit: %d); it holds the beginning, "
+                "the whole text is the run's artifact %r",
+                key,
+                len(value),
+                limit,
+                path,
+            )
+    return fitted, texts
 
 
 def _command_line(run_params: Mapping[str, Any]) -> str:
@@ -159,6 +245,51 @@ def _dotted(params: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]
     return out
 
 
+def _terminate(processes: Iterable[BaseProcess], *, wait: float = 0.0) -> None:
+    """Send SIGTERM to ``processes`` (``Process.terminate``); wait up to ``wait`` seconds
+    in all for them to end."""
+    processes = list(processes)
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError):  # gone already, or closed
+            process.terminate()
+    deadline = time.monotonic() + wait
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError, AssertionError):
+            process.join(max(deadline - time.monotonic(), 0.0))
+
+
+class _SigtermRelay:
+    """SIGTERM's handler while a pipeline runs: calls the handler it replaced (the sessions'
+    trap, or the program's own), and when that raises, so that the main thread leaves the
+    pipeline, terminates the processes started since the pipeline began before the exception
+    goes on.
+
+    Why: the signal reaches this process only.  ``ParallelRunner`` waits for its workers in
+    ``ProcessPoolExecutor.shutdown(wait=True)`` on the way out, and the nodes they run would
+    go on to their end and save their outputs.  A terminated worker makes the executor give up
+    at once (its pool is broken).  A handler that returns (the program handles the signal and
+    goes on) changes nothing.  ``multiprocessing.active_children()`` lists the runner's
+    processes whatever the start method; those that were there before (the runner's manager,
+    the program's own) are left alone."""
+
+    def __init__(self, replaced: Callable[[int, FrameType | None], Any]) -> None:
+        self.replaced = replaced
+        self.stopped_by: BaseException | None = None
+        self._owner = os.getpid()
+        self._before = {child.pid for child in multiprocessing.active_children()}
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._owner:  # a forked worker that kept the handler
+            self.replaced(signum, frame)
+            return
+        try:
+            self.replaced(signum, frame)
+        except BaseException as exc:
+            self.stopped_by = exc
+            _terminate(c for c in multiprocessing.active_children() if c.pid not in self._before)
+            raise
+
+
 class TrackingHooks:
     """Translates Kedro's hook calls into one ``TrackingSession`` per pipeline run."""
 
@@ -168,6 +299,7 @@ class TrackingHooks:
         self._context: KedroContext | None = None
         self._session: TrackingSession | None = None
         self._nodes: dict[tuple[int, str], contextlib.AbstractContextManager[Any]] = {}
+        self._relay: _SigtermRelay | None = None
 
     @hook_impl
     def after_context_created(self, context: KedroContext) -> None:
@@ -181,18 +313,40 @@ class TrackingHooks:
     ) -> None:
         self._end(KeyboardInterrupt())  # a previous run here never reached its end hooks
         config = self._config or load_config(run_params["project_path"], env=run_params["env"])
-        session = TrackingSession(
-            config,
-            name=_session_name(run_params),
-            params=_pipeline_params(pipeline, catalog),
-            tags=_run_tags(run_params, self._env or run_params.get("env")),
-            kedro_context=self._context,  # for request_header_provider.pass_context
-        )
+        name = _session_name(run_params)
+        params = _pipeline_params(pipeline, catalog)
+        tags = _run_tags(run_params, self._env or run_params.get("env"))
+
+        def session_with(tags: Mapping[str, str]) -> TrackingSession:
+            return TrackingSession(
+                config,
+                name=name,
+                params=params,
+                tags=tags,
+                kedro_context=self._context,  # for request_header_provider.pass_context
+            )
+
+        session = session_with(tags)
+        texts: dict[str, str] = {}
+        if session.enabled:  # the limit is the installed mlflow's: asked for a tracked run only
+            tags, texts = _fit_tags(tags, open_backend.limits().tag_value)
+            session = session_with(tags)
         session.__enter__()
         self._session, self._nodes = session, {}
-        session.share_with_subprocesses()
         # Registered after mlflow's exit handler (which would end the run FINISHED): runs first.
         atexit.register(self._interrupted)
+        try:
+            for path, text in texts.items():
+                session.log_text(text, path)
+            session.share_with_subprocesses()
+        except BaseException as exc:
+            self._end(exc)
+            raise
+        if session.enabled and threading.current_thread() is threading.main_thread():
+            replaced = signal.getsignal(signal.SIGTERM)
+            if callable(replaced):  # the sessions' trap (none where SIGTERM is ignored)
+                self._relay = _SigtermRelay(replaced)
+                signal.signal(signal.SIGTERM, self._relay)
 
     @hook_impl
     def before_node_run(self, node: Node) -> None:
@@ -223,9 +377,26 @@ class TrackingHooks:
             activation.__exit__(None, None, None)
 
     def _interrupted(self) -> None:
-        self._end(KeyboardInterrupt())
+        """At interpreter exit, the pipeline never reached its end hooks: the run ends KILLED.
+        After a SIGTERM the session hands the signal on, and the process dies by it before
+        the other exit handlers run: the processes multiprocessing would stop or wait for at
+        exit (``ParallelRunner``'s manager) are terminated first."""
+        relay = self._relay
+        stopped_by = relay.stopped_by if relay is not None else None
+        if isinstance(stopped_by, Terminated):
+            _terminate(multiprocessing.active_children(), wait=5.0)
+            self._end(stopped_by)
+        else:
+            self._end(KeyboardInterrupt())
 
     def _end(self, error: BaseException | None) -> None:
+        relay = self._relay
+        self._relay = None
+        if relay is not None:  # before the session gives the handler back
+            replaced = relay.replaced
+            with contextlib.suppress(ValueError):  # not the main thread: it is not ours to undo
+                if signal.getsignal(signal.SIGTERM) is relay:
+                    signal.signal(signal.SIGTERM, replaced)
         session, self._session, self._nodes = self._session, None, {}
         if session is None:
             return
