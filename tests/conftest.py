@@ -463,3 +463,23 @@ def moto_s3() -> Iterator[MotoS3]:
 
 
 # --- end of the scale fixtures block ---------------------------------------------------------
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder named ``proj`` (``[project].name = "proj"``), the current folder.
+    (Modules with a project of another shape define their own ``project``.)"""
+    from helpers import project_folder
+
+    folder = project_folder(tmp_path / "proj")
+    monkeypatch.chdir(folder)
+    return folder
+
+
+@pytest.fixture
+def store_with_db(project: Path, migrated_sqlite_db: Path) -> Path:
+    """``project`` with a real, empty MLflow store at ``mlruns/mlflow.db``."""
+    from helpers import copy_store
+
+    copy_store(migrated_sqlite_db, project / "mlruns")
+    return project

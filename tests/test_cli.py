@@ -28,7 +28,6 @@ from click.testing import CliRunner, Result
 from helpers import (
     REPO,
     TRACKING_SETTINGS,
-    copy_store,
     line_of,
     project_folder,
     run_python,
@@ -79,21 +78,6 @@ def post_json(url: str, payload: dict[str, Any]) -> dict[str, Any]:
     with urllib.request.urlopen(request, timeout=10) as response:
         data: dict[str, Any] = json.loads(response.read() or b"{}")
         return data
-
-
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A project folder named ``proj`` (``[project].name = "proj"``), the current folder."""
-    folder = project_folder(tmp_path / "proj")
-    monkeypatch.chdir(folder)
-    return folder
-
-
-@pytest.fixture
-def store_with_db(project: Path, migrated_sqlite_db: Path) -> Path:
-    """``project`` with a real, empty MLflow store at ``mlruns/mlflow.db``."""
-    copy_store(migrated_sqlite_db, project / "mlruns")
-    return project
 
 
 # --------------------------------------------------------------------------------------------

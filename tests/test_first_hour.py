@@ -72,21 +72,6 @@ def installed(module: str) -> bool:
         return False
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A project folder ``proj`` (``[project].name = "proj"``), the current folder."""
-    folder = project_folder(tmp_path / "proj")
-    monkeypatch.chdir(folder)
-    return folder
-
-
-@pytest.fixture
-def project_with_store(project: Path, migrated_sqlite_db: Path) -> Path:
-    """``project`` with no mlflow.yml and a real, empty store at ``mlruns/mlflow.db``."""
-    copy_store(migrated_sqlite_db, project / "mlruns")
-    return project
-
-
 # --------------------------------------------------------------------------------------------
 # init over other files (item 3)
 
@@ -439,7 +424,7 @@ def _get(url: str) -> Any:
 
 
 def test_a_local_run_says_how_to_view_it_and_the_command_runs_as_printed(
-    project_with_store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    store_with_db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from conftest import _MlflowServer
 
@@ -451,7 +436,7 @@ def test_a_local_run_says_how_to_view_it_and_the_command_runs_as_printed(
         session.log_text("notes\n", "notes.md")
         with session.child("trial"):  # a sweep's trials are found under their parent
             pass
-    uri = store_uri(project_with_store)
+    uri = store_uri(store_with_db)
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         f"{RUNNER} View run train with: {shlex.quote(sys.executable)} -m mlflow ui "
@@ -488,7 +473,7 @@ def test_a_local_run_says_how_to_view_it_and_the_command_runs_as_printed(
 
 
 def test_the_view_line_without_mlflow_on_path_and_silenced_like_mlflows(
-    project_with_store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    store_with_db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("PATH", os.defpath)
     with TrackingSession.from_yaml(None, name="train"):
@@ -496,11 +481,11 @@ def test_the_view_line_without_mlflow_on_path_and_silenced_like_mlflows(
     first = capsys.readouterr().out.splitlines()[0]
     assert first == (
         f"{RUNNER} View run train with: {shlex.quote(sys.executable)} -m mlflow ui "
-        f"--backend-store-uri {store_uri(project_with_store)}"
+        f"--backend-store-uri {store_uri(store_with_db)}"
     )
 
     monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     with TrackingSession.from_yaml(None, name="quiet"):
         pass
     assert capsys.readouterr().out == ""
-    assert len(read_runs(store_uri(project_with_store))) == 2
+    assert len(read_runs(store_uri(store_with_db))) == 2

@@ -89,6 +89,7 @@ from ._store import (
     missing_driver,
     resolve_registry_uri,
     resolve_store,
+    session_env,
     with_connect_timeout,
 )
 from ._sync import journal_folder, sync_journals
@@ -441,18 +442,7 @@ class TrackingSession:
             raise missing.error(str(source) if source and source.kind != "default" else None)
         if config.project_root is None and find_project_root(Path.cwd()) is None:
             notice_cwd_root(self.project_root, config.server.mlflow_tracking_uri)  # built in code
-        env: dict[str, str] = {}
-        if config.credentials is not None:
-            env.update(config.credentials.as_env())
-        if location.legacy_file_store:
-            env["MLFLOW_ALLOW_FILE_STORE"] = "true"
-        if not location.is_local:
-            # MLflow's defaults retry for ~4 minutes; the session's budget is the config's.
-            server = config.server
-            env["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(server.request_timeout)
-            env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(server.max_retries)
-            env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
-            env["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0.5"
+        env = session_env(config, location)
         registry = resolve_registry_uri(config.server.mlflow_registry_uri, self.project_root)
         headers = config.server.request_header_provider
         # A database store: its driver's connect timeout is server.request_timeout.

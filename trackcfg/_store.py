@@ -25,9 +25,13 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import attrs
+
+if TYPE_CHECKING:
+    from ._config import TrackingConfig
 
 from .exceptions import ConfigError, ConfigProblem
 
@@ -340,3 +344,21 @@ def with_connect_timeout(uri: str, seconds: int) -> str:
         return uri  # the user's own value wins
     query = f"{parts.query}&" if parts.query else ""
     return urlunsplit(parts._replace(query=f"{query}{param}={max(1, int(seconds))}"))
+
+
+def session_env(config: TrackingConfig, location: StoreLocation) -> dict[str, str]:
+    """The variables a session exports for its store (and ``trackcfg sync``): the
+    credentials, and for a server the session's HTTP budget instead of MLflow's minutes of
+    retries."""
+    env: dict[str, str] = {}
+    if config.credentials is not None:
+        env.update(config.credentials.as_env())
+    if location.legacy_file_store:
+        env["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    if not location.is_local:
+        server = config.server
+        env["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(server.request_timeout)
+        env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(server.max_retries)
+        env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+        env["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0.5"
+    return env

@@ -26,32 +26,14 @@ import click
 
 from trackcfg._config import TrackingConfig
 from trackcfg._loading import load_config
+from trackcfg._store import session_env
 
 from ._common import display_path, env_option, mask_uri, path_argument, project_root
 
 if TYPE_CHECKING:
-    from trackcfg._store import StoreLocation
     from trackcfg._sync import SyncResult
 
 __all__ = ["sync", "sync_project"]
-
-
-def _store_env(config: TrackingConfig, location: StoreLocation) -> dict[str, str]:
-    """The variables a session exports for its store (``TrackingSession._connect``): the
-    credentials, and for a server the session's HTTP budget instead of MLflow's minutes of
-    retries."""
-    env: dict[str, str] = {}
-    if config.credentials is not None:
-        env.update(config.credentials.as_env())
-    if location.legacy_file_store:
-        env["MLFLOW_ALLOW_FILE_STORE"] = "true"
-    if not location.is_local:
-        server = config.server
-        env["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(server.request_timeout)
-        env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(server.max_retries)
-        env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
-        env["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0.5"
-    return env
 
 
 def _provider_maker(config: TrackingConfig, kedro_context: Any) -> Callable[[], Any] | None:
@@ -142,7 +124,7 @@ def sync_project(
         headers = config.server.request_header_provider
         registry = resolve_registry_uri(config.server.mlflow_registry_uri, root)
         shared = _state.join_settings(
-            _store_env(config, location),
+            session_env(config, location),
             (location.tracking_uri, registry),
             headers if headers.type else None,
             _provider_maker(config, kedro_context),
