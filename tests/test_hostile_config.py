@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from helpers import line_of, project_folder, read_runs, store_uri, subprocess_env, write
 
-from trackcfg import ConfigError, TrackingSession, load_config
+from trackcfg import ConfigError, TrackingSession, TrackingUnavailableError, load_config
 
 WATCHDOG = 90.0
 """Seconds a child process may take before the test fails: never reached when things work."""
@@ -391,46 +391,6 @@ def test_check_on_an_empty_postgres_database_sets_nothing_up(
         engine.dispose()
 
 
-SESSION_SCRIPT = """
-from trackcfg import TrackingSession
-with TrackingSession.from_yaml("mlflow.yml", name="never"):
-    pass
-"""
-
-
-def test_a_session_on_a_database_that_never_answers_gives_up_each_connect_attempt(
-    tmp_path: Path, silent_database: SilentDatabase
-) -> None:
-    """server.request_timeout is the database driver's connect timeout: each attempt MLflow
-    makes to connect ends after it (before: the first attempt waited forever).  MLflow then
-    retries on its own, ten attempts in all, which the database sees as new connections."""
-    project = project_folder(
-        tmp_path / "proj",
-        config=(f"server:\n  mlflow_tracking_uri: {silent_database.uri()}\n  request_timeout: 1\n"),
-    )
-    child = subprocess.Popen(
-        [sys.executable, "-c", SESSION_SCRIPT],
-        cwd=project,
-        env=subprocess_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + WATCHDOG
-        while len(silent_database.accepted) < 3 and time.monotonic() < deadline:
-            if child.poll() is not None:
-                break
-            time.sleep(0.1)  # polling what the server saw; the watchdog bounds it
-        accepted = list(silent_database.accepted)
-    finally:
-        child.kill()
-        child.wait()
-    assert len(accepted) >= 3, accepted
-    # 1 s of connect timeout, then MLflow's pause (0.1 s, 0.3 s): generous for a busy machine.
-    assert accepted[1] - accepted[0] < QUICK
-    assert accepted[2] - accepted[1] < QUICK
-
-
 # --------------------------------------------------------------------------------------------
 # Item 6: wrong bytes, deep nesting, long numbers.
 
@@ -702,3 +662,36 @@ def test_km_random_name_only_as_a_whole_text_value(tmp_path: Path) -> None:
         config='tracking:\n  run:\n    name: "nightly-${km.random_name:}"\n',
     )
     assert load_config(project).tracking.run.name == "nightly-${km.random_name:}"
+
+
+def test_a_session_on_a_database_that_never_answers_fails_within_its_timeout(
+    tmp_path: Path, silent_database: SilentDatabase
+) -> None:
+    """MLflow alone retries creating its engine for ~100 s, then raises SQLAlchemy's error;
+    the session connects once first, within server.request_timeout, and says so."""
+    file = (
+        project_folder(
+            tmp_path / "proj",
+            config=(
+                f"server:\n  mlflow_tracking_uri: {silent_database.uri()}\n  request_timeout: 2\n"
+            ),
+        )
+        / "mlflow.yml"
+    )
+    config = load_config(file)
+    session = TrackingSession(config, name="train")
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailableError) as info:  # noqa: SIM117
+        with session:
+            pytest.fail("the block must not run")
+    seconds = time.monotonic() - started
+
+    message = str(info.value)
+    assert message.startswith(
+        f"database store postgresql+psycopg2://alice:***@127.0.0.1:{silent_database.port}/"
+        "mlflow?connect_timeout=2 did not accept a connection (OperationalError: "
+    )
+    assert "raise server.request_timeout" in message
+    assert "pw-do-not-print" not in message
+    assert silent_database.accepted
+    assert seconds < 2 * 2 + 20  # one connect timeout (x2 for libpq's host retries) + slack

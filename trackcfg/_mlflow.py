@@ -881,6 +881,35 @@ def _store_creation_lock(tracking_uri: str) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
+_DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+
+
+def _database_answers(tracking_uri: str) -> None:
+    """One connection to a database store before MLflow's: MLflow retries creating its
+    engine ten times with growing pauses (about 100 s) and then raises SQLAlchemy's own
+    error; a database that is down or never answers is said at once instead, within the
+    connect timeout the session put in the URI (``server.request_timeout``)."""
+    if tracking_uri.split(":", 1)[0].split("+", 1)[0].lower() not in _DATABASE_SCHEMES:
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(tracking_uri, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.DBAPIError as exc:
+        # The driver's text names host and port, never the password; the URI is masked.
+        cause = exc.orig if exc.orig is not None else exc
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        raise TrackingUnavailableError(
+            f"database store {mask_uri(tracking_uri)} did not accept a connection "
+            f"({type(cause).__name__}: {detail}); check that it is running and reachable, "
+            "or raise server.request_timeout"
+        ) from None
+    finally:
+        engine.dispose()
+
+
 def mlflow_limits() -> Limits:
     """The installed mlflow's limits (6000-character param values in MLflow 3)."""
     return Limits(
@@ -906,6 +935,7 @@ class MlflowBackend:
     _prechecked: bool = attrs.field(init=False, default=False)
 
     def __attrs_post_init__(self) -> None:
+        _database_answers(self.tracking_uri)
         # The client builds MLflow's (per-process, cached) store, creating a new one's tables.
         with _store_creation_lock(self.tracking_uri):
             self._client = MlflowClient(
