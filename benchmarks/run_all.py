@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_import
+import bench_logging
 import bench_metrics
 import bench_params
 import bench_session
@@ -23,6 +24,7 @@ def main() -> None:
         bench_metrics.run(),
         bench_session.run(),
         bench_transport.run(),
+        bench_logging.run(),
     ]
     try:
         import bench_kedro

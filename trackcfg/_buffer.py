@@ -66,7 +66,10 @@ class BufferedRun:
     settings: LoggingSettings
     journal: Journal | None
     where: str  # the server, masked, for messages
-    _cond: threading.Condition = attrs.field(factory=threading.Condition)
+    _lock: threading.RLock = attrs.field(factory=threading.RLock)
+    _cond: threading.Condition = attrs.field(
+        default=attrs.Factory(lambda self: threading.Condition(self._lock), takes_self=True)
+    )
     _queue: collections.deque[JournalRecord] = attrs.field(factory=collections.deque)
     _queued: int = 0  # entities in memory
     _spilled_from: int | None = None  # journal offset of the first record kept only there
@@ -101,8 +104,11 @@ class BufferedRun:
         artifacts: Sequence[tuple[str, str | None]] = (),
     ) -> None:
         """Journal and queue one call's data; raises a rejection the sender found earlier."""
-        self.raise_refused()
-        with self._cond:
+        if self._refused:
+            self.raise_refused()
+        # The condition's own lock: a ``with`` on it saves the condition's two Python-level
+        # calls on the hot path of every logging call.
+        with self._lock:
             if self._closing:
                 raise RunError("the session has ended; log inside the with block")
             if self.journal is not None:
