@@ -24,6 +24,16 @@ PYPROJECT = nox.project.load_toml("pyproject.toml")
 def tests(session: nox.Session) -> None:
     """The test suite, against real MLflow stores (SQLite, `mlflow server`) and Kedro."""
     session.install("-e", ".[kedro]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    # kedro-mlflow 2.0.3, the reference trackcfg's Kedro datasets are compared with, kept out
+    # of the test environment (its hooks would track every Kedro test's pipeline too): the
+    # tests that compare put this folder on a subprocess's PYTHONPATH.
+    reference = Path(session.virtualenv.location) / "kedro-mlflow-2.0.3"
+    if not (reference / "kedro_mlflow").is_dir():
+        session.run_install(
+            "uv", "pip", "install", "--quiet", "--no-deps", "--target", str(reference),
+            "kedro-mlflow==2.0.3", external=True,
+        )  # fmt: skip
+    session.env["TRACKCFG_TEST_KEDRO_MLFLOW_PATH"] = str(reference)
     session.run("pytest", *(session.posargs or ["-q"]))
 
 

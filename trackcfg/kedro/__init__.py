@@ -49,13 +49,13 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.framework.hooks import hook_impl
 
-from ._backend import open_backend
-from ._loading import config_from_mapping, load_config, random_run_name
-from ._params import shorten
-from ._session import TrackingSession
-from ._state import Terminated
-from ._workers import activate_inherited_run
-from .exceptions import ConfigError, ConfigProblem
+from .._backend import open_backend
+from .._loading import config_from_mapping, load_config, random_run_name
+from .._params import shorten
+from .._session import TrackingSession
+from .._state import Terminated
+from .._workers import activate_inherited_run
+from ..exceptions import ConfigError, ConfigProblem
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     from kedro.pipeline import Pipeline
     from kedro.pipeline.node import Node
 
-    from ._config import TrackingConfig
+    from .._config import TrackingConfig
 
 __all__ = ["TrackingHooks", "hooks", "read_config"]
 
