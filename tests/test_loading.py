@@ -12,7 +12,7 @@ import pytest
 from helpers import line_of, project_folder, run_python, write
 
 from trackcfg import ConfigError, LongParamsStrategy, TrackcfgError, TrackingConfig, load_config
-from trackcfg._config import LoggingMode, RankPolicy
+from trackcfg._config import LoggingMode, OfflineMode, RankPolicy
 from trackcfg._discovery import find_project_root
 
 
@@ -55,6 +55,7 @@ SCHEMA_DEFAULTS: dict[str, Any] = {
     "server.request_header_provider.init_kwargs": {},
     "server.request_timeout": 10,
     "server.max_retries": 3,
+    "server.offline": OfflineMode.NEVER,
     "tracking.disable_tracking.pipelines": (),
     "tracking.disable_tracking.disable_autologging": True,
     "tracking.experiment.name": None,

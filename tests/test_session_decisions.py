@@ -35,6 +35,7 @@ from fakes import MLFLOW3_LIMITS, FakeStore
 from helpers import use_every_method
 
 from trackcfg import (
+    CredentialsError,
     ExperimentError,
     ParamValueTooLongError,
     RunError,
@@ -1172,3 +1173,206 @@ def test_buffered_end_with_the_store_away_keeps_the_journal_for_sync(
     assert run.status is RunStatus.FINISHED
     assert [(m.key, m.step) for m in run.metrics] == [("loss", 1), ("loss", 2)]
     assert not journals[0].exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline runs (server.offline): where the session logs, what it refuses, what it gives back.
+# The quick reachability check of `auto` is the real backend's (it asks a real server); here
+# the server's silence is a TrackingUnavailableError from the fake, at its opening or at the
+# first request.  tests/test_offline_session.py proves the same on real stores and sockets.
+
+OFFLINE_TAG = "trackcfg.offline.destination"
+
+
+def offline_store(project: Project) -> str:
+    return f"sqlite:///{project.root / 'mlruns' / 'mlflow.db'}"
+
+
+def tried(store: FakeStore) -> list[object]:
+    """The URIs backends were opened on, or tried (an opening that failed included)."""
+    return [call.args[0] for call in store.called("open")]
+
+
+def test_offline_always_opens_only_the_offline_store_and_tags_the_runs(
+    project: Project, store: FakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = project.config({"server.offline": "always"})
+    session = open_session(config, store, params={"lr": 0.1})
+    assert session.tracking_uri == offline_store(project)  # known before the session starts
+    during: dict[str, str | None] = {}
+    with session as s, s.child("fold") as child:
+        during.update({name: os.environ.get(name) for name in HTTP_SETTINGS})
+        child.log_metrics({"loss": 0.5})
+        env = s.child_env()
+    assert store.opened == [(offline_store(project), None)]
+    assert during == dict.fromkeys(HTTP_SETTINGS)  # a local store: no HTTP budget
+    parent, fold = store.runs[session.run_id or ""], store.runs[child.run_id or ""]
+    assert parent.tags[OFFLINE_TAG] == fold.tags[OFFLINE_TAG] == FAKE_URI
+    assert parent.params == {"lr": "0.1"}
+    assert fold.parent_id == parent.id
+    assert parent.status is fold.status is RunStatus.FINISHED
+    assert env["TRACKCFG_OFFLINE_DESTINATION"] == FAKE_URI
+    assert env["MLFLOW_TRACKING_URI"] == offline_store(project)
+    assert session.offline_destination == FAKE_URI
+    assert f"offline in {project.root / 'mlruns'} for {FAKE_URI}" in repr(session)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+@pytest.mark.parametrize("where", ["open", "get_experiment"])
+def test_offline_auto_falls_back_when_the_server_does_not_answer_and_gives_back_its_settings(
+    project: Project, store: FakeStore, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    config = project.config({"server.offline": "auto"})
+    store.fail(where, TrackingUnavailableError("tracking server refused the connection"))
+    during: dict[str, str | None] = {}
+    with open_session(config, store) as s:
+        during.update({name: os.environ.get(name) for name in HTTP_SETTINGS})
+        s.log_metrics({"loss": 0.5}, step=1)
+    assert tried(store) == [FAKE_URI, offline_store(project)]
+    if where == "get_experiment":  # the destination's backend was opened, then given back
+        assert store.backends[0].closed
+    assert during == dict.fromkeys(HTTP_SETTINGS)  # the destination's budget was taken back
+    assert not any(name in os.environ for name in HTTP_SETTINGS)
+    run = store.runs[s.run_id or ""]
+    assert run.tags[OFFLINE_TAG] == FAKE_URI
+    assert run.status is RunStatus.FINISHED
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert FAKE_URI in warnings[0]
+    assert "server.offline: auto" in warnings[0]
+    assert f"trackcfg sync {project.root}" in warnings[0]
+
+
+def test_offline_experiment_keeps_its_artifacts_in_the_offline_store(
+    project: Project, store: FakeStore
+) -> None:
+    config = project.config(
+        {
+            "server.offline": "always",
+            "tracking.experiment.create_experiment_kwargs.artifact_location": "s3://team/x",
+        }
+    )
+    with open_session(config, store):
+        pass
+    (call,) = store.called("create_experiment")
+    assert call.args[1] == (project.root / "mlruns" / "artifacts").as_uri()
+
+
+def test_offline_auto_under_kedro_names_kedro_trackcfg_sync(
+    project: Project, store: FakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = project.config({"server.offline": "auto"})
+    store.fail("get_experiment", TrackingUnavailableError("tracking server refused"))
+    with open_session(config, store, kedro_context=object()):
+        pass
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"kedro trackcfg sync (in {project.root})" in warning
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        CredentialsError("tracking server refused the credentials (HTTP 401)"),
+        ExperimentError("experiment 'x' is deleted"),
+    ],
+)
+def test_offline_auto_does_not_fall_back_on_other_errors(
+    project: Project, store: FakeStore, error: Exception
+) -> None:
+    config = project.config({"server.offline": "auto"})
+    store.fail("get_experiment", error)
+    with pytest.raises(type(error)), open_session(config, store):
+        pass
+    assert [uri for uri, _ in store.opened] == [FAKE_URI]
+    assert store.runs == {}
+
+
+def test_offline_never_is_todays_behaviour(project: Project, store: FakeStore) -> None:
+    store.fail("get_experiment", TrackingUnavailableError("tracking server refused"))
+    with pytest.raises(TrackingUnavailableError), open_session(project.config(), store):
+        pass
+    assert [uri for uri, _ in store.opened] == [FAKE_URI]
+    assert not (project.root / "mlruns").exists()
+
+
+@pytest.mark.parametrize("mode", ["always", "auto"])
+@pytest.mark.parametrize("source", ["tracking.run.id", "MLFLOW_RUN_ID"])
+def test_offline_resume_is_refused_before_anything_is_created(
+    project: Project,
+    store: FakeStore,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+    source: str,
+) -> None:
+    overrides: dict[str, Any] = {"server.offline": mode}
+    if source == "tracking.run.id":
+        overrides["tracking.run.id"] = "abc123"
+    else:
+        monkeypatch.setenv("MLFLOW_RUN_ID", "abc123")
+    if mode == "auto":
+        store.fail("open", TrackingUnavailableError("tracking server refused the connection"))
+    with pytest.raises(RunError) as caught, open_session(project.config(overrides), store):
+        pass
+    message = str(caught.value)
+    assert "'abc123'" in message
+    assert source in message
+    assert FAKE_URI in message
+    assert f"server.offline: {mode}" in message or "did not answer" in message
+    fix = "set server.offline: auto or never" if mode == "always" else "start the server"
+    assert fix in message
+    assert tried(store) == ([] if mode == "always" else [FAKE_URI])
+    assert store.runs == {}
+    assert store.experiments == {}
+    assert not (project.root / "mlruns").exists()
+
+
+def test_offline_worker_of_an_offline_parent_logs_beside_it_whatever_its_mode(
+    project: Project, store: FakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_session(project.config({"server.offline": "always"}), store) as parent:
+        env = parent.child_env()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for mode in ("never", "auto"):
+        with open_session(project.config({"server.offline": mode}), store, "worker") as w:
+            pass
+        run = store.runs[w.run_id or ""]
+        assert run.parent_id == parent.run_id
+        assert run.tags[OFFLINE_TAG] == FAKE_URI
+    assert {uri for uri, _ in store.opened} == {offline_store(project)}
+
+
+def test_offline_worker_of_an_online_parent_is_refused_offline(
+    project: Project, store: FakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRACKCFG_PARENT_RUN_ID", "serverrun")
+    config = project.config({"server.offline": "always"})
+    refused = pytest.raises(RunError, match="TRACKCFG_PARENT_RUN_ID='serverrun'")
+    with refused, open_session(config, store, "worker"):
+        pass
+    assert store.opened == []
+
+
+def test_offline_has_nothing_to_do_for_a_local_destination(
+    project: Project, store: FakeStore
+) -> None:
+    config = project.config({"server.offline": "always", "server.mlflow_tracking_uri": "runs"})
+    with open_session(config, store) as s:
+        pass
+    assert store.opened == [(f"sqlite:///{project.root / 'runs' / 'mlflow.db'}", None)]
+    assert OFFLINE_TAG not in store.runs[s.run_id or ""].tags
+    assert s.offline_destination is None
+
+
+def test_offline_decision_rule() -> None:
+    from trackcfg._config import OfflineMode
+    from trackcfg._rules import Offline, offline_decision
+
+    def decide(mode: OfflineMode, local: bool = False, inherited: str | None = None) -> Offline:
+        return offline_decision(mode, destination_is_local=local, inherited_destination=inherited)
+
+    assert decide(OfflineMode.NEVER) is Offline.NO
+    assert decide(OfflineMode.AUTO) is Offline.TRY
+    assert decide(OfflineMode.ALWAYS) is Offline.YES
+    assert decide(OfflineMode.ALWAYS, local=True) is Offline.NO
+    assert decide(OfflineMode.NEVER, inherited="http://h") is Offline.YES

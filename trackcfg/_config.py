@@ -30,6 +30,7 @@ __all__ = [
     "LoggingConfig",
     "LoggingMode",
     "LongParamsStrategy",
+    "OfflineMode",
     "ParamsConfig",
     "RankPolicy",
     "RequestHeaderProviderConfig",
@@ -101,6 +102,19 @@ def _port_range(_inst: object, attribute: attrs.Attribute[int | None], value: in
         raise InvalidFieldError(attribute.name, f"must be between 0 and 65535, got {value}")
 
 
+class OfflineMode(enum.Enum):
+    """``server.offline``: whether sessions log into the project's local store
+    (``<root>/mlruns``) instead of the tracking server, for ``trackcfg sync`` to upload later.
+    Nothing changes when the tracking URI is a local store already."""
+
+    NEVER = "never"
+    """Always the server; a server that does not answer is a ``TrackingUnavailableError``."""
+    AUTO = "auto"
+    """The server when it answers at session start; else an offline run, said once."""
+    ALWAYS = "always"
+    """Never contact the server (compute nodes, air-gapped machines): offline runs only."""
+
+
 @attrs.frozen(kw_only=True)
 class RequestHeaderProviderConfig:
     """kedro-mlflow's custom request-header provider: ``type`` is the import path of a
@@ -132,6 +146,9 @@ class ServerConfig:
     max_retries: int = attrs.field(default=3, validator=_at_least_zero)
     """Retries of a failed request before ``TrackingUnavailableError`` (session only; MLflow's
     own default retries for about four minutes)."""
+    offline: OfflineMode = OfflineMode.NEVER
+    """``never``, ``auto`` or ``always``: see ``OfflineMode``.  An offline run carries the tag
+    ``trackcfg.offline.destination`` (the server's URI, password masked)."""
 
 
 @attrs.frozen(kw_only=True)

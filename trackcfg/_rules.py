@@ -13,13 +13,15 @@ from collections.abc import Mapping
 import attrs
 
 from ._backend import ExperimentRef, RunRef, RunStatus
-from ._config import ExperimentConfig, RankPolicy, TrackingConfig
+from ._config import ExperimentConfig, OfflineMode, RankPolicy, TrackingConfig
 from .exceptions import ExperimentError, RunError, TrackcfgError
 
 __all__ = [
+    "OFFLINE_DESTINATION_TAG",
     "TRUTHY",
     "ExperimentAction",
     "ExperimentPlan",
+    "Offline",
     "Placement",
     "Refusal",
     "attach_refusal",
@@ -27,11 +29,16 @@ __all__ = [
     "disabled_reason",
     "experiment_plan",
     "named_run_refusal",
+    "offline_decision",
+    "offline_refusal",
     "placement",
     "resume_refusal",
 ]
 
 TRUTHY = frozenset({"1", "true", "yes", "on"})
+#: The tag of an offline run (and of its children): where ``trackcfg sync`` uploads it, the
+#: destination's tracking URI as the session resolved it, password masked.
+OFFLINE_DESTINATION_TAG = "trackcfg.offline.destination"
 
 
 @attrs.frozen
@@ -234,4 +241,68 @@ def disabled_reason(
     listed = config.tracking.disable_tracking.pipelines
     if name in listed or name.rpartition(".")[2] in listed:
         return f"{name!r} is listed in tracking.disable_tracking.pipelines"
+    return None
+
+
+class Offline(enum.Enum):
+    """Where a top-level session logs, by ``server.offline``."""
+
+    NO = "the configured store"
+    TRY = "the server if it answers at session start, else the offline store"
+    YES = "the offline store, without contacting the server"
+
+
+def offline_decision(
+    mode: OfflineMode, *, destination_is_local: bool, inherited_destination: str | None
+) -> Offline:
+    """``mode`` applied to the destination.  A worker of an offline parent
+    (``inherited_destination``: ``TRACKCFG_OFFLINE_DESTINATION``) is offline whatever its
+    own config says: its parent's run exists only in the offline store.  A local destination
+    (a folder, ``file:``, ``sqlite:``) leaves nothing to do."""
+    if inherited_destination:
+        return Offline.YES
+    if destination_is_local or mode is OfflineMode.NEVER:
+        return Offline.NO
+    return Offline.YES if mode is OfflineMode.ALWAYS else Offline.TRY
+
+
+def offline_refusal(
+    destination: str,
+    why: str,
+    *,
+    run_id: str | None,
+    named_run: str | None,
+    online_parent: str | None,
+    always: bool,
+) -> Refusal | None:
+    """Whether an offline session must stop before creating anything: the run it would
+    continue or attach to lives on the server, which it does not reach.  ``destination``:
+    the server (masked); ``why``: why the session is offline (``server.offline: always``, or
+    the server's silence under ``auto``); ``run_id``: ``tracking.run.id``; ``named_run``:
+    ``MLFLOW_RUN_ID``; ``online_parent``: ``TRACKCFG_PARENT_RUN_ID`` of a parent session that
+    logs on the server; ``always``: offline by ``server.offline: always`` (else the server did
+    not answer)."""
+    reach = "set server.offline: auto or never" if always else "start the server"
+    offline_fix = "or let the session start a new offline run (uploaded later by trackcfg sync)"
+    if run_id:
+        return Refusal(
+            f"run {run_id!r} (tracking.run.id) lives on tracking server {destination}, which "
+            f"this session does not reach ({why}): it cannot be continued offline",
+            f"{reach} to continue it there, or set tracking.run.id: null to start a new "
+            "offline run (uploaded later by trackcfg sync)",
+        )
+    if online_parent:
+        return Refusal(
+            f"TRACKCFG_PARENT_RUN_ID={online_parent!r} names a run of tracking server "
+            f"{destination}, which this worker does not reach ({why}): its run cannot be a "
+            "child of it offline",
+            f"{reach} so that the worker logs beside its parent, or unset "
+            f"TRACKCFG_PARENT_RUN_ID {offline_fix}",
+        )
+    if named_run:
+        return Refusal(
+            f"MLFLOW_RUN_ID={named_run!r} names a run of tracking server {destination}, which "
+            f"this session does not reach ({why}): it cannot be used offline",
+            f"{reach} to log into it there, or unset MLFLOW_RUN_ID {offline_fix}",
+        )
     return None

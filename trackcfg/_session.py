@@ -7,7 +7,12 @@ Entering a session, in this order (nothing reaches the store before steps 1-2 pa
    and every method logs nothing;
 2. the up-front params and tags go through the param policy (a too-long value under
    ``fail`` raises ``ParamValueTooLongError`` here, before any run exists);
-3. credentials are exported as environment variables; the local store folder is created;
+3. the store: the configured one, or with ``server.offline`` the offline store
+   (``<root>/mlruns``): ``always``, a worker of an offline parent, or ``auto`` when the server
+   does not answer (``_server_silence``, or a ``TrackingUnavailableError`` before any run
+   exists: what the attempt set is given back first).  An offline run is tagged with its
+   destination; one that would continue a run of the server is refused here.  Credentials
+   are exported as environment variables; the local store folder is created;
 4. the experiment is looked up, created or restored as configured (skipped when resuming
    ``run.id``: the run's own experiment is used);
 5. the run: ``run.id`` → that run, reopened (a RUNNING one is refused unless
@@ -73,13 +78,17 @@ from ._params import (
     prepare_tags,
 )
 from ._rules import (
+    OFFLINE_DESTINATION_TAG,
     ExperimentAction,
+    Offline,
     Placement,
     attach_refusal,
     changed_params,
     disabled_reason,
     experiment_plan,
     named_run_refusal,
+    offline_decision,
+    offline_refusal,
     placement,
     resume_refusal,
 )
@@ -96,6 +105,7 @@ from ._sync import journal_folder, sync_journals
 from ._workers import (
     PARENT_RUN_ENV,
     activate_inherited_run,
+    inherited_offline_destination,
     inherited_parent,
     process_rank,
     worker_env,
@@ -123,6 +133,75 @@ def _status_for(exc: BaseException | None, *, after_sigterm: bool = False) -> Ru
             return RunStatus.KILLED
         return RunStatus.FINISHED if exc.code in (None, 0) else RunStatus.FAILED
     return RunStatus.FAILED
+
+
+def _server_silence(tracking_uri: str, timeout: float) -> str | None:
+    """``server.offline: auto``: whether an http(s) tracking server answers at all, asked once
+    (no retries) within ``timeout`` seconds in all: a TCP connect, then ``GET <uri>/health``
+    (over TLS for https, certificate not checked: only an answer matters here).  None when it
+    answers anything (any HTTP status: a refusal of the credentials is the session's to
+    report), or when the URI is not http(s) or requests would go through a proxy; else what
+    happened, for the warning.  Without it, a server that never answers would cost MLflow's
+    whole budget (``request_timeout`` x ``max_retries``, with backoff) before falling back."""
+    import socket
+    import ssl
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(tracking_uri)
+    host = parts.hostname
+    if parts.scheme not in ("http", "https") or not host:
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None  # the session reports the URI itself
+    if parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host):
+        return None  # the proxy is what answers; the session's own requests tell
+    deadline = time.monotonic() + timeout
+    try:
+        connection = socket.create_connection((host, port), timeout=timeout)
+    except ConnectionRefusedError:
+        return f"connection refused: nothing listens on {host}:{port}"
+    except socket.gaierror:
+        return f"the host name {host!r} could not be resolved"
+    except TimeoutError:
+        return f"no connection within {timeout:g} s (server.request_timeout)"
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    sock: socket.socket = connection
+    try:
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        if parts.scheme == "https":
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            sock = context.wrap_socket(sock, server_hostname=host)
+            sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        shown_host = f"[{host}]" if ":" in host else host
+        request = (
+            f"GET {parts.path.rstrip('/')}/health HTTP/1.1\r\nHost: {shown_host}:{port}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        sock.sendall(request.encode("ascii", "replace"))
+        if sock.recv(1):
+            return None
+        return "it closed the connection without an answer"
+    except TimeoutError:
+        return f"no answer within {timeout:g} s (server.request_timeout)"
+    except ssl.SSLError:
+        return None  # something answers; a TLS problem is the session's to report
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    finally:
+        sock.close()
+        connection.close()
+
+
+def _cause(exc: TrackingUnavailableError) -> str:
+    """What happened, without the fix a ``TrackingUnavailableError`` ends with ("...; start
+    the server"): falling back offline is what is done about it."""
+    return str(exc).partition("; ")[0]
 
 
 def _default_session_name() -> str:
@@ -193,6 +272,10 @@ class TrackingSession:
         self._metric_keys: dict[str, str] = {}  # final metric key -> key as written
         self._named_run: RunRef | None = None  # looked up by _external_active_run
         self._buffer: BufferedRun | None = None  # tracking.logging.mode: buffered
+        # server.offline: the destination (masked) of an offline session's run, and whether
+        # the session may still fall back to the offline store (auto, before a run exists).
+        self._offline: str | None = None
+        self._may_fall_back = False
         # activate() in a forked copy of this object must not use the parent's backend.
         self._owner_pid = os.getpid()
 
@@ -247,8 +330,16 @@ class TrackingSession:
 
     @property
     def tracking_uri(self) -> str:
-        """The resolved store URI, usable as-is with ``MlflowClient(tracking_uri=...)``."""
+        """The resolved store URI, usable as-is with ``MlflowClient(tracking_uri=...)``: the
+        offline store (``<root>/mlruns``) for an offline session (``server.offline``)."""
         return self._store_location().tracking_uri
+
+    @property
+    def offline_destination(self) -> str | None:
+        """For an offline session (``server.offline``), the tracking server its run is for,
+        password masked (the run's ``trackcfg.offline.destination`` tag; ``trackcfg sync``
+        uploads it there); else None."""
+        return self._offline
 
     @property
     def experiment_name(self) -> str:
@@ -263,6 +354,8 @@ class TrackingSession:
             if self._entered and not self._enabled
             else (f"run_id={self._run_id!r}" if self._run_id else "not started")
         )
+        if self._offline is not None:
+            state += f" offline in {self._offline_store()} for {self._offline}"
         return f"<TrackingSession {self._name!r} {state}>"
 
     # ------------------------------------------------------------------ lifecycle
@@ -320,17 +413,108 @@ class TrackingSession:
 
     def _store_location(self) -> StoreLocation:
         if self._location is None:
-            self._location = resolve_store(
-                self._config.server.mlflow_tracking_uri, self.project_root
-            )
+            if self._parent is None and self._offline_plan() is Offline.YES:
+                self._location = self._offline_location()
+            else:
+                self._location = self._destination()
         return self._location
+
+    # ------------------------------------------------------------------ offline runs
+
+    def _destination(self) -> StoreLocation:
+        """The configured store, where an offline session's run is for."""
+        return resolve_store(self._config.server.mlflow_tracking_uri, self.project_root)
+
+    def _offline_plan(self) -> Offline:
+        return offline_decision(
+            self._config.server.offline,
+            destination_is_local=self._destination().is_local,
+            inherited_destination=inherited_offline_destination(),
+        )
+
+    def _offline_location(self) -> StoreLocation:
+        """The offline store: the project's local store, or a worker's offline parent's."""
+        if inherited_offline_destination() is not None:
+            return resolve_store(os.environ["MLFLOW_TRACKING_URI"].strip(), self.project_root)
+        return resolve_store("mlruns", self.project_root)
+
+    def _connect_offline(self, why: str, *, always: bool) -> Backend:
+        """Log into the offline store, after refusing what cannot be done offline (a run to
+        continue or attach to lives on the server) before anything is created."""
+        destination = inherited_offline_destination() or mask_uri(self._destination().tracking_uri)
+        parent = inherited_parent()
+        refusal = offline_refusal(
+            destination,
+            why,
+            run_id=self._config.tracking.run.id or None,
+            named_run=None if parent else os.environ.get("MLFLOW_RUN_ID") or None,
+            online_parent=parent if inherited_offline_destination() is None else None,
+            always=always,
+        )
+        if refusal is not None:
+            raise refusal.error()
+        self._offline = destination
+        self._location = self._offline_location()
+        return self._connect_to(self._location, offline=True)
+
+    def _offline_store(self) -> str:
+        """The offline store as messages name it: its folder (``<root>/mlruns``)."""
+        location = self._store_location()
+        return str(location.local_folder or self._shown_store())
+
+    def _sync_command(self) -> str:
+        if self._kedro_context is not None:
+            return f"kedro trackcfg sync (in {self.project_root})"
+        return f"trackcfg sync {self.project_root}"
+
+    def _fall_back(self, silence: str) -> Backend:
+        """``server.offline: auto`` and the server did not answer: give back what the attempt
+        set (process settings, environment, backend), then log offline, said once."""
+        self._give_back_destination()
+        backend = self._connect_offline(
+            f"it did not answer at session start: {silence}", always=False
+        )
+        server = self._offline or ""
+        logger.warning(
+            "%s %s did not answer at session start (%s); session %r logs "
+            "offline into %s (server.offline: auto); upload its run later with: %s",
+            "tracking server" if server.startswith(("http://", "https://")) else "store",
+            server,
+            silence,
+            self._name,
+            self._offline_store(),
+            self._sync_command(),
+        )
+        return backend
+
+    def _give_back_destination(self) -> None:
+        """Undo ``_connect_to`` (and what ``_place_run`` did before it failed)."""
+        backend, self._backend = self._backend, None
+        shared, self._shared = self._shared, None
+        self._location = None
+        self._may_fall_back = False
+        self._experiment_id = None
+        self._named_run = None
+        try:
+            if shared is not None:
+                _state.leave_settings(shared)
+        finally:
+            if backend is not None:
+                backend.close()
 
     def _open(self) -> None:
         """Steps 2-6 of the module docstring (step 1 was ``_disabled_reason``)."""
         self._enabled = True
         inputs = self._check_inputs()  # 2
         backend = self._connect()  # 3
-        tags = self._place_run(backend, inputs)  # 4-5
+        try:
+            tags = self._place_run(backend, inputs)  # 4-5
+        except TrackingUnavailableError as exc:
+            if not self._may_fall_back:  # server.offline: auto, and no run exists yet
+                raise
+            backend = self._fall_back(_cause(exc))
+            tags = self._place_run(backend, inputs)
+        self._may_fall_back = False
         self._held_run = self._started_run or self._pushed_run
         if self._held_run is not None:  # other open sessions must not end it (_end_own_run)
             _state.hold_run(self._held_run, self)
@@ -430,12 +614,50 @@ class TrackingSession:
 
     def _connect(self) -> Backend:
         """Step 3: the process-wide settings (shared with sessions open in other threads),
-        the store folder, and the backend (a child uses its parent's)."""
-        if self._parent is not None:
-            assert self._parent._backend is not None
-            self._backend = self._parent._backend
+        the store folder, and the backend (a child uses its parent's), in the store
+        ``server.offline`` decides: the configured one, or the offline store."""
+        parent = self._parent
+        if parent is not None:
+            assert parent._backend is not None
+            self._backend = parent._backend
+            self._offline, self._location = parent._offline, parent._location
             return self._backend
-        config, location = self._config, self._store_location()
+        plan = self._offline_plan()
+        if plan is Offline.YES:
+            inherited = inherited_offline_destination() is not None
+            backend = self._connect_offline(
+                "its parent logs offline" if inherited else "server.offline: always",
+                always=not inherited,
+            )
+            if not inherited:
+                logger.info(
+                    "session %r logs offline into %s for %s (server.offline: always); upload "
+                    "its run later with: %s",
+                    self._name,
+                    self._offline_store(),
+                    self._offline,
+                    self._sync_command(),
+                )
+            return backend
+        self._location = self._destination()
+        if plan is Offline.NO:
+            return self._connect_to(self._location)
+        silence = None
+        if self._backend_factory is open_backend:  # a fake backend reaches no real server
+            silence = _server_silence(
+                self._location.tracking_uri, self._config.server.request_timeout
+            )
+        if silence is not None:
+            return self._fall_back(silence)
+        try:
+            backend = self._connect_to(self._location)
+        except TrackingUnavailableError as exc:  # a database store that does not answer
+            return self._fall_back(_cause(exc))
+        self._may_fall_back = True
+        return backend
+
+    def _connect_to(self, location: StoreLocation, *, offline: bool = False) -> Backend:
+        config = self._config
         missing = missing_driver(location.tracking_uri)
         if missing is not None:  # else SQLAlchemy's bare ModuleNotFoundError, seconds later
             source = config.sources.get("server.mlflow_tracking_uri")
@@ -443,8 +665,15 @@ class TrackingSession:
         if config.project_root is None and find_project_root(Path.cwd()) is None:
             notice_cwd_root(self.project_root, config.server.mlflow_tracking_uri)  # built in code
         env = session_env(config, location)
-        registry = resolve_registry_uri(config.server.mlflow_registry_uri, self.project_root)
+        # Offline, the offline store is the registry too: no request reaches the server.
+        registry = (
+            None
+            if offline
+            else resolve_registry_uri(config.server.mlflow_registry_uri, self.project_root)
+        )
         headers = config.server.request_header_provider
+        if offline:
+            headers = attrs.evolve(headers, type=None)
         # A database store: its driver's connect timeout is server.request_timeout.
         tracking_uri = with_connect_timeout(location.tracking_uri, config.server.request_timeout)
         self._shared = _state.join_settings(
@@ -462,6 +691,9 @@ class TrackingSession:
         """Steps 4-5: the experiment, then the run (resumed, attached to, or started).
         Returns the tags still to log (a new run was given them when it started)."""
         parent, run_cfg = self._parent, self._config.tracking.run
+        if self._offline is not None:
+            tags = {**inputs.tags, OFFLINE_DESTINATION_TAG: self._offline}
+            inputs = attrs.evolve(inputs, tags=tags)
         if run_cfg.id and parent is None:
             self._resume(backend, run_cfg.id, inputs.prepared)
             return inputs.tags
@@ -504,7 +736,9 @@ class TrackingSession:
             raise plan.refusal.error(self._shown_store())
         if plan.action is ExperimentAction.CREATE:
             kwargs = settings.create_experiment_kwargs
-            location = kwargs.artifact_location
+            # Offline, artifacts stay in the offline store (its experiment is created there
+            # only to hold runs until trackcfg sync uploads them).
+            location = kwargs.artifact_location if self._offline is None else None
             if location is not None and "://" not in location and not location.startswith("/"):
                 location = (self.project_root / location).as_uri()
             if location is None and self._store_location().artifact_root is not None:
@@ -859,7 +1093,7 @@ class TrackingSession:
         gets ``TRACKCFG_DISABLE=1`` so it stays quiet too."""
         if not self._enabled or self._run_id is None:
             return {"TRACKCFG_DISABLE": "1"} if self._entered else {}
-        return worker_env(self.tracking_uri, self._run_id, self._experiment_id)
+        return worker_env(self.tracking_uri, self._run_id, self._experiment_id, self._offline)
 
     def share_with_subprocesses(self) -> None:
         """Export ``child_env()`` into this process's environment until the session ends, for

@@ -19,9 +19,11 @@ from ._env import EnvSnapshot
 from ._state import MLFLOW_ENV
 
 __all__ = [
+    "OFFLINE_DESTINATION_ENV",
     "PARENT_RUN_ENV",
     "RANK_VARIABLES",
     "activate_inherited_run",
+    "inherited_offline_destination",
     "inherited_parent",
     "process_rank",
     "worker_env",
@@ -33,6 +35,10 @@ logger = logging.getLogger(__name__)
 RANK_VARIABLES = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
 #: Set by ``TrackingSession.child_env()`` for worker processes: their sessions become children.
 PARENT_RUN_ENV = "TRACKCFG_PARENT_RUN_ID"
+#: Set by ``child_env()`` of an offline session: the parent's destination (masked).  A worker's
+#: session then logs offline too, into the parent's store (``MLFLOW_TRACKING_URI``), whatever
+#: its own ``server.offline`` says, and its run carries the destination tag.
+OFFLINE_DESTINATION_ENV = "TRACKCFG_OFFLINE_DESTINATION"
 
 
 def process_rank(environ: Mapping[str, str] | None = None) -> int:
@@ -48,14 +54,32 @@ def process_rank(environ: Mapping[str, str] | None = None) -> int:
     return 0
 
 
-def worker_env(tracking_uri: str, run_id: str, experiment_id: str | None) -> dict[str, str]:
+def worker_env(
+    tracking_uri: str,
+    run_id: str,
+    experiment_id: str | None,
+    offline_destination: str | None = None,
+) -> dict[str, str]:
     """What a worker needs for its sessions to become children of ``run_id``:
     ``MLFLOW_TRACKING_URI`` (fills a worker config that sets no URI), ``TRACKCFG_PARENT_RUN_ID``
-    and ``MLFLOW_EXPERIMENT_ID`` (the child goes beside its parent, without a lookup)."""
+    and ``MLFLOW_EXPERIMENT_ID`` (the child goes beside its parent, without a lookup); for an
+    offline parent, ``TRACKCFG_OFFLINE_DESTINATION`` (its destination, masked)."""
     env = {"MLFLOW_TRACKING_URI": tracking_uri, PARENT_RUN_ENV: run_id}
     if experiment_id is not None:
         env["MLFLOW_EXPERIMENT_ID"] = experiment_id
+    if offline_destination is not None:
+        env[OFFLINE_DESTINATION_ENV] = offline_destination
     return env
+
+
+def inherited_offline_destination(environ: Mapping[str, str] | None = None) -> str | None:
+    """The destination of an offline parent (``TRACKCFG_OFFLINE_DESTINATION``), when this
+    process is its worker (``TRACKCFG_PARENT_RUN_ID`` and ``MLFLOW_TRACKING_URI`` set too)."""
+    environ = os.environ if environ is None else environ
+    destination = environ.get(OFFLINE_DESTINATION_ENV, "").strip()
+    if not destination or not inherited_parent(environ):
+        return None
+    return destination if environ.get("MLFLOW_TRACKING_URI", "").strip() else None
 
 
 def inherited_parent(environ: Mapping[str, str] | None = None) -> str | None:

@@ -16,9 +16,9 @@ from pathlib import Path
 import click
 
 from trackcfg import _backend
-from trackcfg._config import TrackingConfig
+from trackcfg._config import OfflineMode, TrackingConfig
 from trackcfg._loading import load_config
-from trackcfg._rules import TRUTHY, experiment_plan, resume_refusal
+from trackcfg._rules import TRUTHY, experiment_plan, offline_refusal, resume_refusal
 from trackcfg._store import StoreLocation, missing_driver, resolve_store
 from trackcfg.exceptions import ConfigError, TrackcfgError
 
@@ -209,6 +209,38 @@ def run_checks(
     if headers_item is not None:
         add(headers_item)
     credentials_item = _credentials_item(config)
+    mode = config.server.offline
+    offline = resolve_store("mlruns", root)
+    sync = f"upload them with `trackcfg sync {display_path(root)}`"
+    if mode is not OfflineMode.NEVER and location.is_local:
+        add(
+            CheckItem(
+                Status.SKIP,
+                "offline",
+                f"server.offline: {mode.value} has nothing to do: the store is local already",
+            )
+        )
+    elif mode is OfflineMode.ALWAYS:
+        # Like a session: the server is not contacted; its runs go to the offline store.
+        add(
+            CheckItem(
+                Status.OK,
+                "offline",
+                f"always: runs go to {display_path(offline.local_folder or root)}, for "
+                f"{mask_uri(location.tracking_uri)} (not contacted); {sync}",
+            )
+        )
+        add(credentials_item)
+        add(_offline_target(config, name, location, offline, "server.offline: always"))
+        return _disable_item(items, add)
+    silent: list[CheckItem] = []  # the server did not answer, under server.offline: auto
+
+    def add_store(item: CheckItem) -> None:
+        if mode is OfflineMode.AUTO and item.status is Status.FAIL:
+            silent.append(item)  # a session would not fail: it would log offline
+            item = CheckItem(Status.WARN, item.what, item.detail)
+        add(item)
+
     if location.is_local:
         store_item, can_look = _check_local(location)
         add(store_item)
@@ -221,7 +253,7 @@ def run_checks(
         store_item, refused, lookup = http_lookup(
             location.tracking_uri, http_env, experiment, run_id, timeout, extra_headers
         )
-        add(store_item)
+        add_store(store_item)
         credentials_item = refused or credentials_item
     elif scheme in DB_PORTS:
         driver = missing_driver(location.tracking_uri)
@@ -231,7 +263,7 @@ def run_checks(
             add(CheckItem(Status.FAIL, "store", driver.problem, f"{driver.fix}; set by {key}"))
         else:
             store_item = tcp_reachable(location.tracking_uri, timeout)
-            add(store_item)
+            add_store(store_item)
             if store_item.status is Status.OK:
                 lookup = backend_lookup(location, credentials_env, experiment, run_id, timeout)
     else:
@@ -242,11 +274,62 @@ def run_checks(
                 f"{mask_uri(location.tracking_uri)}: trackcfg cannot check this kind of store",
             )
         )
+    if mode is OfflineMode.AUTO and not location.is_local:
+        if silent:
+            add(
+                CheckItem(
+                    Status.WARN,
+                    "offline",
+                    f"auto: the server does not answer now, so runs would go to "
+                    f"{display_path(offline.local_folder or root)}; {sync}",
+                )
+            )
+            add(credentials_item)
+            add(_offline_target(config, name, location, offline, "server.offline: auto"))
+            return _disable_item(items, add)
+        add(
+            CheckItem(
+                Status.OK,
+                "offline",
+                "auto: the server answers now, so runs go to it (when it does not answer at "
+                f"session start, to {display_path(offline.local_folder or root)})",
+            )
+        )
     add(credentials_item)
     add(_target_item(config, name, lookup))
+    return _disable_item(items, add)
+
+
+def _disable_item(items: list[CheckItem], add: Callable[[CheckItem], None]) -> list[CheckItem]:
     if os.environ.get("TRACKCFG_DISABLE", "").strip().lower() in TRUTHY:
         add(CheckItem(Status.WARN, "tracking", "TRACKCFG_DISABLE is set: sessions log nothing"))
     return items
+
+
+def _offline_target(
+    config: TrackingConfig,
+    name: str,
+    destination: StoreLocation,
+    offline: StoreLocation,
+    why: str,
+) -> CheckItem:
+    """What an offline session would do: refuse a run that lives on the server, else the
+    experiment in the offline store (the session's own rules)."""
+    refusal = offline_refusal(
+        mask_uri(destination.tracking_uri),
+        why,
+        run_id=config.tracking.run.id or None,
+        named_run=None,
+        online_parent=None,
+        always=config.server.offline is OfflineMode.ALWAYS,
+    )
+    if refusal is not None:
+        return CheckItem(Status.FAIL, "run", refusal.problem, refusal.fix)
+    store_item, can_look = _check_local(offline)
+    if store_item.status is Status.FAIL:
+        return store_item
+    lookup = backend_lookup(offline, {}, name, None) if can_look else Lookup()
+    return _target_item(config, name, lookup)
 
 
 def _config_fix(path: Path | None, exc: TrackcfgError) -> str | None:

@@ -328,13 +328,24 @@ def http_lookup(
 ) -> tuple[CheckItem, CheckItem | None, Lookup | None]:
     """One REST call answers three questions: reachable? credentials accepted? found?"""
     base = uri.rstrip("/")
+    parts = urllib.parse.urlsplit(base)
+    if parts.username is not None:
+        # urllib takes user:password@host for a host name: the URL goes without them, and
+        # they are sent as requests (MLflow's client) sends them: Basic authentication.
+        host = parts.netloc.rpartition("@")[2]
+        base = urllib.parse.urlunsplit(parts._replace(netloc=host))
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        pair = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        if "Authorization" not in _http_headers(env):  # MLflow's variables win, as in requests
+            extra = {"Authorization": f"Basic {pair}", **(extra or {})}
     if run_id is not None:
         query = urllib.parse.urlencode({"run_id": run_id})
         url = f"{base}/api/2.0/mlflow/runs/get?{query}"
     else:
         query = urllib.parse.urlencode({"experiment_name": experiment or ""})
         url = f"{base}/api/2.0/mlflow/experiments/get-by-name?{query}"
-    shown = mask_uri(base)
+    shown = mask_uri(uri.rstrip("/"))
     answer = _http_get(url, env, timeout, extra)
     if answer.status is None:
         return (

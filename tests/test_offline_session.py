@@ -1,0 +1,426 @@
+"""Offline runs, the session side (``server.offline: never | auto | always``), on real stores.
+
+The destination is a real ``mlflow server`` (the session's ``mlflow_server`` fixture), a port
+nobody listens on (refused at once), or ``Listener``: a socket on 127.0.0.1 that takes TCP
+connections and never answers, and counts them (``always`` must open none).  The offline store
+is the project's own SQLite store, read back with ``MlflowClient``.  The fake-backend tests of
+the same decisions are in tests/test_session_decisions.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import project_folder, read_runs, run_python, store_uri, subprocess_env, write
+
+from trackcfg import RunError, TrackingSession, TrackingUnavailableError, _state, load_config
+from trackcfg._rules import OFFLINE_DESTINATION_TAG
+
+HTTP_SETTINGS = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+
+
+class Listener:
+    """A TCP port on 127.0.0.1 that accepts connections (the kernel completes them) and never
+    answers; ``connections()`` counts those made so far."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self._sock.setblocking(False)
+        self.port: int = self._sock.getsockname()[1]
+        self._accepted: list[socket.socket] = []
+
+    def connections(self) -> int:
+        while True:
+            try:
+                connection, _ = self._sock.accept()
+            except BlockingIOError:
+                return len(self._accepted)
+            self._accepted.append(connection)
+
+    def close(self) -> None:
+        for connection in self._accepted:
+            connection.close()
+        self._sock.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    found = Listener()
+    yield found
+    found.close()
+
+
+def free_port() -> int:
+    """A port nobody listens on (bound once, then let go: refused from then on)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, migrated_sqlite_db: Path) -> Path:
+    """A project ``proj`` with a migrated local store (the offline store), the CWD."""
+    folder = project_folder(tmp_path / "proj", store=migrated_sqlite_db)
+    monkeypatch.chdir(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_imported() -> None:
+    """MLflow imported before the timed parts (the first session in a process imports it)."""
+    import trackcfg._mlflow  # noqa: F401
+
+
+def config_file(project: Path, uri: str, offline: str, **server: Any) -> Path:
+    extra = "".join(f"  {key}: {value}\n" for key, value in server.items())
+    return write(
+        project / "mlflow.yml",
+        f"server:\n  mlflow_tracking_uri: {uri}\n  offline: {offline}\n{extra}"
+        "tracking:\n  experiment:\n    name: offline-demo\n",
+    )
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("trackcfg")
+    ]
+
+
+def log_everything(session: TrackingSession, tmp_path: Path) -> None:
+    file = tmp_path / "model.txt"
+    file.write_text("weights")
+    session.log_params({"depth": 3})
+    for step in range(3):
+        session.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+    session.log_artifact(file, "model")
+    session.log_text("notes", "notes.txt")
+
+
+def assert_offline_run(project: Path, destination: str) -> Any:
+    """The one run of the offline store, with everything ``log_everything`` logged."""
+    from mlflow import MlflowClient
+
+    (run,) = read_runs(store_uri(project), "offline-demo")
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"lr": "0.1", "depth": "3"}
+    client = MlflowClient(tracking_uri=store_uri(project))
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 0.5), (2, 1 / 3)]
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == [
+        "model",
+        "notes.txt",
+    ]
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    assert (artifacts / "model" / "model.txt").read_text() == "weights"
+    assert artifacts.is_relative_to(project / "mlruns" / "artifacts")
+    assert run.data.tags[OFFLINE_DESTINATION_TAG] == destination
+    return run
+
+
+def assert_nothing_held() -> None:
+    """The destination attempt gave back everything it set."""
+    import mlflow
+
+    assert _state._settings is None
+    assert not any(name in os.environ for name in HTTP_SETTINGS)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert not mlflow.get_tracking_uri().startswith("http")
+
+
+# ---------------------------------------------------------------------------------------------
+# auto
+
+
+def test_auto_with_the_server_refusing_logs_offline_at_once_and_says_so_once(
+    project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    uri = f"http://bob:hunter2@127.0.0.1:{port}"
+    masked = f"http://bob:***@127.0.0.1:{port}"
+    config = load_config(config_file(project, uri, "auto"))
+    session = TrackingSession(config, name="train", params={"lr": 0.1})
+    caplog.set_level(logging.INFO, logger="trackcfg")
+    wall_start, started = time.time(), time.monotonic()
+    with session as s:
+        entered = time.monotonic() - started
+        log_everything(s, tmp_path)
+        shown = repr(s)
+        assert s.tracking_uri == store_uri(project)
+    run = assert_offline_run(project, masked)
+    assert run.info.run_id == session.run_id
+    (warning,) = warnings_of(caplog)
+    text = warning.getMessage()
+    assert masked in text
+    assert "connection refused" in text
+    assert f"trackcfg sync {project}" in text
+    assert str(project / "mlruns") in text
+    assert f"offline in {project / 'mlruns'} for {masked}" in shown
+    assert "hunter2" not in caplog.text + shown
+    # Refused at once: falling back costs no retry budget.
+    assert warning.created - wall_start < 2.0
+    assert entered < 10, entered
+    assert_nothing_held()
+
+
+def test_auto_with_a_server_that_never_answers_falls_back_after_request_timeout(
+    project: Path, tmp_path: Path, listener: Listener, caplog: pytest.LogCaptureFixture
+) -> None:
+    uri = f"http://127.0.0.1:{listener.port}"
+    config = load_config(config_file(project, uri, "auto", request_timeout=2, max_retries=3))
+    caplog.set_level(logging.INFO, logger="trackcfg")
+    wall_start, started = time.time(), time.monotonic()
+    with TrackingSession(config, name="train", params={"lr": 0.1}) as s:
+        entered = time.monotonic() - started
+        log_everything(s, tmp_path)
+    assert_offline_run(project, uri)
+    (warning,) = warnings_of(caplog)
+    waited = warning.created - wall_start
+    # One question bounded by server.request_timeout, not its x (max_retries + 1) with backoff.
+    assert 1.9 <= waited < 2 + 3, waited
+    assert entered < 2 + 10, entered
+    assert "no answer within 2 s" in warning.getMessage()
+    assert listener.connections() == 1
+    assert_nothing_held()
+
+
+def test_auto_with_the_server_up_logs_there_and_nothing_locally(
+    mlflow_server: str, project: Path
+) -> None:
+    experiment = f"offline-up-{uuid.uuid4().hex[:8]}"
+    path = config_file(project, mlflow_server, "auto")
+    config = load_config(path, overrides={"tracking.experiment.name": experiment})
+    with TrackingSession(config, name="train", params={"lr": 0.1}) as s:
+        s.log_metrics({"loss": 0.5}, step=1)
+        assert s.tracking_uri == mlflow_server
+        assert s.offline_destination is None
+    (run,) = read_runs(mlflow_server, experiment)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics == {"loss": 0.5}
+    assert OFFLINE_DESTINATION_TAG not in run.data.tags
+    assert read_runs(store_uri(project)) == []
+
+
+def test_never_with_the_server_down_raises_as_before_and_logs_nothing_locally(
+    project: Path,
+) -> None:
+    config = load_config(config_file(project, f"http://127.0.0.1:{free_port()}", "never"))
+    refused = pytest.raises(TrackingUnavailableError, match="refused the connection")
+    with refused, TrackingSession(config, name="train"):
+        pass
+    assert read_runs(store_uri(project)) == []
+    assert_nothing_held()
+
+
+def test_auto_with_a_database_that_does_not_answer_falls_back(
+    project: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("psycopg2")
+    uri = f"postgresql+psycopg2://bob:hunter2@127.0.0.1:{free_port()}/mlflow"
+    masked = uri.replace("hunter2", "***")
+    config = load_config(config_file(project, uri, "auto", request_timeout=2))
+    caplog.set_level(logging.INFO, logger="trackcfg")
+    with TrackingSession(config, name="train", params={"lr": 0.1}) as s:
+        log_everything(s, tmp_path)
+    assert_offline_run(project, masked)
+    (warning,) = warnings_of(caplog)
+    assert masked in warning.getMessage()
+    assert "hunter2" not in caplog.text
+    assert_nothing_held()
+
+
+def test_the_quick_check_is_bounded_for_https_too_and_left_to_the_proxy_behind_one(
+    listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trackcfg._session import _server_silence
+
+    started = time.monotonic()
+    silence = _server_silence(f"https://127.0.0.1:{listener.port}", 1)
+    assert silence == "no answer within 1 s (server.request_timeout)"
+    assert time.monotonic() - started < 1 + 2
+    # Behind a proxy the proxy answers, not the server: the session's own requests decide.
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert _server_silence(f"https://127.0.0.1:{listener.port}", 1) is None
+    assert listener.connections() == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# always
+
+
+def test_always_never_connects_to_the_server(
+    project: Path, tmp_path: Path, listener: Listener, caplog: pytest.LogCaptureFixture
+) -> None:
+    uri = f"http://127.0.0.1:{listener.port}"
+    config = load_config(config_file(project, uri, "always"))
+    caplog.set_level(logging.INFO, logger="trackcfg")
+    session = TrackingSession(config, name="train", params={"lr": 0.1})
+    assert session.tracking_uri == store_uri(project)
+    with session as s:
+        log_everything(s, tmp_path)
+    assert_offline_run(project, uri)
+    assert listener.connections() == 0
+    assert warnings_of(caplog) == []
+    assert "server.offline: always" in caplog.text
+    assert f"trackcfg sync {project}" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["always", "auto"])
+@pytest.mark.parametrize("source", ["tracking.run.id", "MLFLOW_RUN_ID"])
+def test_resuming_a_run_offline_is_refused_before_anything_is_created(
+    tmp_path: Path,
+    listener: Listener,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+    source: str,
+) -> None:
+    project = project_folder(tmp_path / "fresh")  # no store yet: nothing may create one
+    uri = f"http://127.0.0.1:{listener.port}" if mode == "always" else "http://127.0.0.1:1"
+    overrides = {"tracking.run.id": "0123abcd"} if source == "tracking.run.id" else {}
+    if source == "MLFLOW_RUN_ID":
+        monkeypatch.setenv("MLFLOW_RUN_ID", "0123abcd")
+    config = load_config(config_file(project, uri, mode), overrides=overrides)
+    with pytest.raises(RunError) as caught, TrackingSession(config, name="train"):
+        pass
+    message = str(caught.value)
+    assert f"{source}='0123abcd'" in message or f"'0123abcd' ({source})" in message
+    assert "cannot" in message
+    assert uri in message
+    assert "trackcfg sync" in message  # the fix: a new offline run, uploaded later
+    assert not (project / "mlruns").exists()
+    assert listener.connections() == 0
+    assert_nothing_held()
+
+
+# ---------------------------------------------------------------------------------------------
+# children and workers
+
+WORKER = """\
+import sys
+from trackcfg import TrackingSession
+with TrackingSession.from_yaml(sys.argv[1], name="worker") as s:
+    s.log_metrics({"worker_loss": 0.25}, step=1)
+print("RUN", s.run_id, s.tracking_uri)
+"""
+
+
+def test_offline_parent_child_session_and_worker_process_all_go_beside_it(
+    project: Path, tmp_path: Path, listener: Listener
+) -> None:
+    uri = f"http://bob:hunter2@127.0.0.1:{listener.port}"
+    masked = f"http://bob:***@127.0.0.1:{listener.port}"
+    config = load_config(config_file(project, uri, "always"))
+    # The worker's own config says auto, for the same server: it must not try it either.
+    worker_config = write(
+        tmp_path / "worker.yml",
+        f"server:\n  mlflow_tracking_uri: {uri}\n  offline: auto\n",
+    )
+    script = write(tmp_path / "worker.py", WORKER)
+    with TrackingSession(config, name="train") as parent:
+        with parent.child("fold-1") as child:
+            child.log_metrics({"fold_loss": 0.5})
+        env = parent.child_env()
+        assert env["TRACKCFG_OFFLINE_DESTINATION"] == masked
+        worker_env = {**subprocess_env(), **env}
+        done = run_python(str(script), str(worker_config), cwd=project, env=worker_env)
+    assert done.returncode == 0, done.stderr
+    worker_run = done.stdout.split("RUN ", 1)[1].split()[0]
+    found = {r.info.run_id: r for r in read_runs(store_uri(project), "offline-demo")}
+    assert set(found) == {parent.run_id, child.run_id, worker_run}
+    for run_id in (child.run_id, worker_run):
+        assert found[run_id].data.tags["mlflow.parentRunId"] == parent.run_id
+    for run in found.values():
+        assert run.data.tags[OFFLINE_DESTINATION_TAG] == masked
+        assert run.info.status == "FINISHED"
+    assert found[worker_run].data.metrics == {"worker_loss": 0.25}
+    assert listener.connections() == 0
+    assert "hunter2" not in done.stdout + done.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# the CLI: check and show
+
+
+def test_check_and_show_report_the_mode(
+    project: Path, listener: Listener, mlflow_server: str
+) -> None:
+    config_file(project, mlflow_server, "auto")
+    env = subprocess_env(COLUMNS="250")
+    up = run_python("-m", "trackcfg", "check", "--timeout", "10", cwd=project, env=env)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert f"[ ok ] store: {mlflow_server} answers" in up.stdout
+    assert "[ ok ] offline: auto: the server answers now, so runs go to it (when it does " in (
+        up.stdout
+    )
+
+    down = f"http://127.0.0.1:{free_port()}"
+    config_file(project, down, "auto")
+    auto = run_python("-m", "trackcfg", "check", "--timeout", "2", cwd=project, env=env)
+    assert auto.returncode == 0, auto.stdout + auto.stderr
+    assert f"[warn] store: {down} not reachable" in auto.stdout
+    assert "[warn] offline: auto: the server does not answer now, so runs would go to " in (
+        auto.stdout
+    )
+    assert "trackcfg sync" in auto.stdout
+    assert "a run would start" in auto.stdout
+
+    config_file(project, f"http://127.0.0.1:{listener.port}", "always")
+    always = run_python("-m", "trackcfg", "check", "--timeout", "2", cwd=project, env=env)
+    assert always.returncode == 0, always.stdout + always.stderr
+    assert "[ ok ] offline: always: runs go to mlruns" in always.stdout
+    assert "(not contacted)" in always.stdout
+    assert listener.connections() == 0
+
+    show = run_python("-m", "trackcfg", "show", cwd=project, env=env)
+    (line,) = [x for x in show.stdout.splitlines() if x.startswith("server.offline ")]
+    assert line.split()[1:] == ["always", "mlflow.yml:3"]
+
+    refused = run_python(
+        "-m", "trackcfg", "check", cwd=project, env={**env, "TRACKCFG_TRACKING__RUN__ID": "abc"}
+    )
+    assert refused.returncode == 1
+    assert "[FAIL] run: run 'abc' (tracking.run.id) lives on tracking server" in refused.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Kedro
+
+
+try:  # the fixtures of tests/test_kedro.py (a generated Kedro project, copied per test)
+    from test_kedro import in_process, kedro_template, run_in_process  # noqa: F401
+    from test_kedro import project as kedro_project  # noqa: F401
+except pytest.skip.Exception:  # Kedro is not installed: only the test below is skipped
+    pass
+
+
+@pytest.mark.usefixtures("in_process")
+def test_kedro_run_with_offline_always_logs_into_the_projects_mlruns(
+    kedro_project: Path, listener: Listener
+) -> None:
+    uri = f"http://127.0.0.1:{listener.port}"
+    write(
+        kedro_project / "conf" / "base" / "mlflow.yml",
+        textwrap.dedent(f"""\
+        server:
+          mlflow_tracking_uri: {uri}
+          offline: always
+        """),
+    )
+    run_in_process(kedro_project, pipeline_names=["plain"])
+    (run,) = read_runs(store_uri(kedro_project))
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[OFFLINE_DESTINATION_TAG] == uri
+    assert listener.connections() == 0
