@@ -32,7 +32,7 @@ from helpers import TELEMETRY_OFF
 
 # --- hermetic environment (config/loader tests) --------------------------------------------
 
-_KEPT_TRACKCFG_VARS = frozenset({"TRACKCFG_TEST_POSTGRES_URL"})
+_KEPT_TRACKCFG_VARS = frozenset({"TRACKCFG_TEST_POSTGRES_URL", "TRACKCFG_TEST_KEDRO_MLFLOW_PATH"})
 _MLFLOW_VARS = (
     "MLFLOW_TRACKING_URI",
     "MLFLOW_RUN_ID",

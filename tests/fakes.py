@@ -27,11 +27,11 @@ import dataclasses
 import json
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trackcfg._backend import ExperimentRef, RunRef, RunStatus
+from trackcfg._backend import ArtifactFile, ExperimentRef, RunDetails, RunRef, RunStatus
 from trackcfg._params import Batch, Limits, MetricPoint
 from trackcfg.exceptions import ExperimentError, RunError
 
@@ -544,6 +544,36 @@ class FakeBackend:
         self._call("terminate", run_id, status, end_time)
         with self.store.lock:
             self.store.live_run(run_id).status = status
+
+    # ---------------------------------------------------------------- copying runs (sync)
+    # Uploading offline runs is tested against real stores only (tests/test_offline_upload.py).
+
+    def list_experiments(self) -> list[ExperimentRef]:
+        self._call("list_experiments")
+        with self.store.lock:
+            return [
+                ExperimentRef(id=e.id, name=e.name, deleted=e.deleted)
+                for e in self.store.experiments.values()
+            ]
+
+    def search_runs(self, experiment_ids: Sequence[str], filter_string: str) -> list[RunDetails]:
+        raise NotImplementedError("the fake store does not search runs")
+
+    def create_run(
+        self,
+        *,
+        experiment_id: str,
+        name: str | None,
+        start_time: int | None,
+        tags: Mapping[str, str],
+    ) -> RunRef:
+        raise NotImplementedError("the fake store creates runs through start_run only")
+
+    def artifact_files(self, run_id: str) -> list[ArtifactFile]:
+        raise NotImplementedError("the fake store does not list artifacts")
+
+    def download_artifact(self, run_id: str, path: str, dst_dir: str) -> str:
+        raise NotImplementedError("the fake store does not download artifacts")
 
 
 def _remove_last(stack: list[str], run_id: str) -> None:

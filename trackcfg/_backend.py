@@ -11,7 +11,7 @@ through the session's ``_backend_factory`` seam.  See docs/architecture.md.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -19,16 +19,25 @@ import attrs
 from ._params import Batch, Limits, MetricPoint
 
 __all__ = [
+    "ArtifactFile",
     "Backend",
     "BackendFactory",
     "ExperimentRef",
+    "ModelRef",
+    "RunDetails",
     "RunRef",
     "RunStatus",
     "add_header_provider",
     "build_header_provider",
+    "check_flavor",
+    "download_artifacts",
     "header_provider_class",
+    "load_model",
+    "log_model",
+    "metric_keys",
     "open_backend",
     "remove_header_provider",
+    "save_model",
 ]
 
 
@@ -55,6 +64,30 @@ class RunRef:
     status: RunStatus = RunStatus.RUNNING
     deleted: bool = False
     params: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class RunDetails:
+    """Everything a run holds but its metric histories and artifacts (``trackcfg sync``
+    copying an offline run): ``metric_keys`` names the histories to read."""
+
+    id: str
+    experiment_id: str
+    name: str | None
+    status: RunStatus
+    start_time: int | None
+    end_time: int | None
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+    params: Mapping[str, str] = attrs.field(factory=dict)
+    metric_keys: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class ArtifactFile:
+    """One file of a run's artifacts: its path in the run ('/'-separated) and size."""
+
+    path: str
+    size: int | None
 
 
 class Backend(Protocol):
@@ -114,6 +147,34 @@ class Backend(Protocol):
         """Set the run's end status and time, whatever thread or process started it."""
         ...
 
+    # Copying runs between stores (``trackcfg sync`` uploading offline runs).
+    def list_experiments(self) -> list[ExperimentRef]:
+        """Every experiment of the store, deleted ones too."""
+        ...
+
+    def search_runs(self, experiment_ids: Sequence[str], filter_string: str) -> list[RunDetails]:
+        """The active (not deleted) runs of these experiments matching MLflow's filter."""
+        ...
+
+    def create_run(
+        self,
+        *,
+        experiment_id: str,
+        name: str | None,
+        start_time: int | None,
+        tags: Mapping[str, str],
+    ) -> RunRef:
+        """A new RUNNING run, never made active (no active-run stack is touched)."""
+        ...
+
+    def artifact_files(self, run_id: str) -> list[ArtifactFile]:
+        """Every file of the run's artifacts, folders walked."""
+        ...
+
+    def download_artifact(self, run_id: str, path: str, dst_dir: str) -> str:
+        """Copy one artifact file under ``dst_dir`` (its folders kept); its local path."""
+        ...
+
 
 class BackendFactory(Protocol):
     """Opens a backend for one store; also knows the limits values must respect, which the
@@ -168,3 +229,75 @@ def remove_header_provider(provider: Any) -> None:
     from ._mlflow import remove_header_provider as remove
 
     remove(provider)
+
+
+def download_artifacts(
+    tracking_uri: str, registry_uri: str | None, run_id: str, artifact_path: str, dst_path: str
+) -> str:
+    """Download a run's artifact file or folder into the folder ``dst_path``; its local path
+    (for ``trackcfg.kedro.datasets``; ``RunError`` when it is not there)."""
+    from ._mlflow import download_artifacts as download
+
+    return download(tracking_uri, registry_uri, run_id, artifact_path, dst_path)
+
+
+def metric_keys(tracking_uri: str, registry_uri: str | None, run_id: str) -> list[str]:
+    """The keys of the metrics a run holds (for ``trackcfg.kedro.datasets``)."""
+    from ._mlflow import metric_keys as keys
+
+    return keys(tracking_uri, registry_uri, run_id)
+
+
+# MLflow models (``trackcfg.kedro.datasets``' model datasets).  ``flavor`` is the import path
+# of an MLflow flavor module (``mlflow.sklearn``, ``mlflow.pyfunc``, a custom one); calls
+# that need a store use MLflow's current one (the caller sets it: ``Backend.use_store``) and
+# ``log_model`` logs into MLflow's active run (the caller makes it active).
+
+
+@attrs.frozen(kw_only=True)
+class ModelRef:
+    """A model ``log_model`` logged: the URI that loads it back (``models:/<model_id>``),
+    its id, the run it was logged into and its name in that run."""
+
+    model_uri: str
+    model_id: str | None = None
+    run_id: str | None = None
+    name: str | None = None
+
+
+def check_flavor(flavor: str) -> None:
+    """Import the flavor module; ``ValueError`` saying why it is not usable."""
+    from ._mlflow import flavor_module
+
+    flavor_module(flavor)
+
+
+def log_model(
+    flavor: str, model: Any, args: Mapping[str, Any], pyfunc_workflow: str | None = None
+) -> ModelRef:
+    """``<flavor>.log_model(model, **args)`` into MLflow's active run (``mlflow.pyfunc``:
+    the model is passed as ``args[pyfunc_workflow]``); ``RunError`` when MLflow refuses."""
+    from ._mlflow import log_model as log
+
+    return log(flavor, model, args, pyfunc_workflow)
+
+
+def save_model(
+    flavor: str,
+    model: Any,
+    path: str,
+    args: Mapping[str, Any],
+    pyfunc_workflow: str | None = None,
+) -> None:
+    """``<flavor>.save_model(model, path, **args)``: a model folder on the local disk."""
+    from ._mlflow import save_model as save
+
+    save(flavor, model, path, args, pyfunc_workflow)
+
+
+def load_model(flavor: str, model_uri: str, args: Mapping[str, Any]) -> Any:
+    """``<flavor>.load_model(model_uri, **args)``; ``RunError`` naming the URI when there is
+    no such model."""
+    from ._mlflow import load_model as load
+
+    return load(flavor, model_uri, args)

@@ -1,4 +1,4 @@
-"""``kedro trackcfg init | ui | sync``: the trackcfg commands inside a Kedro project.
+"""``kedro trackcfg init | ui | sync | migrate``: the trackcfg commands inside a Kedro project.
 
 Registered through the ``kedro.project_commands`` entry point.  They differ from ``trackcfg
 init | ui | sync`` only in where the configuration comes from: Kedro's config loader and
@@ -40,6 +40,31 @@ def init(metadata: Any, env: str, force: bool) -> None:
     when conf/base/mlflow.yml exists, so that it stays in effect)."""
     written = _cli.write_template(Path(metadata.project_path), env, force=force, user_file=False)
     click.echo(written.summary())
+
+
+@trackcfg.command()
+@click.option("--dry-run", is_flag=True, help="List what would change; write nothing.")
+@click.pass_obj
+def migrate(metadata: Any, dry_run: bool) -> None:
+    """Move a kedro-mlflow project over: rewrite the kedro_mlflow dataset types of every
+    conf/<env>/catalog*.yml to trackcfg.kedro.datasets' (comments and layout kept), list
+    each change, and list what cannot be carried over (pipeline_ml_factory, kedro_mlflow
+    imports, `kedro mlflow` commands, the kedro-mlflow dependency)."""
+    from kedro.framework.project import settings
+
+    from . import _migrate
+
+    root = Path(metadata.project_path)
+    conf = Path(getattr(settings, "CONF_SOURCE", "conf") or "conf")
+    source_dir = getattr(metadata, "source_dir", None)
+    migration = _migrate.plan(
+        root,
+        conf if conf.is_absolute() else root / conf,
+        Path(source_dir) if source_dir else None,
+    )
+    if not dry_run:
+        _migrate.apply(migration)
+    click.echo(_migrate.render(migration, dry_run=dry_run))
 
 
 @trackcfg.command()

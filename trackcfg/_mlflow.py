@@ -44,7 +44,7 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableSequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableSequence, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit, urlunsplit
@@ -67,7 +67,7 @@ from mlflow.tracking import fluent as _fluent
 from mlflow.utils import validation as _validation
 
 from . import _state
-from ._backend import ExperimentRef, RunRef, RunStatus
+from ._backend import ArtifactFile, ExperimentRef, ModelRef, RunDetails, RunRef, RunStatus
 from ._env import exported
 from ._params import Batch, Limits, MetricPoint
 from ._store import mask_uri
@@ -1167,3 +1167,201 @@ class MlflowBackend:
         # background sync must not print into its program's output (one request fewer too).
         with exported({_SUPPRESS_LINK: "true"}):
             self._client.set_terminated(run_id, status.value, end_time)
+
+    # ---------------------------------------------------------------- copying runs (sync)
+
+    @_reachable
+    def list_experiments(self) -> list[ExperimentRef]:
+        from mlflow.entities import ViewType
+
+        found: list[ExperimentRef] = []
+        token = None
+        while True:
+            page = self._client.search_experiments(
+                view_type=ViewType.ALL, max_results=1000, page_token=token
+            )
+            found += [
+                ExperimentRef(
+                    id=e.experiment_id,
+                    name=e.name,
+                    deleted=e.lifecycle_stage == LifecycleStage.DELETED,
+                )
+                for e in page
+            ]
+            token = page.token
+            if not token:
+                return found
+
+    @_reachable
+    def search_runs(self, experiment_ids: Sequence[str], filter_string: str) -> list[RunDetails]:
+        found: list[RunDetails] = []
+        token = None
+        while experiment_ids:
+            page = self._client.search_runs(
+                list(experiment_ids), filter_string, max_results=1000, page_token=token
+            )
+            for run in page:
+                info, data = run.info, run.data
+                found.append(
+                    RunDetails(
+                        id=info.run_id,
+                        experiment_id=info.experiment_id,
+                        name=info.run_name,
+                        status=RunStatus(info.status),
+                        start_time=info.start_time,
+                        end_time=info.end_time,
+                        tags=dict(data.tags),
+                        params=dict(data.params),
+                        metric_keys=tuple(sorted(data.metrics)),
+                    )
+                )
+            token = page.token
+            if not token:
+                break
+        return found
+
+    @_reachable
+    def create_run(
+        self,
+        *,
+        experiment_id: str,
+        name: str | None,
+        start_time: int | None,
+        tags: Mapping[str, str],
+    ) -> RunRef:
+        run = self._client.create_run(
+            experiment_id, start_time=start_time, tags=dict(tags), run_name=name
+        )
+        return RunRef(id=run.info.run_id, experiment_id=experiment_id, name=run.info.run_name)
+
+    @_reachable
+    def artifact_files(self, run_id: str) -> list[ArtifactFile]:
+        files: list[ArtifactFile] = []
+        folders: list[str | None] = [None]
+        while folders:
+            for entry in self._client.list_artifacts(run_id, folders.pop()):
+                if entry.is_dir:
+                    folders.append(entry.path)
+                else:
+                    files.append(ArtifactFile(path=entry.path, size=entry.file_size))
+        return sorted(files, key=lambda f: f.path)
+
+    @_reachable
+    def download_artifact(self, run_id: str, path: str, dst_dir: str) -> str:
+        return str(self._client.download_artifacts(run_id, path, dst_dir))
+
+
+# ---------------------------------------------------------------------------- artifact download
+# For trackcfg.kedro.datasets (an artifact dataset loading from a run).  A function of its own,
+# not part of the Backend protocol: sessions never download.
+
+
+@_reachable
+def _download(backend: MlflowBackend, run_id: str, artifact_path: str, dst_path: str) -> str:
+    return str(backend._client.download_artifacts(run_id, artifact_path, dst_path))
+
+
+def download_artifacts(
+    tracking_uri: str, registry_uri: str | None, run_id: str, artifact_path: str, dst_path: str
+) -> str:
+    """Download the artifact file or folder ``artifact_path`` of run ``run_id`` into the
+    existing folder ``dst_path``; its local path.  A run or artifact that is not there is a
+    ``RunError`` naming both."""
+    backend = MlflowBackend(tracking_uri, registry_uri)
+    try:
+        return _download(backend, run_id, artifact_path, dst_path)
+    except (MlflowException, OSError) as exc:
+        if isinstance(exc, TrackingUnavailableError):
+            raise
+        detail = exc.message if isinstance(exc, MlflowException) else type(exc).__name__
+        raise RunError(
+            f"cannot download artifact {artifact_path!r} of run {run_id} from "
+            f"{mask_uri(tracking_uri)}: {detail}"
+        ) from None
+    finally:
+        backend.close()
+
+
+@_reachable
+def _metric_keys(backend: MlflowBackend, run_id: str) -> list[str]:
+    return sorted(backend._client.get_run(run_id).data.metrics)
+
+
+def metric_keys(tracking_uri: str, registry_uri: str | None, run_id: str) -> list[str]:
+    """The keys of the metrics run ``run_id`` holds (``RunError`` when there is no such run)."""
+    backend = MlflowBackend(tracking_uri, registry_uri)
+    try:
+        return _metric_keys(backend, run_id)
+    except MlflowException as exc:
+        raise RunError(
+            f"cannot read run {run_id} in {mask_uri(tracking_uri)}: {exc.message}"
+        ) from None
+    finally:
+        backend.close()
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def flavor_module(flavor: str) -> Any:
+    """The MLflow flavor module at import path ``flavor``; ``ValueError`` saying why not."""
+    import importlib
+
+    try:
+        module = importlib.import_module(flavor)
+    except ImportError as exc:
+        raise ValueError(
+            f"the model flavor {flavor!r} cannot be imported ({exc}); give an MLflow flavor "
+            "module such as mlflow.sklearn or mlflow.pyfunc, or install its library"
+        ) from None
+    if not callable(getattr(module, "load_model", None)):
+        raise ValueError(f"{flavor!r} is not an MLflow model flavor: it has no load_model")
+    return module
+
+
+def _model_error(action: str, exc: MlflowException) -> RunError:
+    return RunError(f"cannot {action}: {exc.message}")
+
+
+def log_model(
+    flavor: str, model: Any, args: Mapping[str, Any], pyfunc_workflow: str | None
+) -> ModelRef:
+    module = flavor_module(flavor)
+    kwargs = dict(args)
+    try:
+        if pyfunc_workflow is not None and flavor == "mlflow.pyfunc":
+            kwargs[pyfunc_workflow] = model
+            info = module.log_model(**kwargs)
+        else:
+            info = module.log_model(model, **kwargs)
+    except MlflowException as exc:
+        raise _model_error(f"log the {flavor} model", exc) from None
+    return ModelRef(
+        model_uri=str(info.model_uri),
+        model_id=getattr(info, "model_id", None),
+        run_id=getattr(info, "run_id", None),
+        name=getattr(info, "name", None),
+    )
+
+
+def save_model(
+    flavor: str, model: Any, path: str, args: Mapping[str, Any], pyfunc_workflow: str | None
+) -> None:
+    module = flavor_module(flavor)
+    kwargs = dict(args)
+    try:
+        if pyfunc_workflow is not None and flavor == "mlflow.pyfunc":
+            kwargs[pyfunc_workflow] = model
+            module.save_model(path, **kwargs)
+        else:
+            module.save_model(model, path, **kwargs)
+    except MlflowException as exc:
+        raise _model_error(f"save the {flavor} model in {path}", exc) from None
+
+
+def load_model(flavor: str, model_uri: str, args: Mapping[str, Any]) -> Any:
+    module = flavor_module(flavor)
+    try:
+        return module.load_model(model_uri, **dict(args))
+    except MlflowException as exc:
+        raise _model_error(f"load the model {mask_uri(model_uri)}", exc) from None

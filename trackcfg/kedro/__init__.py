@@ -49,13 +49,14 @@ from typing import TYPE_CHECKING, Any
 
 from kedro.framework.hooks import hook_impl
 
-from .._backend import open_backend
-from .._loading import config_from_mapping, load_config, random_run_name
-from .._params import shorten
-from .._session import TrackingSession
-from .._state import Terminated
-from .._workers import activate_inherited_run
-from ..exceptions import ConfigError, ConfigProblem
+from trackcfg._backend import open_backend
+from trackcfg._env import EnvSnapshot
+from trackcfg._loading import config_from_mapping, load_config, random_run_name
+from trackcfg._params import shorten
+from trackcfg._session import TrackingSession
+from trackcfg._state import Terminated
+from trackcfg._workers import activate_inherited_run
+from trackcfg.exceptions import ConfigError, ConfigProblem
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
     from kedro.pipeline import Pipeline
     from kedro.pipeline.node import Node
 
-    from .._config import TrackingConfig
+    from trackcfg._config import TrackingConfig
 
 __all__ = ["TrackingHooks", "hooks", "read_config"]
 
@@ -300,12 +301,32 @@ class TrackingHooks:
         self._session: TrackingSession | None = None
         self._nodes: dict[tuple[int, str], contextlib.AbstractContextManager[Any]] = {}
         self._relay: _SigtermRelay | None = None
+        self._owner = os.getpid()  # the process whose pipeline run ``_session`` is
+        self._disabled_env = EnvSnapshot()  # TRACKCFG_DISABLE for a disabled run's workers
+
+    def current_session(self) -> TrackingSession | None:
+        """The session of the pipeline running in this process (None in a worker process,
+        which has the variables the session shared instead, or between pipeline runs)."""
+        return self._session if os.getpid() == self._owner else None
+
+    def current_config(self) -> TrackingConfig | None:
+        """The project's tracking config, once a Kedro context was created here."""
+        return self._config
 
     @hook_impl
     def after_context_created(self, context: KedroContext) -> None:
         self._config = read_config(context)
         self._env = _env_name(context)
         self._context = context
+
+    @hook_impl
+    def after_catalog_created(
+        self, catalog: CatalogProtocol[Any, Any], conf_catalog: dict[str, Any]
+    ) -> None:
+        # trackcfg's metric datasets without key/prefix take their catalog name (kedro-mlflow's).
+        from trackcfg.kedro.datasets._naming import name_metric_datasets
+
+        name_metric_datasets(catalog, conf_catalog)
 
     @hook_impl
     def before_pipeline_run(
@@ -332,13 +353,15 @@ class TrackingHooks:
             tags, texts = _fit_tags(tags, open_backend.limits().tag_value)
             session = session_with(tags)
         session.__enter__()
-        self._session, self._nodes = session, {}
+        self._session, self._nodes, self._owner = session, {}, os.getpid()
         # Registered after mlflow's exit handler (which would end the run FINISHED): runs first.
         atexit.register(self._interrupted)
         try:
             for path, text in texts.items():
                 session.log_text(text, path)
             session.share_with_subprocesses()
+            if not session.enabled:  # its datasets, here and in workers, log nothing either
+                self._disabled_env.set("TRACKCFG_DISABLE", "1")
         except BaseException as exc:
             self._end(exc)
             raise
@@ -398,6 +421,7 @@ class TrackingHooks:
                 if signal.getsignal(signal.SIGTERM) is relay:
                     signal.signal(signal.SIGTERM, replaced)
         session, self._session, self._nodes = self._session, None, {}
+        self._disabled_env.restore()
         if session is None:
             return
         atexit.unregister(self._interrupted)
