@@ -13,6 +13,7 @@ import bench_metrics
 import bench_params
 import bench_session
 import bench_transport
+import offline_upload
 from _common import QUICK, machine
 
 
@@ -25,6 +26,7 @@ def main() -> None:
         bench_session.run(),
         bench_transport.run(),
         bench_logging.run(),
+        offline_upload.run(),
     ]
     try:
         import bench_kedro

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import attrs
@@ -40,7 +40,14 @@ from ._journal import (
 from ._params import Limits, MetricPoint, plan_batches
 from .exceptions import TrackcfgError
 
-__all__ = ["JOURNAL_DIR", "SyncResult", "journal_folder", "sync_journals"]
+__all__ = [
+    "JOURNAL_DIR",
+    "SyncResult",
+    "journal_folder",
+    "known_points",
+    "point_key",
+    "sync_journals",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -243,8 +250,17 @@ def _point(m: MetricPoint) -> _Point:
 
 
 def _known_points(backend: Backend, run_id: str, records: Sequence[JournalRecord]) -> set[_Point]:
-    keys = {m.key for r in records for m in r.metrics}
+    return known_points(backend, run_id, {m.key for r in records for m in r.metrics})
+
+
+def known_points(backend: Backend, run_id: str, keys: Iterable[str]) -> set[_Point]:
+    """The points of these metrics the store holds for the run, as ``point_key`` gives them
+    (to leave out of a replay or an upload what is there already)."""
     return {_point(m) for key in sorted(keys) for m in backend.metric_history(run_id, key)}
+
+
+#: What makes a metric point the same point (for callers outside this module).
+point_key = _point
 
 
 def _send_records(

@@ -32,6 +32,7 @@ from ._common import display_path, env_option, mask_uri, path_argument, project_
 
 if TYPE_CHECKING:
     from trackcfg._sync import SyncResult
+    from trackcfg._upload import UploadResult
 
 __all__ = ["sync", "sync_project"]
 
@@ -87,6 +88,39 @@ def _as_json(result: SyncResult) -> dict[str, Any]:
     }
 
 
+def _upload_line(result: UploadResult) -> str:
+    name = f" {result.name!r}" if result.name else ""
+    what = f"run {result.run_id}{name} (experiment {result.experiment!r}"
+    counts = f"{result.points} point(s), {result.artifacts} file(s), {result.status})"
+    if result.state == "uploaded":
+        text = f"uploaded: {what}, {counts} as run {result.destination_run_id}"
+    elif result.state == "would upload":
+        text = f"would upload: {what}, {counts}"
+    elif result.state == "other destination":
+        text = f"other destination: {what}) is for {result.destination}"
+    else:
+        text = f"{result.state}: {what})"
+    if result.detail:
+        text += f": {result.detail}"
+    return text
+
+
+def _upload_json(result: UploadResult) -> dict[str, Any]:
+    return {
+        "run_id": result.run_id,
+        "name": result.name,
+        "experiment": result.experiment,
+        "parent_run_id": result.parent_run_id,
+        "destination": result.destination,
+        "destination_run_id": result.destination_run_id,
+        "status": result.status,
+        "points": result.points,
+        "artifacts": result.artifacts,
+        "state": result.state,
+        "detail": result.detail,
+    }
+
+
 def sync_project(
     config: TrackingConfig,
     *,
@@ -95,12 +129,13 @@ def sync_project(
     kedro_context: Any = None,
 ) -> None:
     """Send (or with ``dry_run`` list) the project's pending journals written for the
-    configured store and report each; ``click.ClickException`` (exit 1) when any could not
-    be sent."""
+    configured store, and upload its offline runs tagged for it (``_upload``); report each;
+    ``click.ClickException`` (exit 1) when any could not be sent or was left."""
     from trackcfg import _state
     from trackcfg._backend import open_backend
     from trackcfg._store import resolve_registry_uri, resolve_store
     from trackcfg._sync import journal_folder, sync_journals
+    from trackcfg._upload import local_store, progress_units, upload_offline_runs
 
     root = project_root(config)
     location = resolve_store(config.server.mlflow_tracking_uri, root)
@@ -117,10 +152,28 @@ def sync_project(
             progress=progress,
         )
 
-    # Read first (no store opened): what there is to send, and the progress bar's length.
+    def upload(
+        *, dry: bool, count: bool = True, progress: Callable[[int], None] | None = None
+    ) -> list[UploadResult]:
+        return upload_offline_runs(
+            config,
+            root,
+            tracking_uri=location.tracking_uri,
+            factory=open_backend,
+            dry_run=dry,
+            count=count,
+            progress=progress,
+        )
+
+    # Read first (nothing sent): what there is to send, and the progress bar's length (the
+    # points of offline runs are counted only for a bar or a dry run: it reads them all).
+    bar = not as_json and sys.stderr.isatty()
     results = run(dry=True)
+    uploads = upload(dry=True, count=dry_run or bar)
     todo = sum(r.records for r in results if r.state == "would send")
-    if not dry_run and any(r.state == "would send" for r in results):
+    sending = any(r.state == "would send" for r in results)
+    uploading = any(r.state == "would upload" for r in uploads)
+    if not dry_run and (sending or uploading):
         headers = config.server.request_header_provider
         registry = resolve_registry_uri(config.server.mlflow_registry_uri, root)
         shared = _state.join_settings(
@@ -130,19 +183,26 @@ def sync_project(
             _provider_maker(config, kedro_context),
         )
         try:
-            with _progress(todo, shown=not as_json and sys.stderr.isatty()) as advance:
-                results = run(dry=False, progress=advance)
+            total = todo + progress_units(uploads)
+            with _progress(total, shown=bar) as advance:
+                if sending:
+                    results = run(dry=False, progress=advance)
+                if uploading:
+                    uploads = upload(dry=False, progress=advance)
         finally:
             _state.leave_settings(shared)
 
     failed = [r for r in results if not r.ok]
+    left = [r for r in uploads if not r.ok]
     if as_json:
         data = {
             "tracking_uri": shown,
             "journal_dir": str(folder),
+            "local_store": mask_uri(local_store(root).tracking_uri),
             "dry_run": dry_run,
-            "ok": not failed,
+            "ok": not failed and not left,
             "results": [_as_json(r) for r in results],
+            "uploads": [_upload_json(r) for r in uploads],
         }
         click.echo(json.dumps(data, indent=2))
     else:
@@ -158,9 +218,26 @@ def sync_project(
             click.echo(f"would send {len(pending)} journal(s) to {shown} (dry run)")
         elif pending:
             click.echo(f"sent {len(pending)} journal(s) to {shown}")
+        for upload_result in uploads:
+            click.echo(_upload_line(upload_result))
+        done = [r for r in uploads if r.state in ("uploaded", "would upload")]
+        if done:
+            verb = "would upload" if dry_run else "uploaded"
+            tail = " (dry run)" if dry_run else ""
+            click.echo(f"{verb} {len(done)} offline run(s) to {shown}{tail}")
+    reasons = [f"run {r.run_id}: {r.detail}" for r in failed]
     if failed:
-        reasons = "; ".join(f"run {r.run_id}: {r.detail}" for r in failed)
-        raise click.ClickException(f"{len(failed)} journal(s) not sent: {reasons}")
+        reasons = [f"{len(failed)} journal(s) not sent: " + "; ".join(reasons)]
+    if left:
+        why: dict[tuple[str, str], list[str]] = {}  # one reason, the runs it stopped
+        for r in left:
+            why.setdefault((r.state, r.detail), []).append(r.run_id)
+        details = "; ".join(
+            f"run {', '.join(runs)} {state}: {detail}" for (state, detail), runs in why.items()
+        )
+        reasons.append(f"{len(left)} offline run(s) not uploaded: {details}")
+    if reasons:
+        raise click.ClickException("; ".join(reasons))
 
 
 @click.command()
@@ -171,7 +248,7 @@ def sync_project(
     "--json", "as_json", is_flag=True, help="Print one JSON object (its shape is shown above)."
 )
 def sync(path: Path | None, env: str | None, dry_run: bool, as_json: bool) -> None:
-    """Send the logging calls buffered sessions left in the project's journals.
+    """Send what buffered sessions left in the project's journals; upload offline runs.
 
     A buffered session (tracking.logging.mode: buffered) keeps what it logs in a journal
     under <project root>/.trackcfg/journal/ (tracking.logging.journal_dir) until the server
@@ -180,9 +257,17 @@ def sync(path: Path | None, env: str | None, dry_run: bool, as_json: bool) -> No
     the status the session recorded (KILLED if it was killed). A session starting against
     the same server does this in the background too.
 
+    Offline runs (server.offline) in the project's local store mlruns/ tagged for the
+    configured server are uploaded to it, parents before children: name, start and end
+    time, status, tags, params, every metric point, artifacts. The uploaded run is tagged
+    trackcfg.sync.source_run, the local run trackcfg.sync.uploaded_to: a second sync
+    uploads nothing, a sync killed half-way is finished by the next without duplicates.
+    Runs still RUNNING and runs for another server are reported and left.
+
     Journals a running session is writing are reported "in use" and left alone; journals
     written for another store are reported and left alone. Exit 0 when everything else was
-    sent (or there was nothing to send), 1 with the reason otherwise.
+    sent and uploaded (or there was nothing to do), 1 with the reason otherwise (an offline
+    run failed or left RUNNING included).
 
     \b
     --json prints:
@@ -190,8 +275,16 @@ def sync(path: Path | None, env: str | None, dry_run: bool, as_json: bool) -> No
        "dry_run": false, "ok": true,
        "results": [{"journal": "/abs/.../<run_id>.journal", "run_id": "...",
                     "records": 12, "points": 36, "end": "KILLED",
-                    "state": "sent", "detail": ""}]}
+                    "state": "sent", "detail": ""}],
                     # state: sent | would send | in use | other server | failed
+       "local_store": "sqlite:///abs/mlruns/mlflow.db",
+       "uploads": [{"run_id": "<local id>", "name": "train", "experiment": "proj",
+                    "parent_run_id": null, "destination": "http://...",
+                    "destination_run_id": "<server id>", "status": "FINISHED",
+                    "points": 5000, "artifacts": 2, "state": "uploaded",
+                    "detail": ""}]}
+                    # state: uploaded | would upload | running | other destination
+                    #        | failed
     """
     config = load_config(path, env=env)
     sync_project(config, dry_run=dry_run, as_json=as_json)

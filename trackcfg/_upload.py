@@ -1,0 +1,416 @@
+"""Uploading offline runs to their server: the other half of ``trackcfg sync``.
+
+A session that could not (``server.offline: auto``) or must not (``always``) reach its server
+logs into the project's local store (``<root>/mlruns``) and tags each run, children too,
+``trackcfg.offline.destination`` = the server's URI (password masked).  ``upload_offline_runs``
+copies the runs tagged for the configured server there, with MLflow's client (not
+mlflow-export-import: it keeps neither start and end times nor status, and imports a run
+twice when asked twice):
+
+- parents before children; the experiment of the local run's name is found or created at the
+  destination by the config's rules (``tracking.experiment``), as a session does;
+- the destination run: the same name, start time, tags (``mlflow.parentRunId`` mapped to the
+  uploaded parent; ``trackcfg.offline.destination`` kept: it says the run was made offline),
+  params, every metric point (step and timestamp kept) in full-size ``log_batch`` requests,
+  every artifact file (bytes equal), then its status and end time;
+- the link both ways: the uploaded run has ``trackcfg.sync.source_run`` (the local run's id)
+  and ``trackcfg.sync.source_store`` (the local store, masked); the local run gets
+  ``trackcfg.sync.uploaded_to`` (the uploaded run's id) last, once all is there.  A marked run
+  is never uploaded again.  A sync killed half-way leaves an unmarked local run and a partial
+  destination run: the next sync finds that run by ``trackcfg.sync.source_run`` and sends only
+  the points it lacks (``_sync.point_key``) and the files it lacks (or holds with another
+  size), then ends and marks it.
+
+An offline run's journal (buffered logging) targets the local store: it is replayed there
+first (``_sync.sync_journals``), so the local run is complete before it is copied.  A run
+still RUNNING after that is left: either its journal is locked by a live session, or it has
+none (a ``logging.mode: sync`` session is logging to it, or was killed without a journal).
+
+Two syncs of one project never upload at once (a lock file in ``.trackcfg/``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import os
+import posixpath
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import attrs
+
+from ._backend import Backend, BackendFactory, RunDetails, RunStatus
+from ._config import TrackingConfig
+from ._params import Batch, Limits, MetricPoint, plan_batches
+from ._rules import OFFLINE_DESTINATION_TAG, ExperimentAction, experiment_plan
+from ._store import StoreLocation, mask_uri, resolve_store
+from ._sync import SyncResult, journal_folder, known_points, point_key, sync_journals
+from .exceptions import TrackcfgError, TrackingUnavailableError
+
+__all__ = [
+    "SOURCE_RUN_TAG",
+    "SOURCE_STORE_TAG",
+    "SYNC_TAG_PREFIX",
+    "UPLOADED_TO_TAG",
+    "UploadResult",
+    "local_store",
+    "progress_units",
+    "upload_offline_runs",
+]
+
+logger = logging.getLogger(__name__)
+
+SYNC_TAG_PREFIX = "trackcfg.sync."
+SOURCE_RUN_TAG = "trackcfg.sync.source_run"
+SOURCE_STORE_TAG = "trackcfg.sync.source_store"
+UPLOADED_TO_TAG = "trackcfg.sync.uploaded_to"
+_PARENT_TAG = "mlflow.parentRunId"
+_NAME_TAG = "mlflow.runName"
+#: The lock two syncs of one project take, under the project root.
+LOCK_FILE = ".trackcfg/upload.lock"
+
+_LIVE = (
+    "still RUNNING: a running session is logging to it (its journal is in use); sync again "
+    "after it ends"
+)
+_NO_END = (
+    "still RUNNING and no journal says how it ended: a session in tracking.logging.mode: sync "
+    "may be logging to it (sync again after it ends), or its process was killed"
+)
+
+
+def local_store(root: Path) -> StoreLocation:
+    """Where offline runs of the project ``root`` live: its local store ``<root>/mlruns``."""
+    return resolve_store("mlruns", root)
+
+
+@attrs.frozen(kw_only=True)
+class UploadResult:
+    """What became of one offline run."""
+
+    run_id: str  # in the local store
+    name: str | None
+    experiment: str
+    parent_run_id: str | None  # the local parent, when the run is a child
+    destination: str  # the server, masked
+    status: str  # the run's status (its end status once uploaded)
+    points: int  # metric points (to) send
+    artifacts: int  # artifact files (to) send
+    state: str  # "uploaded" | "would upload" | "running" | "other destination" | "failed"
+    destination_run_id: str | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state in ("uploaded", "would upload", "other destination")
+
+
+def upload_offline_runs(
+    config: TrackingConfig,
+    root: Path,
+    *,
+    tracking_uri: str,
+    factory: BackendFactory,
+    dry_run: bool = False,
+    count: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> list[UploadResult]:
+    """Upload (with ``dry_run``: list, contacting no server) the project's offline runs
+    tagged for ``tracking_uri`` to it; ``progress`` is told of each point and file sent.
+    Runs tagged for another destination are reported and left.  ``count=False``: a dry run
+    does not read the histories and artifact lists to count points and files (it costs
+    about a third of an upload's time)."""
+    local = local_store(root)
+    db = Path(local.tracking_uri[len("sqlite:///") :])
+    if local.tracking_uri == tracking_uri or not db.is_file():
+        return []  # the configured store is the local one, or no local store: nothing offline
+    shown = mask_uri(tracking_uri)
+    # Journals of offline runs target the local store: completed there first.
+    journals = sync_journals(
+        journal_folder(config.tracking.logging.journal_dir, root),
+        tracking_uri=local.tracking_uri,
+        shown_uri=mask_uri(local.tracking_uri),
+        factory=factory,
+        dry_run=dry_run,
+    )
+    pending = {r.run_id: r for r in journals if r.state in ("would send", "in use", "failed")}
+    source = factory(local.tracking_uri, None)
+    try:
+        with contextlib.ExitStack() as stack:
+            if not dry_run:
+                stack.enter_context(_upload_lock(root))
+            return _Uploader(
+                config=config,
+                root=root,
+                source=source,
+                source_uri=mask_uri(local.tracking_uri),
+                tracking_uri=tracking_uri,
+                shown=shown,
+                factory=factory,
+                journals=pending,
+                progress=progress,
+                count=count,
+            ).run(dry_run=dry_run)
+    finally:
+        source.close()
+
+
+@contextlib.contextmanager
+def _upload_lock(root: Path) -> Iterator[None]:
+    """One uploading sync per project at a time (two would upload a run twice)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: not locked
+        yield
+        return
+    path = root / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrackcfgError(
+                f"another trackcfg sync is uploading this project's offline runs (it holds "
+                f"{path}); let it finish, then sync again"
+            ) from None
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _depth(run: RunDetails, by_id: dict[str, RunDetails]) -> int:
+    depth, seen = 0, {run.id}
+    parent = run.tags.get(_PARENT_TAG)
+    while parent in by_id and parent not in seen:
+        seen.add(parent)
+        depth += 1
+        parent = by_id[parent].tags.get(_PARENT_TAG)
+    return depth
+
+
+@attrs.define(kw_only=True)
+class _Uploader:
+    config: TrackingConfig
+    root: Path
+    source: Backend
+    source_uri: str
+    tracking_uri: str
+    shown: str
+    factory: BackendFactory
+    journals: dict[str, SyncResult]
+    progress: Callable[[int], None] | None
+    count: bool = True
+    _destination: Backend | None = None
+    _limits: Limits | None = None
+    _experiments: dict[str, str] = attrs.Factory(dict)
+    _unreachable: str | None = None
+
+    def run(self, *, dry_run: bool) -> list[UploadResult]:
+        names = {e.id: e.name for e in self.source.list_experiments()}
+        offline = self.source.search_runs(
+            sorted(names), f"tags.`{OFFLINE_DESTINATION_TAG}` LIKE '%'"
+        )
+        by_id = {run.id: run for run in offline}
+        offline.sort(key=lambda run: (_depth(run, by_id), run.start_time or 0, run.id))
+        results: list[UploadResult] = []
+        uploaded: dict[str, str] = {  # local id -> destination id, of runs done before
+            run.id: run.tags[UPLOADED_TO_TAG] for run in offline if UPLOADED_TO_TAG in run.tags
+        }
+        try:
+            for run in offline:
+                if run.id in uploaded:
+                    continue
+                experiment = names.get(run.experiment_id, "?")
+                result = self._one(run, experiment, by_id, uploaded, dry_run=dry_run)
+                if result.destination_run_id is not None and result.state == "uploaded":
+                    uploaded[run.id] = result.destination_run_id
+                results.append(result)
+        finally:
+            if self._destination is not None:
+                self._destination.close()
+        return results
+
+    def _one(
+        self,
+        run: RunDetails,
+        experiment: str,
+        by_id: dict[str, RunDetails],
+        uploaded: dict[str, str],
+        *,
+        dry_run: bool,
+    ) -> UploadResult:
+        parent = run.tags.get(_PARENT_TAG)
+        result = UploadResult(
+            run_id=run.id,
+            name=run.name,
+            experiment=experiment,
+            parent_run_id=parent,
+            destination=run.tags[OFFLINE_DESTINATION_TAG],
+            status=run.status.value,
+            points=0,
+            artifacts=0,
+            state="would upload" if dry_run else "uploaded",
+        )
+        if run.tags[OFFLINE_DESTINATION_TAG] != self.shown:
+            return attrs.evolve(result, state="other destination")
+        journal = self.journals.get(run.id)
+        to_complete = journal is not None and journal.state == "would send"
+        if journal is not None and journal.state == "failed":
+            detail = f"its journal could not be completed in the local store: {journal.detail}"
+            return attrs.evolve(result, state="failed", detail=detail)
+        if run.status is RunStatus.RUNNING and not (dry_run and to_complete):
+            live = journal is not None and journal.state == "in use"
+            return attrs.evolve(result, state="running", detail=_LIVE if live else _NO_END)
+        if parent in by_id and parent not in uploaded and not dry_run:
+            return attrs.evolve(
+                result, state="failed", detail=f"its parent run {parent} is not uploaded"
+            )
+        if self._unreachable is not None:
+            return attrs.evolve(result, state="failed", detail=self._unreachable)
+        try:
+            if dry_run:
+                detail = "its journal is completed in the local store first" if to_complete else ""
+                if not self.count:
+                    return attrs.evolve(result, detail=detail)
+                points = sum(len(self.source.metric_history(run.id, k)) for k in run.metric_keys)
+                files = self.source.artifact_files(run.id)
+                return attrs.evolve(result, points=points, artifacts=len(files), detail=detail)
+            parent_id = uploaded.get(parent, parent) if parent else None
+            return self._upload(run, experiment, parent_id, result)
+        except TrackingUnavailableError as exc:
+            self._unreachable = str(exc)
+            return attrs.evolve(result, state="failed", detail=str(exc))
+        except TrackcfgError as exc:
+            return attrs.evolve(result, state="failed", detail=str(exc))
+        except Exception as exc:  # a store failure the backend does not translate (HTTP 500)
+            # Its text may hold a URI with credentials: named by type only.
+            logger.debug("uploading run %s failed", run.id, exc_info=True)
+            return attrs.evolve(
+                result,
+                state="failed",
+                detail=f"the store failed ({type(exc).__name__}); see its log, then run "
+                "trackcfg sync again (what was sent is not sent twice)",
+            )
+
+    def _backend(self) -> tuple[Backend, Limits]:
+        if self._destination is None:
+            self._destination = self.factory(self.tracking_uri, None)
+            self._limits = self.factory.limits()
+        assert self._limits is not None
+        return self._destination, self._limits
+
+    def _experiment(self, backend: Backend, name: str) -> str:
+        if name in self._experiments:
+            return self._experiments[name]
+        settings = self.config.tracking.experiment
+        plan = experiment_plan(name, backend.get_experiment(name), settings)
+        if plan.refusal is not None:
+            raise plan.refusal.error(self.shown)
+        if plan.action is ExperimentAction.CREATE:
+            location = settings.create_experiment_kwargs.artifact_location
+            if location is not None and "://" not in location and not location.startswith("/"):
+                location = (self.root / location).as_uri()
+            experiment_id = backend.create_experiment(
+                name, location, settings.create_experiment_kwargs.tags
+            )
+        else:
+            assert plan.experiment_id is not None
+            experiment_id = plan.experiment_id
+            if plan.action is ExperimentAction.RESTORE:
+                backend.restore_experiment(experiment_id)
+        self._experiments[name] = experiment_id
+        return experiment_id
+
+    def _upload(
+        self, run: RunDetails, experiment: str, parent_id: str | None, result: UploadResult
+    ) -> UploadResult:
+        backend, limits = self._backend()
+        experiment_id = self._experiment(backend, experiment)
+        found = backend.search_runs([experiment_id], f"tags.`{SOURCE_RUN_TAG}` = '{run.id}'")
+        resumed = bool(found)
+        if found:  # a sync cut short made it
+            target = min(found, key=lambda r: (r.start_time or 0, r.id)).id
+        else:
+            tags = {
+                k: v
+                for k, v in run.tags.items()
+                if not k.startswith(SYNC_TAG_PREFIX) and k not in (_PARENT_TAG, _NAME_TAG)
+            }
+            if parent_id is not None:
+                tags[_PARENT_TAG] = parent_id
+            tags[SOURCE_RUN_TAG] = run.id
+            tags[SOURCE_STORE_TAG] = self.source_uri
+            target = backend.create_run(
+                experiment_id=experiment_id, name=run.name, start_time=run.start_time, tags=tags
+            ).id
+        for batch in plan_batches(params=run.params, limits=limits):
+            backend.log_batch(target, batch)
+        points = self._metrics(run, backend, target, limits, resumed=resumed)
+        files = self._artifacts(run, backend, target, resumed=resumed)
+        if run.status is not RunStatus.RUNNING:
+            backend.terminate(target, run.status, run.end_time)
+        self.source.log_batch(run.id, Batch(tags=((UPLOADED_TO_TAG, target),)))
+        detail = "finished an upload that was cut short" if resumed else ""
+        return attrs.evolve(
+            result, points=points, artifacts=files, destination_run_id=target, detail=detail
+        )
+
+    def _metrics(
+        self, run: RunDetails, backend: Backend, target: str, limits: Limits, *, resumed: bool
+    ) -> int:
+        sent = 0
+        held: list[MetricPoint] = []
+
+        def send(points: Sequence[MetricPoint], *, all_of_them: bool) -> list[MetricPoint]:
+            nonlocal sent
+            batches = plan_batches(metrics=points, limits=limits)
+            kept = [] if all_of_them or not batches else list(batches.pop().metrics)
+            for batch in batches:
+                backend.log_batch(target, batch)
+                sent += len(batch.metrics)
+                if self.progress is not None:
+                    self.progress(len(batch.metrics))
+            return kept
+
+        keys = list(run.metric_keys)
+        # The next history is read from the local store while this one is sent: the reading
+        # (SQLAlchemy building objects) and the server's work overlap instead of adding up.
+        with concurrent.futures.ThreadPoolExecutor(1, "trackcfg-upload-read") as reader:
+            ahead = [reader.submit(self.source.metric_history, run.id, key) for key in keys[:1]]
+            for i, key in enumerate(keys):
+                history = ahead.pop().result()
+                if i + 1 < len(keys):
+                    ahead.append(reader.submit(self.source.metric_history, run.id, keys[i + 1]))
+                if resumed:
+                    known = known_points(backend, target, [key])
+                    history = [m for m in history if point_key(m) not in known]
+                held += history
+                if len(held) >= limits.metrics_per_batch:
+                    held = send(held, all_of_them=False)
+        send(held, all_of_them=True)
+        return sent
+
+    def _artifacts(self, run: RunDetails, backend: Backend, target: str, *, resumed: bool) -> int:
+        files = self.source.artifact_files(run.id)
+        there = {f.path: f.size for f in backend.artifact_files(target)} if resumed else {}
+        sent = 0
+        with tempfile.TemporaryDirectory(prefix="trackcfg-upload-") as folder:
+            for file in files:
+                if file.path in there and there[file.path] == file.size:
+                    continue
+                local = self.source.download_artifact(run.id, file.path, folder)
+                backend.log_artifact(target, local, posixpath.dirname(file.path) or None)
+                os.remove(local)
+                sent += 1
+                if self.progress is not None:
+                    self.progress(1)
+        return sent
+
+
+def progress_units(results: Sequence[UploadResult]) -> int:
+    """What a progress bar over these (dry-run) results counts: points and files."""
+    return sum(r.points + r.artifacts for r in results if r.state == "would upload")
