@@ -243,17 +243,17 @@ def test_auto_with_a_database_that_does_not_answer_falls_back(
 def test_the_quick_check_is_bounded_for_https_too_and_left_to_the_proxy_behind_one(
     listener: Listener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from trackcfg._session import _server_silence
+    from trackcfg._offline import server_silence
 
     started = time.monotonic()
-    silence = _server_silence(f"https://127.0.0.1:{listener.port}", 1)
+    silence = server_silence(f"https://127.0.0.1:{listener.port}", 1)
     assert silence == "no answer within 1 s (server.request_timeout)"
     assert time.monotonic() - started < 1 + 2
     # Behind a proxy the proxy answers, not the server: the session's own requests decide.
     monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    assert _server_silence(f"https://127.0.0.1:{listener.port}", 1) is None
+    assert server_silence(f"https://127.0.0.1:{listener.port}", 1) is None
     assert listener.connections() == 1
 
 

@@ -9,7 +9,7 @@ Entering a session, in this order (nothing reaches the store before steps 1-2 pa
    ``fail`` raises ``ParamValueTooLongError`` here, before any run exists);
 3. the store: the configured one, or with ``server.offline`` the offline store
    (``<root>/mlruns``): ``always``, a worker of an offline parent, or ``auto`` when the server
-   does not answer (``_server_silence``, or a ``TrackingUnavailableError`` before any run
+   does not answer (``_offline.server_silence``, or a ``TrackingUnavailableError`` before any run
    exists: what the attempt set is given back first).  An offline run is tagged with its
    destination; one that would continue a run of the server is refused here.  Credentials
    are exported as environment variables; the local store folder is created;
@@ -67,6 +67,7 @@ from ._env import EnvSnapshot
 from ._headers import header_provider
 from ._journal import open_journal
 from ._loading import load_config, notice_cwd_root
+from ._offline import server_silence, unavailable_cause
 from ._params import (
     Limits,
     MetricPoint,
@@ -133,75 +134,6 @@ def _status_for(exc: BaseException | None, *, after_sigterm: bool = False) -> Ru
             return RunStatus.KILLED
         return RunStatus.FINISHED if exc.code in (None, 0) else RunStatus.FAILED
     return RunStatus.FAILED
-
-
-def _server_silence(tracking_uri: str, timeout: float) -> str | None:
-    """``server.offline: auto``: whether an http(s) tracking server answers at all, asked once
-    (no retries) within ``timeout`` seconds in all: a TCP connect, then ``GET <uri>/health``
-    (over TLS for https, certificate not checked: only an answer matters here).  None when it
-    answers anything (any HTTP status: a refusal of the credentials is the session's to
-    report), or when the URI is not http(s) or requests would go through a proxy; else what
-    happened, for the warning.  Without it, a server that never answers would cost MLflow's
-    whole budget (``request_timeout`` x ``max_retries``, with backoff) before falling back."""
-    import socket
-    import ssl
-    import urllib.request
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(tracking_uri)
-    host = parts.hostname
-    if parts.scheme not in ("http", "https") or not host:
-        return None
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        return None  # the session reports the URI itself
-    if parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host):
-        return None  # the proxy is what answers; the session's own requests tell
-    deadline = time.monotonic() + timeout
-    try:
-        connection = socket.create_connection((host, port), timeout=timeout)
-    except ConnectionRefusedError:
-        return f"connection refused: nothing listens on {host}:{port}"
-    except socket.gaierror:
-        return f"the host name {host!r} could not be resolved"
-    except TimeoutError:
-        return f"no connection within {timeout:g} s (server.request_timeout)"
-    except OSError as exc:
-        return exc.strerror or type(exc).__name__
-    sock: socket.socket = connection
-    try:
-        sock.settimeout(max(deadline - time.monotonic(), 0.01))
-        if parts.scheme == "https":
-            context = ssl.create_default_context()
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-            sock = context.wrap_socket(sock, server_hostname=host)
-            sock.settimeout(max(deadline - time.monotonic(), 0.01))
-        shown_host = f"[{host}]" if ":" in host else host
-        request = (
-            f"GET {parts.path.rstrip('/')}/health HTTP/1.1\r\nHost: {shown_host}:{port}\r\n"
-            "Connection: close\r\n\r\n"
-        )
-        sock.sendall(request.encode("ascii", "replace"))
-        if sock.recv(1):
-            return None
-        return "it closed the connection without an answer"
-    except TimeoutError:
-        return f"no answer within {timeout:g} s (server.request_timeout)"
-    except ssl.SSLError:
-        return None  # something answers; a TLS problem is the session's to report
-    except OSError as exc:
-        return exc.strerror or type(exc).__name__
-    finally:
-        sock.close()
-        connection.close()
-
-
-def _cause(exc: TrackingUnavailableError) -> str:
-    """What happened, without the fix a ``TrackingUnavailableError`` ends with ("...; start
-    the server"): falling back offline is what is done about it."""
-    return str(exc).partition("; ")[0]
 
 
 def _default_session_name() -> str:
@@ -512,7 +444,7 @@ class TrackingSession:
         except TrackingUnavailableError as exc:
             if not self._may_fall_back:  # server.offline: auto, and no run exists yet
                 raise
-            backend = self._fall_back(_cause(exc))
+            backend = self._fall_back(unavailable_cause(exc))
             tags = self._place_run(backend, inputs)
         self._may_fall_back = False
         self._held_run = self._started_run or self._pushed_run
@@ -644,7 +576,7 @@ class TrackingSession:
             return self._connect_to(self._location)
         silence = None
         if self._backend_factory is open_backend:  # a fake backend reaches no real server
-            silence = _server_silence(
+            silence = server_silence(
                 self._location.tracking_uri, self._config.server.request_timeout
             )
         if silence is not None:
@@ -652,7 +584,7 @@ class TrackingSession:
         try:
             backend = self._connect_to(self._location)
         except TrackingUnavailableError as exc:  # a database store that does not answer
-            return self._fall_back(_cause(exc))
+            return self._fall_back(unavailable_cause(exc))
         self._may_fall_back = True
         return backend
 
