@@ -10,10 +10,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_import
 import bench_logging
 import bench_metrics
+import bench_offline_upload
 import bench_params
 import bench_session
 import bench_transport
-import offline_upload
 from _common import QUICK, machine
 
 
@@ -26,7 +26,7 @@ def main() -> None:
         bench_session.run(),
         bench_transport.run(),
         bench_logging.run(),
-        offline_upload.run(),
+        bench_offline_upload.run(),
     ]
     try:
         import bench_kedro

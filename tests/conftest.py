@@ -91,6 +91,18 @@ def user_config_dir(_hermetic_env: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _forget_kedro_context() -> Iterator[None]:
+    """``trackcfg.kedro.hooks`` remembers the last Kedro context created in the process (a
+    notebook's project: its datasets read that project's store); a context an earlier test
+    created in this process must not be the next test's project."""
+    yield
+    module = sys.modules.get("trackcfg.kedro")
+    if module is not None:
+        hooks = module.hooks
+        hooks._config = hooks._context = hooks._env = None
+
+
+@pytest.fixture(autouse=True)
 def _reset_mlflow_state() -> Iterator[None]:
     """MLflow's process-wide state back as a fresh process has it after every test, so one
     bug cannot cascade (tests of trackcfg's own restoring check it themselves)."""

@@ -22,6 +22,7 @@ def test_every_benchmark_runs_at_a_tiny_size(mlflow_server: str, tmp_path: Path)
         "Quick ACKs",
         "Buffered logging: time the loop is blocked",
         "points logged while the server is down",
+        "Uploading an offline run",
     ):
         assert title in done.stdout
     assert not (REPO / "benchmarks" / "results.md").exists() or "QUICK" not in done.stdout
