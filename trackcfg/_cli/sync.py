@@ -76,16 +76,11 @@ def _line(result: SyncResult) -> str:
     return text
 
 
-def _as_json(result: SyncResult) -> dict[str, Any]:
-    return {
-        "journal": str(result.journal),
-        "run_id": result.run_id,
-        "records": result.records,
-        "points": result.points,
-        "end": result.end,
-        "state": result.state,
-        "detail": result.detail,
-    }
+def _as_json(result: SyncResult | UploadResult) -> dict[str, Any]:
+    """Every field of the result, a path as text (the ``--json`` shapes in ``--help``)."""
+    return attrs.asdict(
+        result, value_serializer=lambda _i, _f, v: str(v) if isinstance(v, Path) else v
+    )
 
 
 def _upload_line(result: UploadResult) -> str:
@@ -103,22 +98,6 @@ def _upload_line(result: UploadResult) -> str:
     if result.detail:
         text += f": {result.detail}"
     return text
-
-
-def _upload_json(result: UploadResult) -> dict[str, Any]:
-    return {
-        "run_id": result.run_id,
-        "name": result.name,
-        "experiment": result.experiment,
-        "parent_run_id": result.parent_run_id,
-        "destination": result.destination,
-        "destination_run_id": result.destination_run_id,
-        "status": result.status,
-        "points": result.points,
-        "artifacts": result.artifacts,
-        "state": result.state,
-        "detail": result.detail,
-    }
 
 
 def sync_project(
@@ -202,7 +181,7 @@ def sync_project(
             "dry_run": dry_run,
             "ok": not failed and not left,
             "results": [_as_json(r) for r in results],
-            "uploads": [_upload_json(r) for r in uploads],
+            "uploads": [_as_json(r) for r in uploads],
         }
         click.echo(json.dumps(data, indent=2))
     else:
