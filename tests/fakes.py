@@ -7,7 +7,7 @@ MLflow's) and MLflow's process-wide "current store / active experiment", plus ev
 through it, in order.  It is also the ``BackendFactory``: calling it opens a ``FakeBackend`` on
 the same store, whatever the URI (each opening is recorded in ``opened``).
 
-The fake follows ``trackcfg/_mlflow.py``'s ``MlflowBackend`` where a session can tell the
+The fake follows ``trackcfg/_mlflow``'s ``MlflowBackend`` where a session can tell the
 difference, including MLflow's refusals that backend passes on: a param logged again with
 another value, a key twice in one batch, a batch past the limits, logging to a missing or
 deleted run (``RunError``, as the backend translates them); a run started under a parent that
@@ -574,6 +574,14 @@ class FakeBackend:
 
     def download_artifact(self, run_id: str, path: str, dst_dir: str) -> str:
         raise NotImplementedError("the fake store does not download artifacts")
+
+    def metric_keys(self, run_id: str) -> list[str]:
+        self._call("metric_keys", run_id)
+        with self.store.lock:
+            run = self.store.runs.get(run_id)
+            if run is None:
+                raise RunError(f"cannot read run {run_id} in {self.tracking_uri}: not found")
+            return sorted({m.key for m in run.metrics})
 
 
 def _remove_last(stack: list[str], run_id: str) -> None:

@@ -1,4 +1,4 @@
-"""``_mlflow.py``: the MLflow internals it relies on are still there and behave as it assumes,
+"""``trackcfg._mlflow``: the MLflow internals it relies on are still there and behave as it assumes,
 and ``MlflowBackend`` on a real SQLite store.  An MLflow upgrade that moves any of them fails
 here, by name, before it breaks a session in a confusing way."""
 
@@ -91,7 +91,7 @@ def _code(exc: MlflowException) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Pins: the module-level state _mlflow.py saves and gives back.
+# Pins: the module-level state trackcfg._mlflow saves and gives back.
 
 
 def test_tracking_uri_global_tells_unset_from_set_and_set_none_unsets_the_env_var(

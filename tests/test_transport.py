@@ -22,7 +22,7 @@ from mlflow.utils import request_utils, rest_utils
 
 from trackcfg import TrackingSession, _state, load_config
 from trackcfg import _transport as transport
-from trackcfg._mlflow import _mlflow_rest_sessions
+from trackcfg._mlflow._internals import mlflow_rest_sessions as _mlflow_rest_sessions
 
 
 class _Counter:

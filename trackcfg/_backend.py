@@ -10,13 +10,22 @@ through the session's ``_backend_factory`` seam.  See docs/architecture.md.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
 
-from ._params import Batch, Limits, MetricPoint
+from ._records import (
+    ArtifactFile,
+    Batch,
+    ExperimentRef,
+    Limits,
+    MetricPoint,
+    ModelRef,
+    RunDetails,
+    RunRef,
+    RunStatus,
+)
 
 __all__ = [
     "ArtifactFile",
@@ -39,55 +48,6 @@ __all__ = [
     "remove_header_provider",
     "save_model",
 ]
-
-
-class RunStatus(enum.Enum):
-    RUNNING = "RUNNING"
-    FINISHED = "FINISHED"
-    FAILED = "FAILED"
-    KILLED = "KILLED"
-    SCHEDULED = "SCHEDULED"
-
-
-@attrs.frozen(kw_only=True)
-class ExperimentRef:
-    id: str
-    name: str
-    deleted: bool = False
-
-
-@attrs.frozen(kw_only=True)
-class RunRef:
-    id: str
-    experiment_id: str
-    name: str | None = None
-    status: RunStatus = RunStatus.RUNNING
-    deleted: bool = False
-    params: Mapping[str, str] = attrs.field(factory=dict)
-
-
-@attrs.frozen(kw_only=True)
-class RunDetails:
-    """Everything a run holds but its metric histories and artifacts (``trackcfg sync``
-    copying an offline run): ``metric_keys`` names the histories to read."""
-
-    id: str
-    experiment_id: str
-    name: str | None
-    status: RunStatus
-    start_time: int | None
-    end_time: int | None
-    tags: Mapping[str, str] = attrs.field(factory=dict)
-    params: Mapping[str, str] = attrs.field(factory=dict)
-    metric_keys: tuple[str, ...] = ()
-
-
-@attrs.frozen(kw_only=True)
-class ArtifactFile:
-    """One file of a run's artifacts: its path in the run ('/'-separated) and size."""
-
-    path: str
-    size: int | None
 
 
 class Backend(Protocol):
@@ -172,7 +132,12 @@ class Backend(Protocol):
         ...
 
     def download_artifact(self, run_id: str, path: str, dst_dir: str) -> str:
-        """Copy one artifact file under ``dst_dir`` (its folders kept); its local path."""
+        """Copy one artifact file or folder under ``dst_dir`` (its folders kept); its local
+        path.  ``RunError`` naming both when the run or the artifact is not there."""
+        ...
+
+    def metric_keys(self, run_id: str) -> list[str]:
+        """The keys of the metrics the run holds; ``RunError`` when there is no such run."""
         ...
 
 
@@ -236,33 +201,27 @@ def download_artifacts(
 ) -> str:
     """Download a run's artifact file or folder into the folder ``dst_path``; its local path
     (for ``trackcfg.kedro.datasets``; ``RunError`` when it is not there)."""
-    from ._mlflow import download_artifacts as download
-
-    return download(tracking_uri, registry_uri, run_id, artifact_path, dst_path)
+    backend = open_backend(tracking_uri, registry_uri)
+    try:
+        return backend.download_artifact(run_id, artifact_path, dst_path)
+    finally:
+        backend.close()
 
 
 def metric_keys(tracking_uri: str, registry_uri: str | None, run_id: str) -> list[str]:
-    """The keys of the metrics a run holds (for ``trackcfg.kedro.datasets``)."""
-    from ._mlflow import metric_keys as keys
-
-    return keys(tracking_uri, registry_uri, run_id)
+    """The keys of the metrics a run holds (for ``trackcfg.kedro.datasets``; ``RunError``
+    when there is no such run)."""
+    backend = open_backend(tracking_uri, registry_uri)
+    try:
+        return backend.metric_keys(run_id)
+    finally:
+        backend.close()
 
 
 # MLflow models (``trackcfg.kedro.datasets``' model datasets).  ``flavor`` is the import path
 # of an MLflow flavor module (``mlflow.sklearn``, ``mlflow.pyfunc``, a custom one); calls
 # that need a store use MLflow's current one (the caller sets it: ``Backend.use_store``) and
 # ``log_model`` logs into MLflow's active run (the caller makes it active).
-
-
-@attrs.frozen(kw_only=True)
-class ModelRef:
-    """A model ``log_model`` logged: the URI that loads it back (``models:/<model_id>``),
-    its id, the run it was logged into and its name in that run."""
-
-    model_uri: str
-    model_id: str | None = None
-    run_id: str | None = None
-    name: str | None = None
 
 
 def check_flavor(flavor: str) -> None:

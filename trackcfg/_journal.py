@@ -33,7 +33,7 @@ from typing import IO, Any
 
 import attrs
 
-from ._params import MetricPoint
+from ._records import MetricPoint
 from .exceptions import RunError
 
 __all__ = [

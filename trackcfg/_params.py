@@ -24,6 +24,7 @@ from typing import Any, Final
 import attrs
 
 from trackcfg._config import LongParamsStrategy, ParamsConfig
+from trackcfg._records import DEFAULT_LIMITS, Batch, Limits, MetricPoint
 from trackcfg.exceptions import ConfigError, ConfigProblem, ParamValueTooLongError, RunError
 
 __all__ = [
@@ -52,28 +53,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_positive = attrs.validators.ge(1)
-
-
-@attrs.frozen(kw_only=True)
-class Limits:
-    """MLflow's limits; the backend fills them from the installed mlflow at run time."""
-
-    param_value: int = attrs.field(default=6000, validator=_positive)
-    tag_value: int = attrs.field(default=8000, validator=_positive)
-    key: int = attrs.field(default=250, validator=_positive)
-    params_per_batch: int = attrs.field(default=100, validator=_positive)
-    tags_per_batch: int = attrs.field(default=100, validator=_positive)
-    metrics_per_batch: int = attrs.field(default=1000, validator=_positive)
-    entities_per_batch: int = attrs.field(default=1000, validator=_positive)
-    """Params + tags + metrics in one request."""
-    request_bytes: int = attrs.field(default=1_000_000, validator=_positive)
-    """Rough payload budget of one request: the sum of key + value lengths."""
-
-
-DEFAULT_LIMITS = Limits()
-"""MLflow 3.17's limits: what ``limits=None`` means, for callers that have no mlflow at hand."""
-
 
 @attrs.frozen(kw_only=True)
 class PreparedParams:
@@ -87,24 +66,6 @@ class PreparedParams:
     """Artifact path (``params/<key>.txt``) → full value, for values past the tag limit too."""
     warnings: tuple[str, ...] = ()
     """The warnings already logged while preparing (renamed keys, shortened values)."""
-
-
-@attrs.frozen(kw_only=True)
-class MetricPoint:
-    key: str
-    value: float
-    step: int
-    timestamp: int
-    """Milliseconds since the epoch."""
-
-
-@attrs.frozen(kw_only=True)
-class Batch:
-    """One ``log_batch`` request: within every limit, no key twice."""
-
-    params: tuple[tuple[str, str], ...] = ()
-    tags: tuple[tuple[str, str], ...] = ()
-    metrics: tuple[MetricPoint, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------

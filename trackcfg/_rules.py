@@ -12,8 +12,8 @@ from collections.abc import Mapping
 
 import attrs
 
-from ._backend import ExperimentRef, RunRef, RunStatus
 from ._config import ExperimentConfig, OfflineMode, RankPolicy, TrackingConfig
+from ._records import ExperimentRef, RunRef, RunStatus
 from .exceptions import ExperimentError, RunError, TrackcfgError
 
 __all__ = [
