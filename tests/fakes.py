@@ -132,6 +132,9 @@ class FakeStore:
         self.active_experiment_id: str | None = None
         self._failures: dict[str, list[BaseException]] = {}
         self.refused_metrics: set[str] = set()
+        self.silent: str | None = None
+        """What ``silence()`` answers: None, the in-memory store always answers; a reason
+        stands for a server that does not (``server.offline: auto`` falls back)."""
 
     # ---------------------------------------------------------------- BackendFactory
 
@@ -146,6 +149,10 @@ class FakeStore:
     def limits(self) -> Limits:
         self.record("limits")
         return self._limits
+
+    def silence(self, tracking_uri: str, timeout: float) -> str | None:
+        self.record("silence", tracking_uri)
+        return self.silent
 
     # ---------------------------------------------------------------- calls and failures
 

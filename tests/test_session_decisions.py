@@ -1376,3 +1376,37 @@ def test_offline_decision_rule() -> None:
     assert decide(OfflineMode.ALWAYS) is Offline.YES
     assert decide(OfflineMode.ALWAYS, local=True) is Offline.NO
     assert decide(OfflineMode.NEVER, inherited="http://h") is Offline.YES
+
+
+# ---------------------------------------------------------------------------------------------
+# Which store: the factory answers whether the server answers (no branch on the backend kind).
+
+
+def test_auto_logs_offline_when_the_factory_finds_the_server_silent(
+    project: Project, store: FakeStore
+) -> None:
+    store.silent = "nothing listens"
+    config = project.config({"server.offline": "auto"})
+    with open_session(config, store) as session:
+        session.log_params({"lr": 0.1})
+    offline_uri = f"sqlite:///{project.root.resolve()}/mlruns/mlflow.db"
+    assert session.tracking_uri == offline_uri
+    assert session.offline_destination == FAKE_URI
+    assert session.registry_uri is None  # the offline store is the registry too
+    assert [uri for uri, _ in store.opened] == [offline_uri]  # the server is never opened
+    (run,) = store.runs.values()
+    assert run.status is RunStatus.FINISHED
+    assert run.params == {"lr": "0.1"}
+    assert run.tags["trackcfg.offline.destination"] == FAKE_URI
+
+
+def test_auto_uses_the_server_when_the_factory_finds_it_answering(
+    project: Project, store: FakeStore
+) -> None:
+    config = project.config({"server.offline": "auto"})
+    with open_session(config, store) as session:
+        pass
+    assert session.tracking_uri == FAKE_URI
+    assert session.offline_destination is None
+    assert [uri for uri, _ in store.opened] == [FAKE_URI]
+    assert [c.args for c in store.calls if c.method == "silence"] == [(FAKE_URI,)]

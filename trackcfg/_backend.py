@@ -149,6 +149,12 @@ class BackendFactory(Protocol):
 
     def limits(self) -> Limits: ...
 
+    def silence(self, tracking_uri: str, timeout: float) -> str | None:
+        """``server.offline: auto``: why the server at ``tracking_uri`` does not answer
+        (asked once, within ``timeout``), or None when it answers or the question does not
+        apply (not a server)."""
+        ...
+
 
 @attrs.frozen
 class _MlflowFactory:
@@ -161,6 +167,11 @@ class _MlflowFactory:
         from ._mlflow import mlflow_limits
 
         return mlflow_limits()
+
+    def silence(self, tracking_uri: str, timeout: float) -> str | None:
+        from ._offline import server_silence
+
+        return server_silence(tracking_uri, timeout)
 
 
 #: The real backends (MLflow's).  Imports mlflow on first use, never before.

@@ -62,12 +62,13 @@ from ._artifacts import artifact_places, check_artifact_path, dict_text
 from ._backend import Backend, BackendFactory, RunRef, RunStatus, open_backend
 from ._buffer import BufferedRun, LoggingSettings
 from ._config import LoggingMode, RankPolicy, TrackingConfig
+from ._connect import StorePlan, plan_store
 from ._discovery import find_project_root
 from ._env import EnvSnapshot
 from ._headers import header_provider
 from ._journal import open_journal
 from ._loading import load_config, notice_cwd_root
-from ._offline import server_silence, unavailable_cause
+from ._offline import unavailable_cause
 from ._params import (
     Limits,
     MetricPoint,
@@ -88,7 +89,6 @@ from ._rules import (
     disabled_reason,
     experiment_plan,
     named_run_refusal,
-    offline_decision,
     offline_refusal,
     placement,
     resume_refusal,
@@ -97,8 +97,6 @@ from ._store import (
     StoreLocation,
     mask_uri,
     missing_driver,
-    resolve_registry_uri,
-    resolve_store,
     session_env,
     with_connect_timeout,
 )
@@ -106,7 +104,6 @@ from ._sync import journal_folder, sync_journals
 from ._workers import (
     PARENT_RUN_ENV,
     activate_inherited_run,
-    inherited_offline_destination,
     inherited_parent,
     process_rank,
     worker_env,
@@ -188,6 +185,7 @@ class TrackingSession:
         self._enabled = False
         self._closed = False
         self._location: StoreLocation | None = None
+        self._plan: StorePlan | None = None
         self._backend: Backend | None = None
         self._limits: Limits | None = None
         self._experiment_id: str | None = None
@@ -254,17 +252,19 @@ class TrackingSession:
 
     @property
     def project_root(self) -> Path:
-        root = self._config.project_root
-        if root is not None:
-            return root
-        cwd = Path.cwd()
-        return find_project_root(cwd) or cwd.resolve()
+        return self._store_plan().root
 
     @property
     def tracking_uri(self) -> str:
         """The resolved store URI, usable as-is with ``MlflowClient(tracking_uri=...)``: the
         offline store (``<root>/mlruns``) for an offline session (``server.offline``)."""
         return self._store_location().tracking_uri
+
+    @property
+    def registry_uri(self) -> str | None:
+        """The model registry MLflow uses in this session (None: the tracking URI; an offline
+        session's registry is its offline store)."""
+        return self._store_plan().registry_for(offline=self._offline is not None)
 
     @property
     def offline_destination(self) -> str | None:
@@ -343,50 +343,38 @@ class TrackingSession:
             parent_enabled=self._parent is None or self._parent._enabled,
         )
 
+    def _store_plan(self) -> StorePlan:
+        """Which store, decided once (``_connect.plan_store``), when first asked."""
+        if self._plan is None:
+            self._plan = plan_store(self._config)
+        return self._plan
+
     def _store_location(self) -> StoreLocation:
         if self._location is None:
-            if self._parent is None and self._offline_plan() is Offline.YES:
-                self._location = self._offline_location()
-            else:
-                self._location = self._destination()
+            plan = self._store_plan()
+            self._location = plan.destination if self._parent is not None else plan.location
         return self._location
 
     # ------------------------------------------------------------------ offline runs
 
-    def _destination(self) -> StoreLocation:
-        """The configured store, where an offline session's run is for."""
-        return resolve_store(self._config.server.mlflow_tracking_uri, self.project_root)
-
-    def _offline_plan(self) -> Offline:
-        return offline_decision(
-            self._config.server.offline,
-            destination_is_local=self._destination().is_local,
-            inherited_destination=inherited_offline_destination(),
-        )
-
-    def _offline_location(self) -> StoreLocation:
-        """The offline store: the project's local store, or a worker's offline parent's."""
-        if inherited_offline_destination() is not None:
-            return resolve_store(os.environ["MLFLOW_TRACKING_URI"].strip(), self.project_root)
-        return resolve_store("mlruns", self.project_root)
-
     def _connect_offline(self, why: str, *, always: bool) -> Backend:
         """Log into the offline store, after refusing what cannot be done offline (a run to
         continue or attach to lives on the server) before anything is created."""
-        destination = inherited_offline_destination() or mask_uri(self._destination().tracking_uri)
+        plan = self._store_plan()
+        destination = plan.offline_destination
         parent = inherited_parent()
         refusal = offline_refusal(
             destination,
             why,
             run_id=self._config.tracking.run.id or None,
             named_run=None if parent else os.environ.get("MLFLOW_RUN_ID") or None,
-            online_parent=parent if inherited_offline_destination() is None else None,
+            online_parent=parent if plan.inherited_destination is None else None,
             always=always,
         )
         if refusal is not None:
             raise refusal.error()
         self._offline = destination
-        self._location = self._offline_location()
+        self._location = plan.offline_location
         return self._connect_to(self._location, offline=True)
 
     def _offline_store(self) -> str:
@@ -554,9 +542,9 @@ class TrackingSession:
             self._backend = parent._backend
             self._offline, self._location = parent._offline, parent._location
             return self._backend
-        plan = self._offline_plan()
-        if plan is Offline.YES:
-            inherited = inherited_offline_destination() is not None
+        plan = self._store_plan()
+        if plan.offline is Offline.YES:
+            inherited = plan.inherited_destination is not None
             backend = self._connect_offline(
                 "its parent logs offline" if inherited else "server.offline: always",
                 always=not inherited,
@@ -571,14 +559,12 @@ class TrackingSession:
                     self._sync_command(),
                 )
             return backend
-        self._location = self._destination()
-        if plan is Offline.NO:
+        self._location = plan.destination
+        if plan.offline is Offline.NO:
             return self._connect_to(self._location)
-        silence = None
-        if self._backend_factory is open_backend:  # a fake backend reaches no real server
-            silence = server_silence(
-                self._location.tracking_uri, self._config.server.request_timeout
-            )
+        silence = self._backend_factory.silence(
+            self._location.tracking_uri, self._config.server.request_timeout
+        )
         if silence is not None:
             return self._fall_back(silence)
         try:
@@ -598,11 +584,7 @@ class TrackingSession:
             notice_cwd_root(self.project_root, config.server.mlflow_tracking_uri)  # built in code
         env = session_env(config, location)
         # Offline, the offline store is the registry too: no request reaches the server.
-        registry = (
-            None
-            if offline
-            else resolve_registry_uri(config.server.mlflow_registry_uri, self.project_root)
-        )
+        registry = self._store_plan().registry_for(offline=offline)
         headers = config.server.request_header_provider
         if offline:
             headers = attrs.evolve(headers, type=None)

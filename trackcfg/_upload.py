@@ -44,9 +44,10 @@ import attrs
 
 from ._backend import Backend, BackendFactory, RunDetails, RunStatus
 from ._config import TrackingConfig
+from ._connect import offline_store
 from ._params import Batch, Limits, MetricPoint, plan_batches
 from ._rules import OFFLINE_DESTINATION_TAG, ExperimentAction, experiment_plan
-from ._store import StoreLocation, mask_uri, resolve_store
+from ._store import StoreLocation, mask_uri
 from ._sync import SyncResult, journal_folder, known_points, point_key, sync_journals
 from .exceptions import TrackcfgError, TrackingUnavailableError
 
@@ -84,7 +85,7 @@ _NO_END = (
 
 def local_store(root: Path) -> StoreLocation:
     """Where offline runs of the project ``root`` live: its local store ``<root>/mlruns``."""
-    return resolve_store("mlruns", root)
+    return offline_store(root)
 
 
 @attrs.frozen(kw_only=True)

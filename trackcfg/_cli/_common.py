@@ -82,8 +82,10 @@ def experiment_name(config: TrackingConfig, root: Path) -> str:
 
 
 def project_root(config: TrackingConfig) -> Path:
-    # The loader always fills project_root; a config built in code is not seen here.
-    return config.project_root or Path.cwd().resolve()
+    """The root a session of ``config`` would use (``_connect.config_root``)."""
+    from trackcfg._connect import config_root
+
+    return config_root(config)
 
 
 def effective_env(env: str | None) -> str:

@@ -17,9 +17,10 @@ import click
 
 from trackcfg import _backend
 from trackcfg._config import OfflineMode, TrackingConfig
+from trackcfg._connect import plan_store
 from trackcfg._loading import load_config
 from trackcfg._rules import TRUTHY, experiment_plan, offline_refusal, resume_refusal
-from trackcfg._store import StoreLocation, missing_driver, resolve_store
+from trackcfg._store import StoreLocation, missing_driver
 from trackcfg.exceptions import ConfigError, TrackcfgError
 
 from ._common import (
@@ -197,7 +198,8 @@ def run_checks(
         )
     )
     root = project_root(config)
-    location = resolve_store(config.server.mlflow_tracking_uri, root)
+    plan = plan_store(config, root=root, inherit=False)
+    location = plan.destination
     credentials_env = config.credentials.as_env() if config.credentials else {}
     name = experiment_name(config, root)
     run_id = config.tracking.run.id or None
@@ -210,7 +212,7 @@ def run_checks(
         add(headers_item)
     credentials_item = _credentials_item(config)
     mode = config.server.offline
-    offline = resolve_store("mlruns", root)
+    offline = plan.offline_location
     sync = f"upload them with `trackcfg sync {display_path(root)}`"
     if mode is not OfflineMode.NEVER and location.is_local:
         add(

@@ -11,8 +11,8 @@ from typing import Any
 import click
 
 from trackcfg._config import Source, TrackingConfig
+from trackcfg._connect import plan_store
 from trackcfg._loading import load_config
-from trackcfg._store import resolve_store
 
 from ._common import (
     MASK,
@@ -76,7 +76,7 @@ def _as_text(value: Any) -> str:
 
 def _show_data(config: TrackingConfig, env: str) -> dict[str, Any]:
     root = project_root(config)
-    location = resolve_store(config.server.mlflow_tracking_uri, root)
+    location = plan_store(config, root=root, inherit=False).destination
     credentials: dict[str, Any] | None = None
     if config.credentials is not None:
         credentials = {

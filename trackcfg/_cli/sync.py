@@ -112,12 +112,13 @@ def sync_project(
     ``click.ClickException`` (exit 1) when any could not be sent or was left."""
     from trackcfg import _state
     from trackcfg._backend import open_backend
-    from trackcfg._store import resolve_registry_uri, resolve_store
+    from trackcfg._connect import plan_store
     from trackcfg._sync import journal_folder, sync_journals
     from trackcfg._upload import local_store, progress_units, upload_offline_runs
 
     root = project_root(config)
-    location = resolve_store(config.server.mlflow_tracking_uri, root)
+    plan = plan_store(config, root=root, inherit=False)
+    location = plan.destination
     shown = mask_uri(location.tracking_uri)
     folder = journal_folder(config.tracking.logging.journal_dir, root)
 
@@ -154,7 +155,7 @@ def sync_project(
     uploading = any(r.state == "would upload" for r in uploads)
     if not dry_run and (sending or uploading):
         headers = config.server.request_header_provider
-        registry = resolve_registry_uri(config.server.mlflow_registry_uri, root)
+        registry = plan.registry_uri
         shared = _state.join_settings(
             session_env(config, location),
             (location.tracking_uri, registry),

@@ -30,8 +30,9 @@ import click
 
 from trackcfg._backend import ExperimentRef
 from trackcfg._config import TrackingConfig
+from trackcfg._connect import plan_store
 from trackcfg._loading import load_config
-from trackcfg._store import StoreLocation, resolve_registry_uri, resolve_store
+from trackcfg._store import StoreLocation
 
 from ._common import (
     DB_PORTS,
@@ -223,7 +224,7 @@ def _serve(
     # MLflow's GenAI job runner (several worker processes) doubles the start time and is of
     # no use for browsing runs; setting the variable yourself keeps your choice.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    registry = resolve_registry_uri(config.server.mlflow_registry_uri, root)
+    registry = plan_store(config, root=root, inherit=False).registry_uri
     command = _server_command(location, registry, host, port)
     base = f"http://{_url_host(host)}:{port}"
     process: subprocess.Popen[bytes] | None = None
@@ -391,7 +392,7 @@ def serve_ui(
     ui``): serve a local or database store until Ctrl-C/SIGTERM/SIGHUP, or show an http(s)
     one; on the configured experiment's runs when the store holds it."""
     root = project_root(config)
-    location = resolve_store(config.server.mlflow_tracking_uri, root)
+    location = plan_store(config, root=root, inherit=False).destination
     scheme = urllib.parse.urlsplit(location.tracking_uri).scheme.split("+")[0].lower()
     name = experiment_name(config, root)
     if scheme in ("http", "https"):

@@ -20,18 +20,18 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import attrs
 from kedro.io import DatasetError
 
 from trackcfg._backend import Backend, open_backend
 from trackcfg._config import TrackingConfig
+from trackcfg._connect import plan_store
 from trackcfg._env import EnvSnapshot
-from trackcfg._rules import TRUTHY, Offline, offline_decision
+from trackcfg._rules import TRUTHY, Offline
 from trackcfg._session import TrackingSession
 from trackcfg._state import MLFLOW_ENV
-from trackcfg._store import mask_uri, resolve_registry_uri, resolve_store
+from trackcfg._store import mask_uri
 from trackcfg._workers import inherited_offline_destination, inherited_parent
 
 __all__ = ["Target", "active_run", "open_target_backend", "pipeline_target"]
@@ -77,18 +77,10 @@ def _config_uris(config: TrackingConfig | None) -> tuple[str | None, str | None,
     ``server.offline: always`` the offline store (``<root>/mlruns``), as a session would log
     there; without a config, the environment's (a worker's: its pipeline's store)."""
     if config is not None:
-        root = config.project_root or Path.cwd()
-        destination = resolve_store(config.server.mlflow_tracking_uri, root)
-        registry = resolve_registry_uri(config.server.mlflow_registry_uri, root)
-        decision = offline_decision(
-            config.server.offline,
-            destination_is_local=destination.is_local,
-            inherited_destination=None,
-        )
-        if decision is Offline.YES:
-            offline = resolve_store("mlruns", root).tracking_uri
-            return offline, registry, mask_uri(destination.tracking_uri)
-        return destination.tracking_uri, registry, None
+        plan = plan_store(config, inherit=False)
+        if plan.offline is Offline.YES:
+            return plan.offline_location.tracking_uri, plan.registry_uri, plan.offline_destination
+        return plan.destination.tracking_uri, plan.registry_uri, None
     return (
         os.environ.get("MLFLOW_TRACKING_URI", "").strip() or None,
         os.environ.get("MLFLOW_REGISTRY_URI", "").strip() or None,
@@ -121,9 +113,7 @@ def pipeline_target(run_id: str | None = None) -> Target:
     session, config = _hooks_state()
     disabled = _env_disabled() or (session is not None and not session.enabled)
     if session is not None and session.enabled and session.run_id is not None:
-        registry = resolve_registry_uri(
-            session.config.server.mlflow_registry_uri, session.project_root
-        )
+        registry = session.registry_uri
         server = session.offline_destination
         if run_id and run_id != session.run_id and server is not None:
             _offline_run_check(run_id, session.tracking_uri, server)
