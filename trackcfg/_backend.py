@@ -80,6 +80,8 @@ class RunDetails:
     tags: Mapping[str, str] = attrs.field(factory=dict)
     params: Mapping[str, str] = attrs.field(factory=dict)
     metric_keys: tuple[str, ...] = ()
+    artifact_uri: str | None = None
+    """Where the store records the run's artifacts (for a local store, a ``file:`` URI)."""
 
 
 @attrs.frozen(kw_only=True)

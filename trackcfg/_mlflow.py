@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import json
 import logging
 import os
 import sqlite3
@@ -70,9 +71,15 @@ from . import _state
 from ._backend import ArtifactFile, ExperimentRef, ModelRef, RunDetails, RunRef, RunStatus
 from ._env import exported
 from ._params import Batch, Limits, MetricPoint
-from ._store import mask_uri
+from ._store import mask_text, mask_uri, one_line
 from ._transport import QuickAckMount, mount_quickack, not_used
-from .exceptions import CredentialsError, ExperimentError, RunError, TrackingUnavailableError
+from .exceptions import (
+    CredentialsError,
+    ExperimentError,
+    RunError,
+    ServerError,
+    TrackingUnavailableError,
+)
 
 __all__ = ["MlflowBackend"]
 
@@ -137,6 +144,8 @@ class _Unreachable:
     root: BaseException
     retried: bool = True
     """Whether the session's budget (request_timeout x max_retries) was spent on it."""
+    answered: bool = False
+    """The server answered every try, with an error status (``ServerError``)."""
 
 
 _RETRY_FIX = "or raise server.request_timeout / server.max_retries"
@@ -224,6 +233,15 @@ def _unreachable(tracking_uri: str, error: BaseException, *, retried: bool) -> _
                 retried,
             )
     for current in chain:
+        if isinstance(current, u3.ResponseError):  # urllib3's retries on a status ran out
+            return _Unreachable(
+                f"tracking server {{server}} answered every try with an error status ({current})",
+                "it is up but fails this request: its log says why",
+                current,
+                retried,
+                answered=True,
+            )
+    for current in chain:
         if isinstance(current, (ConnectionError, u3.ProtocolError)):
             return _Unreachable(
                 "tracking server {server} closed the connection without an answer "
@@ -251,6 +269,8 @@ def _unavailable(tracking_uri: str, why: _Unreachable) -> TrackingUnavailableErr
             f"{os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s"
         )
         fix += "" if _RETRY_FIX in fix else f", {_RETRY_FIX}"
+    if why.answered:
+        return ServerError(f"{text}; {fix}")
     return TrackingUnavailableError(f"{text}; {fix}")
 
 
@@ -292,6 +312,21 @@ def _http_status(exc: BaseException) -> int | None:
     if isinstance(exc, requests.exceptions.HTTPError) and exc.response is not None:
         return int(exc.response.status_code)
     return None
+
+
+def _answer_text(response: requests.Response | None, limit: int = 300) -> str:
+    """What a server said with its error status, on one line, masked and cut to ``limit``
+    characters: MLflow's JSON ``message``, or the body's text."""
+    if response is None:
+        return ""
+    try:
+        text = response.text
+        body = json.loads(text) if text.lstrip().startswith("{") else None
+    except (ValueError, RuntimeError):
+        return ""
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        text = body["message"]
+    return one_line(mask_text(text), limit)
 
 
 def _refused_credentials(tracking_uri: str, status: int) -> CredentialsError:
@@ -482,9 +517,10 @@ def _reachable(method: F) -> F:
                 raise _locked_store_error(self.tracking_uri) from exc
             if isinstance(exc, requests.exceptions.HTTPError):  # MLflow's artifact client
                 # Its text holds the whole URL, credentials included: not chained.
+                said = _answer_text(exc.response)
                 raise RunError(
                     f"tracking server {mask_uri(self.tracking_uri)} answered HTTP {status} to "
-                    f"{method.__name__}; see the server's log"
+                    f"{method.__name__}" + (f": {said}" if said else "; see the server's log")
                 ) from None
             cause = _network_cause(exc)
             if cause is None:
@@ -1009,7 +1045,9 @@ class MlflowBackend:
                 found = self.get_experiment(name)
                 if found is not None and not found.deleted:
                     return found.id
-            raise ExperimentError(f"cannot create experiment {name!r}: {exc.message}") from exc
+            raise ExperimentError(
+                f"cannot create experiment {name!r}: {mask_text(exc.message)}"
+            ) from exc
 
     @_reachable
     def restore_experiment(self, experiment_id: str) -> None:
@@ -1133,7 +1171,7 @@ class MlflowBackend:
         except MlflowException as exc:
             if _code(exc) in (INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST):
                 raise RunError(
-                    f"MLflow refused what was logged to run {run_id}: {exc.message}"
+                    f"MLflow refused what was logged to run {run_id}: {mask_text(exc.message)}"
                 ) from exc
             raise
 
@@ -1213,6 +1251,7 @@ class MlflowBackend:
                         tags=dict(data.tags),
                         params=dict(data.params),
                         metric_keys=tuple(sorted(data.metrics)),
+                        artifact_uri=info.artifact_uri,
                     )
                 )
             token = page.token
@@ -1273,7 +1312,7 @@ def download_artifacts(
     except (MlflowException, OSError) as exc:
         if isinstance(exc, TrackingUnavailableError):
             raise
-        detail = exc.message if isinstance(exc, MlflowException) else type(exc).__name__
+        detail = mask_text(exc.message) if isinstance(exc, MlflowException) else type(exc).__name__
         raise RunError(
             f"cannot download artifact {artifact_path!r} of run {run_id} from "
             f"{mask_uri(tracking_uri)}: {detail}"
@@ -1294,7 +1333,7 @@ def metric_keys(tracking_uri: str, registry_uri: str | None, run_id: str) -> lis
         return _metric_keys(backend, run_id)
     except MlflowException as exc:
         raise RunError(
-            f"cannot read run {run_id} in {mask_uri(tracking_uri)}: {exc.message}"
+            f"cannot read run {run_id} in {mask_uri(tracking_uri)}: {mask_text(exc.message)}"
         ) from None
     finally:
         backend.close()

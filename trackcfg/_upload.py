@@ -39,16 +39,25 @@ import posixpath
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import attrs
 
-from ._backend import Backend, BackendFactory, RunDetails, RunStatus
+from ._backend import ArtifactFile, Backend, BackendFactory, RunDetails, RunStatus
 from ._config import TrackingConfig
 from ._params import Batch, Limits, MetricPoint, plan_batches
 from ._rules import OFFLINE_DESTINATION_TAG, ExperimentAction, experiment_plan
-from ._store import StoreLocation, mask_uri, resolve_store
+from ._store import (
+    ARTIFACTS,
+    StoreLocation,
+    mask_text,
+    mask_uri,
+    resolve_store,
+    same_store,
+    store_refusal,
+)
 from ._sync import SyncResult, journal_folder, known_points, point_key, sync_journals
-from .exceptions import TrackcfgError, TrackingUnavailableError
+from .exceptions import ServerError, TrackcfgError, TrackingUnavailableError
 
 __all__ = [
     "SOURCE_RUN_TAG",
@@ -125,7 +134,7 @@ def upload_offline_runs(
     about a third of an upload's time)."""
     local = local_store(root)
     db = Path(local.tracking_uri[len("sqlite:///") :])
-    if local.tracking_uri == tracking_uri or not db.is_file():
+    if same_store(local.tracking_uri, tracking_uri) or not db.is_file():
         return []  # the configured store is the local one, or no local store: nothing offline
     shown = mask_uri(tracking_uri)
     # Journals of offline runs target the local store: completed there first.
@@ -249,14 +258,19 @@ class _Uploader:
             name=run.name,
             experiment=experiment,
             parent_run_id=parent,
-            destination=run.tags[OFFLINE_DESTINATION_TAG],
+            destination=mask_uri(run.tags[OFFLINE_DESTINATION_TAG]),
             status=run.status.value,
             points=0,
             artifacts=0,
             state="would upload" if dry_run else "uploaded",
         )
-        if run.tags[OFFLINE_DESTINATION_TAG] != self.shown:
-            return attrs.evolve(result, state="other destination")
+        if not same_store(run.tags[OFFLINE_DESTINATION_TAG], self.tracking_uri):
+            return attrs.evolve(
+                result,
+                state="other destination",
+                detail="not the configured store: left as it is (sync it with a config naming "
+                "that store)",
+            )
         journal = self.journals.get(run.id)
         to_complete = journal is not None and journal.state == "would send"
         if journal is not None and journal.state == "failed":
@@ -277,24 +291,20 @@ class _Uploader:
                 if not self.count:
                     return attrs.evolve(result, detail=detail)
                 points = sum(len(self.source.metric_history(run.id, k)) for k in run.metric_keys)
-                files = self.source.artifact_files(run.id)
+                files = self._artifact_list(run)
                 return attrs.evolve(result, points=points, artifacts=len(files), detail=detail)
             parent_id = uploaded.get(parent, parent) if parent else None
             return self._upload(run, experiment, parent_id, result)
+        except ServerError as exc:  # it answers, failing this run: the next may pass
+            return attrs.evolve(result, state="failed", detail=mask_text(str(exc)))
         except TrackingUnavailableError as exc:
-            self._unreachable = str(exc)
-            return attrs.evolve(result, state="failed", detail=str(exc))
+            self._unreachable = mask_text(str(exc))
+            return attrs.evolve(result, state="failed", detail=self._unreachable)
         except TrackcfgError as exc:
-            return attrs.evolve(result, state="failed", detail=str(exc))
+            return attrs.evolve(result, state="failed", detail=mask_text(str(exc)))
         except Exception as exc:  # a store failure the backend does not translate (HTTP 500)
-            # Its text may hold a URI with credentials: named by type only.
             logger.debug("uploading run %s failed", run.id, exc_info=True)
-            return attrs.evolve(
-                result,
-                state="failed",
-                detail=f"the store failed ({type(exc).__name__}); see its log, then run "
-                "trackcfg sync again (what was sent is not sent twice)",
-            )
+            return attrs.evolve(result, state="failed", detail=store_refusal(exc))
 
     def _backend(self) -> tuple[Backend, Limits]:
         if self._destination is None:
@@ -394,21 +404,93 @@ class _Uploader:
         send(held, all_of_them=True)
         return sent
 
+    def _artifact_list(self, run: RunDetails) -> list[ArtifactFile]:
+        folder = artifact_folder(run, local_store(self.root))
+        return self.source.artifact_files(run.id) if folder is None else local_files(folder)
+
     def _artifacts(self, run: RunDetails, backend: Backend, target: str, *, resumed: bool) -> int:
-        files = self.source.artifact_files(run.id)
+        folder = artifact_folder(run, local_store(self.root))
+        files = self.source.artifact_files(run.id) if folder is None else local_files(folder)
         there = {f.path: f.size for f in backend.artifact_files(target)} if resumed else {}
         sent = 0
-        with tempfile.TemporaryDirectory(prefix="trackcfg-upload-") as folder:
+        with tempfile.TemporaryDirectory(prefix="trackcfg-upload-") as downloads:
             for file in files:
                 if file.path in there and there[file.path] == file.size:
                     continue
-                local = self.source.download_artifact(run.id, file.path, folder)
+                if folder is None:
+                    local = self.source.download_artifact(run.id, file.path, downloads)
+                else:
+                    local = str(folder.joinpath(*file.path.split("/")))
                 backend.log_artifact(target, local, posixpath.dirname(file.path) or None)
-                os.remove(local)
+                if folder is None:
+                    os.remove(local)
                 sent += 1
                 if self.progress is not None:
                     self.progress(1)
         return sent
+
+
+def _recorded_folder(run: RunDetails) -> Path | None:
+    uri = run.artifact_uri
+    if uri is None or not uri.startswith("file:"):
+        return None
+    return Path(unquote(urlsplit(uri).path))
+
+
+def artifact_folder(run: RunDetails, local: StoreLocation) -> Path | None:
+    """The folder holding the artifacts of the offline run ``run`` of the local store
+    ``local``: where that store records them, or, when the project moved (or was copied)
+    since, the same place under the project's ``mlruns/`` now (the store records absolute
+    paths: ``<old root>/mlruns/artifacts/<experiment>/<run>/artifacts``).  ``None`` when the
+    store records no local folder (the files are read through MLflow).  ``TrackcfgError``
+    when the artifacts cannot be found, so that the run is never marked uploaded without
+    them."""
+    recorded = _recorded_folder(run)
+    if recorded is None or local.local_folder is None:
+        return None
+    store = local.local_folder
+    parts = recorded.parts
+    mapped = old_store = None
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == store.name and parts[i + 1] == ARTIFACTS:
+            mapped = store.joinpath(*parts[i + 1 :])
+            old_store = Path(*parts[: i + 1])
+            break
+    for candidate in (mapped, recorded):
+        if candidate is not None and candidate.is_dir():
+            return candidate
+    if (
+        mapped is None
+        or recorded == mapped
+        or (old_store is not None and old_store.is_dir())
+        or (store / ARTIFACTS).is_dir()
+    ):
+        # Where the store (here, or the one this project was copied from) keeps artifacts:
+        # the run logged none (MLflow creates a run's folder at its first file).
+        return recorded if mapped is None else mapped
+    raise TrackcfgError(
+        f"its artifacts are not found: the local store records them in {recorded}, and this "
+        f"project has no {store / ARTIFACTS} (the project moved without it?); copy that "
+        "folder along with mlruns/mlflow.db, or, if the run logged no files, create the "
+        "empty folder, then run trackcfg sync again"
+    )
+
+
+def local_files(folder: Path) -> list[ArtifactFile]:
+    """The files under ``folder`` (its artifacts), as ``ArtifactFile``s: '/'-separated paths
+    relative to it; symbolic links are not followed out of it."""
+    if not folder.is_dir():
+        return []
+    files = []
+    for current, folders, names in os.walk(folder):
+        folders.sort()
+        for name in names:
+            path = Path(current, name)
+            if path.is_symlink() or not path.is_file():
+                continue
+            relative = path.relative_to(folder).as_posix()
+            files.append(ArtifactFile(path=relative, size=path.stat().st_size))
+    return sorted(files, key=lambda f: f.path)
 
 
 def progress_units(results: Sequence[UploadResult]) -> int:
