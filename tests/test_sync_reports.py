@@ -279,3 +279,80 @@ def test_a_run_the_server_fails_again_and_again_is_a_refusal_and_the_next_run_go
         "responses)"
     ) in result.output
     assert f"uploaded: run {ids['fine']} 'fine'" in result.output
+
+
+# ---------------------------------------------------------------------------- logged models
+
+
+def test_an_offline_runs_logged_model_and_its_registered_version_go_up_with_it(
+    tmp_path: Path, mlflow_server: str, migrated_sqlite_db: Path
+) -> None:
+    """``mlflow.sklearn.log_model(..., name=, registered_model_name=)`` inside an offline
+    session: after sync the server holds the model (files that load and predict the same,
+    flavors, params, tags, metrics, status), produced by the uploaded run, and its registered
+    version; the local model is tagged nowhere and nothing is made twice by a second sync."""
+    import mlflow
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped, unused-ignore]
+
+    experiment = f"models-{uuid.uuid4().hex[:8]}"
+    registered = f"clf-{uuid.uuid4().hex[:8]}"
+    project = project_folder(
+        tmp_path / "proj",
+        config=config(mlflow_server, experiment, offline="always"),
+        store=migrated_sqlite_db,
+    )
+    x = np.array([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0]])
+    fitted = LogisticRegression(C=10).fit(x, np.array([0, 0, 0, 1, 1, 1]))
+    with TrackingSession(load_config(project), name="trains", params={"lr": 0.1}) as s:
+        s.log_metrics({"acc": 0.75}, step=3)
+        s.flush(30)
+        mlflow.sklearn.log_model(
+            fitted,
+            name="classifier",
+            pip_requirements=["scikit-learn"],
+            registered_model_name=registered,
+            step=3,
+        )
+        local_id = s.run_id
+    assert local_id is not None
+    local = MlflowClient(tracking_uri=store_uri(project), registry_uri=store_uri(project))
+    (local_model,) = local.search_logged_models(
+        [local.get_run(local_id).info.experiment_id], f"source_run_id = '{local_id}'"
+    )
+
+    result = sync(project)
+    assert result.exit_code == 0, result.output
+    assert "1 model(s)" in result.output
+    again = sync(project)
+    assert again.exit_code == 0, again.output
+
+    server = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    target = uploaded_run(mlflow_server, experiment, local_id)
+    run = server.get_run(target)
+    (model,) = server.search_logged_models([run.info.experiment_id], f"source_run_id = '{target}'")
+    assert model.name == "classifier"
+    assert str(model.status) == "READY"
+    assert model.params == local_model.params
+    assert {k: v for k, v in model.tags.items() if not k.startswith("trackcfg.sync.")} == (
+        local_model.tags
+    )
+    assert model.tags["trackcfg.sync.source_model"] == local_model.model_id
+    assert sorted((m.key, m.value, m.step) for m in model.metrics or []) == sorted(
+        (m.key, m.value, m.step) for m in local_model.metrics or []
+    )
+    assert [(o.model_id, o.step) for o in run.outputs.model_outputs] == [(model.model_id, 3)]
+    files = mlflow.artifacts.download_artifacts(
+        artifact_uri=model.artifact_location,
+        dst_path=str(tmp_path / "m"),
+        tracking_uri=mlflow_server,
+    )
+    loaded = mlflow.sklearn.load_model(files)
+    assert list(loaded.predict_proba([[0.5], [2.2]])[:, 1]) == list(
+        fitted.predict_proba([[0.5], [2.2]])[:, 1]
+    )
+    description = mlflow.models.Model.load(files)
+    assert "sklearn" in description.flavors
+    assert (description.model_id, description.run_id) == (model.model_id, target)
+    (version,) = server.search_model_versions(f"name = '{registered}'")
+    assert (version.source, version.run_id) == (f"models:/{model.model_id}", target)

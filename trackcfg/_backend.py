@@ -23,7 +23,10 @@ __all__ = [
     "Backend",
     "BackendFactory",
     "ExperimentRef",
+    "LoggedModelDetails",
+    "ModelMetric",
     "ModelRef",
+    "ModelVersionRef",
     "RunDetails",
     "RunRef",
     "RunStatus",
@@ -82,6 +85,47 @@ class RunDetails:
     metric_keys: tuple[str, ...] = ()
     artifact_uri: str | None = None
     """Where the store records the run's artifacts (for a local store, a ``file:`` URI)."""
+
+
+@attrs.frozen(kw_only=True)
+class ModelMetric:
+    """A metric point of a logged model (MLflow 3 ties run metrics to a model by its id)."""
+
+    key: str
+    value: float
+    step: int
+    timestamp: int
+    dataset_name: str | None = None
+    dataset_digest: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ModelVersionRef:
+    """A registered version of a logged model (the model registry)."""
+
+    name: str
+    version: str
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+    description: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class LoggedModelDetails:
+    """An MLflow 3 logged model of a run (``<flavor>.log_model(..., name=...)``): everything
+    ``trackcfg sync`` copies with an offline run."""
+
+    id: str
+    name: str
+    experiment_id: str
+    source_run_id: str | None
+    status: str  # "READY" | "PENDING" | "FAILED" | "UNSPECIFIED"
+    model_type: str | None
+    artifact_uri: str
+    step: int = 0  # the run's step the model was logged at
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+    params: Mapping[str, str] = attrs.field(factory=dict)
+    metrics: tuple[ModelMetric, ...] = ()
+    versions: tuple[ModelVersionRef, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -175,6 +219,45 @@ class Backend(Protocol):
 
     def download_artifact(self, run_id: str, path: str, dst_dir: str) -> str:
         """Copy one artifact file under ``dst_dir`` (its folders kept); its local path."""
+        ...
+
+    # Copying a run's logged models (MLflow 3) with it.
+    def logged_models(self, experiment_id: str, run_id: str) -> list[LoggedModelDetails]:
+        """The logged models the run produced (``source_run_id``), with their registered
+        versions in this store's registry."""
+        ...
+
+    def create_logged_model(
+        self,
+        *,
+        experiment_id: str,
+        name: str,
+        run_id: str,
+        tags: Mapping[str, str],
+        params: Mapping[str, str],
+        model_type: str | None,
+    ) -> str:
+        """A new (PENDING) logged model produced by run ``run_id``; its id."""
+        ...
+
+    def log_model_files(self, model_id: str, local_dir: str, run_id: str) -> None:
+        """Upload the model folder ``local_dir`` as the model's files, its ``MLmodel`` naming
+        this model and run (not those of the store it was copied from)."""
+        ...
+
+    def link_model(
+        self, run_id: str, model_id: str, step: int, metrics: Sequence[ModelMetric]
+    ) -> None:
+        """Record the model as an output of the run at ``step``, with its metric points."""
+        ...
+
+    def finalize_logged_model(self, model_id: str, status: str) -> None:
+        """Set the model's final status (``READY`` or ``FAILED``)."""
+        ...
+
+    def register_model_version(self, model_id: str, run_id: str, version: ModelVersionRef) -> None:
+        """Register the logged model as a new version of ``version.name`` (created when
+        missing), with its tags and description, unless a version of it exists already."""
         ...
 
 

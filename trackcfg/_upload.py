@@ -60,6 +60,7 @@ from ._sync import SyncResult, journal_folder, known_points, point_key, sync_jou
 from .exceptions import ServerError, TrackcfgError, TrackingUnavailableError
 
 __all__ = [
+    "SOURCE_MODEL_TAG",
     "SOURCE_RUN_TAG",
     "SOURCE_STORE_TAG",
     "SYNC_TAG_PREFIX",
@@ -76,6 +77,7 @@ SYNC_TAG_PREFIX = "trackcfg.sync."
 SOURCE_RUN_TAG = "trackcfg.sync.source_run"
 SOURCE_STORE_TAG = "trackcfg.sync.source_store"
 UPLOADED_TO_TAG = "trackcfg.sync.uploaded_to"
+SOURCE_MODEL_TAG = "trackcfg.sync.source_model"
 _PARENT_TAG = "mlflow.parentRunId"
 _NAME_TAG = "mlflow.runName"
 #: The lock two syncs of one project take, under the project root.
@@ -111,6 +113,7 @@ class UploadResult:
     state: str  # "uploaded" | "would upload" | "running" | "other destination" | "failed"
     destination_run_id: str | None = None
     detail: str = ""
+    models: int = 0  # MLflow 3 logged models (to) send with the run
 
     @property
     def ok(self) -> bool:
@@ -292,7 +295,10 @@ class _Uploader:
                     return attrs.evolve(result, detail=detail)
                 points = sum(len(self.source.metric_history(run.id, k)) for k in run.metric_keys)
                 files = self._artifact_list(run)
-                return attrs.evolve(result, points=points, artifacts=len(files), detail=detail)
+                models = len(self.source.logged_models(run.experiment_id, run.id))
+                return attrs.evolve(
+                    result, points=points, artifacts=len(files), models=models, detail=detail
+                )
             parent_id = uploaded.get(parent, parent) if parent else None
             return self._upload(run, experiment, parent_id, result)
         except ServerError as exc:  # it answers, failing this run: the next may pass
@@ -361,12 +367,18 @@ class _Uploader:
             backend.log_batch(target, batch)
         points = self._metrics(run, backend, target, limits, resumed=resumed)
         files = self._artifacts(run, backend, target, resumed=resumed)
+        models = self._models(run, backend, experiment_id, target)
         if run.status is not RunStatus.RUNNING:
             backend.terminate(target, run.status, run.end_time)
         self.source.log_batch(run.id, Batch(tags=((UPLOADED_TO_TAG, target),)))
         detail = "finished an upload that was cut short" if resumed else ""
         return attrs.evolve(
-            result, points=points, artifacts=files, destination_run_id=target, detail=detail
+            result,
+            points=points,
+            artifacts=files,
+            models=models,
+            destination_run_id=target,
+            detail=detail,
         )
 
     def _metrics(
@@ -405,11 +417,11 @@ class _Uploader:
         return sent
 
     def _artifact_list(self, run: RunDetails) -> list[ArtifactFile]:
-        folder = artifact_folder(run, local_store(self.root))
+        folder = artifact_folder(run.artifact_uri, local_store(self.root))
         return self.source.artifact_files(run.id) if folder is None else local_files(folder)
 
     def _artifacts(self, run: RunDetails, backend: Backend, target: str, *, resumed: bool) -> int:
-        folder = artifact_folder(run, local_store(self.root))
+        folder = artifact_folder(run.artifact_uri, local_store(self.root))
         files = self.source.artifact_files(run.id) if folder is None else local_files(folder)
         there = {f.path: f.size for f in backend.artifact_files(target)} if resumed else {}
         sent = 0
@@ -429,23 +441,72 @@ class _Uploader:
                     self.progress(1)
         return sent
 
+    def _models(self, run: RunDetails, backend: Backend, experiment_id: str, target: str) -> int:
+        """Upload the run's MLflow 3 logged models with it, as the uploaded run's: files (their
+        ``MLmodel`` naming the new model and run), params, tags, metrics, status, the link to
+        the run (its output at the step it was logged) and registered versions.  A model an
+        earlier sync cut short made (tagged ``trackcfg.sync.source_model``) is finished, never
+        made twice.  A model whose files cannot be read fails the run's upload."""
+        found = self.source.logged_models(run.experiment_id, run.id)
+        if not found:
+            return 0
+        there = {
+            m.tags.get(SOURCE_MODEL_TAG): m for m in backend.logged_models(experiment_id, target)
+        }
+        for model in found:
+            done = there.get(model.id)
+            if (
+                done is not None
+                and done.status == model.status
+                and len(done.versions) >= len(model.versions)
+            ):
+                continue
+            what = f"the files of its logged model {model.name!r} ({model.id})"
+            folder = artifact_folder(model.artifact_uri, local_store(self.root), what)
+            if folder is None:
+                raise TrackcfgError(
+                    f"{what} are at {mask_uri(model.artifact_uri)}, which trackcfg sync does "
+                    "not read (only the local store's own folder): the model is not uploaded"
+                )
+            model_id = (
+                done.id
+                if done is not None
+                else backend.create_logged_model(
+                    experiment_id=experiment_id,
+                    name=model.name,
+                    run_id=target,
+                    tags={**model.tags, SOURCE_MODEL_TAG: model.id},
+                    params=model.params,
+                    model_type=model.model_type,
+                )
+            )
+            if local_files(folder):
+                backend.log_model_files(model_id, str(folder), target)
+            backend.link_model(target, model_id, model.step, model.metrics)
+            if model.status in ("READY", "FAILED"):
+                backend.finalize_logged_model(model_id, model.status)
+            for version in model.versions:
+                backend.register_model_version(model_id, target, version)
+        return len(found)
 
-def _recorded_folder(run: RunDetails) -> Path | None:
-    uri = run.artifact_uri
+
+def _recorded_folder(uri: str | None) -> Path | None:
     if uri is None or not uri.startswith("file:"):
         return None
     return Path(unquote(urlsplit(uri).path))
 
 
-def artifact_folder(run: RunDetails, local: StoreLocation) -> Path | None:
-    """The folder holding the artifacts of the offline run ``run`` of the local store
-    ``local``: where that store records them, or, when the project moved (or was copied)
-    since, the same place under the project's ``mlruns/`` now (the store records absolute
-    paths: ``<old root>/mlruns/artifacts/<experiment>/<run>/artifacts``).  ``None`` when the
-    store records no local folder (the files are read through MLflow).  ``TrackcfgError``
-    when the artifacts cannot be found, so that the run is never marked uploaded without
-    them."""
-    recorded = _recorded_folder(run)
+def artifact_folder(
+    uri: str | None, local: StoreLocation, what: str = "its artifacts"
+) -> Path | None:
+    """The folder holding the files the local store ``local`` records at ``uri`` (an offline
+    run's artifacts, a logged model's files): that folder, or, when the project moved (or was
+    copied) since, the same place under the project's ``mlruns/`` now (the store records
+    absolute paths: ``<old root>/mlruns/artifacts/<experiment>/...``).  ``None`` when ``uri``
+    is no local folder (the files are read through MLflow).  ``TrackcfgError`` (saying
+    ``what`` is missing) when the files cannot be found, so that the run is never marked
+    uploaded without them."""
+    recorded = _recorded_folder(uri)
     if recorded is None or local.local_folder is None:
         return None
     store = local.local_folder
@@ -466,10 +527,10 @@ def artifact_folder(run: RunDetails, local: StoreLocation) -> Path | None:
         or (store / ARTIFACTS).is_dir()
     ):
         # Where the store (here, or the one this project was copied from) keeps artifacts:
-        # the run logged none (MLflow creates a run's folder at its first file).
+        # there are none (MLflow creates a run's folder at its first file).
         return recorded if mapped is None else mapped
     raise TrackcfgError(
-        f"its artifacts are not found: the local store records them in {recorded}, and this "
+        f"{what} are not found: the local store records them in {recorded}, and this "
         f"project has no {store / ARTIFACTS} (the project moved without it?); copy that "
         "folder along with mlruns/mlflow.db, or, if the run logged no files, create the "
         "empty folder, then run trackcfg sync again"
