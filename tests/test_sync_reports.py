@@ -341,6 +341,7 @@ def test_an_offline_runs_logged_model_and_its_registered_version_go_up_with_it(
     assert sorted((m.key, m.value, m.step) for m in model.metrics or []) == sorted(
         (m.key, m.value, m.step) for m in local_model.metrics or []
     )
+    assert run.outputs is not None
     assert [(o.model_id, o.step) for o in run.outputs.model_outputs] == [(model.model_id, 3)]
     files = mlflow.artifacts.download_artifacts(
         artifact_uri=model.artifact_location,
