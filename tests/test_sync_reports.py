@@ -357,3 +357,43 @@ def test_an_offline_runs_logged_model_and_its_registered_version_go_up_with_it(
     assert (description.model_id, description.run_id) == (model.model_id, target)
     (version,) = server.search_model_versions(f"name = '{registered}'")
     assert (version.source, version.run_id) == (f"models:/{model.model_id}", target)
+
+
+# ---------------------------------------------------------------------------- secrets
+
+
+def test_a_token_in_the_uri_is_in_no_tag_journal_or_output_before_or_after_upload(
+    tmp_path: Path, mlflow_server: str, migrated_sqlite_db: Path
+) -> None:
+    """``http://TOKEN@host``: the offline run's ``trackcfg.offline.destination`` tag, the
+    uploaded run's tags, a buffered session's journal and sync's output show ``***``."""
+    token = f"tok-{uuid.uuid4().hex}"
+    experiment = f"token-{uuid.uuid4().hex[:8]}"
+    with_token = mlflow_server.replace("http://", f"http://{token}@")
+    shown = mlflow_server.replace("http://", "http://***@")
+    project = project_folder(
+        tmp_path / "proj",
+        config=config(with_token, experiment, offline="always"),
+        store=migrated_sqlite_db,
+    )
+    local_id = offline_run(project, tmp_path / "files")
+    local_tags = MlflowClient(tracking_uri=store_uri(project)).get_run(local_id).data.tags
+    assert local_tags[OFFLINE_DESTINATION_TAG] == shown
+
+    online = project_folder(
+        tmp_path / "online",
+        config=config(with_token, experiment) + "  logging:\n    mode: buffered\n",
+    )
+    with TrackingSession(load_config(online), name="buffered") as s:
+        s.log_metrics({"loss": 1.0})
+        headers = [p.read_text().splitlines()[0] for p in (online / ".trackcfg").rglob("*.journal")]
+    assert headers
+    assert all(token not in header and shown in header for header in headers)
+
+    result = sync(project, "--json")
+    assert result.exit_code == 0, result.output
+    assert token not in result.output
+    target = uploaded_run(mlflow_server, experiment, local_id)
+    tags = MlflowClient(tracking_uri=mlflow_server).get_run(target).data.tags
+    assert tags[OFFLINE_DESTINATION_TAG] == shown
+    assert not [value for value in tags.values() if token in value]
