@@ -38,7 +38,7 @@ from ._journal import (
     run_id_of,
 )
 from ._params import Limits, MetricPoint, plan_batches
-from ._store import mask_uri, same_store, store_refusal
+from ._store import error_text, mask_uri, same_store, store_refusal
 from .exceptions import TrackcfgError
 
 __all__ = [
@@ -235,7 +235,8 @@ def _replay(
     except TrackcfgError as exc:
         return _failed(path, run_id, str(exc))
     except Exception as exc:  # a store failure the backend does not translate (an HTTP 500)
-        logger.debug("sending %s failed", path, exc_info=True)
+        # Not exc_info: MLflow's chained errors name the store's URL, credentials included.
+        logger.debug("sending %s failed: %s", path, error_text(exc, 2000))
         return _failed(path, run_id, store_refusal(exc))
     remove(path)
     return _summary(contents, "sent")

@@ -12,7 +12,12 @@ twice when asked twice):
 - the destination run: the same name, start time, tags (``mlflow.parentRunId`` mapped to the
   uploaded parent; ``trackcfg.offline.destination`` kept: it says the run was made offline),
   params, every metric point (step and timestamp kept) in full-size ``log_batch`` requests,
-  every artifact file (bytes equal), then its status and end time;
+  every artifact file (bytes equal), the MLflow 3 models the run logged (``_models``), then
+  its status and end time;
+- "the configured server" is told by ``_store.same_store`` (however either URI is written);
+- artifacts are read from the local store's folder, found under ``<root>/mlruns`` where the
+  project is now (``artifact_folder``: the store records absolute paths, and projects move);
+  a run whose artifacts are found nowhere fails and is not marked;
 - the link both ways: the uploaded run has ``trackcfg.sync.source_run`` (the local run's id)
   and ``trackcfg.sync.source_store`` (the local store, masked); the local run gets
   ``trackcfg.sync.uploaded_to`` (the uploaded run's id) last, once all is there.  A marked run
@@ -50,6 +55,7 @@ from ._rules import OFFLINE_DESTINATION_TAG, ExperimentAction, experiment_plan
 from ._store import (
     ARTIFACTS,
     StoreLocation,
+    error_text,
     mask_text,
     mask_uri,
     resolve_store,
@@ -309,7 +315,8 @@ class _Uploader:
         except TrackcfgError as exc:
             return attrs.evolve(result, state="failed", detail=mask_text(str(exc)))
         except Exception as exc:  # a store failure the backend does not translate (HTTP 500)
-            logger.debug("uploading run %s failed", run.id, exc_info=True)
+            # Not exc_info: MLflow's chained errors name the store's URL, credentials included.
+            logger.debug("uploading run %s failed: %s", run.id, error_text(exc, 2000))
             return attrs.evolve(result, state="failed", detail=store_refusal(exc))
 
     def _backend(self) -> tuple[Backend, Limits]:
