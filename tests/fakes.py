@@ -31,7 +31,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trackcfg._backend import ArtifactFile, ExperimentRef, RunDetails, RunRef, RunStatus
+from trackcfg._backend import (
+    ArtifactFile,
+    ExperimentRef,
+    LoggedModelDetails,
+    ModelMetric,
+    ModelVersionRef,
+    RunDetails,
+    RunRef,
+    RunStatus,
+)
 from trackcfg._params import Batch, Limits, MetricPoint
 from trackcfg.exceptions import ExperimentError, RunError
 
@@ -589,6 +598,35 @@ class FakeBackend:
             if run is None:
                 raise RunError(f"cannot read run {run_id} in {self.tracking_uri}: not found")
             return sorted({m.key for m in run.metrics})
+
+    def logged_models(self, experiment_id: str, run_id: str) -> list[LoggedModelDetails]:
+        return []  # the fake store holds no MLflow models
+
+    def create_logged_model(
+        self,
+        *,
+        experiment_id: str,
+        name: str,
+        run_id: str,
+        tags: Mapping[str, str],
+        params: Mapping[str, str],
+        model_type: str | None,
+    ) -> str:
+        raise NotImplementedError("the fake store holds no MLflow models")
+
+    def log_model_files(self, model_id: str, local_dir: str, run_id: str) -> None:
+        raise NotImplementedError("the fake store holds no MLflow models")
+
+    def link_model(
+        self, run_id: str, model_id: str, step: int, metrics: Sequence[ModelMetric]
+    ) -> None:
+        raise NotImplementedError("the fake store holds no MLflow models")
+
+    def finalize_logged_model(self, model_id: str, status: str) -> None:
+        raise NotImplementedError("the fake store holds no MLflow models")
+
+    def register_model_version(self, model_id: str, run_id: str, version: ModelVersionRef) -> None:
+        raise NotImplementedError("the fake store holds no MLflow models")
 
 
 def _remove_last(stack: list[str], run_id: str) -> None:

@@ -190,6 +190,7 @@ def test_offline_parent_and_children_are_uploaded_whole_once(
         "artifacts": 1,
         "state": "would upload",
         "detail": "",
+        "models": 0,
     }
 
     done = sync(project)

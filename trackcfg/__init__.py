@@ -18,6 +18,7 @@ from .exceptions import (
     ExperimentError,
     ParamValueTooLongError,
     RunError,
+    ServerError,
     TrackcfgError,
     TrackingUnavailableError,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "ParamValueTooLongError",
     "RankPolicy",
     "RunError",
+    "ServerError",
     "Source",
     "TrackcfgError",
     "TrackingConfig",

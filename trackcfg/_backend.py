@@ -20,8 +20,11 @@ from ._records import (
     Batch,
     ExperimentRef,
     Limits,
+    LoggedModelDetails,
     MetricPoint,
+    ModelMetric,
     ModelRef,
+    ModelVersionRef,
     RunDetails,
     RunRef,
     RunStatus,
@@ -32,7 +35,10 @@ __all__ = [
     "Backend",
     "BackendFactory",
     "ExperimentRef",
+    "LoggedModelDetails",
+    "ModelMetric",
     "ModelRef",
+    "ModelVersionRef",
     "RunDetails",
     "RunRef",
     "RunStatus",
@@ -138,6 +144,45 @@ class Backend(Protocol):
 
     def metric_keys(self, run_id: str) -> list[str]:
         """The keys of the metrics the run holds; ``RunError`` when there is no such run."""
+        ...
+
+    # Copying a run's logged models (MLflow 3) with it.
+    def logged_models(self, experiment_id: str, run_id: str) -> list[LoggedModelDetails]:
+        """The logged models the run produced (``source_run_id``), with their registered
+        versions in this store's registry."""
+        ...
+
+    def create_logged_model(
+        self,
+        *,
+        experiment_id: str,
+        name: str,
+        run_id: str,
+        tags: Mapping[str, str],
+        params: Mapping[str, str],
+        model_type: str | None,
+    ) -> str:
+        """A new (PENDING) logged model produced by run ``run_id``; its id."""
+        ...
+
+    def log_model_files(self, model_id: str, local_dir: str, run_id: str) -> None:
+        """Upload the model folder ``local_dir`` as the model's files, its ``MLmodel`` naming
+        this model and run (not those of the store it was copied from)."""
+        ...
+
+    def link_model(
+        self, run_id: str, model_id: str, step: int, metrics: Sequence[ModelMetric]
+    ) -> None:
+        """Record the model as an output of the run at ``step``, with its metric points."""
+        ...
+
+    def finalize_logged_model(self, model_id: str, status: str) -> None:
+        """Set the model's final status (``READY`` or ``FAILED``)."""
+        ...
+
+    def register_model_version(self, model_id: str, run_id: str, version: ModelVersionRef) -> None:
+        """Register the logged model as a new version of ``version.name`` (created when
+        missing), with its tags and description, unless a version of it exists already."""
         ...
 
 

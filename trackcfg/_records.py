@@ -15,8 +15,11 @@ __all__ = [
     "Batch",
     "ExperimentRef",
     "Limits",
+    "LoggedModelDetails",
     "MetricPoint",
+    "ModelMetric",
     "ModelRef",
+    "ModelVersionRef",
     "RunDetails",
     "RunRef",
     "RunStatus",
@@ -102,6 +105,49 @@ class RunDetails:
     tags: Mapping[str, str] = attrs.field(factory=dict)
     params: Mapping[str, str] = attrs.field(factory=dict)
     metric_keys: tuple[str, ...] = ()
+    artifact_uri: str | None = None
+    """Where the store records the run's artifacts (for a local store, a ``file:`` URI)."""
+
+
+@attrs.frozen(kw_only=True)
+class ModelMetric:
+    """A metric point of a logged model (MLflow 3 ties run metrics to a model by its id)."""
+
+    key: str
+    value: float
+    step: int
+    timestamp: int
+    dataset_name: str | None = None
+    dataset_digest: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ModelVersionRef:
+    """A registered version of a logged model (the model registry)."""
+
+    name: str
+    version: str
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+    description: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class LoggedModelDetails:
+    """An MLflow 3 logged model of a run (``<flavor>.log_model(..., name=...)``): everything
+    ``trackcfg sync`` copies with an offline run."""
+
+    id: str
+    name: str
+    experiment_id: str
+    source_run_id: str | None
+    status: str  # "READY" | "PENDING" | "FAILED" | "UNSPECIFIED"
+    model_type: str | None
+    artifact_uri: str
+    step: int = 0  # the run's step the model was logged at
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+    params: Mapping[str, str] = attrs.field(factory=dict)
+    metrics: tuple[ModelMetric, ...] = ()
+    versions: tuple[ModelVersionRef, ...] = ()
 
 
 @attrs.frozen(kw_only=True)

@@ -98,6 +98,7 @@ from ._store import (
     mask_uri,
     missing_driver,
     session_env,
+    store_kind,
     with_connect_timeout,
 )
 from ._sync import journal_folder, sync_journals
@@ -797,9 +798,10 @@ class TrackingSession:
             backend.pop_active(own)
         if buffer.journal is None:
             logger.warning(
-                "tracking server %s did not take everything run %s logged within %s s "
+                "%s %s did not take everything run %s logged within %s s "
                 "(tracking.logging.exit_timeout); %d logging call(s) are lost "
                 "(tracking.logging.journal is false)",
+                store_kind(self.tracking_uri),
                 self._shown_store(),
                 self._run_id,
                 self._config.tracking.logging.exit_timeout,
@@ -807,9 +809,10 @@ class TrackingSession:
             )
             return
         logger.warning(
-            "tracking server %s did not answer within %s s (tracking.logging.exit_timeout): "
+            "%s %s did not take everything within %s s (tracking.logging.exit_timeout): "
             "%d logging call(s) and the end of run %s (%s) are kept in %s; send them with: "
             "trackcfg sync %s",
+            store_kind(self.tracking_uri),
             self._shown_store(),
             self._config.tracking.logging.exit_timeout,
             buffer.pending,

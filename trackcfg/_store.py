@@ -23,6 +23,8 @@ answers holds them forever.
 
 from __future__ import annotations
 
+import posixpath
+import re
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,11 +42,19 @@ __all__ = [
     "MissingDriver",
     "StoreLocation",
     "depends_on_root",
+    "error_text",
     "is_local_path",
+    "is_secret_name",
+    "mask_text",
     "mask_uri",
     "missing_driver",
+    "one_line",
     "resolve_registry_uri",
     "resolve_store",
+    "same_store",
+    "store_identity",
+    "store_kind",
+    "store_refusal",
     "with_connect_timeout",
 ]
 
@@ -165,16 +175,156 @@ def resolve_registry_uri(uri: str | None, root: Path) -> str | None:
     return resolve_store(uri, root).tracking_uri
 
 
+#: Words that make a query parameter's value a secret, found anywhere in its name, any case:
+#: ``password``, ``passwd``, ``pwd``, ``access_token``, ``api_key``, ``X-Amz-Signature``,
+#: ``X-Amz-Credential``, ``sig`` (Azure SAS), ``client_secret``, ``sslkey``, ``auth`` ...
+_SECRET_WORDS = (
+    "pass",
+    "pwd",
+    "token",
+    "secret",
+    "key",
+    "sig",
+    "auth",
+    "credential",
+    "session",
+    "cookie",
+    "private",
+    "bearer",
+    "jwt",
+)
+#: What looks like a URI inside a message (an error from a store names its URL).
+_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a query parameter (or any setting) called ``name`` holds a secret."""
+    lowered = unquote(name).lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def _mask_query(query: str) -> str:
+    pairs = []
+    for pair in re.split(r"([&;])", query):
+        name, eq, _ = pair.partition("=")
+        pairs.append(f"{name}={MASK}" if eq and is_secret_name(name) else pair)
+    return "".join(pairs)
+
+
 def mask_uri(uri: str) -> str:
-    """``scheme://user:secret@host`` → ``scheme://user:***@host``; other URIs unchanged."""
-    parts = urlsplit(uri)
-    if not parts.netloc or "@" not in parts.netloc:
-        return uri
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user, has_password, _ = userinfo.partition(":")
-    if not has_password:
-        return uri
-    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+    """``uri`` with every secret it may hold replaced by ``***``, for anything shown or stored:
+
+    - a password: ``scheme://user:secret@host`` → ``scheme://user:***@host``;
+    - a user name without a password, which is a token as often as a name
+      (``https://TOKEN@host``) → ``https://***@host``;
+    - the value of a query parameter whose name holds a secret word (``password``, ``token``,
+      ``secret``, ``key``, ``sig``, ``auth`` ..., any case, anywhere in the name:
+      ``access_token``, ``X-Amz-Signature``) → ``?password=***``;
+    - a fragment → ``#***``.
+
+    Everything else (scheme, host, port, path, other parameters) is kept, and masking twice
+    changes nothing.  Never raises: the URI may be one MLflow refuses."""
+    base, hash_sign, fragment = uri.partition("#")
+    base, question, query = base.partition("?")
+    scheme_end = base.find("://")
+    if scheme_end >= 0 or base.startswith("//"):
+        start = scheme_end + 3 if scheme_end >= 0 else 2
+        slash = base.find("/", start)
+        end = len(base) if slash < 0 else slash
+        userinfo, at, host = base[start:end].rpartition("@")
+        if at:
+            user, colon, _ = userinfo.partition(":")
+            masked = f"{user}:{MASK}" if colon else MASK
+            base = f"{base[:start]}{masked}@{host}{base[end:]}"
+    masked_query = f"?{_mask_query(query)}" if question else ""
+    masked_fragment = f"#{MASK}" if hash_sign and fragment else hash_sign
+    return f"{base}{masked_query}{masked_fragment}"
+
+
+def mask_text(text: str) -> str:
+    """``text`` (a store's error message) with every URI in it masked (``mask_uri``)."""
+    return _URI_IN_TEXT.sub(lambda match: mask_uri(match.group(0)), text)
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """``text`` with its whitespace runs (line breaks included) as one space, cut to
+    ``limit`` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "\N{HORIZONTAL ELLIPSIS}"
+
+
+def error_text(exc: BaseException, limit: int = 500) -> str:
+    """What a store's error says, for a report: its own message on one line, every URI in it
+    masked (it may name the store's URL with credentials), prefixed by its type."""
+    said = one_line(mask_text(str(exc)), limit)
+    return f"{type(exc).__name__}: {said}" if said else type(exc).__name__
+
+
+def store_refusal(exc: BaseException) -> str:
+    """How ``trackcfg sync`` reports a store error the backend does not translate (a
+    refusal: MLflow's ``RestException``, an HTTP 500 with a body): the store's own words."""
+    return (
+        f"the store refused it ({error_text(exc)}); fix what it names, then run trackcfg sync "
+        "again (what was sent is not sent twice)"
+    )
+
+
+#: Ports a URI may leave out, by scheme (its database dialect for ``postgresql+psycopg2``).
+_DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+#: Query parameters that change how a store is reached, not which store it is.
+_CONNECTION_PARAMS = frozenset({"connect_timeout"})
+
+
+def store_identity(uri: str) -> str:
+    """What names the store ``uri`` points at, for telling whether two URIs are the same
+    store: scheme (a database's dialect, without its driver) and host in lower case, the
+    loopback names (``localhost``, ``127.0.0.1``, ``::1``) as one, a default port left out,
+    the path without a trailing ``/`` or repeated ``/``, query parameters sorted (a connect
+    timeout left out); user names and every secret left out (``mask_uri``).  A bare path is
+    compared as written."""
+    masked = mask_uri(uri.strip())
+    scheme = _scheme(masked)
+    if scheme is None or masked in _BARE_SCHEMES:
+        return masked
+    try:
+        parts = urlsplit(masked)
+        port = parts.port
+    except ValueError:  # not a URI urllib can read: compared as written
+        return masked
+    dialect = scheme.partition("+")[0] if scheme.partition("+")[0] in _DIALECT_DRIVERS else scheme
+    host = (parts.hostname or "").lower()
+    host = "localhost" if host in _LOOPBACK else host
+    if port is not None and port != _DEFAULT_PORTS.get(dialect):
+        host = f"{host}:{port}"
+    path = re.sub("/{2,}", "/", parts.path).rstrip("/")
+    if dialect in ("sqlite", "file"):
+        path = posixpath.normpath(path) if path else path
+    query = "&".join(
+        sorted(
+            pair
+            for pair in re.split("[&;]", parts.query)
+            if pair and pair.partition("=")[0] not in _CONNECTION_PARAMS
+        )
+    )
+    return f"{dialect}://{host}{path}" + (f"?{query}" if query else "")
+
+
+def same_store(uri: str, other: str) -> bool:
+    """Whether two URIs (either of them masked or not) point at the same store: the one
+    answer to "was this journal / offline run written for the configured store"."""
+    return store_identity(uri) == store_identity(other)
+
+
+def store_kind(uri: str) -> str:
+    """What messages call the store ``uri`` names: a "tracking server" answers (or does not)
+    over HTTP; a local store (SQLite) is slow or locked, never "did not answer"."""
+    scheme = _scheme(uri)
+    if scheme in ("http", "https"):
+        return "tracking server"
+    if scheme == "sqlite" or is_local_path(uri):
+        return "local store"
+    return "store"
 
 
 def depends_on_root(uri: str) -> bool:

@@ -38,6 +38,7 @@ from ._journal import (
     run_id_of,
 )
 from ._params import Limits, MetricPoint, plan_batches
+from ._store import error_text, mask_uri, same_store, store_refusal
 from .exceptions import TrackcfgError
 
 __all__ = [
@@ -92,8 +93,9 @@ def sync_journals(
     progress: Callable[[int], None] | None = None,
     skip: Sequence[str] = (),
 ) -> list[SyncResult]:
-    """Send every journal in ``folder`` written for ``shown_uri`` (the masked URI journals
-    record) to ``tracking_uri``; ``progress`` is told how many records went each step."""
+    """Send every journal in ``folder`` written for the store ``shown_uri`` names (the masked
+    URI journals record; the same store by ``same_store``) to ``tracking_uri``; ``progress``
+    is told how many records went each step."""
     results: list[SyncResult] = []
     backend: Backend | None = None
     limits: Limits | None = None
@@ -124,10 +126,8 @@ def sync_journals(
                 except TrackcfgError as exc:
                     results.append(_failed(path, run_id_of(path), str(exc)))
                     continue
-                if contents.tracking_uri != shown_uri:
-                    results.append(
-                        _summary(contents, "other server", f"written for {contents.tracking_uri}")
-                    )
+                if not same_store(contents.tracking_uri, shown_uri):
+                    results.append(_summary(contents, "other server", _other_server(contents)))
                     continue
                 if dry_run:
                     summary = _summary(contents, "would send")
@@ -145,6 +145,13 @@ def sync_journals(
         if backend is not None:
             backend.close()
     return results
+
+
+def _other_server(contents: JournalContents) -> str:
+    return (
+        f"written for {mask_uri(contents.tracking_uri)}, not the configured store: left as it "
+        "is (sync it with a config naming that store)"
+    )
 
 
 def _owned_by_live_sessions(paths: Sequence[Path]) -> set[str]:
@@ -228,14 +235,9 @@ def _replay(
     except TrackcfgError as exc:
         return _failed(path, run_id, str(exc))
     except Exception as exc:  # a store failure the backend does not translate (an HTTP 500)
-        # Its text may hold the store's URI with credentials: named by type only.
-        logger.debug("sending %s failed", path, exc_info=True)
-        return _failed(
-            path,
-            run_id,
-            f"the store failed ({type(exc).__name__}); see its log, then run trackcfg sync "
-            "again (what was sent is not sent twice)",
-        )
+        # Not exc_info: MLflow's chained errors name the store's URL, credentials included.
+        logger.debug("sending %s failed: %s", path, error_text(exc, 2000))
+        return _failed(path, run_id, store_refusal(exc))
     remove(path)
     return _summary(contents, "sent")
 

@@ -12,7 +12,12 @@ twice when asked twice):
 - the destination run: the same name, start time, tags (``mlflow.parentRunId`` mapped to the
   uploaded parent; ``trackcfg.offline.destination`` kept: it says the run was made offline),
   params, every metric point (step and timestamp kept) in full-size ``log_batch`` requests,
-  every artifact file (bytes equal), then its status and end time;
+  every artifact file (bytes equal), the MLflow 3 models the run logged (``_models``), then
+  its status and end time;
+- "the configured server" is told by ``_store.same_store`` (however either URI is written);
+- artifacts are read from the local store's folder, found under ``<root>/mlruns`` where the
+  project is now (``artifact_folder``: the store records absolute paths, and projects move);
+  a run whose artifacts are found nowhere fails and is not marked;
 - the link both ways: the uploaded run has ``trackcfg.sync.source_run`` (the local run's id)
   and ``trackcfg.sync.source_store`` (the local store, masked); the local run gets
   ``trackcfg.sync.uploaded_to`` (the uploaded run's id) last, once all is there.  A marked run
@@ -39,19 +44,29 @@ import posixpath
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import attrs
 
-from ._backend import Backend, BackendFactory, RunDetails, RunStatus
+from ._backend import ArtifactFile, Backend, BackendFactory, RunDetails, RunStatus
 from ._config import TrackingConfig
 from ._connect import offline_store
 from ._params import Batch, Limits, MetricPoint, plan_batches
 from ._rules import OFFLINE_DESTINATION_TAG, ExperimentAction, experiment_plan
-from ._store import StoreLocation, mask_uri
+from ._store import (
+    ARTIFACTS,
+    StoreLocation,
+    error_text,
+    mask_text,
+    mask_uri,
+    same_store,
+    store_refusal,
+)
 from ._sync import SyncResult, journal_folder, known_points, point_key, sync_journals
-from .exceptions import TrackcfgError, TrackingUnavailableError
+from .exceptions import ServerError, TrackcfgError, TrackingUnavailableError
 
 __all__ = [
+    "SOURCE_MODEL_TAG",
     "SOURCE_RUN_TAG",
     "SOURCE_STORE_TAG",
     "SYNC_TAG_PREFIX",
@@ -68,6 +83,7 @@ SYNC_TAG_PREFIX = "trackcfg.sync."
 SOURCE_RUN_TAG = "trackcfg.sync.source_run"
 SOURCE_STORE_TAG = "trackcfg.sync.source_store"
 UPLOADED_TO_TAG = "trackcfg.sync.uploaded_to"
+SOURCE_MODEL_TAG = "trackcfg.sync.source_model"
 _PARENT_TAG = "mlflow.parentRunId"
 _NAME_TAG = "mlflow.runName"
 #: The lock two syncs of one project take, under the project root.
@@ -103,6 +119,7 @@ class UploadResult:
     state: str  # "uploaded" | "would upload" | "running" | "other destination" | "failed"
     destination_run_id: str | None = None
     detail: str = ""
+    models: int = 0  # MLflow 3 logged models (to) send with the run
 
     @property
     def ok(self) -> bool:
@@ -126,7 +143,7 @@ def upload_offline_runs(
     about a third of an upload's time)."""
     local = local_store(root)
     db = Path(local.tracking_uri[len("sqlite:///") :])
-    if local.tracking_uri == tracking_uri or not db.is_file():
+    if same_store(local.tracking_uri, tracking_uri) or not db.is_file():
         return []  # the configured store is the local one, or no local store: nothing offline
     shown = mask_uri(tracking_uri)
     # Journals of offline runs target the local store: completed there first.
@@ -250,14 +267,19 @@ class _Uploader:
             name=run.name,
             experiment=experiment,
             parent_run_id=parent,
-            destination=run.tags[OFFLINE_DESTINATION_TAG],
+            destination=mask_uri(run.tags[OFFLINE_DESTINATION_TAG]),
             status=run.status.value,
             points=0,
             artifacts=0,
             state="would upload" if dry_run else "uploaded",
         )
-        if run.tags[OFFLINE_DESTINATION_TAG] != self.shown:
-            return attrs.evolve(result, state="other destination")
+        if not same_store(run.tags[OFFLINE_DESTINATION_TAG], self.tracking_uri):
+            return attrs.evolve(
+                result,
+                state="other destination",
+                detail="not the configured store: left as it is (sync it with a config naming "
+                "that store)",
+            )
         journal = self.journals.get(run.id)
         to_complete = journal is not None and journal.state == "would send"
         if journal is not None and journal.state == "failed":
@@ -278,24 +300,24 @@ class _Uploader:
                 if not self.count:
                     return attrs.evolve(result, detail=detail)
                 points = sum(len(self.source.metric_history(run.id, k)) for k in run.metric_keys)
-                files = self.source.artifact_files(run.id)
-                return attrs.evolve(result, points=points, artifacts=len(files), detail=detail)
+                files = self._artifact_list(run)
+                models = len(self.source.logged_models(run.experiment_id, run.id))
+                return attrs.evolve(
+                    result, points=points, artifacts=len(files), models=models, detail=detail
+                )
             parent_id = uploaded.get(parent, parent) if parent else None
             return self._upload(run, experiment, parent_id, result)
+        except ServerError as exc:  # it answers, failing this run: the next may pass
+            return attrs.evolve(result, state="failed", detail=mask_text(str(exc)))
         except TrackingUnavailableError as exc:
-            self._unreachable = str(exc)
-            return attrs.evolve(result, state="failed", detail=str(exc))
+            self._unreachable = mask_text(str(exc))
+            return attrs.evolve(result, state="failed", detail=self._unreachable)
         except TrackcfgError as exc:
-            return attrs.evolve(result, state="failed", detail=str(exc))
+            return attrs.evolve(result, state="failed", detail=mask_text(str(exc)))
         except Exception as exc:  # a store failure the backend does not translate (HTTP 500)
-            # Its text may hold a URI with credentials: named by type only.
-            logger.debug("uploading run %s failed", run.id, exc_info=True)
-            return attrs.evolve(
-                result,
-                state="failed",
-                detail=f"the store failed ({type(exc).__name__}); see its log, then run "
-                "trackcfg sync again (what was sent is not sent twice)",
-            )
+            # Not exc_info: MLflow's chained errors name the store's URL, credentials included.
+            logger.debug("uploading run %s failed: %s", run.id, error_text(exc, 2000))
+            return attrs.evolve(result, state="failed", detail=store_refusal(exc))
 
     def _backend(self) -> tuple[Backend, Limits]:
         if self._destination is None:
@@ -352,12 +374,18 @@ class _Uploader:
             backend.log_batch(target, batch)
         points = self._metrics(run, backend, target, limits, resumed=resumed)
         files = self._artifacts(run, backend, target, resumed=resumed)
+        models = self._models(run, backend, experiment_id, target)
         if run.status is not RunStatus.RUNNING:
             backend.terminate(target, run.status, run.end_time)
         self.source.log_batch(run.id, Batch(tags=((UPLOADED_TO_TAG, target),)))
         detail = "finished an upload that was cut short" if resumed else ""
         return attrs.evolve(
-            result, points=points, artifacts=files, destination_run_id=target, detail=detail
+            result,
+            points=points,
+            artifacts=files,
+            models=models,
+            destination_run_id=target,
+            detail=detail,
         )
 
     def _metrics(
@@ -395,21 +423,142 @@ class _Uploader:
         send(held, all_of_them=True)
         return sent
 
+    def _artifact_list(self, run: RunDetails) -> list[ArtifactFile]:
+        folder = artifact_folder(run.artifact_uri, local_store(self.root))
+        return self.source.artifact_files(run.id) if folder is None else local_files(folder)
+
     def _artifacts(self, run: RunDetails, backend: Backend, target: str, *, resumed: bool) -> int:
-        files = self.source.artifact_files(run.id)
+        folder = artifact_folder(run.artifact_uri, local_store(self.root))
+        files = self.source.artifact_files(run.id) if folder is None else local_files(folder)
         there = {f.path: f.size for f in backend.artifact_files(target)} if resumed else {}
         sent = 0
-        with tempfile.TemporaryDirectory(prefix="trackcfg-upload-") as folder:
+        with tempfile.TemporaryDirectory(prefix="trackcfg-upload-") as downloads:
             for file in files:
                 if file.path in there and there[file.path] == file.size:
                     continue
-                local = self.source.download_artifact(run.id, file.path, folder)
+                if folder is None:
+                    local = self.source.download_artifact(run.id, file.path, downloads)
+                else:
+                    local = str(folder.joinpath(*file.path.split("/")))
                 backend.log_artifact(target, local, posixpath.dirname(file.path) or None)
-                os.remove(local)
+                if folder is None:
+                    os.remove(local)
                 sent += 1
                 if self.progress is not None:
                     self.progress(1)
         return sent
+
+    def _models(self, run: RunDetails, backend: Backend, experiment_id: str, target: str) -> int:
+        """Upload the run's MLflow 3 logged models with it, as the uploaded run's: files (their
+        ``MLmodel`` naming the new model and run), params, tags, metrics, status, the link to
+        the run (its output at the step it was logged) and registered versions.  A model an
+        earlier sync cut short made (tagged ``trackcfg.sync.source_model``) is finished, never
+        made twice.  A model whose files cannot be read fails the run's upload."""
+        found = self.source.logged_models(run.experiment_id, run.id)
+        if not found:
+            return 0
+        there = {
+            m.tags.get(SOURCE_MODEL_TAG): m for m in backend.logged_models(experiment_id, target)
+        }
+        for model in found:
+            done = there.get(model.id)
+            if (
+                done is not None
+                and done.status == model.status
+                and len(done.versions) >= len(model.versions)
+            ):
+                continue
+            what = f"the files of its logged model {model.name!r} ({model.id})"
+            folder = artifact_folder(model.artifact_uri, local_store(self.root), what)
+            if folder is None:
+                raise TrackcfgError(
+                    f"{what} are at {mask_uri(model.artifact_uri)}, which trackcfg sync does "
+                    "not read (only the local store's own folder): the model is not uploaded"
+                )
+            model_id = (
+                done.id
+                if done is not None
+                else backend.create_logged_model(
+                    experiment_id=experiment_id,
+                    name=model.name,
+                    run_id=target,
+                    tags={**model.tags, SOURCE_MODEL_TAG: model.id},
+                    params=model.params,
+                    model_type=model.model_type,
+                )
+            )
+            if local_files(folder):
+                backend.log_model_files(model_id, str(folder), target)
+            backend.link_model(target, model_id, model.step, model.metrics)
+            if model.status in ("READY", "FAILED"):
+                backend.finalize_logged_model(model_id, model.status)
+            for version in model.versions:
+                backend.register_model_version(model_id, target, version)
+        return len(found)
+
+
+def _recorded_folder(uri: str | None) -> Path | None:
+    if uri is None or not uri.startswith("file:"):
+        return None
+    return Path(unquote(urlsplit(uri).path))
+
+
+def artifact_folder(
+    uri: str | None, local: StoreLocation, what: str = "its artifacts"
+) -> Path | None:
+    """The folder holding the files the local store ``local`` records at ``uri`` (an offline
+    run's artifacts, a logged model's files): that folder, or, when the project moved (or was
+    copied) since, the same place under the project's ``mlruns/`` now (the store records
+    absolute paths: ``<old root>/mlruns/artifacts/<experiment>/...``).  ``None`` when ``uri``
+    is no local folder (the files are read through MLflow).  ``TrackcfgError`` (saying
+    ``what`` is missing) when the files cannot be found, so that the run is never marked
+    uploaded without them."""
+    recorded = _recorded_folder(uri)
+    if recorded is None or local.local_folder is None:
+        return None
+    store = local.local_folder
+    parts = recorded.parts
+    mapped = old_store = None
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == store.name and parts[i + 1] == ARTIFACTS:
+            mapped = store.joinpath(*parts[i + 1 :])
+            old_store = Path(*parts[: i + 1])
+            break
+    for candidate in (mapped, recorded):
+        if candidate is not None and candidate.is_dir():
+            return candidate
+    if (
+        mapped is None
+        or recorded == mapped
+        or (old_store is not None and old_store.is_dir())
+        or (store / ARTIFACTS).is_dir()
+    ):
+        # Where the store (here, or the one this project was copied from) keeps artifacts:
+        # there are none (MLflow creates a run's folder at its first file).
+        return recorded if mapped is None else mapped
+    raise TrackcfgError(
+        f"{what} are not found: the local store records them in {recorded}, and this "
+        f"project has no {store / ARTIFACTS} (the project moved without it?); copy that "
+        "folder along with mlruns/mlflow.db, or, if the run logged no files, create the "
+        "empty folder, then run trackcfg sync again"
+    )
+
+
+def local_files(folder: Path) -> list[ArtifactFile]:
+    """The files under ``folder`` (its artifacts), as ``ArtifactFile``s: '/'-separated paths
+    relative to it; symbolic links are not followed out of it."""
+    if not folder.is_dir():
+        return []
+    files = []
+    for current, folders, names in os.walk(folder):
+        folders.sort()
+        for name in names:
+            path = Path(current, name)
+            if path.is_symlink() or not path.is_file():
+                continue
+            relative = path.relative_to(folder).as_posix()
+            files.append(ArtifactFile(path=relative, size=path.stat().st_size))
+    return sorted(files, key=lambda f: f.path)
 
 
 def progress_units(results: Sequence[UploadResult]) -> int:

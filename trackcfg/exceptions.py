@@ -8,8 +8,10 @@
     ├── RunError                          the run cannot be started, resumed or logged to
     │   └── CredentialsError              the server rejected the credentials (HTTP 401/403)
     ├── TrackingUnavailableError (ConnectionError)
-    │                                     the tracking server did not answer within
-    │                                     server.request_timeout x server.max_retries
+    │   │                                 the tracking server did not answer within
+    │   │                                 server.request_timeout x server.max_retries
+    │   └── ServerError                   it answered, with an error status (HTTP 5xx),
+    │                                     to every try
     └── ParamValueTooLongError (ValueError)
                                           a param value passes MLflow's limit under
                                           ``long_params_strategy: fail``
@@ -32,6 +34,7 @@ __all__ = [
     "ExperimentError",
     "ParamValueTooLongError",
     "RunError",
+    "ServerError",
     "TrackcfgError",
     "TrackingUnavailableError",
 ]
@@ -91,6 +94,12 @@ class TrackingUnavailableError(TrackcfgError, ConnectionError):
     """The tracking server could not be reached (or stopped answering) within the budget set
     by ``server.request_timeout`` and ``server.max_retries``; or a SQLite store stayed locked
     by other processes longer than MLflow waits (20 s)."""
+
+
+class ServerError(TrackingUnavailableError):
+    """The tracking server answered every try of a request with an error status (HTTP 5xx)
+    within the budget: it is up, but fails this request (its log says why).  A kind of
+    ``TrackingUnavailableError``: what was not taken is kept and tried again."""
 
 
 class ParamValueTooLongError(TrackcfgError, ValueError):

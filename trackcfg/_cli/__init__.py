@@ -23,6 +23,7 @@ from typing import Any
 
 import click
 
+from trackcfg._store import mask_text
 from trackcfg.exceptions import TrackcfgError
 
 from . import check, init, show, sync, ui
@@ -52,7 +53,8 @@ class TrackcfgErrorsGroup(click.Group):
         try:
             return super().invoke(ctx)
         except TrackcfgError as exc:
-            raise click.ClickException(str(exc)) from exc
+            # A store's message may name its URL, credentials included.
+            raise click.ClickException(mask_text(str(exc))) from exc
 
 
 @click.group(cls=TrackcfgErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})

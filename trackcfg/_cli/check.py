@@ -69,7 +69,11 @@ def _check_local(location: StoreLocation) -> tuple[CheckItem, bool]:
     db_text = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
     if not db_text or db_text.startswith(":memory:"):
         return (
-            CheckItem(Status.WARN, "store", f"{uri} is an in-memory database: runs vanish at exit"),
+            CheckItem(
+                Status.WARN,
+                "store",
+                f"{mask_uri(uri)} is an in-memory database: runs vanish at exit",
+            ),
             False,
         )
     db = Path(db_text)

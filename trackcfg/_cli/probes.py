@@ -37,7 +37,7 @@ import attrs
 from trackcfg import _backend
 from trackcfg._backend import ExperimentRef, RunRef, RunStatus
 from trackcfg._env import exported
-from trackcfg._store import StoreLocation, with_connect_timeout
+from trackcfg._store import StoreLocation, mask_text, with_connect_timeout
 
 from ._common import DB_PORTS, CheckItem, Status, display_path, mask_uri
 
@@ -169,7 +169,7 @@ def _ask(uri: str, experiment: str | None, run_id: str | None) -> Lookup:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = mask_text(str(exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
@@ -277,7 +277,7 @@ def _http_get(
     except TimeoutError:
         return _HttpAnswer(None, None, time.monotonic() - started, "no answer")
     except OSError as exc:
-        return _HttpAnswer(None, None, time.monotonic() - started, str(exc))
+        return _HttpAnswer(None, None, time.monotonic() - started, mask_text(str(exc)))
     body: dict[str, Any] | None = None
     with contextlib.suppress(ValueError):
         parsed = json.loads(raw.decode("utf-8", "replace")) if raw else None
@@ -418,7 +418,12 @@ def tcp_reachable(uri: str, timeout: float) -> CheckItem:
     try:
         host, port = parts.hostname, parts.port or DB_PORTS.get(scheme)
     except ValueError as exc:
-        return CheckItem(Status.FAIL, "store", f"{shown}: {exc}", "fix server.mlflow_tracking_uri")
+        return CheckItem(
+            Status.FAIL,
+            "store",
+            f"{shown}: {mask_text(str(exc))}",
+            "fix server.mlflow_tracking_uri",
+        )
     if not host or not port:
         return CheckItem(Status.SKIP, "store", f"{shown}: no host and port to try")
     started = time.monotonic()

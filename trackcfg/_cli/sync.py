@@ -86,7 +86,8 @@ def _as_json(result: SyncResult | UploadResult) -> dict[str, Any]:
 def _upload_line(result: UploadResult) -> str:
     name = f" {result.name!r}" if result.name else ""
     what = f"run {result.run_id}{name} (experiment {result.experiment!r}"
-    counts = f"{result.points} point(s), {result.artifacts} file(s), {result.status})"
+    models = f", {result.models} model(s)" if result.models else ""
+    counts = f"{result.points} point(s), {result.artifacts} file(s){models}, {result.status})"
     if result.state == "uploaded":
         text = f"uploaded: {what}, {counts} as run {result.destination_run_id}"
     elif result.state == "would upload":
@@ -239,7 +240,8 @@ def sync(path: Path | None, env: str | None, dry_run: bool, as_json: bool) -> No
 
     Offline runs (server.offline) in the project's local store mlruns/ tagged for the
     configured server are uploaded to it, parents before children: name, start and end
-    time, status, tags, params, every metric point, artifacts. The uploaded run is tagged
+    time, status, tags, params, every metric point, artifacts, and the MLflow models each
+    run logged (files, params, tags, metrics, registered versions). The uploaded run is tagged
     trackcfg.sync.source_run, the local run trackcfg.sync.uploaded_to: a second sync
     uploads nothing, a sync killed half-way is finished by the next without duplicates.
     Runs still RUNNING and runs for another server are reported and left.
@@ -261,8 +263,8 @@ def sync(path: Path | None, env: str | None, dry_run: bool, as_json: bool) -> No
        "uploads": [{"run_id": "<local id>", "name": "train", "experiment": "proj",
                     "parent_run_id": null, "destination": "http://...",
                     "destination_run_id": "<server id>", "status": "FINISHED",
-                    "points": 5000, "artifacts": 2, "state": "uploaded",
-                    "detail": ""}]}
+                    "points": 5000, "artifacts": 2, "models": 1,
+                    "state": "uploaded", "detail": ""}]}
                     # state: uploaded | would upload | running | other destination
                     #        | failed
     """

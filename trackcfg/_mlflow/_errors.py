@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import json
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -22,8 +23,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import ErrorCode
 
 from trackcfg._sqlite_locks import locked_store_error, sqlite_busy
-from trackcfg._store import mask_uri
-from trackcfg.exceptions import CredentialsError, RunError, TrackingUnavailableError
+from trackcfg._store import mask_text, mask_uri, one_line
+from trackcfg.exceptions import CredentialsError, RunError, ServerError, TrackingUnavailableError
 
 __all__ = [
     "artifact_refused",
@@ -88,6 +89,8 @@ class _Unreachable:
     root: BaseException
     retried: bool = True
     """Whether the session's budget (request_timeout x max_retries) was spent on it."""
+    answered: bool = False
+    """The server answered every try, with an error status (``ServerError``)."""
 
 
 _RETRY_FIX = "or raise server.request_timeout / server.max_retries"
@@ -127,6 +130,8 @@ class _Cause:
     fix: str
     chain_from_match: bool = True
     detail: Callable[[BaseException], str] = lambda exc: type(exc).__name__
+    answered: bool = False
+    """The server answered, with an error status each time (``ServerError``)."""
 
 
 def _types(*types: type[BaseException]) -> Callable[[BaseException], bool]:
@@ -187,6 +192,15 @@ def _causes() -> tuple[tuple[_Cause, ...], ...]:
             ),
         ),
         (
+            _Cause(  # urllib3's retries on an error status ran out
+                _types(u3.ResponseError),
+                "tracking server {server} answered every try with an error status ({detail})",
+                "it is up but fails this request: its log says why",
+                detail=str,
+                answered=True,
+            ),
+        ),
+        (
             _Cause(
                 _types(ConnectionError, u3.ProtocolError),
                 "tracking server {server} closed the connection without an answer ({detail})",
@@ -212,7 +226,11 @@ def _unreachable(tracking_uri: str, error: BaseException, *, retried: bool) -> _
                         detail=cause.detail(current),
                     )
                     return _Unreachable(
-                        what, cause.fix, current if cause.chain_from_match else root, retried
+                        what,
+                        cause.fix,
+                        current if cause.chain_from_match else root,
+                        retried,
+                        answered=cause.answered,
                     )
     return _Unreachable(
         f"tracking server {{server}} could not be reached ({type(error).__name__})",
@@ -233,6 +251,8 @@ def _unavailable(tracking_uri: str, why: _Unreachable) -> TrackingUnavailableErr
             f"{os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '?')} s"
         )
         fix += "" if _RETRY_FIX in fix else f", {_RETRY_FIX}"
+    if why.answered:
+        return ServerError(f"{text}; {fix}")
     return TrackingUnavailableError(f"{text}; {fix}")
 
 
@@ -271,6 +291,21 @@ def http_status(exc: BaseException) -> int | None:
     if isinstance(exc, requests.exceptions.HTTPError) and exc.response is not None:
         return int(exc.response.status_code)
     return None
+
+
+def _answer_text(response: requests.Response | None, limit: int = 300) -> str:
+    """What a server said with its error status, on one line, masked and cut to ``limit``
+    characters: MLflow's JSON ``message``, or the body's text."""
+    if response is None:
+        return ""
+    try:
+        text = response.text
+        body = json.loads(text) if text.lstrip().startswith("{") else None
+    except (ValueError, RuntimeError):
+        return ""
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        text = body["message"]
+    return one_line(mask_text(text), limit)
 
 
 def _refused_credentials(tracking_uri: str, status: int) -> CredentialsError:
@@ -355,9 +390,10 @@ def reachable(method: F) -> F:
                 raise locked_store_error(self.tracking_uri) from exc
             if isinstance(exc, requests.exceptions.HTTPError):  # MLflow's artifact client
                 # Its text holds the whole URL, credentials included: not chained.
+                said = _answer_text(exc.response)
                 raise RunError(
                     f"tracking server {mask_uri(self.tracking_uri)} answered HTTP {status} to "
-                    f"{method.__name__}; see the server's log"
+                    f"{method.__name__}" + (f": {said}" if said else "; see the server's log")
                 ) from None
             cause = network_cause(exc)
             if cause is None:
