@@ -248,9 +248,9 @@ def test_load_with_neither_a_pipeline_run_nor_a_run_id_says_what_to_do(tmp_path:
         with pytest.raises(DatasetError) as caught:
             dataset.load()
         assert str(caught.value).endswith(
-            "cannot load, no MLflow run to read from: there is no trackcfg session (Kedro "
-            "hooks off, or not a pipeline run); give the dataset a run_id in the catalog to "
-            "read a run's values"
+            "cannot load, no MLflow run to read from: not a pipeline run with trackcfg's "
+            "hooks, and no open TrackingSession or active MLflow run; give the dataset a "
+            "run_id in the catalog to read a run's values"
         )
 
 

@@ -1365,3 +1365,24 @@ def load_model(flavor: str, model_uri: str, args: Mapping[str, Any]) -> Any:
         return module.load_model(model_uri, **dict(args))
     except MlflowException as exc:
         raise _model_error(f"load the model {mask_uri(model_uri)}", exc) from None
+
+
+def python_model_class() -> type:
+    from mlflow.pyfunc.model import PythonModel
+
+    return PythonModel
+
+
+def infer_signature(model_input: Any, params: Mapping[str, Any] | None) -> Any:
+    from mlflow.models import infer_signature as infer
+
+    return infer(model_input=model_input, params=dict(params) if params is not None else None)
+
+
+def current_run() -> tuple[str | None, str, str | None]:
+    run = mlflow.active_run()
+    return (
+        None if run is None else run.info.run_id,
+        mlflow.get_tracking_uri(),
+        mlflow.get_registry_uri(),
+    )
