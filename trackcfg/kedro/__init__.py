@@ -170,7 +170,11 @@ def _pipeline_params(pipeline: Pipeline, catalog: CatalogProtocol[Any, Any]) -> 
 
 
 def _run_tags(run_params: Mapping[str, Any], env: str | None) -> dict[str, str]:
+    """trackcfg's ``kedro.*`` tags, over kedro-mlflow's (``trackcfg.kedro._tags``)."""
+    from trackcfg.kedro._tags import kedro_mlflow_tags
+
     tags = {
+        **kedro_mlflow_tags(run_params),
         "kedro.command": _command_line(run_params),
         "kedro.version": str(run_params.get("kedro_version", "")),
         "kedro.session_id": str(run_params.get("run_id", "")),
