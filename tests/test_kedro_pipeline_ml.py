@@ -10,6 +10,7 @@ made once, by module fixtures, and the tests read them.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 import sys
@@ -135,11 +136,12 @@ def expected_probabilities(project: Path) -> list[float]:
     return [round(float(p), 10) for p in classifier.predict_proba(x)[:, 1]]
 
 
-def predict_in_fresh_process(project: Path, uri: str) -> dict[str, Any]:
-    """What the model at ``uri`` predicts in a new Python process outside the project."""
+def predict_in_fresh_process(project: Path, uri: str, *paths: str) -> dict[str, Any]:
+    """What the model at ``uri`` predicts in a new Python process outside the project, with
+    the project's package (and ``paths``) importable."""
     from helpers import subprocess_env
 
-    env = subprocess_env(PYTHONPATH=str(project / "src"))
+    env = subprocess_env(PYTHONPATH=os.pathsep.join([str(project / "src"), *paths]))
     result = run_python(
         "-c", PREDICT, store_uri(project), uri, json.dumps(NEW_DATA), env=env, timeout=240
     )
@@ -201,9 +203,13 @@ def test_same_model_files_flavors_and_predictions_as_kedro_mlflow(ours: Path, th
     assert ours_ml["signature"] == theirs_ml["signature"]
     for name in ("artifacts/params_threshold.pkl", "artifacts/scale.json"):
         assert our_files[name] == their_files[name]
+    from test_kedro_datasets import REFERENCE_ENV
+
+    # kedro-mlflow's model needs kedro-mlflow where it is loaded; trackcfg's needs trackcfg.
+    reference = os.environ[REFERENCE_ENV]
     their_uri = f"models:/{their_model.model_id}"
     assert predict_in_fresh_process(ours, f"models:/{our_model.model_id}") == (
-        predict_in_fresh_process(theirs, their_uri)
+        predict_in_fresh_process(theirs, their_uri, reference)
     )
 
 
@@ -321,3 +327,71 @@ def test_kedro_pipeline_model_needs_persisted_inputs() -> None:
         KedroPipelineModel(inference, DataCatalog({"model": MemoryDataset(1)}), "new")
     with pytest.raises(KedroPipelineModelError, match="must contain 'model' dataset"):
         KedroPipelineModel(inference, DataCatalog(), "new")
+
+
+def test_offline_training_run_keeps_the_model_and_sync_carries_it_to_the_server(
+    ours: Path, tmp_path: Path, mlflow_server: str
+) -> None:
+    """``server.offline: always``: the model is logged into the offline run, with its folder
+    among the run's artifacts, and after ``kedro trackcfg sync`` the server's run loads it
+    (``runs:/<uploaded run>/model``) and predicts as the online model does."""
+    from mlflow import MlflowClient
+
+    project = Path(shutil.copytree(ours, tmp_path / "offline"))
+    write(
+        project / "conf" / "local" / "mlflow.yml",
+        f"""\
+        server:
+          mlflow_tracking_uri: {mlflow_server}
+          offline: always
+        tracking:
+          experiment:
+            name: offline-pipeline-ml
+        """,
+    )
+    result = kedro_cli(project, "run", "--pipeline", "training")
+    assert result.returncode == 0, result.stdout + result.stderr
+    local = MlflowClient(tracking_uri=store_uri(project))
+    (offline,) = local.search_runs(
+        [e.experiment_id for e in local.search_experiments()],
+        filter_string="tags.`trackcfg.offline.destination` != ''",
+    )
+    assert "model/MLmodel" in {a.path for a in local.list_artifacts(offline.info.run_id, "model")}
+
+    synced = kedro_cli(project, "trackcfg", "sync")
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    server = MlflowClient(tracking_uri=mlflow_server)
+    experiment = server.get_experiment_by_name("offline-pipeline-ml")
+    (uploaded,) = server.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`trackcfg.sync.source_run` = '{offline.info.run_id}'",
+    )
+    assert uploaded.data.params["regularization"] == "1.0"
+    from helpers import subprocess_env
+
+    env = subprocess_env(PYTHONPATH=str(project / "src"))
+    uri = f"runs:/{uploaded.info.run_id}/model"
+    predicted = run_python(
+        "-c", PREDICT, mlflow_server, uri, json.dumps(NEW_DATA), env=env, timeout=240
+    )
+    assert predicted.returncode == 0, predicted.stderr
+    assert json.loads(predicted.stdout.strip().splitlines()[-1]) == predict_in_fresh_process(
+        ours, f"runs:/{only(runs(ours)).info.run_id}/model"
+    )
+
+
+def test_importing_the_pipeline_module_does_not_import_mlflow() -> None:
+    code = (
+        "import sys\n"
+        "from trackcfg.kedro.pipeline import PipelineML, pipeline_ml_factory\n"
+        "print('mlflow imported:', 'mlflow' in sys.modules)\n"
+        "from trackcfg.kedro.pipeline import KedroPipelineModel\n"
+        "print('mlflow imported:', 'mlflow' in sys.modules, KedroPipelineModel.__base__)\n"
+    )
+    result = run_python("-c", code)
+    assert result.returncode == 0, result.stderr
+    said = [line for line in result.stdout.splitlines() if line.startswith("mlflow imported:")]
+    assert said == [
+        "mlflow imported: False",
+        "mlflow imported: True <class 'mlflow.pyfunc.model.PythonModel'>",
+    ]

@@ -4,6 +4,10 @@ Called by the hooks' ``after_pipeline_run`` before the session ends, so the mode
 the run's params and metrics went (its store, offline or not) and the run's status says
 whether it was logged: a failure here ends the run FAILED.  Buffered records are sent first:
 MLflow copies the run's params onto the logged model when it is created.
+
+An offline run (``server.offline``) also keeps the model's folder among the run's artifacts
+(``<name>/MLmodel``, ...): MLflow 3 stores a logged model apart from its run, and ``trackcfg
+sync`` uploads runs, so the uploaded run still holds the model (``runs:/<run>/<name>``).
 """
 
 from __future__ import annotations
@@ -65,4 +69,44 @@ def log_pipeline_model(session: TrackingSession, pipeline: Pipeline, catalog: An
                 {**kwargs, "artifacts": artifacts, "signature": signature},
                 "python_model",
             )
+        if session.offline_destination is not None:
+            _keep_with_the_run(session, model, kwargs, artifacts, signature, Path(folder))
     logger.info("inference pipeline logged as the model %s (run %s)", ref.model_uri, ref.run_id)
+
+
+# log_model's arguments that save_model also takes (the others name or register the model).
+_SAVE_ARGS = frozenset(
+    {
+        "code_paths",
+        "infer_code_paths",
+        "conda_env",
+        "pip_requirements",
+        "extra_pip_requirements",
+        "metadata",
+        "model_config",
+        "input_example",
+    }
+)
+
+
+def _keep_with_the_run(
+    session: TrackingSession,
+    model: Any,
+    kwargs: dict[str, Any],
+    artifacts: dict[str, str],
+    signature: Any,
+    folder: Path,
+) -> None:
+    """The model's folder as the run's artifacts, so that ``trackcfg sync`` carries it."""
+    name = str(kwargs.get("name") or "model")
+    local = folder / "saved" / name
+    local.parent.mkdir()
+    args = {key: value for key, value in kwargs.items() if key in _SAVE_ARGS}
+    _backend.save_model(
+        "mlflow.pyfunc",
+        model,
+        str(local),
+        {**args, "artifacts": artifacts, "signature": signature},
+        "python_model",
+    )
+    session.log_artifact(local)
