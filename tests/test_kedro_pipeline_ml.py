@@ -362,6 +362,7 @@ def test_offline_training_run_keeps_the_model_and_sync_carries_it_to_the_server(
     assert synced.returncode == 0, synced.stdout + synced.stderr
     server = MlflowClient(tracking_uri=mlflow_server)
     experiment = server.get_experiment_by_name("offline-pipeline-ml")
+    assert experiment is not None
     (uploaded,) = server.search_runs(
         [experiment.experiment_id],
         filter_string=f"tags.`trackcfg.sync.source_run` = '{offline.info.run_id}'",

@@ -14,9 +14,17 @@ line endings and everything else stay byte for byte.  Every file is parsed befor
 written; a malformed one stops the migration with its file and line and nothing written.  A
 file is replaced atomically (a temporary file renamed over it).
 
-What cannot be carried over is listed, never changed: kedro-mlflow's ``pipeline_ml_factory``
-and other ``kedro_mlflow`` imports in the project's code, ``kedro mlflow`` commands in scripts,
-the ``kedro-mlflow`` dependency, and ``kedro_mlflow`` values this module does not know.
+Only ``type:`` values change (a ``metadata:`` string equal to a class path stays).  In the
+project's Python files, the imports of what trackcfg has under the same names
+(``pipeline_ml_factory``, ``KedroPipelineModel``, the datasets) are pointed at trackcfg's
+modules (``_migrate_imports``).  Before anything is written, every folder a file is written
+in is tried: one that refuses a new file stops the migration with nothing written.
+
+What cannot be carried over is listed, never changed: other imports of the ``kedro_mlflow``
+package, ``kedro mlflow`` commands where a command starts in scripts and docs, the
+``kedro-mlflow`` dependency, and ``kedro_mlflow`` values this module does not know.  Names
+that merely start with ``kedro_mlflow`` (a ``kedro_mlflow_tutorial`` package) and prose are
+not kedro-mlflow's.
 """
 
 from __future__ import annotations

@@ -191,8 +191,8 @@ def pipeline_target(run_id: str | None = None) -> Target:
         tracking, registry, server = _config_uris(None)
     else:
         tracking, registry, server = _config_uris(session.config if session is not None else config)
-        if session is None and config is None and run_id:  # as MLflow would: its current store
-            _, tracking, registry = current_run()
+        if session is None and config is None and (run_id or "mlflow" in sys.modules):
+            _, tracking, registry = current_run()  # as MLflow would: its current store
     if run_id and run_id != parent and server is not None:
         _offline_run_check(run_id, tracking, server)
     return Target(
