@@ -502,3 +502,47 @@ def test_a_symlinked_catalog_says_where_it_writes(tmp_path: Path) -> None:
         f"conf/base/catalog.yml is a symbolic link: wrote {shared}"
         in migrate(tmp_path).splitlines()
     )
+
+
+def test_pipeline_imports_point_at_trackcfg_and_the_rest_stays_byte_for_byte(
+    tmp_path: Path,
+) -> None:
+    code = (
+        "# -*- coding: utf-8 -*-\r\n"
+        "from kedro_mlflow.pipeline import pipeline_ml_factory  # the factory\r\n"
+        "from kedro_mlflow.pipeline.pipeline_ml import (\r\n"
+        "    PipelineML as ML,\r\n"
+        "    KedroMlflowPipelineMLError,\r\n"
+        ")\r\n"
+        "from kedro_mlflow.mlflow import KedroPipelineModel\r\n"
+        "from kedro_mlflow.mlflow.kedro_pipeline_model import KedroPipelineModelError\r\n"
+        "from kedro_mlflow.pipeline.pipeline_ml_factory import pipeline_ml_factory as f\r\n"
+        'TEXT = "from kedro_mlflow.pipeline import pipeline_ml_factory"\r\n'
+        "from kedro_mlflow.framework.hooks import MlflowHook\r\n"
+    )
+    module = tmp_path / "src" / "demo" / "pipelines.py"
+    module.parent.mkdir(parents=True)
+    module.write_bytes(code.encode())
+
+    output = migrate(tmp_path)
+
+    expected = (
+        code.replace("from kedro_mlflow.pipeline import", "from trackcfg.kedro.pipeline import")
+        .replace("kedro_mlflow.pipeline.pipeline_ml import", "trackcfg.kedro.pipeline import")
+        .replace("from kedro_mlflow.mlflow import", "from trackcfg.kedro.pipeline import")
+        .replace(
+            "kedro_mlflow.mlflow.kedro_pipeline_model import", "trackcfg.kedro.pipeline import"
+        )
+        .replace(
+            "kedro_mlflow.pipeline.pipeline_ml_factory import", "trackcfg.kedro.pipeline import"
+        )
+        .replace('TEXT = "from trackcfg.kedro.pipeline', 'TEXT = "from kedro_mlflow.pipeline')
+    )
+    assert module.read_bytes() == expected.encode()
+    assert "src/demo/pipelines.py:7: kedro_mlflow.mlflow -> trackcfg.kedro.pipeline" in (
+        output.splitlines()
+    )
+    assert output.splitlines()[-1] == (
+        "  src/demo/pipelines.py:11: imports kedro_mlflow: remove it: trackcfg's hooks "
+        "register themselves (entry point kedro.hooks)"
+    )
