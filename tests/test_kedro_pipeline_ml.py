@@ -400,3 +400,25 @@ def test_importing_the_pipeline_module_does_not_import_mlflow() -> None:
         "mlflow imported: False",
         "mlflow imported: True <class 'mlflow.pyfunc.model.PythonModel'>",
     ]
+
+
+def test_a_model_that_cannot_be_packaged_fails_the_run_with_the_reason(
+    ours: Path, tmp_path: Path
+) -> None:
+    """An inference input the training run keeps in memory only (not in the catalog): the
+    run ends FAILED and ``kedro run`` fails with kedro-mlflow's error."""
+    from mlflow import MlflowClient
+
+    project = Path(shutil.copytree(ours, tmp_path / "unpackaged"))
+    catalog = project / "conf" / "base" / "catalog.yml"
+    catalog.write_text(CATALOG.replace("scale:\n", "_scale_on_disk:\n"))
+    result = kedro_cli(project, "run", "--pipeline", "training")
+    assert result.returncode != 0
+    assert "KedroPipelineModelError" in result.stdout + result.stderr
+    assert "Dataset 'scale' is not persisted" in " ".join((result.stdout + result.stderr).split())
+    client = MlflowClient(tracking_uri=store_uri(project))
+    latest = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], order_by=["start_time DESC"]
+    )[0]
+    assert latest.info.status == "FAILED"
+    assert latest.info.run_id != only(runs(ours)).info.run_id
