@@ -187,6 +187,20 @@ def test_kedro_run_thread_runner_logs_one_reproducible_run(project: Path) -> Non
     assert tags["kedro.env"] == "test"
     assert tags["kedro.session_id"] not in ("", run.info.run_id)
     assert tags["fit.thread"].startswith("ThreadPoolExecutor")
+    # kedro-mlflow's tags too: a migrated project's saved searches keep finding its runs.
+    assert tags["kedro_command"] == "kedro run --pipeline=train"
+    assert tags["pipeline_names"] == "['train']"
+    assert (tags["env"], tags["kedro_version"]) == ("test", kedro.__version__)
+    assert tags["run_id"] == tags["kedro.session_id"]
+    assert tags["project_path"] == project.as_posix()
+    assert "'lr': 0.5" in tags["runtime_params"]
+    assert "ThreadRunner" in tags["runner"]
+    assert "0x" not in tags["runner"]
+    assert not {"tags", "node_names", "from_nodes", "load_versions"} & set(tags)  # empty
+    saved = client.search_runs(
+        [run.info.experiment_id], filter_string="tags.kedro_command LIKE '%run%'"
+    )
+    assert [r.info.run_id for r in saved] == [run.info.run_id]
     assert run.data.metrics == pytest.approx({"loss": 1.0, "score": 1.75})
     children = [r for r in found if r is not run]
     assert [(c.info.run_name, c.data.tags["mlflow.parentRunId"]) for c in children] == [
@@ -761,3 +775,29 @@ def test_kedro_trackcfg_sync_reads_the_journal_folder_through_kedro(project: Pat
     ]
     assert "Traceback" not in result.stderr
     assert journal.exists()
+
+
+def test_kedro_mlflow_command_tag_is_rebuilt_as_kedro_mlflow_does() -> None:
+    from trackcfg.kedro._tags import kedro_mlflow_tags
+
+    tags = kedro_mlflow_tags(
+        {
+            "pipeline_names": None,
+            "tags": ["a", "b"],
+            "node_names": ["n1"],
+            "from_nodes": [],
+            "from_inputs": ["raw"],
+            "load_versions": {"model": "2024-01-01T00.00.00.000Z"},
+            "runner": "<kedro.runner.thread_runner.ThreadRunner object at 0x7f00aa>",
+            "only_missing_outputs": False,
+        }
+    )
+    assert tags == {
+        "tags": "['a', 'b']",
+        "node_names": "['n1']",
+        "from_inputs": "['raw']",
+        "load_versions": "{'model': '2024-01-01T00.00.00.000Z'}",
+        "runner": "<kedro.runner.thread_runner.ThreadRunner object>",
+        "kedro_command": "kedro run --from-inputs=raw --node=n1 --pipeline=__default__ "
+        "--tag=a,b --load-version=model:2024-01-01T00.00.00.000Z",
+    }

@@ -248,9 +248,9 @@ def test_load_with_neither_a_pipeline_run_nor_a_run_id_says_what_to_do(tmp_path:
         with pytest.raises(DatasetError) as caught:
             dataset.load()
         assert str(caught.value).endswith(
-            "cannot load, no MLflow run to read from: there is no trackcfg session (Kedro "
-            "hooks off, or not a pipeline run); give the dataset a run_id in the catalog to "
-            "read a run's values"
+            "cannot load, no MLflow run to read from: not a pipeline run with trackcfg's "
+            "hooks, and no open TrackingSession or active MLflow run; give the dataset a "
+            "run_id in the catalog to read a run's values"
         )
 
 
@@ -404,3 +404,50 @@ def test_artifacts_go_to_the_experiments_s3_store_from_worker_processes(
     for key in expected:
         body: Any = s3.get_object(Bucket=moto_s3.bucket, Key=prefix + key)
         assert body["Body"].read() == (datasets_project / LOCAL_FILES[key]).read_bytes()
+
+
+CODE_CATALOG = '''
+"""A catalog class that holds metric datasets no catalog YAML declares."""
+
+from kedro.io import DataCatalog
+
+from trackcfg.kedro.datasets import MlflowMetricDataset, MlflowMetricsHistoryDataset
+
+
+class CodeCatalog(DataCatalog):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self["score_in_code"] = MlflowMetricDataset()
+        self["scores_in_code"] = MlflowMetricsHistoryDataset()
+'''
+CODE_PIPELINES = """
+from kedro.pipeline import Pipeline, node
+
+
+def score():
+    return 0.25, {"a": {"value": 1.5, "step": 0}}
+
+
+def register_pipelines():
+    return {"__default__": Pipeline([node(score, None, ["score_in_code", "scores_in_code"])])}
+"""
+
+
+def test_metric_datasets_of_a_catalog_built_in_code_are_named_after_their_entry(
+    project: Path,  # noqa: F811
+) -> None:
+    """A custom DATA_CATALOG_CLASS adds metric datasets without key/prefix: the hook names
+    them from the runtime catalog, as kedro-mlflow does."""
+    package = project / "src" / "tracked_demo"
+    write(package / "code_catalog.py", CODE_CATALOG)
+    write(package / "pipeline_registry.py", CODE_PIPELINES)
+    settings = package / "settings.py"
+    settings.write_text(
+        settings.read_text()
+        + "\nfrom tracked_demo.code_catalog import CodeCatalog\n"
+        + "\nDATA_CATALOG_CLASS = CodeCatalog\n"
+    )
+    result = kedro_cli(project, "run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = only(runs(project))
+    assert run.data.metrics == {"score_in_code": 0.25, "scores_in_code.a": 1.5}

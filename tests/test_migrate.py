@@ -6,7 +6,10 @@ Kedro needed); one runs the real ``kedro trackcfg migrate`` in a generated Kedro
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -273,11 +276,20 @@ def test_what_cannot_be_carried_over_is_named_with_file_and_line(tmp_path: Path)
     write(tmp_path / "pyproject.toml", '[project]\ndependencies = ["kedro_mlflow>=2"]\n')
     write(tmp_path / "scripts" / "serve.sh", "#!/bin/sh\nkedro mlflow ui --port 5001\n")
     write(tmp_path / "data" / "notes.md", "kedro mlflow ui\n")  # data is not searched
+    hooks = write(
+        tmp_path / "src" / "demo" / "settings.py",
+        "from kedro_mlflow.framework.hooks import MlflowHook\n",
+    )
     before = tree(tmp_path)
 
     output = migrate(tmp_path)
 
-    assert tree(tmp_path) == before
+    after = tree(tmp_path)
+    assert {k for k in after if after[k] != before.get(k)} == {"src/demo/pipeline_registry.py"}
+    assert registry.read_text() == before["src/demo/pipeline_registry.py"].decode().replace(
+        "from kedro_mlflow.pipeline import", "from trackcfg.kedro.pipeline import"
+    ).replace("from kedro_mlflow.io.models import", "from trackcfg.kedro.datasets import")
+    assert hooks.read_text() == "from kedro_mlflow.framework.hooks import MlflowHook\n"
     left = output.splitlines()[output.splitlines().index("Not carried over (do it by hand):") :]
     assert left[1:] == [
         "  conf/base/catalog_old.yml:2: 'kedro_mlflow.io.artifacts.MlflowArtifactDataSet' is "
@@ -288,14 +300,8 @@ def test_what_cannot_be_carried_over_is_named_with_file_and_line(tmp_path: Path)
         "  requirements.txt:2: the kedro-mlflow dependency: remove it (and `pip uninstall "
         "kedro-mlflow`): with both plugins installed, both track every run",
         "  scripts/serve.sh:2: `kedro mlflow ui`: use `kedro trackcfg ui`",
-        "  src/demo/pipeline_registry.py:2: kedro-mlflow's pipeline_ml_factory: not carried "
-        "over (out of trackcfg's scope): keep kedro-mlflow for the inference pipeline it logs "
-        "as a model, or log the model with trackcfg.kedro.datasets.MlflowModelTrackingDataset",
-        "  src/demo/pipeline_registry.py:3: imports kedro_mlflow: import "
-        "MlflowModelTrackingDataset from trackcfg.kedro.datasets instead",
-        "  src/demo/pipeline_registry.py:7: kedro-mlflow's pipeline_ml_factory: not carried "
-        "over (out of trackcfg's scope): keep kedro-mlflow for the inference pipeline it logs "
-        "as a model, or log the model with trackcfg.kedro.datasets.MlflowModelTrackingDataset",
+        "  src/demo/settings.py:1: imports kedro_mlflow: remove it: trackcfg's hooks "
+        "register themselves (entry point kedro.hooks)",
     ]
     assert registry.exists()
 
@@ -344,10 +350,11 @@ def test_kedro_trackcfg_migrate_in_a_generated_project(
     assert catalog.read_text(encoding="utf-8") == expected_of(ODD_CATALOG)
     assert "Changed 14 kedro-mlflow dataset types in 1 catalog file." in done.stdout
     assert (
-        "  src/tracked_demo/inference.py:1: kedro-mlflow's pipeline_ml_factory: not carried "
-        "over (out of trackcfg's scope): keep kedro-mlflow for the inference pipeline it logs "
-        "as a model, or log the model with trackcfg.kedro.datasets.MlflowModelTrackingDataset"
+        "src/tracked_demo/inference.py:1: kedro_mlflow.pipeline -> trackcfg.kedro.pipeline"
     ) in done.stdout.splitlines()
+    assert (project / "src" / "tracked_demo" / "inference.py").read_text() == (
+        "from trackcfg.kedro.pipeline import pipeline_ml_factory\n"
+    )
     # Kedro reads the migrated catalog: every migrated entry is one of trackcfg's datasets.
     from kedro.config import OmegaConfigLoader
 
@@ -363,4 +370,179 @@ def test_kedro_trackcfg_migrate_in_a_generated_project(
     broken = kedro_cli(project, "trackcfg", "migrate")
     assert broken.returncode == 1
     assert "conf/local/catalog.yml:" in broken.stderr
+    assert "Traceback" not in broken.stderr
     assert tree(project / "conf") == before
+
+    # A catalog in a folder it cannot write: one line naming it, nothing written anywhere.
+    (project / "conf" / "local" / "catalog.yml").unlink()
+    write(project / "conf" / "base" / "catalog.yml", ODD_CATALOG)
+    locked = write(project / "conf" / "local" / "catalog.yml", ODD_CATALOG).parent
+    with read_only(locked):
+        before = tree(project)
+        refused = kedro_cli(project, "trackcfg", "migrate")
+        assert tree(project) == before
+    assert refused.returncode == 1
+    assert [line for line in refused.stderr.splitlines() if line.strip()] == [
+        "Error: cannot migrate: conf/local/catalog.yml cannot be rewritten, its folder "
+        f"{locked} is not writable; nothing was changed"
+    ]
+
+
+def test_only_the_kedro_mlflow_package_and_kedro_mlflow_commands_are_reported(
+    tmp_path: Path,
+) -> None:
+    """Names that merely start with kedro_mlflow (a project called kedro_mlflow_tutorial) and
+    prose are not kedro-mlflow leftovers; a metadata string equal to a class path stays."""
+    catalog = write(
+        tmp_path / "conf" / "base" / "catalog.yml",
+        """\
+        m:
+          type: kedro_mlflow.io.metrics.MlflowMetricDataset
+          metadata:
+            origin: kedro_mlflow.io.metrics.MlflowMetricDataset
+        """,
+    )
+    write(
+        tmp_path / "conf" / "base" / "mlflow.yml",
+        "tracking:\n  experiment:\n    name: kedro_mlflow_tutorial\n",
+    )
+    write(
+        tmp_path / "src" / "kedro_mlflow_tutorial" / "pipeline_registry.py",
+        """\
+        import logging
+        from kedro_mlflow_tutorial.pipelines import ml_app
+        import kedro_mlflow_tutorial
+        logger = logging.getLogger("kedro_mlflow_tutorial")
+        # kedro mlflow tutorial: see the README
+        """,
+    )
+    write(
+        tmp_path / "README.md",
+        """\
+        # The kedro mlflow tutorial
+        This kedro mlflow tutorial shows kedro_mlflow_tutorial.
+        ```
+        $ kedro mlflow ui
+        kedro mlflow init --env local
+        ```
+        """,
+    )
+    write(tmp_path / "pyproject.toml", '[project]\nname = "kedro_mlflow_tutorial"\n')
+
+    output = migrate(tmp_path, dry_run=True)
+
+    left = output.splitlines()[output.splitlines().index("Not carried over (do it by hand):") :]
+    assert left[1:] == [
+        "  README.md:4: `kedro mlflow ui`: use `kedro trackcfg ui`",
+        "  README.md:5: `kedro mlflow init`: use `kedro trackcfg init`",
+    ]
+    migrate(tmp_path)
+    assert catalog.read_text().splitlines()[1:4] == [
+        "  type: trackcfg.kedro.datasets.MlflowMetricDataset",
+        "  metadata:",
+        "    origin: kedro_mlflow.io.metrics.MlflowMetricDataset",
+    ]
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """``folder`` refuses new files for the block: its mode, and for root (whom modes do not
+    stop) the immutable attribute; the test is skipped where neither can be had."""
+    folder.chmod(0o555)
+    immutable = False
+    try:
+        probe = folder / ".probe"
+        try:
+            probe.touch()
+        except OSError:
+            pass
+        else:
+            probe.unlink()
+            immutable = subprocess.run(["chattr", "+i", str(folder)], check=False).returncode == 0
+            if not immutable:
+                pytest.skip("cannot make a folder read-only here (root, no chattr)")
+        yield
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+def test_two_catalogs_one_unwritable_nothing_written(tmp_path: Path) -> None:
+    first = write(
+        tmp_path / "conf" / "base" / "catalog.yml",
+        "a:\n  type: " + next(iter(_migrate.SPELLINGS)) + "\n",
+    )
+    second = write(tmp_path / "conf" / "local" / "catalog.yml", first.read_text())
+    with read_only(second.parent):
+        before = tree(tmp_path)
+        with pytest.raises(_migrate.MigrationError) as caught:
+            migrate(tmp_path)
+        assert tree(tmp_path) == before
+    assert str(caught.value) == (
+        "cannot migrate: conf/local/catalog.yml cannot be rewritten, its folder "
+        f"{second.parent} is not writable; nothing was changed"
+    )
+
+
+def test_a_symlinked_catalog_says_where_it_writes(tmp_path: Path) -> None:
+    shared = write(
+        tmp_path / "shared" / "catalog.yml",
+        "m:\n  type: " + next(iter(_migrate.SPELLINGS)) + "\n",
+    )
+    link = tmp_path / "conf" / "base" / "catalog.yml"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(shared)
+
+    assert (
+        f"conf/base/catalog.yml is a symbolic link: would write {shared}"
+        in migrate(tmp_path, dry_run=True).splitlines()
+    )
+    assert (
+        f"conf/base/catalog.yml is a symbolic link: wrote {shared}"
+        in migrate(tmp_path).splitlines()
+    )
+
+
+def test_pipeline_imports_point_at_trackcfg_and_the_rest_stays_byte_for_byte(
+    tmp_path: Path,
+) -> None:
+    code = (
+        "# -*- coding: utf-8 -*-\r\n"
+        "from kedro_mlflow.pipeline import pipeline_ml_factory  # the factory\r\n"
+        "from kedro_mlflow.pipeline.pipeline_ml import (\r\n"
+        "    PipelineML as ML,\r\n"
+        "    KedroMlflowPipelineMLError,\r\n"
+        ")\r\n"
+        "from kedro_mlflow.mlflow import KedroPipelineModel\r\n"
+        "from kedro_mlflow.mlflow.kedro_pipeline_model import KedroPipelineModelError\r\n"
+        "from kedro_mlflow.pipeline.pipeline_ml_factory import pipeline_ml_factory as f\r\n"
+        'TEXT = "from kedro_mlflow.pipeline import pipeline_ml_factory"\r\n'
+        "from kedro_mlflow.framework.hooks import MlflowHook\r\n"
+    )
+    module = tmp_path / "src" / "demo" / "pipelines.py"
+    module.parent.mkdir(parents=True)
+    module.write_bytes(code.encode())
+
+    output = migrate(tmp_path)
+
+    expected = (
+        code.replace("from kedro_mlflow.pipeline import", "from trackcfg.kedro.pipeline import")
+        .replace("kedro_mlflow.pipeline.pipeline_ml import", "trackcfg.kedro.pipeline import")
+        .replace("from kedro_mlflow.mlflow import", "from trackcfg.kedro.pipeline import")
+        .replace(
+            "kedro_mlflow.mlflow.kedro_pipeline_model import", "trackcfg.kedro.pipeline import"
+        )
+        .replace(
+            "kedro_mlflow.pipeline.pipeline_ml_factory import", "trackcfg.kedro.pipeline import"
+        )
+        .replace('TEXT = "from trackcfg.kedro.pipeline', 'TEXT = "from kedro_mlflow.pipeline')
+    )
+    assert module.read_bytes() == expected.encode()
+    assert "src/demo/pipelines.py:7: kedro_mlflow.mlflow -> trackcfg.kedro.pipeline" in (
+        output.splitlines()
+    )
+    assert output.splitlines()[-1] == (
+        "  src/demo/pipelines.py:11: imports kedro_mlflow: remove it: trackcfg's hooks "
+        "register themselves (entry point kedro.hooks)"
+    )

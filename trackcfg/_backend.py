@@ -45,12 +45,15 @@ __all__ = [
     "add_header_provider",
     "build_header_provider",
     "check_flavor",
+    "current_run",
     "download_artifacts",
     "header_provider_class",
+    "infer_signature",
     "load_model",
     "log_model",
     "metric_keys",
     "open_backend",
+    "python_model_class",
     "remove_header_provider",
     "save_model",
 ]
@@ -316,3 +319,27 @@ def load_model(flavor: str, model_uri: str, args: Mapping[str, Any]) -> Any:
     from ._mlflow import load_model as load
 
     return load(flavor, model_uri, args)
+
+
+def python_model_class() -> type:
+    """MLflow's ``mlflow.pyfunc.PythonModel``, the base class of a custom pyfunc model
+    (``trackcfg.kedro.pipeline.KedroPipelineModel``)."""
+    from ._mlflow import python_model_class as base
+
+    return base()
+
+
+def infer_signature(model_input: Any, params: Mapping[str, Any] | None = None) -> Any:
+    """MLflow's signature of a model taking ``model_input`` and inference ``params``."""
+    from ._mlflow import infer_signature as infer
+
+    return infer(model_input, params)
+
+
+def current_run() -> tuple[str | None, str, str | None]:
+    """MLflow's view of this thread now: its active run's id (None: no run), its tracking
+    URI (``mlflow.set_tracking_uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's default)
+    and its registry URI.  Imports mlflow."""
+    from ._mlflow import current_run as current
+
+    return current()

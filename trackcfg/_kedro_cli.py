@@ -48,8 +48,9 @@ def init(metadata: Any, env: str, force: bool) -> None:
 def migrate(metadata: Any, dry_run: bool) -> None:
     """Move a kedro-mlflow project over: rewrite the kedro_mlflow dataset types of every
     conf/<env>/catalog*.yml to trackcfg.kedro.datasets' (comments and layout kept), list
-    each change, and list what cannot be carried over (pipeline_ml_factory, kedro_mlflow
-    imports, `kedro mlflow` commands, the kedro-mlflow dependency)."""
+    each change; point the project's kedro_mlflow imports of pipeline_ml_factory, the
+    pipeline model and the datasets at trackcfg's; list what cannot be carried over (other
+    kedro_mlflow imports, `kedro mlflow` commands, the kedro-mlflow dependency)."""
     from kedro.framework.project import settings
 
     from . import _migrate
@@ -57,13 +58,16 @@ def migrate(metadata: Any, dry_run: bool) -> None:
     root = Path(metadata.project_path)
     conf = Path(getattr(settings, "CONF_SOURCE", "conf") or "conf")
     source_dir = getattr(metadata, "source_dir", None)
-    migration = _migrate.plan(
-        root,
-        conf if conf.is_absolute() else root / conf,
-        Path(source_dir) if source_dir else None,
-    )
-    if not dry_run:
-        _migrate.apply(migration)
+    try:
+        migration = _migrate.plan(
+            root,
+            conf if conf.is_absolute() else root / conf,
+            Path(source_dir) if source_dir else None,
+        )
+        if not dry_run:
+            _migrate.apply(migration)
+    except _migrate.MigrationError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(_migrate.render(migration, dry_run=dry_run))
 
 

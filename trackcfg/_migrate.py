@@ -14,9 +14,17 @@ line endings and everything else stay byte for byte.  Every file is parsed befor
 written; a malformed one stops the migration with its file and line and nothing written.  A
 file is replaced atomically (a temporary file renamed over it).
 
-What cannot be carried over is listed, never changed: kedro-mlflow's ``pipeline_ml_factory``
-and other ``kedro_mlflow`` imports in the project's code, ``kedro mlflow`` commands in scripts,
-the ``kedro-mlflow`` dependency, and ``kedro_mlflow`` values this module does not know.
+Only ``type:`` values change (a ``metadata:`` string equal to a class path stays).  In the
+project's Python files, the imports of what trackcfg has under the same names
+(``pipeline_ml_factory``, ``KedroPipelineModel``, the datasets) are pointed at trackcfg's
+modules (``_migrate_imports``).  Before anything is written, every folder a file is written
+in is tried: one that refuses a new file stops the migration with nothing written.
+
+What cannot be carried over is listed, never changed: other imports of the ``kedro_mlflow``
+package, ``kedro mlflow`` commands where a command starts in scripts and docs, the
+``kedro-mlflow`` dependency, and ``kedro_mlflow`` values this module does not know.  Names
+that merely start with ``kedro_mlflow`` (a ``kedro_mlflow_tutorial`` package) and prose are
+not kedro-mlflow's.
 """
 
 from __future__ import annotations
@@ -105,10 +113,14 @@ _DEPENDENCY_NAMES = re.compile(
 _MAX_SCANNED_BYTES = 2 * 1024 * 1024
 
 _CLASS_PATH = re.compile(r"^kedro_mlflow(\.[A-Za-z_]\w*)+$")
-_KEDRO_MLFLOW_COMMAND = re.compile(r"\bkedro\s+mlflow\b(\s+(?P<sub>[a-z]+))?")
-_KEDRO_MLFLOW_IMPORT = re.compile(
-    r"^\s*(from\s+kedro_mlflow[\w.]*\s+import\b|import\s+kedro_mlflow\b)"
+# `kedro mlflow` where a command starts (a line, `$ `, `- `, `run:`, after `&&`, `;`, `|`, a
+# backquote or a quote), as itself or with one of kedro-mlflow's subcommands: never prose.
+_KEDRO_MLFLOW_COMMAND = re.compile(
+    r"(?:^|[;&|`(\"']|\$|^\s*-|\brun:)\s*kedro\s+mlflow"
+    r"(?:\s+(?P<sub>init|ui|modelify)\b|\s*(?=$|[;&|`)\"']|\s--?\w))"
 )
+# A class path of the kedro_mlflow package (not kedro_mlflow_tutorial, not kedro_mlflow prose).
+_KEDRO_MLFLOW_PATH = re.compile(r"(?<![\w.])kedro_mlflow\.[A-Za-z_]")
 _KEDRO_MLFLOW_PACKAGE = re.compile(r"(?<![\w.-])kedro[-_.]mlflow(?![\w-])", re.IGNORECASE)
 _COMMAND_ADVICE = {
     "init": "use `kedro trackcfg init`",
@@ -168,6 +180,7 @@ def plan(root: Path, conf_source: Path | None = None, src: Path | None = None) -
     ``root/conf``; its code in ``src``, default ``root/src``) and work out the migration;
     nothing is written.  Raises :class:`MigrationError` naming every catalog file that
     cannot be read, with its line."""
+    del src  # Python code is searched in the whole project (scripts, notebooks' .py too)
     root = root.resolve()
     conf = (conf_source if conf_source is not None else root / "conf").resolve()
     catalogs = catalog_files(conf)
@@ -196,7 +209,11 @@ def plan(root: Path, conf_source: Path | None = None, src: Path | None = None) -
         )
     catalog_set = set(catalogs)
     leftovers.extend(_other_conf_mentions(conf, root, catalog_set))
-    leftovers.extend(_project_leftovers(root, conf, src if src is not None else root / "src"))
+    code_texts, code_changes, code_leftovers = _code_changes(root, conf)
+    texts.update(code_texts)
+    changes.extend(code_changes)
+    project = [*code_leftovers, *_project_leftovers(root, conf)]
+    leftovers.extend(sorted(project, key=lambda left: (left.file, left.line)))
     return Migration(
         root=root,
         catalogs=tuple(_shown(f, root) for f in catalogs),
@@ -328,8 +345,9 @@ def _rewrite(text: str, shown: str) -> tuple[str, list[Change], list[Leftover]]:
 
 
 def _value_scalars(root: Any) -> Iterator[Any]:
-    """Every scalar node of the document that is a value (not a key), each node once (an
-    alias is the node of its anchor)."""
+    """Every scalar node of the document that is the value of a ``type`` key (at any depth:
+    an artifact dataset's ``dataset: {type: ...}`` too), each node once (an alias is the
+    node of its anchor).  Other values (``metadata:``) are never changed."""
     from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
     seen: set[int] = set()
@@ -343,11 +361,14 @@ def _value_scalars(root: Any) -> Iterator[Any]:
             for key, value in node.value:
                 if not isinstance(key, ScalarNode):
                     stack.append(key)
+                elif key.value == "type" and isinstance(value, ScalarNode):
+                    if isinstance(value.value, str) and id(value) not in seen:
+                        seen.add(id(value))
+                        yield value
+                    continue
                 stack.append(value)
         elif isinstance(node, SequenceNode):
             stack.extend(node.value)
-        elif isinstance(node, ScalarNode) and isinstance(node.value, str):
-            yield node
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,7 +385,7 @@ def _other_conf_mentions(conf: Path, root: Path, catalogs: set[Path]) -> Iterato
             continue
         for number, line in _lines(file):
             code = line.split("#", 1)[0]
-            if "kedro_mlflow" in code:
+            if _KEDRO_MLFLOW_PATH.search(code):
                 yield Leftover(
                     _shown(file, root),
                     number,
@@ -373,24 +394,12 @@ def _other_conf_mentions(conf: Path, root: Path, catalogs: set[Path]) -> Iterato
                 )
 
 
-def _project_leftovers(root: Path, conf: Path, src: Path) -> Iterator[Leftover]:
+def _project_leftovers(root: Path, conf: Path) -> Iterator[Leftover]:
     for file in _project_files(root, conf):
         shown = _shown(file, root)
-        is_code = file.suffix == ".py" and _within(file, src)
         is_dependency = _DEPENDENCY_NAMES.match(file.name) is not None
         for number, line in _lines(file):
-            if is_code and "pipeline_ml_factory" in line and not line.lstrip().startswith("#"):
-                yield Leftover(
-                    shown,
-                    number,
-                    "kedro-mlflow's pipeline_ml_factory",
-                    "not carried over (out of trackcfg's scope): keep kedro-mlflow for the "
-                    "inference pipeline it logs as a model, or log the model with "
-                    "trackcfg.kedro.datasets.MlflowModelTrackingDataset",
-                )
-            elif is_code and _KEDRO_MLFLOW_IMPORT.match(line):
-                yield Leftover(shown, number, "imports kedro_mlflow", _import_advice(line))
-            elif is_dependency and _KEDRO_MLFLOW_PACKAGE.search(line.split("#", 1)[0]):
+            if is_dependency and _KEDRO_MLFLOW_PACKAGE.search(line.split("#", 1)[0]):
                 yield Leftover(
                     shown,
                     number,
@@ -398,13 +407,44 @@ def _project_leftovers(root: Path, conf: Path, src: Path) -> Iterator[Leftover]:
                     "remove it (and `pip uninstall kedro-mlflow`): with both plugins "
                     "installed, both track every run",
                 )
-            else:
-                match = _KEDRO_MLFLOW_COMMAND.search(line)
-                if match is not None:
-                    sub = match.group("sub") or ""
-                    command = f"kedro mlflow {sub}".strip()
-                    advice = _COMMAND_ADVICE.get(sub, "trackcfg has no such command")
-                    yield Leftover(shown, number, f"`{command}`", advice)
+                continue
+            match = _KEDRO_MLFLOW_COMMAND.search(line)
+            if match is not None:
+                sub = match.group("sub") or ""
+                command = f"kedro mlflow {sub}".strip()
+                advice = _COMMAND_ADVICE.get(sub, "trackcfg has no such command")
+                yield Leftover(shown, number, f"`{command}`", advice)
+
+
+def _code_changes(root: Path, conf: Path) -> tuple[dict[Path, str], list[Change], list[Leftover]]:
+    """The project's Python files with their kedro-mlflow imports pointed at trackcfg
+    (``_migrate_imports``), and the ``kedro_mlflow`` imports left to the user."""
+    from ._migrate_imports import rewrite_imports
+
+    texts: dict[Path, str] = {}
+    changes: list[Change] = []
+    leftovers: list[Leftover] = []
+    for file in _project_files(root, conf):
+        if file.suffix != ".py":
+            continue
+        try:
+            if file.stat().st_size > _MAX_SCANNED_BYTES:
+                continue
+            text = file.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if "kedro_mlflow" not in text:
+            continue
+        new_text, rewritten, kept = rewrite_imports(text)
+        shown = _shown(file, root)
+        changes.extend(Change(shown, c.line, c.old, c.new) for c in rewritten)
+        leftovers.extend(
+            Leftover(shown, k.line, "imports kedro_mlflow", _import_advice(k.statement))
+            for k in kept
+        )
+        if new_text != text:
+            texts[file] = new_text
+    return texts, changes, leftovers
 
 
 def _hint(code: str) -> str:
@@ -474,8 +514,19 @@ def _lines(file: Path) -> Iterator[tuple[int, str]]:
 
 
 def apply(migration: Migration) -> None:
-    """Write every changed catalog file, each atomically (a temporary file in its folder,
-    renamed over it; a symbolic link's target is what is replaced), keeping its mode."""
+    """Write every changed file, each atomically (a temporary file in its folder, renamed
+    over it; a symbolic link's target is what is replaced), keeping its mode.  Every file
+    and folder is checked writable first: ``MigrationError`` naming the first that is not,
+    and nothing written."""
+    for file in migration.texts:
+        target = file.resolve()
+        if not _can_write_in(target.parent):
+            shown = _shown(file, migration.root)
+            where = "" if target == file else f" (a symbolic link to {target})"
+            raise MigrationError(
+                f"cannot migrate: {shown}{where} cannot be rewritten, its folder "
+                f"{target.parent} is not writable; nothing was changed"
+            )
     for file, text in migration.texts.items():
         target = file.resolve()
         mode = target.stat().st_mode & 0o7777
@@ -492,11 +543,26 @@ def apply(migration: Migration) -> None:
             raise
 
 
+def _can_write_in(folder: Path) -> bool:
+    """Whether a file can be made in ``folder`` (what ``apply`` does): tried, since
+    permissions, read-only mounts and immutable folders all answer only then."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".trackcfg-migrate-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    Path(probe).unlink(missing_ok=True)
+    return True
+
+
 def render(migration: Migration, *, dry_run: bool) -> str:
     """What ``kedro trackcfg migrate`` prints."""
     lines = [str(change) for change in migration.changes]
-    files = len({change.file for change in migration.changes})
-    count = len(migration.changes)
+    catalogs = set(migration.catalogs)
+    catalog_changes = [c for c in migration.changes if c.file in catalogs]
+    code_changes = [c for c in migration.changes if c.file not in catalogs]
+    files = len({change.file for change in catalog_changes})
+    count = len(catalog_changes)
     types = f"{count} kedro-mlflow dataset type{'s' if count != 1 else ''}"
     in_files = f"in {files} catalog file{'s' if files != 1 else ''}"
     if not migration.catalogs:
@@ -510,6 +576,18 @@ def render(migration: Migration, *, dry_run: bool) -> str:
         lines.append(f"Would change {types} {in_files} (--dry-run: nothing written).")
     else:
         lines.append(f"Changed {types} {in_files}.")
+    if code_changes:
+        n, f = len(code_changes), len({c.file for c in code_changes})
+        verb = "Would point" if dry_run else "Pointed"
+        lines.append(
+            f"{verb} {n} kedro_mlflow import{'s' if n != 1 else ''} in {f} Python file"
+            f"{'s' if f != 1 else ''} at trackcfg.kedro.pipeline / trackcfg.kedro.datasets."
+        )
+    for file in migration.texts:
+        target = file.resolve()
+        if target != file:
+            verb = "would write" if dry_run else "wrote"
+            lines.append(f"{_shown(file, migration.root)} is a symbolic link: {verb} {target}")
     if migration.leftovers:
         lines.append("")
         lines.append("Not carried over (do it by hand):")

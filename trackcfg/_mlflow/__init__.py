@@ -24,17 +24,28 @@ from ._headers import (
     header_provider_class,
     remove_header_provider,
 )
-from ._models import flavor_module, load_model, log_model, save_model
+from ._models import (
+    current_run,
+    flavor_module,
+    infer_signature,
+    load_model,
+    log_model,
+    python_model_class,
+    save_model,
+)
 
 __all__ = [
     "MlflowBackend",
     "add_header_provider",
     "build_header_provider",
+    "current_run",
     "flavor_module",
     "header_provider_class",
+    "infer_signature",
     "load_model",
     "log_model",
     "mlflow_limits",
+    "python_model_class",
     "remove_header_provider",
     "save_model",
 ]

@@ -419,12 +419,22 @@ class MlflowBackend:
         )
         return RunRef(id=run.info.run_id, experiment_id=experiment_id, name=run.info.run_name)
 
+    def _run_artifacts(self, run_id: str) -> Any:
+        """The run's own artifact repository.  Not ``runs:/`` (the client's listing): MLflow 3
+        reads a folder named like a model logged into the run as that logged model, looked up
+        in MLflow's current store rather than this one."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        artifact_uri = self._client.get_run(run_id).info.artifact_uri
+        return get_artifact_repository(artifact_uri, tracking_uri=self.tracking_uri)
+
     @reachable
     def artifact_files(self, run_id: str) -> list[ArtifactFile]:
+        repository = self._run_artifacts(run_id)
         files: list[ArtifactFile] = []
         folders: list[str | None] = [None]
         while folders:
-            for entry in self._client.list_artifacts(run_id, folders.pop()):
+            for entry in repository.list_artifacts(folders.pop()):
                 if entry.is_dir:
                     folders.append(entry.path)
                 else:
@@ -434,7 +444,7 @@ class MlflowBackend:
     @reachable
     def download_artifact(self, run_id: str, path: str, dst_dir: str) -> str:
         try:
-            return str(self._client.download_artifacts(run_id, path, dst_dir))
+            return str(self._run_artifacts(run_id).download_artifacts(path, dst_dir))
         except (MlflowException, OSError) as exc:
             if isinstance(exc, TrackingUnavailableError) or (
                 isinstance(exc, MlflowException) and network_cause(exc) is not None

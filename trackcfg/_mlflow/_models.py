@@ -13,7 +13,15 @@ from trackcfg._records import ModelRef
 from trackcfg._store import mask_uri
 from trackcfg.exceptions import RunError
 
-__all__ = ["flavor_module", "load_model", "log_model", "save_model"]
+__all__ = [
+    "current_run",
+    "flavor_module",
+    "infer_signature",
+    "load_model",
+    "log_model",
+    "python_model_class",
+    "save_model",
+]
 
 
 def flavor_module(flavor: str) -> Any:
@@ -78,3 +86,28 @@ def load_model(flavor: str, model_uri: str, args: Mapping[str, Any]) -> Any:
         return module.load_model(model_uri, **dict(args))
     except MlflowException as exc:
         raise _model_error(f"load the model {mask_uri(model_uri)}", exc) from None
+
+
+def python_model_class() -> type:
+    from mlflow.pyfunc.model import PythonModel
+
+    return PythonModel
+
+
+def infer_signature(model_input: Any, params: Mapping[str, Any] | None) -> Any:
+    from mlflow.models import infer_signature as infer
+
+    return infer(model_input=model_input, params=dict(params) if params is not None else None)
+
+
+def current_run() -> tuple[str | None, str, str | None]:
+    """MLflow's active run in this thread (its id, or None), and MLflow's current tracking and
+    registry URIs."""
+    import mlflow
+
+    run = mlflow.active_run()
+    return (
+        None if run is None else run.info.run_id,
+        mlflow.get_tracking_uri(),
+        mlflow.get_registry_uri(),
+    )

@@ -17,7 +17,9 @@ Each hook only translates Kedro's call into a session call:
 - ``before_node_run`` … ``after_node_run`` / ``on_node_error``: the run is MLflow's active
   run in the node's thread or worker process, so ``mlflow.log_metric(...)`` in a node lands
   in it.
-- ``after_pipeline_run`` / ``on_pipeline_error``: the session ends FINISHED / FAILED.
+- ``after_pipeline_run`` / ``on_pipeline_error``: the session ends FINISHED / FAILED; a
+  ``PipelineML`` (``trackcfg.kedro.pipeline``) first logs its inference pipeline as the
+  run's model (a failure to do so ends the run FAILED).
 
 Ctrl-C and SIGTERM skip Kedro's end hooks (Kedro calls ``on_pipeline_error`` for an
 ``Exception`` only, and click turns the interrupt into "Aborted!" and exit code 1): the session
@@ -168,7 +170,11 @@ def _pipeline_params(pipeline: Pipeline, catalog: CatalogProtocol[Any, Any]) -> 
 
 
 def _run_tags(run_params: Mapping[str, Any], env: str | None) -> dict[str, str]:
+    """trackcfg's ``kedro.*`` tags, over kedro-mlflow's (``trackcfg.kedro._tags``)."""
+    from trackcfg.kedro._tags import kedro_mlflow_tags
+
     tags = {
+        **kedro_mlflow_tags(run_params),
         "kedro.command": _command_line(run_params),
         "kedro.version": str(run_params.get("kedro_version", "")),
         "kedro.session_id": str(run_params.get("run_id", "")),
@@ -387,7 +393,16 @@ class TrackingHooks:
         self._leave_node(node)
 
     @hook_impl
-    def after_pipeline_run(self) -> None:
+    def after_pipeline_run(self, pipeline: Pipeline, catalog: CatalogProtocol[Any, Any]) -> None:
+        session = self.current_session()
+        if session is not None:  # a PipelineML's inference pipeline, as the run's model
+            from trackcfg.kedro.pipeline._logging import log_pipeline_model
+
+            try:
+                log_pipeline_model(session, pipeline, catalog)
+            except BaseException as exc:
+                self._end(exc)
+                raise
         self._end(None)
 
     @hook_impl

@@ -11,7 +11,8 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 from kedro.io.core import parse_dataset_definition
 
-from trackcfg.exceptions import TrackcfgError
+from trackcfg._artifacts import check_artifact_path
+from trackcfg.exceptions import RunError, TrackcfgError
 
 from ._common import loggable
 from ._target import Target, open_target_backend, pipeline_target
@@ -64,7 +65,8 @@ class MlflowArtifactDataset(AbstractDataset[Any, Any]):
         dataset_class, dataset_args = parse_dataset_definition(config)
         self._dataset: AbstractDataset[Any, Any] = dataset_class(**dataset_args)
         self.run_id = run_id
-        self.artifact_path = artifact_path.strip("/") if artifact_path else None
+        # A trailing "/" names the same folder; a leading one is refused at save (absolute).
+        self.artifact_path = artifact_path.rstrip("/") or artifact_path if artifact_path else None
         self.metadata = metadata
         self._logging_activated = True  # kedro-mlflow's switch; the pipeline's wins
 
@@ -100,6 +102,11 @@ class MlflowArtifactDataset(AbstractDataset[Any, Any]):
 
     def save(self, data: Any) -> None:
         target = pipeline_target(self.run_id)
+        if self.artifact_path and loggable(target, "MlflowArtifactDataset", warn=False):
+            try:  # before the file is saved: nothing half done
+                check_artifact_path("MlflowArtifactDataset", "artifact_path", self.artifact_path)
+            except RunError as exc:
+                raise DatasetError(str(exc)) from None
         self._dataset.save(data)
         if not loggable(target, "MlflowArtifactDataset", self._logging_activated):
             return

@@ -16,16 +16,20 @@ class NoTrackingWarning(UserWarning):
     a pipeline run): it saved locally and logged nothing."""
 
 
-def loggable(target: Target, what: str, activated: bool = True) -> bool:
+def loggable(target: Target, what: str, activated: bool = True, *, warn: bool = True) -> bool:
     """Whether a save logs: a run to log into, tracking not disabled.  With no run at all
-    (no session, no ``run_id``), Python shows a ``NoTrackingWarning`` once per process."""
+    (no session, no ``run_id``), Python shows a ``NoTrackingWarning`` once per process
+    (unless ``warn`` is false: a question asked before the save)."""
     if target.disabled or not activated:
+        return False
+    if target.run_id is None and not warn:
         return False
     if target.run_id is None:
         warnings.warn(
-            f"{what}: no MLflow run to log into (no trackcfg session: the Kedro hooks are off, "
-            "or this is not a pipeline run), so nothing is logged; run it with `kedro run` "
-            "and trackcfg's hooks, or give the dataset a run_id",
+            f"{what}: no MLflow run to log into (not a pipeline run with trackcfg's hooks, no "
+            "open TrackingSession, no active MLflow run), so nothing is logged; run it with "
+            "`kedro run`, inside `with mlflow.start_run():` or `with TrackingSession(...):`, "
+            "or give the dataset a run_id",
             NoTrackingWarning,
             stacklevel=3,
         )
@@ -41,7 +45,8 @@ def run_to_read(target: Target, what: str) -> str:
         "tracking is disabled for this pipeline (disable_tracking.pipelines or "
         "TRACKCFG_DISABLE), so no run holds it"
         if target.disabled
-        else "there is no trackcfg session (Kedro hooks off, or not a pipeline run)"
+        else "not a pipeline run with trackcfg's hooks, and no open TrackingSession or "
+        "active MLflow run"
     )
     raise DatasetError(
         f"{what}: cannot load, no MLflow run to read from: {why}; give the dataset a "

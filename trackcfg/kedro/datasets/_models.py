@@ -203,7 +203,8 @@ class MlflowModelTrackingDataset(AbstractDataset[Any, Any]):
             why = (
                 "tracking is disabled for this pipeline and no model was saved in this process"
                 if target.disabled
-                else "there is no trackcfg session (Kedro hooks off, or not a pipeline run)"
+                else "not a pipeline run with trackcfg's hooks, and no open TrackingSession "
+                "or active MLflow run"
             )
             raise DatasetError(
                 f"{cls}: cannot load, no MLflow run to read the model from: {why}; give "

@@ -9,22 +9,29 @@ The contract between trackcfg's Kedro datasets and the pipeline they run in:
   ``TRACKCFG_PARENT_RUN_ID``, ``MLFLOW_TRACKING_URI`` and ``MLFLOW_EXPERIMENT_ID``;
 - a disabled pipeline (``disable_tracking.pipelines``, ``TRACKCFG_DISABLE``): ``disabled``;
   the hooks export ``TRACKCFG_DISABLE=1`` while a disabled pipeline runs, so its workers know;
-- a ``run_id`` given in the catalog: that run, in the pipeline's store.  An offline pipeline
-  (``server.offline``) logs into the offline store (``<root>/mlruns``) and never reads the
-  server: a ``run_id`` is read there when the run exists there, else a ``DatasetError`` names
-  both stores.
+- outside a pipeline run (a notebook, a script): the open ``TrackingSession`` whose run is
+  MLflow's active run (``with TrackingSession(...)``), logged into through the session; else
+  MLflow's active run (``with mlflow.start_run()``) in MLflow's current store
+  (``mlflow.get_tracking_uri()``), as kedro-mlflow's datasets do;
+- a ``run_id`` given in the catalog: that run, in the pipeline's store (outside a pipeline
+  run: the open session's, else the project's config's, else MLflow's current store).  An
+  offline pipeline (``server.offline``) logs into the offline store (``<root>/mlruns``) and
+  never reads the server: a ``run_id`` is read there when the run exists there, else a
+  ``DatasetError`` names both stores.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 
 import attrs
 from kedro.io import DatasetError
 
-from trackcfg._backend import Backend, open_backend
+from trackcfg import _state
+from trackcfg._backend import Backend, current_run, open_backend
 from trackcfg._config import TrackingConfig
 from trackcfg._connect import plan_store
 from trackcfg._env import EnvSnapshot
@@ -108,10 +115,39 @@ def _offline_run_check(run_id: str, tracking_uri: str | None, server: str) -> No
         )
 
 
+def _outside_pipeline() -> tuple[TrackingSession | None, str | None, str | None, str | None]:
+    """Outside a pipeline run: the open session owning MLflow's active run (None: none), the
+    active run's id, and MLflow's current tracking and registry URIs (all None when mlflow
+    was never imported: then nothing can have started a run or set a store)."""
+    if "mlflow" not in sys.modules:
+        return None, None, None, None
+    active, tracking, registry = current_run()
+    if active is None:
+        return None, None, tracking, registry
+    owners = [
+        owner
+        for owner in _state.run_owners(active)
+        if isinstance(owner, TrackingSession) and owner.enabled and owner.run_id == active
+    ]
+    return (owners[-1] if owners else None), active, tracking, registry
+
+
 def pipeline_target(run_id: str | None = None) -> Target:
-    """The target of a save or load now: ``run_id`` when given, else the pipeline's run."""
+    """The target of a save or load now: ``run_id`` when given, else the pipeline's run
+    (outside a pipeline run: the open session's run, else MLflow's active run)."""
     session, config = _hooks_state()
     disabled = _env_disabled() or (session is not None and not session.enabled)
+    parent = None if session is not None else inherited_parent()
+    outside: tuple[TrackingSession | None, str | None, str | None, str | None] = (
+        None,
+        None,
+        None,
+        None,
+    )
+    if session is None and parent is None:
+        outside = _outside_pipeline()
+        if outside[0] is not None:
+            session = outside[0]
     if session is not None and session.enabled and session.run_id is not None:
         registry = session.registry_uri
         server = session.offline_destination
@@ -124,7 +160,6 @@ def pipeline_target(run_id: str | None = None) -> Target:
             disabled=disabled,
             session=session,
         )
-    parent = None if session is not None else inherited_parent()
     if parent is not None and not run_id:  # a worker process of the pipeline's run
         return Target(
             run_id=parent,
@@ -133,10 +168,21 @@ def pipeline_target(run_id: str | None = None) -> Target:
             disabled=disabled,
             session=None,
         )
+    _, active, mlflow_tracking, mlflow_registry = outside
+    if active is not None:  # a run the user started: in MLflow's current store
+        return Target(
+            run_id=run_id or active,
+            tracking_uri=mlflow_tracking,
+            registry_uri=mlflow_registry,
+            disabled=disabled,
+            session=None,
+        )
     if parent is not None:  # a worker given a run_id: the store its run is in
         tracking, registry, server = _config_uris(None)
     else:
         tracking, registry, server = _config_uris(session.config if session is not None else config)
+        if session is None and config is None and (run_id or "mlflow" in sys.modules):
+            _, tracking, registry = current_run()  # as MLflow would: its current store
     if run_id and run_id != parent and server is not None:
         _offline_run_check(run_id, tracking, server)
     return Target(
