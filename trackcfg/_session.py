@@ -61,7 +61,7 @@ from . import _state
 from ._artifacts import artifact_places, check_artifact_path, dict_text
 from ._backend import Backend, BackendFactory, RunRef, RunStatus, open_backend
 from ._buffer import BufferedRun, LoggingSettings
-from ._config import LoggingMode, RankPolicy, TrackingConfig
+from ._config import LoggingMode, RankPolicy, ResumePolicy, TrackingConfig
 from ._discovery import find_project_root
 from ._env import EnvSnapshot
 from ._headers import header_provider
@@ -80,6 +80,7 @@ from ._params import (
 )
 from ._rules import (
     OFFLINE_DESTINATION_TAG,
+    RUN_KEY_TAG,
     ExperimentAction,
     Offline,
     Placement,
@@ -103,6 +104,7 @@ from ._store import (
     with_connect_timeout,
 )
 from ._sync import journal_folder, sync_journals
+from ._takeover import find_keyed_run, mark_continued, take_over
 from ._workers import (
     PARENT_RUN_ENV,
     activate_inherited_run,
@@ -200,6 +202,7 @@ class TrackingSession:
         self._hand_on_sigterm = False
         self._sigterms_before = 0  # SIGTERMs the trap had seen when the session was entered
         self._held_run: str | None = None  # the run it owns among the open sessions' runs
+        self._resumed = False  # it continued an existing run (run.id or run.key)
         self._logged_params: dict[str, str] = {}
         self._metric_keys: dict[str, str] = {}  # final metric key -> key as written
         self._named_run: RunRef | None = None  # looked up by _external_active_run
@@ -251,6 +254,12 @@ class TrackingSession:
     @property
     def experiment_id(self) -> str | None:
         return self._experiment_id
+
+    @property
+    def resumed(self) -> bool:
+        """Whether the session continued an existing run (``tracking.run.id``, or
+        ``tracking.run.resume`` found the run of ``tracking.run.key``)."""
+        return self._resumed
 
     @property
     def project_root(self) -> Path:
@@ -639,6 +648,8 @@ class TrackingSession:
                 # experiment (MLflow shows children only there), without a lookup request.
                 self._experiment_id = os.environ["MLFLOW_EXPERIMENT_ID"]
             else:
+                if active is None:
+                    self._refuse_missing_keyed_experiment(backend)
                 self._experiment_id = self._experiment(backend)
         if self._shared is not None:
             _state.share_store(self._shared, backend, self._experiment_id)
@@ -648,6 +659,19 @@ class TrackingSession:
             self._attach(backend, active)
             return inputs.tags
         assert self._experiment_id is not None
+        key = run_cfg.key if where is Placement.NEW else None
+        if key is not None:  # only a top-level run carries it: the key finds that run
+            inputs = attrs.evolve(inputs, tags={**inputs.tags, RUN_KEY_TAG: key})
+            if run_cfg.resume is not ResumePolicy.NEVER:
+                decision, found = find_keyed_run(
+                    backend, self._experiment_id, key, run_cfg.resume, inputs.prepared.params
+                )
+                if decision.refusal is not None:
+                    raise decision.refusal.error(self._shown_store())
+                if found is not None:
+                    self._continue(backend, found.id, found.experiment_id, found.params)
+                    logger.info("continuing run %s (tracking.run.key %r)", found.id, key)
+                    return inputs.tags
         ref = backend.start_run(
             experiment_id=self._experiment_id,
             name=run_cfg.name if parent is None and run_cfg.name else self._name,
@@ -659,6 +683,19 @@ class TrackingSession:
 
     def _shown_store(self) -> str:
         return mask_uri(self.tracking_uri)
+
+    def _refuse_missing_keyed_experiment(self, backend: Backend) -> None:
+        """``tracking.run.resume: must`` with no experiment to look in: refused before the
+        experiment is created."""
+        run_cfg = self._config.tracking.run
+        if (
+            run_cfg.resume is ResumePolicy.MUST
+            and run_cfg.key is not None
+            and backend.get_experiment(self.experiment_name) is None
+        ):
+            decision, _ = find_keyed_run(backend, None, run_cfg.key, run_cfg.resume, {})
+            assert decision.refusal is not None
+            raise decision.refusal.error(self._shown_store())
 
     def _experiment(self, backend: Backend) -> str:
         settings = self._config.tracking.experiment
@@ -743,12 +780,28 @@ class TrackingSession:
         if refusal is not None:
             raise refusal.error(self._shown_store())
         assert existing is not None
-        self._experiment_id = existing.experiment_id
-        self._logged_params.update(existing.params)
+        self._continue(backend, run_id, existing.experiment_id, existing.params)
+
+    def _continue(
+        self, backend: Backend, run_id: str, experiment_id: str, params: Mapping[str, str]
+    ) -> None:
+        """Reopen a run (``run.id``, or found by ``run.key``), after what a killed process
+        left of it in this project's journal folder is sent (``_takeover``)."""
+        take_over(
+            journal_folder(self._config.tracking.logging.journal_dir, self.project_root),
+            run_id,
+            tracking_uri=self.tracking_uri,
+            shown_uri=self._shown_store(),
+            factory=self._backend_factory,
+        )
+        mark_continued(backend, run_id)
+        self._experiment_id = experiment_id
+        self._logged_params.update(params)
         assert self._shared is not None
-        _state.share_store(self._shared, backend, existing.experiment_id)
+        _state.share_store(self._shared, backend, experiment_id)
         backend.resume_run(run_id)
         self._run_id = self._started_run = run_id
+        self._resumed = True
 
     def _close(self, status: RunStatus, *, raising: bool) -> None:
         if self._closed:
