@@ -342,3 +342,42 @@ def test_resume_running_by_id_sends_the_killed_journal_and_a_later_sync_keeps_it
     assert sync.returncode == 0, sync.stderr
     assert json.loads(sync.stdout)["results"] == []
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+# ---------------------------------------------------------------------------------------------
+# What ``trackcfg show`` and ``check`` say a start would do.
+
+
+def cli(*args: str, cwd: Path) -> str:
+    from click.testing import CliRunner
+
+    from trackcfg._cli import cli as main
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code in (0, 1), result.output
+    return result.stdout
+
+
+def test_show_and_check_say_which_run_a_start_would_continue(
+    tmp_path: Path, migrated_sqlite_db: Path
+) -> None:
+    config = "tracking:\n  run:\n    resume: must\n    key: nightly-3\n"
+    root = project_folder(tmp_path / "proj", name="nightly", config=config, store=migrated_sqlite_db)
+    intent = (
+        "run: continue the latest run of the experiment tagged trackcfg.run.key='nightly-3', "
+        "else an error (tracking.run.resume: must)"
+    )
+    assert intent in cli("show", cwd=root).splitlines()
+    assert (
+        "[FAIL] run: no run of the experiment has tracking.run.key 'nightly-3' and "
+        "tracking.run.resume is 'must'"
+    ) in cli("check", cwd=root)
+
+    allow = load_config(root / "mlflow.yml", overrides={"tracking.run.resume": "allow"})
+    with TrackingSession(allow, name="nightly") as s:
+        run_id = s.run_id
+    assert f"[ ok ] run: a start would continue run {run_id} (FINISHED, tracking.run.key " in (
+        cli("check", cwd=root)
+    )

@@ -39,6 +39,7 @@ __all__ = [
     "offline_refusal",
     "placement",
     "resume_refusal",
+    "run_intent",
 ]
 
 TRUTHY = frozenset({"1", "true", "yes", "on"})
@@ -230,6 +231,24 @@ def keyed_run(
         latest.id,
         f"continue run {latest.id} ({latest.status.value}, tracking.run.key {key!r})",
         status=latest.status,
+    )
+
+
+def run_intent(config: TrackingConfig) -> str:
+    """What a top-level session would do about its run, said without asking the store
+    (``trackcfg show``; ``trackcfg check`` says which run, having asked)."""
+    run = config.tracking.run
+    if run.id:
+        return f"continue run {run.id} (tracking.run.id)"
+    if run.key is None:
+        return "a new run"
+    tagged = f"{RUN_KEY_TAG}={run.key!r}"
+    if run.resume is ResumePolicy.NEVER:
+        return f"a new run tagged {tagged} (tracking.run.resume: never)"
+    otherwise = "a new run" if run.resume is ResumePolicy.ALLOW else "an error"
+    return (
+        f"continue the latest run of the experiment tagged {tagged}, else {otherwise} "
+        f"(tracking.run.resume: {run.resume.value})"
     )
 
 
