@@ -155,6 +155,9 @@ class FakeStore:
         self.record("limits")
         return self._limits
 
+    def prepare_local_store(self, tracking_uri: str, artifact_root: str) -> None:
+        self.record("prepare_local_store", tracking_uri, artifact_root)
+
     # ---------------------------------------------------------------- calls and failures
 
     def record(self, method: str, *args: object) -> None:

@@ -364,7 +364,9 @@ def test_show_and_check_say_which_run_a_start_would_continue(
     tmp_path: Path, migrated_sqlite_db: Path
 ) -> None:
     config = "tracking:\n  run:\n    resume: must\n    key: nightly-3\n"
-    root = project_folder(tmp_path / "proj", name="nightly", config=config, store=migrated_sqlite_db)
+    root = project_folder(
+        tmp_path / "proj", name="nightly", config=config, store=migrated_sqlite_db
+    )
     intent = (
         "run: continue the latest run of the experiment tagged trackcfg.run.key='nightly-3', "
         "else an error (tracking.run.resume: must)"

@@ -625,6 +625,8 @@ class TrackingSession:
         )
         if location.local_folder is not None:
             location.local_folder.mkdir(parents=True, exist_ok=True)
+            if location.artifact_root is not None:  # experiment 0's artifacts go there too
+                self._backend_factory.prepare_local_store(tracking_uri, location.artifact_root)
         self._backend = self._backend_factory(tracking_uri, registry)
         return self._backend
 
