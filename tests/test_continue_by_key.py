@@ -315,6 +315,35 @@ def test_a_job_killed_at_step_500_and_started_again_with_its_key_is_one_finished
     assert list((root / ".trackcfg" / "journal").glob("*.journal")) == []
 
 
+def test_against_a_real_server_a_killed_job_started_again_is_one_finished_run(
+    mlflow_server: str, tmp_path: Path
+) -> None:
+    """The same over HTTP: the killed process's journal is sent to the server by the job
+    started again, before its own steps."""
+    from mlflow import MlflowClient
+
+    experiment = f"slurm-{tmp_path.name}"
+    config = (
+        f"server:\n  mlflow_tracking_uri: {mlflow_server}\n"
+        f"tracking:\n  experiment:\n    name: {experiment}\n  run:\n    resume: must\n"
+    )
+    root = project_folder(tmp_path / "proj", name="slurm", config=config)
+    env = {"TRACKCFG_TRACKING__RUN__KEY": "job-99"}
+    first = start_job(root, 0, 100_000, {**env, "TRACKCFG_TRACKING__RUN__RESUME": "allow"})
+    run_id, returned = kill_after(first, 500)
+
+    again = start_job(root, 1000, 100, env)
+    out, err = again.communicate(timeout=WATCHDOG)
+    assert again.returncode == 0, err
+    assert out.splitlines()[0].split() == ["RUN", run_id, "True"]
+    client = MlflowClient(tracking_uri=mlflow_server)
+    (run,) = client.search_runs([client.get_run(run_id).info.experiment_id])
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+    assert len(steps) == len(set(steps)), "a point arrived twice"
+    assert set(range(returned + 1)) | set(range(1000, 1100)) <= set(steps)
+
+
 def test_resume_running_by_id_sends_the_killed_journal_and_a_later_sync_keeps_it_finished(
     tmp_path: Path, migrated_sqlite_db: Path
 ) -> None:

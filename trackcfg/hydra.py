@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,8 @@ class TrackcfgCallback(Callback):
         if sweep is not None:  # a job in the sweep's own process (Hydra's basic launcher)
             session = sweep.child(",".join(overrides) or f"{job}#{number}", params=params)
         else:
-            for key, value in self._worker_env.items():  # a worker process of the sweep
-                os.environ.setdefault(key, value)
+            # A worker process of the sweep (a reused one may hold an earlier sweep's).
+            os.environ.update(self._worker_env)
             name = job
             if os.environ.get(PARENT_RUN_ENV) and overrides:
                 name = ",".join(overrides)
@@ -148,9 +149,12 @@ class TrackcfgCallback(Callback):
 
     def _end_left_open(self) -> None:
         """At exit, runs Hydra never reported the end of (a job or sweep stopped by an
-        exception Hydra does not catch) end FAILED instead of staying RUNNING."""
-        left = RuntimeError("the Hydra job or sweep did not end")
+        exception Hydra does not catch) end with that exception's status (KILLED for Ctrl-C),
+        FAILED when it is not known, instead of staying RUNNING."""
+        error = getattr(sys, "last_value", None)  # set when an uncaught exception was printed
+        if not isinstance(error, BaseException):
+            error = RuntimeError("the Hydra job or sweep did not end")
         for session in (self._job, self._sweep):
             if session is not None:
-                session.__exit__(RuntimeError, left, None)
+                session.__exit__(type(error), error, None)
         self._job = self._sweep = None
