@@ -412,3 +412,39 @@ def test_show_and_check_say_which_run_a_start_would_continue(
     assert f"[ ok ] run: a start would continue run {run_id} (FINISHED, tracking.run.key " in (
         cli("check", cwd=root)
     )
+
+
+def test_tracked_calls_with_a_key_continue_one_run(
+    tmp_path: Path, migrated_sqlite_db: Path
+) -> None:
+    """``@tracked`` goes through the same session: two calls with the key are one run."""
+    from mlflow import MlflowClient
+
+    from trackcfg import tracked
+
+    config = (
+        "tracking:\n  run:\n    resume: allow\n    key: epoch-loop\n  logging:\n    mode: sync\n"
+    )
+    root = project_folder(
+        tmp_path / "proj", name="tracked", config=config, store=migrated_sqlite_db
+    )
+
+    @tracked(config=root / "mlflow.yml", params=["lr"])
+    def train(epoch: int, lr: float = 0.1) -> str:
+        import mlflow
+
+        mlflow.log_metric("loss", 1.0 / (epoch + 1), step=epoch)
+        active = mlflow.active_run()
+        assert active is not None
+        return str(active.info.run_id)
+
+    first, second = train(0), train(1)
+    assert first == second
+    client = MlflowClient(tracking_uri=store_uri(root))
+    run = client.get_run(first)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[RUN_KEY_TAG] == "epoch-loop"
+    assert [m.step for m in client.get_metric_history(first, "loss")] == [0, 1]
+    assert run.data.params == {"lr": "0.1"}
+    with pytest.raises(RunError, match=r"params differ .*'lr': logged '0.1', now '0.2'"):
+        train(2, lr=0.2)
