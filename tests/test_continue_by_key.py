@@ -22,7 +22,14 @@ import pytest
 from fakes import FakeStore
 from helpers import project_folder, store_uri, subprocess_env
 
-from trackcfg import RunError, TrackingConfig, TrackingSession, _state, load_config
+from trackcfg import (
+    ConfigError,
+    RunError,
+    TrackingConfig,
+    TrackingSession,
+    _state,
+    load_config,
+)
 from trackcfg._backend import RunStatus
 from trackcfg._journal import open_journal
 from trackcfg._params import MetricPoint
@@ -59,6 +66,58 @@ def session(config: TrackingConfig, store: FakeStore, **kwargs: Any) -> Tracking
 
 def keyed(root: Path, resume: str, key: str = "job-17", **more: Any) -> TrackingConfig:
     return fake_config(root, **{"tracking.run.resume": resume, "tracking.run.key": key, **more})
+
+
+# ---------------------------------------------------------------------------------------------
+# The keys, checked when the config loads.
+
+
+@pytest.mark.parametrize(
+    ("run_yaml", "line", "message"),
+    [
+        (
+            '    key: "it\'s"\n',
+            3,
+            "'tracking.run.key': must not hold quotes, backslashes or control characters, "
+            'got "it\'s"',
+        ),
+        ("    key: ''\n", 3, "'tracking.run.key': must not be empty (or null: no key)"),
+        (
+            "    resume: allow\n",
+            3,
+            "'tracking.run.resume': is 'allow' but tracking.run.key is not set: set the key the "
+            "run is found by (TRACKCFG_TRACKING__RUN__KEY), or resume: never",
+        ),
+        (
+            "    key: k\n    id: abc\n    resume: must\n",
+            5,
+            "'tracking.run.resume': is 'must' and tracking.run.id is set too: continue a run "
+            "either by its id or by tracking.run.key, not both",
+        ),
+        (
+            "    resume: sometimes\n",
+            3,
+            "'tracking.run.resume': must be one of 'never', 'allow', 'must', got 'sometimes'",
+        ),
+    ],
+)
+def test_bad_resume_settings_are_config_errors_with_file_and_line(
+    root: Path, run_yaml: str, line: int, message: str
+) -> None:
+    file = root / "mlflow.yml"
+    file.write_text(f"tracking:\n  run:\n{run_yaml}")
+    with pytest.raises(ConfigError) as raised:
+        load_config(file)
+    assert f"{file}:{line}: {message}" in str(raised.value)
+
+
+def test_the_key_comes_from_its_environment_twin(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRACKCFG_TRACKING__RUN__KEY", "12345")
+    (root / "mlflow.yml").write_text("tracking:\n  run:\n    resume: must\n")
+    run = load_config(root / "mlflow.yml").tracking.run
+    assert (run.key, run.resume.value) == ("12345", "must")
 
 
 # ---------------------------------------------------------------------------------------------
