@@ -61,7 +61,7 @@ from . import _state
 from ._artifacts import artifact_places, check_artifact_path, dict_text
 from ._backend import Backend, BackendFactory, RunRef, RunStatus, open_backend
 from ._buffer import BufferedRun, LoggingSettings
-from ._config import LoggingMode, RankPolicy, ResumePolicy, TrackingConfig
+from ._config import LoggingMode, RankPolicy, TrackingConfig
 from ._discovery import find_project_root
 from ._env import EnvSnapshot
 from ._headers import header_provider
@@ -104,7 +104,7 @@ from ._store import (
     with_connect_timeout,
 )
 from ._sync import journal_folder, sync_journals
-from ._takeover import find_keyed_run, mark_continued, take_over
+from ._takeover import keyed_run_to_continue, mark_continued, no_keyed_experiment, take_over
 from ._workers import (
     PARENT_RUN_ENV,
     activate_inherited_run,
@@ -650,8 +650,8 @@ class TrackingSession:
                 # experiment (MLflow shows children only there), without a lookup request.
                 self._experiment_id = os.environ["MLFLOW_EXPERIMENT_ID"]
             else:
-                if active is None:
-                    self._refuse_missing_keyed_experiment(backend)
+                if active is None:  # resume: must, and no experiment: before creating one
+                    no_keyed_experiment(backend, self.experiment_name, run_cfg, self._shown_store())
                 self._experiment_id = self._experiment(backend)
         if self._shared is not None:
             _state.share_store(self._shared, backend, self._experiment_id)
@@ -664,16 +664,12 @@ class TrackingSession:
         key = run_cfg.key if where is Placement.NEW else None
         if key is not None:  # only a top-level run carries it: the key finds that run
             inputs = attrs.evolve(inputs, tags={**inputs.tags, RUN_KEY_TAG: key})
-            if run_cfg.resume is not ResumePolicy.NEVER:
-                decision, found = find_keyed_run(
-                    backend, self._experiment_id, key, run_cfg.resume, inputs.prepared.params
-                )
-                if decision.refusal is not None:
-                    raise decision.refusal.error(self._shown_store())
-                if found is not None:
-                    self._continue(backend, found.id, found.experiment_id, found.params)
-                    logger.info("continuing run %s (tracking.run.key %r)", found.id, key)
-                    return inputs.tags
+            found = keyed_run_to_continue(
+                backend, self._experiment_id, run_cfg, inputs.prepared.params, self._shown_store()
+            )
+            if found is not None:
+                self._continue(backend, found.id, found.experiment_id, found.params)
+                return inputs.tags
         ref = backend.start_run(
             experiment_id=self._experiment_id,
             name=run_cfg.name if parent is None and run_cfg.name else self._name,
@@ -685,19 +681,6 @@ class TrackingSession:
 
     def _shown_store(self) -> str:
         return mask_uri(self.tracking_uri)
-
-    def _refuse_missing_keyed_experiment(self, backend: Backend) -> None:
-        """``tracking.run.resume: must`` with no experiment to look in: refused before the
-        experiment is created."""
-        run_cfg = self._config.tracking.run
-        if (
-            run_cfg.resume is ResumePolicy.MUST
-            and run_cfg.key is not None
-            and backend.get_experiment(self.experiment_name) is None
-        ):
-            decision, _ = find_keyed_run(backend, None, run_cfg.key, run_cfg.resume, {})
-            assert decision.refusal is not None
-            raise decision.refusal.error(self._shown_store())
 
     def _experiment(self, backend: Backend) -> str:
         settings = self._config.tracking.experiment

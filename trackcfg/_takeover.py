@@ -13,16 +13,23 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from ._backend import Backend, BackendFactory, RunDetails
-from ._config import ResumePolicy
+from ._config import ResumePolicy, RunConfig
 from ._params import Batch
 from ._rules import CONTINUED_TAG, KeyedRun, key_filter, keyed_run
 from ._sync import sync_journals
 from .exceptions import RunError
 
-__all__ = ["find_keyed_run", "mark_continued", "take_over"]
+__all__ = [
+    "find_keyed_run",
+    "keyed_run_to_continue",
+    "mark_continued",
+    "no_keyed_experiment",
+    "take_over",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +39,7 @@ def find_keyed_run(
     experiment_id: str | None,
     key: str,
     policy: ResumePolicy,
-    params: dict[str, str],
+    params: Mapping[str, str],
 ) -> tuple[KeyedRun, RunDetails | None]:
     """What ``tracking.run.resume`` does for ``key`` in the experiment (None: it does not
     exist yet), and the run it continues."""
@@ -40,6 +47,36 @@ def find_keyed_run(
     decision = keyed_run(key, policy, found, params)
     run = next((r for r in found or () if r.id == decision.run_id), None)
     return decision, run
+
+
+def keyed_run_to_continue(
+    backend: Backend,
+    experiment_id: str,
+    run: RunConfig,
+    params: Mapping[str, str],
+    store: str,
+) -> RunDetails | None:
+    """The run ``tracking.run.resume`` continues in the experiment (None: a new run); its
+    refusal raised (``store``: the masked URI the message names)."""
+    if run.key is None or run.resume is ResumePolicy.NEVER:
+        return None
+    decision, found = find_keyed_run(backend, experiment_id, run.key, run.resume, params)
+    if decision.refusal is not None:
+        raise decision.refusal.error(store)
+    if found is not None:
+        logger.info("continuing run %s (tracking.run.key %r)", found.id, run.key)
+    return found
+
+
+def no_keyed_experiment(backend: Backend, name: str, run: RunConfig, store: str) -> None:
+    """``resume: must`` and the experiment ``name`` does not exist: refused before it is
+    created."""
+    if run.resume is not ResumePolicy.MUST or run.key is None:
+        return
+    if backend.get_experiment(name) is None:
+        decision, _ = find_keyed_run(backend, None, run.key, run.resume, {})
+        assert decision.refusal is not None
+        raise decision.refusal.error(store)
 
 
 def take_over(
