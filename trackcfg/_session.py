@@ -17,7 +17,9 @@ Entering a session, in this order (nothing reaches the store before steps 1-2 pa
    ``run.id``: the run's own experiment is used);
 5. the run: ``run.id`` → that run, reopened (a RUNNING one is refused unless
    ``run.resume_running``, and a param whose logged value differs is refused, both leaving the
-   run untouched; the run is never renamed); an active run (this task's or thread's, or
+   run untouched; the run is never renamed); ``run.resume`` with ``run.key`` → the latest
+   run tagged with the key, continued the same way (``_takeover``; what a killed writer
+   journaled on this machine is sent first); an active run (this task's or thread's, or
    ``MLFLOW_RUN_ID``) → a child run when ``run.nested``, else the session attaches to it;
    otherwise a new run named ``run.name`` or the session name.  It becomes MLflow's active
    run in this asyncio task or thread (each has a stack of its own while sessions are open),
