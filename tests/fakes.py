@@ -24,7 +24,9 @@ the same behaviours on real stores.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import re
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -70,6 +72,9 @@ MLFLOW3_LIMITS = Limits(
 ``int(1e6)``), what ``trackcfg._mlflow.mlflow_limits()`` reads there."""
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
+_START_TIMES = itertools.count(1_700_000_000_000)
+#: The one filter form the fake understands: a tag equal to a value.
+_TAG_FILTER = re.compile(r"^tags\.`(?P<key>[^`]+)` = '(?P<value>[^']*)'$")
 RUN_NAME_TAG = "mlflow.runName"
 
 
@@ -95,6 +100,8 @@ class FakeRun:
     metrics: list[MetricPoint] = dataclasses.field(default_factory=list)
     artifacts: dict[str, str] = dataclasses.field(default_factory=dict)
     """Artifact path → its text (``log_dict``: JSON; ``log_artifact``: the file's text)."""
+    start_time: int = dataclasses.field(default_factory=lambda: next(_START_TIMES))
+    """Increasing in creation order (MLflow: ms, which ties within one ms)."""
 
     @property
     def user_tags(self) -> dict[str, str]:
@@ -109,6 +116,7 @@ class FakeRun:
             status=self.status,
             deleted=self.deleted,
             params=dict(self.params),
+            tags=dict(self.tags),
         )
 
 
@@ -162,6 +170,9 @@ class FakeStore:
     def silence(self, tracking_uri: str, timeout: float) -> str | None:
         self.record("silence", tracking_uri)
         return self.silent
+
+    def prepare_local_store(self, tracking_uri: str, artifact_root: str) -> None:
+        self.record("prepare_local_store", tracking_uri, artifact_root)
 
     # ---------------------------------------------------------------- calls and failures
 
@@ -573,7 +584,27 @@ class FakeBackend:
             ]
 
     def search_runs(self, experiment_ids: Sequence[str], filter_string: str) -> list[RunDetails]:
-        raise NotImplementedError("the fake store does not search runs")
+        self._call("search_runs", tuple(experiment_ids), filter_string)
+        match = _TAG_FILTER.match(filter_string)
+        if match is None:
+            raise NotImplementedError(f"the fake store does not search by {filter_string!r}")
+        with self.store.lock:
+            return [
+                RunDetails(
+                    id=run.id,
+                    experiment_id=run.experiment_id,
+                    name=run.name,
+                    status=run.status,
+                    start_time=run.start_time,
+                    end_time=None,
+                    tags=dict(run.tags),
+                    params=dict(run.params),
+                )
+                for run in self.store.runs.values()
+                if run.experiment_id in experiment_ids
+                and not run.deleted
+                and run.tags.get(match["key"]) == match["value"]
+            ]
 
     def create_run(
         self,

@@ -354,6 +354,7 @@ def test_show_json_shape(configured: Path) -> None:
     assert data["resolved"] == {
         "tracking_uri": f"sqlite:///{configured / 'mlruns' / 'mlflow.db'}",
         "experiment_name": "from-local",
+        "run": "a new run",
     }
     assert data["credentials"] == {
         "name": "my_store",

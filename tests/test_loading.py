@@ -12,7 +12,7 @@ import pytest
 from helpers import line_of, project_folder, run_python, write
 
 from trackcfg import ConfigError, LongParamsStrategy, TrackcfgError, TrackingConfig, load_config
-from trackcfg._config import LoggingMode, OfflineMode, RankPolicy
+from trackcfg._config import LoggingMode, OfflineMode, RankPolicy, ResumePolicy
 from trackcfg._discovery import find_project_root
 
 
@@ -68,6 +68,8 @@ SCHEMA_DEFAULTS: dict[str, Any] = {
     "tracking.run.nested": True,
     "tracking.run.ranks": RankPolicy.ZERO,
     "tracking.run.resume_running": False,
+    "tracking.run.resume": ResumePolicy.NEVER,
+    "tracking.run.key": None,
     "tracking.params.dict_params.flatten": False,
     "tracking.params.dict_params.recursive": True,
     "tracking.params.dict_params.sep": ".",

@@ -47,6 +47,7 @@ from trackcfg import (
 )
 from trackcfg._backend import RunStatus
 from trackcfg._params import DEFAULT_LIMITS
+from trackcfg._rules import CONTINUED_TAG
 from trackcfg._workers import RANK_VARIABLES
 
 PROJECT = "decisions-project"
@@ -542,8 +543,9 @@ def test_resume_reopens_the_run_ends_it_with_the_status_and_never_renames_it(
     assert run.params == {"lr": "0.1"}
     assert list(store.runs) == [run_id]
     assert store.experiment_named(PROJECT) is None  # the configured one is not looked up
-    # The same param value is not sent again: only the metric went out.
-    assert [batch.params for batch in store.batches()] == [()]
+    # The same param value is not sent again: only the continuation's tag and the metric.
+    assert [batch.params for batch in store.batches()] == [(), ()]
+    assert [key for key, _ in store.batches()[0].tags] == [CONTINUED_TAG]
 
 
 def test_resume_with_a_conflicting_param_raises_before_the_run_is_touched(

@@ -203,6 +203,11 @@ class BackendFactory(Protocol):
         apply (not a server)."""
         ...
 
+    def prepare_local_store(self, tracking_uri: str, artifact_root: str) -> None:
+        """Before a local store is first used: its experiment 0 keeps its artifacts under
+        ``artifact_root`` (MLflow would put them under the CWD)."""
+        ...
+
 
 @attrs.frozen
 class _MlflowFactory:
@@ -220,6 +225,11 @@ class _MlflowFactory:
         from ._offline import server_silence
 
         return server_silence(tracking_uri, timeout)
+
+    def prepare_local_store(self, tracking_uri: str, artifact_root: str) -> None:
+        from ._mlflow import prepare_local_store
+
+        prepare_local_store(tracking_uri, artifact_root)
 
 
 #: The real backends (MLflow's).  Imports mlflow on first use, never before.

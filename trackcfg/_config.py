@@ -34,6 +34,7 @@ __all__ = [
     "ParamsConfig",
     "RankPolicy",
     "RequestHeaderProviderConfig",
+    "ResumePolicy",
     "RunConfig",
     "ServerConfig",
     "Source",
@@ -100,6 +101,40 @@ def _masked_or_none(uri: str | None) -> str:
 def _port_range(_inst: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
     if value is not None and not 0 <= value <= 65535:
         raise InvalidFieldError(attribute.name, f"must be between 0 and 65535, got {value}")
+
+
+class ResumePolicy(enum.Enum):
+    """``tracking.run.resume``: whether a session continues the run of its ``run.key``."""
+
+    NEVER = "never"
+    """A new run every time (the key is only tagged)."""
+    ALLOW = "allow"
+    """The latest run of the experiment tagged with the key (any status, not deleted) is
+    continued; a new run when there is none."""
+    MUST = "must"
+    """As ``allow``, but no such run is a ``RunError`` before anything is created."""
+
+
+#: Characters a run key may not hold: it is matched in MLflow's search filter, quoted.
+_KEY_FORBIDDEN = frozenset("'\"`\\")
+_KEY_MOST = 250
+
+
+def _run_key(_inst: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is None:
+        return
+    if not value.strip():
+        raise InvalidFieldError(attribute.name, "must not be empty (or null: no key)")
+    if len(value) > _KEY_MOST:
+        raise InvalidFieldError(
+            attribute.name, f"must be at most {_KEY_MOST} characters, got {len(value)}"
+        )
+    bad = sorted({c for c in value if c in _KEY_FORBIDDEN or not c.isprintable()})
+    if bad:
+        raise InvalidFieldError(
+            attribute.name,
+            f"must not hold quotes, backslashes or control characters, got {value!r}",
+        )
 
 
 class OfflineMode(enum.Enum):
@@ -191,6 +226,27 @@ class RunConfig:
     """Inside an active run: start a child run (``True``) or log into the active run."""
     ranks: RankPolicy = RankPolicy.ZERO
     """Distributed jobs: ``zero`` (only rank 0 logs) or ``all``."""
+    resume: ResumePolicy = ResumePolicy.NEVER
+    """``never``, ``allow`` or ``must``: see ``ResumePolicy`` (needs ``key``)."""
+    key: str | None = attrs.field(default=None, validator=_run_key)
+    """The job's own name for its run (``$SLURM_JOB_ID``), tagged ``trackcfg.run.key``: what
+    ``resume`` looks the run up by."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.resume is ResumePolicy.NEVER:
+            return
+        if self.key is None:
+            raise InvalidFieldError(
+                "resume",
+                f"is {self.resume.value!r} but tracking.run.key is not set: set the key the "
+                "run is found by (TRACKCFG_TRACKING__RUN__KEY), or resume: never",
+            )
+        if self.id is not None:
+            raise InvalidFieldError(
+                "resume",
+                f"is {self.resume.value!r} and tracking.run.id is set too: continue a run "
+                "either by its id or by tracking.run.key, not both",
+            )
 
 
 @attrs.frozen(kw_only=True)

@@ -89,6 +89,7 @@ class RunRef:
     status: RunStatus = RunStatus.RUNNING
     deleted: bool = False
     params: Mapping[str, str] = attrs.field(factory=dict)
+    tags: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen(kw_only=True)

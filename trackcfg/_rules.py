@@ -8,37 +8,49 @@ the environment, the store or the clock; callers pass in what they found.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import attrs
 
-from ._config import ExperimentConfig, OfflineMode, RankPolicy, TrackingConfig
-from ._records import ExperimentRef, RunRef, RunStatus
+from ._config import ExperimentConfig, OfflineMode, RankPolicy, ResumePolicy, TrackingConfig
+from ._records import ExperimentRef, RunDetails, RunRef, RunStatus
 from .exceptions import ExperimentError, RunError, TrackcfgError
 
 __all__ = [
+    "CONTINUED_TAG",
     "OFFLINE_DESTINATION_TAG",
+    "RUN_KEY_TAG",
     "TRUTHY",
     "ExperimentAction",
     "ExperimentPlan",
+    "KeyedRun",
     "Offline",
     "Placement",
     "Refusal",
     "attach_refusal",
     "changed_params",
+    "continued_since",
     "disabled_reason",
     "experiment_plan",
+    "key_filter",
+    "keyed_run",
     "named_run_refusal",
     "offline_decision",
     "offline_refusal",
     "placement",
     "resume_refusal",
+    "run_intent",
 ]
 
 TRUTHY = frozenset({"1", "true", "yes", "on"})
 #: The tag of an offline run (and of its children): where ``trackcfg sync`` uploads it, the
 #: destination's tracking URI as the session resolved it, password masked.
 OFFLINE_DESTINATION_TAG = "trackcfg.offline.destination"
+#: The tag holding ``tracking.run.key``: what ``tracking.run.resume`` finds a run by.
+RUN_KEY_TAG = "trackcfg.run.key"
+#: When a session last continued the run (epoch ms): a journal written before that belongs to
+#: an earlier process, and ``trackcfg sync`` leaves the run's end to the later session.
+CONTINUED_TAG = "trackcfg.run.continued"
 
 
 @attrs.frozen
@@ -159,6 +171,95 @@ def resume_refusal(
             "MLflow params are immutable; start a new run (tracking.run.id: null) instead",
         )
     return None
+
+
+def key_filter(key: str) -> str:
+    """MLflow's search filter for the runs tagged with ``key`` (validated by the config:
+    it holds no quote)."""
+    return f"tags.`{RUN_KEY_TAG}` = '{key}'"
+
+
+@attrs.frozen
+class KeyedRun:
+    """What ``tracking.run.resume`` does: continue ``run_id``, start a new run (None), or
+    nothing (``refusal``)."""
+
+    run_id: str | None
+    summary: str
+    refusal: Refusal | None = None
+    status: RunStatus | None = None  # the continued run's status before it is continued
+
+
+def keyed_run(
+    key: str,
+    policy: ResumePolicy,
+    found: Sequence[RunDetails] | None,
+    params: Mapping[str, str],
+) -> KeyedRun:
+    """The run ``tracking.run.key`` names: the latest by start time of ``found`` (the
+    experiment's runs tagged with the key, deleted ones left out; None: the experiment does
+    not exist yet), given the session's ``params``.  A RUNNING one is continued too (a killed
+    job's run): what its writer left on this machine is sent first, by the session."""
+    runs = sorted(found or (), key=lambda run: (run.start_time or 0, run.id))
+    if not runs:
+        if policy is ResumePolicy.MUST:
+            return KeyedRun(
+                None,
+                "",
+                Refusal(
+                    f"no run of the experiment has tracking.run.key {key!r} and "
+                    "tracking.run.resume is 'must'",
+                    "check the key (TRACKCFG_TRACKING__RUN__KEY) and the experiment, or set "
+                    "tracking.run.resume: allow to start a new run",
+                ),
+            )
+        return KeyedRun(None, f"a new run tagged {RUN_KEY_TAG}={key!r} (none has it yet)")
+    latest = runs[-1]
+    changed = changed_params(latest.params, params)
+    if changed:
+        return KeyedRun(
+            None,
+            "",
+            Refusal(
+                f"cannot continue run {latest.id!r} (tracking.run.key {key!r}): params differ "
+                f"from the ones it logged ({changed})",
+                "MLflow params are immutable; use another tracking.run.key, or "
+                "tracking.run.resume: never for a new run",
+            ),
+        )
+    return KeyedRun(
+        latest.id,
+        f"continue run {latest.id} ({latest.status.value}, tracking.run.key {key!r})",
+        status=latest.status,
+    )
+
+
+def run_intent(config: TrackingConfig) -> str:
+    """What a top-level session would do about its run, said without asking the store
+    (``trackcfg show``; ``trackcfg check`` says which run, having asked)."""
+    run = config.tracking.run
+    if run.id:
+        return f"continue run {run.id} (tracking.run.id)"
+    if run.key is None:
+        return "a new run"
+    tagged = f"{RUN_KEY_TAG}={run.key!r}"
+    if run.resume is ResumePolicy.NEVER:
+        return f"a new run tagged {tagged} (tracking.run.resume: never)"
+    otherwise = "a new run" if run.resume is ResumePolicy.ALLOW else "an error"
+    return (
+        f"continue the latest run of the experiment tagged {tagged}, else {otherwise} "
+        f"(tracking.run.resume: {run.resume.value})"
+    )
+
+
+def continued_since(tags: Mapping[str, str], created: object) -> bool:
+    """Whether the run (its ``tags``) was continued by a session after a journal was
+    ``created`` (epoch ms, from its header): its end is that later session's."""
+    try:
+        continued = int(tags.get(CONTINUED_TAG, "0"))
+    except ValueError:
+        return False
+    return isinstance(created, int) and continued > created
 
 
 def attach_refusal(

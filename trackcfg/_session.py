@@ -17,7 +17,9 @@ Entering a session, in this order (nothing reaches the store before steps 1-2 pa
    ``run.id``: the run's own experiment is used);
 5. the run: ``run.id`` → that run, reopened (a RUNNING one is refused unless
    ``run.resume_running``, and a param whose logged value differs is refused, both leaving the
-   run untouched; the run is never renamed); an active run (this task's or thread's, or
+   run untouched; the run is never renamed); ``run.resume`` with ``run.key`` → the latest
+   run tagged with the key, continued the same way (``_takeover``; what a killed writer
+   journaled on this machine is sent first); an active run (this task's or thread's, or
    ``MLFLOW_RUN_ID``) → a child run when ``run.nested``, else the session attaches to it;
    otherwise a new run named ``run.name`` or the session name.  It becomes MLflow's active
    run in this asyncio task or thread (each has a stack of its own while sessions are open),
@@ -81,6 +83,7 @@ from ._params import (
 )
 from ._rules import (
     OFFLINE_DESTINATION_TAG,
+    RUN_KEY_TAG,
     ExperimentAction,
     Offline,
     Placement,
@@ -102,6 +105,7 @@ from ._store import (
     with_connect_timeout,
 )
 from ._sync import journal_folder, sync_journals
+from ._takeover import keyed_run_to_continue, mark_continued, no_keyed_experiment, take_over
 from ._workers import (
     PARENT_RUN_ENV,
     activate_inherited_run,
@@ -199,6 +203,7 @@ class TrackingSession:
         self._hand_on_sigterm = False
         self._sigterms_before = 0  # SIGTERMs the trap had seen when the session was entered
         self._held_run: str | None = None  # the run it owns among the open sessions' runs
+        self._resumed = False  # it continued an existing run (run.id or run.key)
         self._logged_params: dict[str, str] = {}
         self._metric_keys: dict[str, str] = {}  # final metric key -> key as written
         self._named_run: RunRef | None = None  # looked up by _external_active_run
@@ -250,6 +255,12 @@ class TrackingSession:
     @property
     def experiment_id(self) -> str | None:
         return self._experiment_id
+
+    @property
+    def resumed(self) -> bool:
+        """Whether the session continued an existing run (``tracking.run.id``, or
+        ``tracking.run.resume`` found the run of ``tracking.run.key``)."""
+        return self._resumed
 
     @property
     def project_root(self) -> Path:
@@ -599,6 +610,8 @@ class TrackingSession:
         )
         if location.local_folder is not None:
             location.local_folder.mkdir(parents=True, exist_ok=True)
+            if location.artifact_root is not None:  # experiment 0's artifacts go there too
+                self._backend_factory.prepare_local_store(tracking_uri, location.artifact_root)
         self._backend = self._backend_factory(tracking_uri, registry)
         return self._backend
 
@@ -622,6 +635,8 @@ class TrackingSession:
                 # experiment (MLflow shows children only there), without a lookup request.
                 self._experiment_id = os.environ["MLFLOW_EXPERIMENT_ID"]
             else:
+                if active is None:  # resume: must, and no experiment: before creating one
+                    no_keyed_experiment(backend, self.experiment_name, run_cfg, self._shown_store())
                 self._experiment_id = self._experiment(backend)
         if self._shared is not None:
             _state.share_store(self._shared, backend, self._experiment_id)
@@ -631,6 +646,15 @@ class TrackingSession:
             self._attach(backend, active)
             return inputs.tags
         assert self._experiment_id is not None
+        key = run_cfg.key if where is Placement.NEW else None
+        if key is not None:  # only a top-level run carries it: the key finds that run
+            inputs = attrs.evolve(inputs, tags={**inputs.tags, RUN_KEY_TAG: key})
+            found = keyed_run_to_continue(
+                backend, self._experiment_id, run_cfg, inputs.prepared.params, self._shown_store()
+            )
+            if found is not None:
+                self._continue(backend, found.id, found.experiment_id, found.params)
+                return inputs.tags
         ref = backend.start_run(
             experiment_id=self._experiment_id,
             name=run_cfg.name if parent is None and run_cfg.name else self._name,
@@ -726,12 +750,28 @@ class TrackingSession:
         if refusal is not None:
             raise refusal.error(self._shown_store())
         assert existing is not None
-        self._experiment_id = existing.experiment_id
-        self._logged_params.update(existing.params)
+        self._continue(backend, run_id, existing.experiment_id, existing.params)
+
+    def _continue(
+        self, backend: Backend, run_id: str, experiment_id: str, params: Mapping[str, str]
+    ) -> None:
+        """Reopen a run (``run.id``, or found by ``run.key``), after what a killed process
+        left of it in this project's journal folder is sent (``_takeover``)."""
+        take_over(
+            journal_folder(self._config.tracking.logging.journal_dir, self.project_root),
+            run_id,
+            tracking_uri=self.tracking_uri,
+            shown_uri=self._shown_store(),
+            factory=self._backend_factory,
+        )
+        mark_continued(backend, run_id)
+        self._experiment_id = experiment_id
+        self._logged_params.update(params)
         assert self._shared is not None
-        _state.share_store(self._shared, backend, existing.experiment_id)
+        _state.share_store(self._shared, backend, experiment_id)
         backend.resume_run(run_id)
         self._run_id = self._started_run = run_id
+        self._resumed = True
 
     def _close(self, status: RunStatus, *, raising: bool) -> None:
         if self._closed:

@@ -11,7 +11,9 @@ step is acknowledged in the journal as it goes; the journal is deleted once all 
 
 A run that a live session owns (a journal of the run is locked, and its session ends the run:
 a killed job started again on the same run, ``tracking.run.id``) is not ended: its earlier
-journals are sent, and the live session ends the run.
+journals are sent, and the live session ends the run.  Nor is a run a session continued
+after the journal was written (its ``trackcfg.run.continued`` tag): that session ends it, or
+has ended it already.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ._journal import (
     run_id_of,
 )
 from ._params import Limits, MetricPoint, plan_batches
+from ._rules import continued_since
 from ._store import error_text, mask_uri, same_store, store_refusal
 from .exceptions import TrackcfgError
 
@@ -56,6 +59,7 @@ logger = logging.getLogger(__name__)
 JOURNAL_DIR = ".trackcfg/journal"
 TORN = "the last line was cut short (a crash mid-write); sent what precedes it"
 _LIVE_OWNER = "the run is still being logged by a running session, which ends it"
+_CONTINUED = "a later session continued the run since: its end is that session's"
 #: Records sent between two acknowledgements in the journal.
 _RECORDS_PER_STEP = 200
 
@@ -92,15 +96,24 @@ def sync_journals(
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
     skip: Sequence[str] = (),
+    continuing: str | None = None,
 ) -> list[SyncResult]:
     """Send every journal in ``folder`` written for the store ``shown_uri`` names (the masked
     URI journals record; the same store by ``same_store``) to ``tracking_uri``; ``progress``
-    is told how many records went each step."""
+    is told how many records went each step.  ``continuing``: only the journals of that run,
+    which a starting session continues (and so ends itself): what killed processes left of it
+    goes first, the run is not ended."""
     results: list[SyncResult] = []
     backend: Backend | None = None
     limits: Limits | None = None
-    paths = [path for path in pending_journals(folder) if run_id_of(path) not in skip]
+    paths = [
+        path
+        for path in pending_journals(folder)
+        if run_id_of(path) not in skip and continuing in (None, run_id_of(path))
+    ]
     owned = _owned_by_live_sessions(paths)
+    if continuing is not None:
+        owned.add(continuing)
     try:
         for path in paths:
             with claimed(path) as ours:
@@ -225,9 +238,10 @@ def _replay(
             if progress is not None:
                 progress(len(step))
         status = RunStatus(_end_status(contents))
-        if not end_run:
+        if not end_run or continued_since(run.tags, contents.header.get("created")):
             remove(path)
-            return attrs.evolve(_summary(contents, "sent"), end=None, detail=_LIVE_OWNER)
+            detail = _LIVE_OWNER if not end_run else _CONTINUED
+            return attrs.evolve(_summary(contents, "sent"), end=None, detail=detail)
         if run.status is RunStatus.RUNNING and contents.ends_run:
             end_time = contents.end[1] if contents.end is not None else _last_time(contents)
             backend.terminate(run_id, status, end_time)

@@ -16,10 +16,17 @@ from pathlib import Path
 import click
 
 from trackcfg import _backend
-from trackcfg._config import OfflineMode, TrackingConfig
+from trackcfg._config import OfflineMode, ResumePolicy, TrackingConfig
 from trackcfg._connect import plan_store
 from trackcfg._loading import load_config
-from trackcfg._rules import TRUTHY, experiment_plan, offline_refusal, resume_refusal
+from trackcfg._rules import (
+    TRUTHY,
+    experiment_plan,
+    keyed_run,
+    offline_refusal,
+    resume_refusal,
+    run_intent,
+)
 from trackcfg._store import StoreLocation, missing_driver
 from trackcfg.exceptions import ConfigError, TrackcfgError
 
@@ -178,6 +185,21 @@ def _target_item(config: TrackingConfig, name: str, lookup: Lookup | None) -> Ch
     return CheckItem(Status.OK, "experiment", plan.summary)
 
 
+def _keyed_item(config: TrackingConfig, lookup: Lookup | None) -> CheckItem | None:
+    """Which run ``tracking.run.resume`` would continue (the session's own rule), or None
+    when the config continues no run by key."""
+    run = config.tracking.run
+    if run.key is None or run.resume is ResumePolicy.NEVER or run.id:
+        return None
+    if lookup is None or lookup.error is not None or lookup.keyed is None:
+        return CheckItem(Status.SKIP, "run", f"{run_intent(config)}; runs not looked up")
+    # check does not know the params a run would log: only the runs are checked.
+    decision = keyed_run(run.key, run.resume, lookup.keyed, {})
+    if decision.refusal is not None:
+        return CheckItem(Status.FAIL, "run", decision.refusal.problem, decision.refusal.fix)
+    return CheckItem(Status.OK, "run", f"a start would {decision.summary}")
+
+
 def run_checks(
     path: Path | None, env: str | None, timeout: float, emit: Callable[[CheckItem], None]
 ) -> list[CheckItem]:
@@ -208,6 +230,7 @@ def run_checks(
     name = experiment_name(config, root)
     run_id = config.tracking.run.id or None
     experiment = None if run_id else name
+    key = config.tracking.run.key if config.tracking.run.resume is not ResumePolicy.NEVER else None
     scheme = urllib.parse.urlsplit(location.tracking_uri).scheme.split("+")[0].lower()
 
     lookup: Lookup | None = None
@@ -251,7 +274,7 @@ def run_checks(
         store_item, can_look = _check_local(location)
         add(store_item)
         if can_look:
-            lookup = backend_lookup(location, credentials_env, experiment, run_id)
+            lookup = backend_lookup(location, credentials_env, experiment, run_id, key=key)
         elif store_item.status is not Status.FAIL and not location.legacy_file_store:
             lookup = Lookup()  # a store created at the first run holds nothing yet
     elif scheme in ("http", "https"):
@@ -271,7 +294,9 @@ def run_checks(
             store_item = tcp_reachable(location.tracking_uri, timeout)
             add_store(store_item)
             if store_item.status is Status.OK:
-                lookup = backend_lookup(location, credentials_env, experiment, run_id, timeout)
+                lookup = backend_lookup(
+                    location, credentials_env, experiment, run_id, timeout, key=key
+                )
     else:
         add(
             CheckItem(
@@ -303,6 +328,9 @@ def run_checks(
         )
     add(credentials_item)
     add(_target_item(config, name, lookup))
+    keyed = _keyed_item(config, lookup)
+    if keyed is not None:
+        add(keyed)
     return _disable_item(items, add)
 
 

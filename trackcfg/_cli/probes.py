@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from trackcfg import _backend
-from trackcfg._backend import ExperimentRef, RunRef, RunStatus
+from trackcfg._backend import ExperimentRef, RunDetails, RunRef, RunStatus
 from trackcfg._env import exported
+from trackcfg._rules import key_filter
 from trackcfg._store import StoreLocation, mask_text, with_connect_timeout
 
 from ._common import DB_PORTS, CheckItem, Status, display_path, mask_uri
@@ -63,6 +64,8 @@ class Lookup:
     experiment: ExperimentRef | None = None
     run: RunRef | None = None
     error: str | None = None
+    keyed: tuple[RunDetails, ...] | None = None
+    """The experiment's runs tagged with ``tracking.run.key`` (None: not looked up)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,6 +133,7 @@ def backend_lookup(
     experiment: str | None,
     run_id: str | None,
     timeout: float | None = None,
+    key: str | None = None,
 ) -> Lookup:
     """Ask the store through MLflow itself: used for local and database stores only, which
     answer without MLflow's long HTTP retry loop.
@@ -142,7 +146,7 @@ def backend_lookup(
         variables["MLFLOW_ALLOW_FILE_STORE"] = "true"
     with exported(variables):
         if timeout is None:
-            return _ask(location.tracking_uri, experiment, run_id)
+            return _ask(location.tracking_uri, experiment, run_id, key)
         uri = with_connect_timeout(location.tracking_uri, math.ceil(timeout))
         tables = database_tables(uri, timeout)
         if isinstance(tables, str):
@@ -151,17 +155,23 @@ def backend_lookup(
             # Empty: MLflow sets it up at the first run (as for SQLite); MLflow's lookup would
             # set it up now, for seconds, which check must not do.
             return Lookup()
-        return _ask(uri, experiment, run_id)
+        return _ask(uri, experiment, run_id, key)
 
 
-def _ask(uri: str, experiment: str | None, run_id: str | None) -> Lookup:
+def _ask(uri: str, experiment: str | None, run_id: str | None, key: str | None) -> Lookup:
+    """``key``: also the experiment's runs tagged with it (``tracking.run.resume``)."""
     try:
         backend = _backend.open_backend(uri)
         try:
             if run_id is not None:
                 return Lookup(run=backend.get_run(run_id))
             assert experiment is not None
-            return Lookup(experiment=backend.get_experiment(experiment))
+            found = backend.get_experiment(experiment)
+            keyed = None
+            if key is not None:
+                ids = [found.id] if found is not None else []
+                keyed = tuple(backend.search_runs(ids, key_filter(key)) if ids else ())
+            return Lookup(experiment=found, keyed=keyed)
         finally:
             backend.close()
     except Exception as exc:  # the store's own error is the news: report it, do not crash

@@ -13,6 +13,7 @@ import click
 from trackcfg._config import Source, TrackingConfig
 from trackcfg._connect import plan_store
 from trackcfg._loading import load_config
+from trackcfg._rules import run_intent
 
 from ._common import (
     MASK,
@@ -99,6 +100,7 @@ def _show_data(config: TrackingConfig, env: str) -> dict[str, Any]:
         "resolved": {
             "tracking_uri": mask_uri(location.tracking_uri),
             "experiment_name": experiment_name(config, root),
+            "run": run_intent(config),
         },
         "credentials": credentials,
     }
@@ -123,7 +125,8 @@ def show(path: Path | None, env: str | None, as_json: bool) -> None:
        "keys": {"server.mlflow_tracking_uri":
                   {"value": "mlruns", "source": "file", "where": "conf/local/mlflow.yml:3"},
                 ...},          # source: default | file | env | override
-       "resolved": {"tracking_uri": "sqlite:///...", "experiment_name": "..."},
+       "resolved": {"tracking_uri": "sqlite:///...", "experiment_name": "...",
+                    "run": "a new run"},
        "credentials": null or {"name": "...", "file": "/abs/credentials.yml",
                                "keys": {"AWS_SECRET_ACCESS_KEY": "***"}}}
     """
@@ -153,6 +156,7 @@ def show(path: Path | None, env: str | None, as_json: bool) -> None:
     resolved = data["resolved"]
     click.echo(f"tracking store: {resolved['tracking_uri']}")
     click.echo(f"experiment: {resolved['experiment_name']}")
+    click.echo(f"run: {resolved['run']}")
     creds = data["credentials"]
     if creds is None:
         click.echo("credentials: none (server.credentials is null)")

@@ -10,6 +10,7 @@ message text), into trackcfg's own.  One concept a module:
 - ``_internals``: every MLflow internal relied on, listed and reached in one place;
 - ``_links``: the "View run" lines;
 - ``_headers``: ``server.request_header_provider`` in MLflow's registry;
+- ``_local_store``: experiment 0 of a local store keeps its artifacts in the store;
 - ``_models``: flavors, ``log_model``/``save_model``/``load_model`` for the Kedro datasets.
 
 SQLite's locks, which need no mlflow, are ``trackcfg/_sqlite_locks.py``.
@@ -24,6 +25,7 @@ from ._headers import (
     header_provider_class,
     remove_header_provider,
 )
+from ._local_store import prepare_local_store
 from ._models import (
     current_run,
     flavor_module,
@@ -45,6 +47,7 @@ __all__ = [
     "load_model",
     "log_model",
     "mlflow_limits",
+    "prepare_local_store",
     "python_model_class",
     "remove_header_provider",
     "save_model",

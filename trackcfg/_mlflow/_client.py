@@ -216,6 +216,7 @@ class MlflowBackend:
             status=RunStatus(run.info.status),
             deleted=run.info.lifecycle_stage == LifecycleStage.DELETED,
             params=dict(run.data.params),
+            tags=dict(run.data.tags),
         )
 
     def active_run_ids(self) -> list[str]:
