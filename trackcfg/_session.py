@@ -50,15 +50,24 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from . import _state
-from ._artifacts import artifact_places, check_artifact_path, dict_text
+from ._artifacts import (
+    LOGGED_ARTIFACTS_TAG,
+    artifact_places,
+    check_artifact_path,
+    dict_text,
+    logged_tables_tag,
+    table_frame,
+    write_figure,
+    write_table,
+)
 from ._backend import Backend, BackendFactory, RunRef, RunStatus, open_backend
 from ._buffer import BufferedRun, LoggingSettings
 from ._config import LoggingMode, RankPolicy, TrackingConfig
@@ -202,6 +211,7 @@ class TrackingSession:
         self._held_run: str | None = None  # the run it owns among the open sessions' runs
         self._logged_params: dict[str, str] = {}
         self._metric_keys: dict[str, str] = {}  # final metric key -> key as written
+        self._tables: dict[str, Any] = {}  # log_table's file -> its rows so far (DataFrame)
         self._named_run: RunRef | None = None  # looked up by _external_active_run
         self._buffer: BufferedRun | None = None  # tracking.logging.mode: buffered
         # server.offline: the destination (masked) of an offline session's run, and whether
@@ -891,6 +901,8 @@ class TrackingSession:
     # ------------------------------------------------------------------ logging
 
     def _live(self) -> tuple[Backend, str] | None:
+        if not self._entered:
+            raise RunError(f"session {self._name!r} has not started; log inside the with block")
         if not self._enabled or self._backend is None or self._run_id is None:
             return None
         if self._closed:
@@ -969,11 +981,19 @@ class TrackingSession:
     def log_metric(self, key: str, value: float, step: int | None = None) -> None:
         self.log_metrics({key: value}, step=step)
 
+    def log_param(self, key: str, value: Any) -> None:
+        """Log one param, as ``log_params({key: value})``."""
+        self.log_params({key: value})
+
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self._live() is None:
             return
         assert self._limits is not None
         self._send(tags=prepare_tags(tags, self._limits))
+
+    def set_tag(self, key: str, value: Any) -> None:
+        """Set one tag, as ``set_tags({key: value})``."""
+        self.set_tags({key: value})
 
     def log_artifact(self, path: str | _os.PathLike[str], artifact_path: str | None = None) -> None:
         """Copy the local file or folder ``path`` into the run's artifacts, under the folder
@@ -983,15 +1003,49 @@ class TrackingSession:
             return
         if artifact_path:
             check_artifact_path("log_artifact", "artifact_path", artifact_path)
+        source = Path(path)
+        if self._buffer is not None and not source.exists():
+            raise RunError(f"log_artifact: {source} does not exist")
+        self._log_files([source], artifact_path or None)
+
+    def log_artifacts(
+        self, local_dir: str | _os.PathLike[str], artifact_path: str | None = None
+    ) -> None:
+        """Copy everything in the local folder ``local_dir`` (subfolders included) into the
+        run's artifacts, under the folder ``artifact_path`` (default: the top)."""
+        if self._live() is None:
+            return
+        if artifact_path:
+            check_artifact_path("log_artifacts", "artifact_path", artifact_path)
+        folder = Path(local_dir)
+        if not folder.is_dir():
+            raise RunError(f"log_artifacts: {folder} is not a folder")
+        # Each entry as log_artifact logs it: a file by name, a subfolder with its content.
+        self._log_files(sorted(folder.iterdir()), artifact_path or None)
+
+    def _log_files(self, sources: list[Path], artifact_path: str | None) -> None:
+        """Files or folders into the run's folder ``artifact_path``, in one logging call."""
+        live = self._live()
+        if live is None:
+            return
         if self._buffer is not None:
             # A copy now: the caller may change or delete its file before the upload.
-            source = Path(path)
-            if not source.exists():
-                raise RunError(f"log_artifact: {source} does not exist")
-            kept = self._buffer.keep_file(source, source.name)
-            self._buffer.submit(artifacts=[(str(kept), artifact_path or None)])
+            kept = [(str(self._buffer.keep_file(s, s.name)), artifact_path) for s in sources]
+            self._buffer.submit(artifacts=kept)
             return
-        live[0].log_artifact(live[1], os.fspath(path), artifact_path)
+        for source in sources:
+            live[0].log_artifact(live[1], os.fspath(source), artifact_path)
+
+    def _log_written(self, artifact_file: str, write: Callable[[Path], None]) -> None:
+        """The artifact ``artifact_file``, as ``write`` writes it now into a scratch file."""
+        import tempfile  # here: `trackcfg --help` imports no temporary-file module
+
+        place = PurePosixPath(artifact_file)
+        with tempfile.TemporaryDirectory(prefix="trackcfg-") as scratch:
+            target = Path(scratch) / place.name
+            write(target)
+            folder = str(place.parent)
+            self._log_files([target], None if folder in ("", ".") else folder)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Write ``text`` as the artifact ``artifact_file`` (no temporary file to manage)."""
@@ -1014,6 +1068,28 @@ class TrackingSession:
             self._send(artifacts={artifact_file: dict_text(data, artifact_file)})
             return
         live[0].log_dict(live[1], data, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """Save a matplotlib or plotly ``figure`` as the artifact ``artifact_file`` (its
+        format from the name: ``.png``, ``.svg``, ``.html`` for plotly...), as MLflow's
+        ``log_figure`` does.  It is rendered now: drawing on it afterwards changes nothing."""
+        if self._live() is None:
+            return
+        check_artifact_path("log_figure", "artifact_file", artifact_file)
+        self._log_written(artifact_file, lambda target: write_figure(figure, target))
+
+    def log_table(self, data: Mapping[str, Any] | Any, artifact_file: str) -> None:
+        """Log a table (a dict of columns or a pandas DataFrame) as MLflow's ``log_table``
+        does: the artifact ``artifact_file`` (``.json`` or ``.parquet``), which
+        ``mlflow.load_table`` reads; logged again under the same name in this session, its
+        rows are added to the table's."""
+        if self._live() is None:
+            return
+        check_artifact_path("log_table", "artifact_file", artifact_file)
+        frame = table_frame(data, artifact_file, self._tables.get(artifact_file))
+        self._log_written(artifact_file, lambda target: write_table(frame, target))
+        self._tables[artifact_file] = frame
+        self.set_tags({LOGGED_ARTIFACTS_TAG: logged_tables_tag(self._tables)})
 
     # ------------------------------------------------------------------ workers, threads
 
