@@ -401,10 +401,14 @@ def test_without_kedro_the_import_names_the_extra_to_install() -> None:
     """
     result = run_python("-c", textwrap.dedent(script))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
-        'ModuleNotFoundError trackcfg.kedro needs Kedro, which is not installed: pip install '
-        '"trackcfg[kedro]"'
-    ] * 2
+    assert (
+        result.stdout.splitlines()
+        == [
+            "ModuleNotFoundError trackcfg.kedro needs Kedro, which is not installed: pip install "
+            '"trackcfg[kedro]"'
+        ]
+        * 2
+    )
 
 
 def test_kedro_trackcfg_init_writes_conf_env_mlflow_yml(project: Path) -> None:

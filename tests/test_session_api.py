@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # no display in tests
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped, import-not-found, unused-ignore]
 import pytest
 from helpers import project_folder
 from matplotlib.figure import Figure
@@ -108,8 +108,8 @@ def check_new_methods(client: MlflowClient, run_id: str, tmp_path: Path) -> None
     mlflow.set_tracking_uri(client.tracking_uri)
     table = client.load_table(run.info.experiment_id, "tables/t.json", run_ids=[run_id])
     assert table.to_dict(orient="list") == {"x": [1, 2, 3], "y": ["a", "b", "c"]}
-    raw = json.loads(Path(client.download_artifacts(run_id, "tables/t.json", str(dest))).read_text())
-    assert raw == {"columns": ["x", "y"], "data": [[1, "a"], [2, "b"], [3, "c"]]}
+    raw = Path(client.download_artifacts(run_id, "tables/t.json", str(dest))).read_text()
+    assert json.loads(raw) == {"columns": ["x", "y"], "data": [[1, "a"], [2, "b"], [3, "c"]]}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -212,12 +212,13 @@ def test_logging_outside_the_block_is_refused(
         session.log_param("a", 1)
     with session:
         pass
-    for call in (
+    calls: list[Callable[[], None]] = [
         lambda: session.set_tag("a", 1),
         lambda: session.log_artifacts(tmp_path),
         lambda: session.log_figure(figure, "f.png"),
         lambda: session.log_table({"x": [1]}, "t.json"),
-    ):
+    ]
+    for call in calls:
         with pytest.raises(RunError, match="session 'api' has ended; log inside the with block"):
             call()
 

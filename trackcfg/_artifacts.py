@@ -76,7 +76,7 @@ def write_figure(figure: Any, target: Path) -> None:
             figure.savefig(target)
             return
     if "plotly" in sys.modules:
-        import plotly.graph_objects
+        import plotly.graph_objects  # type: ignore[import-not-found, unused-ignore]
 
         if isinstance(figure, plotly.graph_objects.Figure):
             suffix = target.suffix
@@ -103,7 +103,7 @@ def table_frame(data: Any, artifact_file: str, earlier: Any = None) -> Any:
     frame = _frame(data, artifact_file)
     if earlier is None:
         return frame
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
     return pd.concat([earlier, frame], ignore_index=True)
 
@@ -115,7 +115,7 @@ def _frame(data: Any, artifact_file: str) -> Any:
             "(the formats mlflow.load_table reads)"
         )
     try:
-        import pandas as pd
+        import pandas as pd  # type: ignore[import-untyped, import-not-found, unused-ignore]
     except ImportError as exc:
         raise RunError("log_table needs pandas: pip install pandas") from exc
     if isinstance(data, pd.DataFrame):

@@ -157,6 +157,4 @@ def show(metadata: Any, env: str | None, as_json: bool) -> None:
 def check(metadata: Any, env: str | None, timeout: float) -> None:
     """Preflight: would `kedro run` start a tracked run with this configuration, read
     through Kedro's config loader? (see `trackcfg check --help`)."""
-    _cli.check.check_and_report(
-        None, env, timeout, load=lambda: _through_kedro(metadata, env)[0]
-    )
+    _cli.check.check_and_report(None, env, timeout, load=lambda: _through_kedro(metadata, env)[0])

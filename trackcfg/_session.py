@@ -72,6 +72,7 @@ from ._backend import Backend, BackendFactory, RunRef, RunStatus, open_backend
 from ._buffer import BufferedRun, LoggingSettings
 from ._config import LoggingMode, RankPolicy, TrackingConfig
 from ._discovery import find_project_root
+from ._endnote import offline_reminder, run_summary, wants_summary
 from ._env import EnvSnapshot
 from ._headers import header_provider
 from ._journal import open_journal
@@ -212,6 +213,7 @@ class TrackingSession:
         self._logged_params: dict[str, str] = {}
         self._metric_keys: dict[str, str] = {}  # final metric key -> key as written
         self._tables: dict[str, Any] = {}  # log_table's file -> its rows so far (DataFrame)
+        self._last_metrics: dict[str, tuple[float, int]] = {}  # key -> (value, step): summary
         self._named_run: RunRef | None = None  # looked up by _external_active_run
         self._buffer: BufferedRun | None = None  # tracking.logging.mode: buffered
         # server.offline: the destination (masked) of an offline session's run, and whether
@@ -327,8 +329,35 @@ class TrackingSession:
     ) -> None:
         if not self._enabled:
             return
-        self._close(self._status_for(exc), raising=exc is None)
+        status = self._status_for(exc)
+        self._close(status, raising=exc is None)
+        self._end_notes(status)
         self._hand_on(exc)
+
+    def _end_notes(self, status: RunStatus) -> None:
+        """The run it started is over: where an offline run waits for ``trackcfg sync``, and
+        on a terminal, the run's summary (``_endnote``).  Not for child runs (a sweep's
+        trials), nor in a worker of an offline parent (the parent says it)."""
+        if self._parent is not None or self._started_run is None:
+            return
+        if self._offline is not None and inherited_offline_destination() is None:
+            logger.warning(
+                "%s",
+                offline_reminder(
+                    self._started_run,
+                    self._name,
+                    self._offline_store(),
+                    self._offline,
+                    self._sync_command(),
+                ),
+            )
+        if wants_summary(sys.stdout, os.environ):
+            summary = run_summary(
+                self._name, status.value, len(self._logged_params), self._last_metrics
+            )
+            with contextlib.suppress(OSError, ValueError):  # stdout closed or gone
+                sys.stdout.write(f"{summary}\n")
+                sys.stdout.flush()
 
     def _status_for(self, exc: BaseException | None) -> RunStatus:
         return _status_for(exc, after_sigterm=_state.sigterms_received() > self._sigterms_before)
@@ -977,6 +1006,7 @@ class TrackingSession:
         else:
             self._send(metrics=points)
         self._metric_keys.update(prepared.origins)
+        self._last_metrics.update({p.key: (p.value, p.step) for p in points})
 
     def log_metric(self, key: str, value: float, step: int | None = None) -> None:
         self.log_metrics({key: value}, step=step)
