@@ -132,7 +132,7 @@ def read_config(context: KedroContext) -> TrackingConfig:
             files=files,
         )
     except ConfigError as exc:
-        raise KedroConfigError(exc.problems) from None  # the problems say it all
+        raise KedroConfigError(exc.problems) from exc
 
 
 def _register_random_name() -> None:
@@ -381,7 +381,10 @@ class TrackingHooks:
         if session.enabled:  # the limit is the installed mlflow's: asked for a tracked run only
             tags, texts = _fit_tags(tags, open_backend.limits().tag_value)
             session = session_with(tags)
-        session.__enter__()
+        try:
+            session.__enter__()
+        except ConfigError as exc:  # e.g. params the param policy refuses: no traceback
+            raise KedroConfigError(exc.problems) from exc
         self._session, self._nodes, self._owner = session, {}, os.getpid()
         # Registered after mlflow's exit handler (which would end the run FINISHED): runs first.
         atexit.register(self._interrupted)
