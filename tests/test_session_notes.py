@@ -205,14 +205,19 @@ def test_an_outage_adds_no_urllib3_retry_warnings_during_the_session(
 # The summary on a terminal.
 
 SCRIPT = """
-    from trackcfg import TrackingSession, TrackingUnavailableError, load_config
+    from trackcfg import TrackingSession, load_config, tracked
+
+    @tracked(load_config("."))
+    def trial(x: float) -> float:
+        return x
 
     with TrackingSession(load_config("."), name="train", params={"lr": 0.1, "depth": 3}) as s:
         for step in range(3):
             s.log_metrics({"loss": 1.0 / (step + 1), "acc": 0.5 + step / 10}, step=step)
         s.log_metric("score", 0.75)
-        with s.child("trial") as trial:
-            trial.log_metric("inner", 1.0)
+        with s.child("fold") as fold:
+            fold.log_metric("inner", 1.0)
+        trial(0.5)
     print("done")
 """
 
@@ -255,7 +260,8 @@ def script_project(tmp_path: Path, migrated_sqlite_db: Path) -> Path:
 def test_a_run_ends_with_its_summary_on_a_terminal(script_project: Path) -> None:
     output = run_on_terminal(script_project, subprocess_env())
     summary = [line for line in output.splitlines() if not line.startswith(("\N{RUNNER}", " "))]
-    assert summary[:2] == ["run 'train' FINISHED: 2 params, 3 metrics", "done"]
+    # One summary: the child and the tracked trial inside the session print none.
+    assert summary == ["run 'train' FINISHED: 2 params, 3 metrics", "done"]
     assert "  loss   0.333333  (step 2)\n  acc    0.7  (step 2)\n  score  0.75\n" in output
 
 

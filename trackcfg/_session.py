@@ -336,9 +336,9 @@ class TrackingSession:
 
     def _end_notes(self, status: RunStatus) -> None:
         """The run it started is over: where an offline run waits for ``trackcfg sync``, and
-        on a terminal, the run's summary (``_endnote``).  Not for child runs (a sweep's
-        trials), nor in a worker of an offline parent (the parent says it)."""
-        if self._parent is not None or self._started_run is None:
+        on a terminal, the run's summary (``_endnote``).  Only from the last session open
+        (not a sweep's every trial), never in a worker of an offline parent (it says it)."""
+        if self._parent is not None or self._started_run is None or _state.runs_held():
             return
         if self._offline is not None and inherited_offline_destination() is None:
             logger.warning(

@@ -74,6 +74,7 @@ __all__ = [
     "release_sigterm",
     "reset_in_forked_child",
     "run_owners",
+    "runs_held",
     "runs_lock",
     "runs_on_context_stacks",
     "said_once",
@@ -417,6 +418,13 @@ def let_go_of_run(run_id: str, owner: Any) -> None:
             _session_runs[run_id] = owners
         else:
             _session_runs.pop(run_id, None)
+
+
+def runs_held() -> bool:
+    """Whether open sessions hold runs: a session that ends while others are open (a trial
+    of a sweep, a sweep in a thread pool) leaves the end-of-run notes to the last one."""
+    with runs_lock:
+        return any(ref() is not None for refs in _session_runs.values() for ref in refs)
 
 
 def run_owners(run_id: str) -> list[Any]:
