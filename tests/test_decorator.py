@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pytest
 from helpers import REPO, project_folder, read_runs, run_python, store_uri, subprocess_env
 from mlflow import MlflowClient
@@ -113,7 +114,86 @@ def test_async_function_is_tracked_and_returns_its_result(project: Path) -> None
     (run,) = runs(project)
     assert run.info.status == "FINISHED"
     assert run.data.params == {"n": "4"}
-    assert run.data.metrics == {"inside": 4.0}
+    assert run.data.metrics == {"inside": 4.0, "result": 5.0}  # the returned number
+
+
+@pytest.mark.parametrize(
+    ("returned", "metrics"),
+    [
+        (0.75, {"result": 0.75}),
+        (3, {"result": 3.0}),
+        (np.float32(0.5), {"result": 0.5}),
+        (np.int64(7), {"result": 7.0}),
+        ({"acc": 0.9, "loss": np.float64(0.25)}, {"acc": 0.9, "loss": 0.25}),
+        (True, {}),
+        (np.bool_(False), {}),
+        ("0.9", {}),
+        (None, {}),
+        ([0.1, 0.2], {}),
+        ({"acc": 0.9, "name": "ridge"}, {}),
+        ({"acc": 0.9, "nested": {"loss": 0.2}}, {}),
+        ({"acc": 0.9, "flag": True}, {}),
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_returned_number_or_flat_mapping_of_numbers_is_logged_as_metrics(
+    project: Path, returned: object, metrics: dict[str, float], kind: str
+) -> None:
+    if kind == "sync":
+
+        @tracked(project / "mlflow.yml", params=None)
+        def run() -> object:
+            return returned
+
+        assert run() is returned
+    else:
+
+        @tracked(project / "mlflow.yml", params=None)
+        async def arun() -> object:
+            return returned
+
+        assert asyncio.run(arun()) is returned
+    (found,) = runs(project)
+    assert found.info.status == "FINISHED"
+    assert found.data.metrics == metrics
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_log_result_false_logs_no_result(project: Path, kind: str) -> None:
+    if kind == "sync":
+
+        @tracked(project / "mlflow.yml", log_result=False)
+        def run(x: float) -> float:
+            return x
+
+        assert run(0.5) == 0.5
+    else:
+
+        @tracked(project / "mlflow.yml", log_result=False)
+        async def arun(x: float) -> float:
+            return x
+
+        assert asyncio.run(arun(0.5)) == 0.5
+    (found,) = runs(project)
+    assert found.data.params == {"x": "0.5"}
+    assert found.data.metrics == {}
+
+
+def test_a_result_mlflow_cannot_take_is_warned_and_the_call_returns(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two keys that become one metric key: the value is returned, the run FINISHED."""
+
+    @tracked(project / "mlflow.yml", params=None)
+    def run() -> dict[str, float]:
+        return {"a b!": 1.0, "a b?": 2.0}
+
+    assert run() == {"a b!": 1.0, "a b?": 2.0}
+    (found,) = runs(project)
+    assert found.info.status == "FINISHED"
+    assert found.data.metrics == {}
+    assert "session 'run': the returned value was not logged: " in caplog.text
 
 
 def test_exception_propagates_unchanged_and_run_fails(project: Path) -> None:
@@ -338,6 +418,7 @@ def test_decorated_sweep_example_makes_one_child_run_per_trial(tmp_path: Path) -
         assert child.data.tags["mlflow.parentRunId"] == parent_id
         assert set(child.data.params) == {"lr", "depth"}
         assert "score" in child.data.metrics
+        assert child.data.metrics["result"] == child.data.metrics["score"]  # what trial returned
 
 
 def test_a_sweep_in_a_thread_pool_finishes_every_run(mlflow_server: str, tmp_path: Path) -> None:

@@ -31,6 +31,11 @@ async def coroutine(a: int) -> int:
     return a
 
 
+@tracked(config=CONFIG, log_result=False)
+def quiet(a: int) -> int:
+    return a
+
+
 class Model:
     @tracked(config=CONFIG)
     def fit(self, alpha: float) -> float:
@@ -43,6 +48,7 @@ def never_called() -> None:
     text: str = bare(0.1)  # type: ignore[assignment]
     number: str = asyncio.run(coroutine(1))  # type: ignore[assignment]
     Model().fit()  # type: ignore[call-arg]
+    quiet("1")  # type: ignore[arg-type]
     del text, number
 
 

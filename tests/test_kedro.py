@@ -12,11 +12,13 @@ each check several things about one run.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -334,6 +336,95 @@ def test_disable_hooks_for_plugins_turns_tracking_off(project: Path) -> None:
     assert runs(project) == []
 
 
+def test_kedro_run_with_a_typo_in_mlflow_yml_prints_the_problem_and_its_line_only(
+    project: Path,
+) -> None:
+    """No traceback: the problem with file:line and the fix, on stderr; exit status 1;
+    no run."""
+    bad = write(project / "conf" / "base" / "mlflow.yml", "tracking:\n  run:\n    nestd: true\n")
+    result = kedro_cli(project, "run", "--pipelines", "plain")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f"Error: invalid trackcfg configuration: {bad}:3: 'tracking.run.nestd': unknown key; "
+        "did you mean 'nested'?"
+    ]
+    assert "Traceback" not in result.stdout
+    assert runs(project) == []
+
+
+def test_kedro_trackcfg_show_and_check_read_through_kedros_loader_and_env(
+    project: Path,
+) -> None:
+    """Values resolved by Kedro (``${globals:...}`` of ``--env prod``), each named at its
+    file:line; ``check`` on the same config, and a typo refused with its line."""
+    write(project / "conf" / "prod" / "globals.yml", "store: prod-runs\n")
+    prod = write(
+        project / "conf" / "prod" / "mlflow.yml",
+        """\
+        tracking:
+          experiment:
+            name: from-prod
+        server:
+          mlflow_tracking_uri: ${globals:store}
+        """,
+    )
+    shown = kedro_cli(project, "trackcfg", "show", "--env", "prod", "--json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    data = json.loads(shown.stdout[shown.stdout.index("{") :])
+    assert data["env"] == "prod"
+    assert data["files"] == [str(prod)]
+    assert data["keys"]["server.mlflow_tracking_uri"] == {
+        "value": "prod-runs",
+        "source": "file",
+        "where": "conf/prod/mlflow.yml:5",
+    }
+    assert data["resolved"]["experiment_name"] == "from-prod"
+
+    checked = kedro_cli(project, "trackcfg", "check", "--env", "prod")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "[ ok ] config: valid (conf/prod/mlflow.yml)" in checked.stdout
+    assert "[ ok ] experiment: 'from-prod' does not exist; it will be created" in checked.stdout
+    assert checked.stdout.rstrip().endswith("a run would start")
+
+    write(prod, "tracking:\n  experiment:\n    nmae: x\n")
+    refused = kedro_cli(project, "trackcfg", "check", "--env", "prod")
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines() == [
+        f"Error: a run would not start: config: invalid trackcfg configuration: {prod}:3: "
+        "'tracking.experiment.nmae': unknown key; did you mean 'name'?; fix: fix the file "
+        "and line named above"
+    ]
+    assert not (project / "prod-runs").exists()  # nothing created
+
+
+def test_without_kedro_the_import_names_the_extra_to_install() -> None:
+    script = """
+        import sys
+
+        class NoKedro:  # as if Kedro were not installed
+            def find_spec(self, name, path=None, target=None):
+                if name.partition(".")[0] == "kedro":
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+        sys.meta_path.insert(0, NoKedro())
+        for module in ("trackcfg.kedro.datasets", "trackcfg.kedro"):
+            try:
+                __import__(module)
+            except ImportError as exc:
+                print(type(exc).__name__, exc)
+    """
+    result = run_python("-c", textwrap.dedent(script))
+    assert result.returncode == 0, result.stderr
+    assert (
+        result.stdout.splitlines()
+        == [
+            "ModuleNotFoundError trackcfg.kedro needs Kedro, which is not installed: pip install "
+            '"trackcfg[kedro]"'
+        ]
+        * 2
+    )
+
+
 def test_kedro_trackcfg_init_writes_conf_env_mlflow_yml(project: Path) -> None:
     from trackcfg import load_config
 
@@ -452,7 +543,7 @@ def test_invalid_mlflow_yml_is_reported_with_its_file(project: Path) -> None:
     session = KedroSession.create(project_path=project)
     with session, pytest.raises(ConfigError, match="did you mean 'nested'") as caught:
         session.load_context()
-    assert str(bad) in str(caught.value)
+    assert f"{bad}:3: 'tracking.run.nestd': unknown key" in str(caught.value)
 
 
 @pytest.mark.usefixtures("in_process")

@@ -160,7 +160,8 @@ def test_auto_with_the_server_refusing_logs_offline_at_once_and_says_so_once(
         assert s.tracking_uri == store_uri(project)
     run = assert_offline_run(project, masked)
     assert run.info.run_id == session.run_id
-    (warning,) = warnings_of(caplog)
+    warning, reminder = warnings_of(caplog)  # falling back; where the run waits, at the end
+    assert "; send it there with: trackcfg sync " in reminder.getMessage()
     text = warning.getMessage()
     assert masked in text
     assert "connection refused" in text
@@ -185,7 +186,8 @@ def test_auto_with_a_server_that_never_answers_falls_back_after_request_timeout(
         entered = time.monotonic() - started
         log_everything(s, tmp_path)
     assert_offline_run(project, uri)
-    (warning,) = warnings_of(caplog)
+    warning, reminder = warnings_of(caplog)  # falling back; where the run waits, at the end
+    assert "; send it there with: trackcfg sync " in reminder.getMessage()
     waited = warning.created - wall_start
     # One question bounded by server.request_timeout, not its x (max_retries + 1) with backoff.
     assert 1.9 <= waited < 2 + 3, waited
@@ -234,7 +236,8 @@ def test_auto_with_a_database_that_does_not_answer_falls_back(
     with TrackingSession(config, name="train", params={"lr": 0.1}) as s:
         log_everything(s, tmp_path)
     assert_offline_run(project, masked)
-    (warning,) = warnings_of(caplog)
+    warning, reminder = warnings_of(caplog)  # falling back; where the run waits, at the end
+    assert "; send it there with: trackcfg sync " in reminder.getMessage()
     assert masked in warning.getMessage()
     assert "hunter2" not in caplog.text
     assert_nothing_held()
@@ -273,7 +276,8 @@ def test_always_never_connects_to_the_server(
         log_everything(s, tmp_path)
     assert_offline_run(project, uri)
     assert listener.connections() == 0
-    assert warnings_of(caplog) == []
+    (reminder,) = warnings_of(caplog)  # chosen, so said at the start as INFO; at the end:
+    assert reminder.getMessage().endswith(f"; send it there with: trackcfg sync {project}")
     assert "server.offline: always" in caplog.text
     assert f"trackcfg sync {project}" in caplog.text
 

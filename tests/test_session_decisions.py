@@ -1217,7 +1217,13 @@ def test_offline_always_opens_only_the_offline_store_and_tags_the_runs(
     assert env["MLFLOW_TRACKING_URI"] == offline_store(project)
     assert session.offline_destination == FAKE_URI
     assert f"offline in {project.root / 'mlruns'} for {FAKE_URI}" in repr(session)
-    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    # Chosen, so not a warning at the start; at the end, where the run waits (once: not for
+    # the child run).
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"run {session.run_id} of session 'train' is in the offline store "
+        f"{project.root / 'mlruns'}, not yet on {FAKE_URI}; send it there with: "
+        f"trackcfg sync {project.root}"
+    ]
 
 
 @pytest.mark.parametrize("where", ["open", "get_experiment"])
@@ -1239,10 +1245,13 @@ def test_offline_auto_falls_back_when_the_server_does_not_answer_and_gives_back_
     assert run.tags[OFFLINE_TAG] == FAKE_URI
     assert run.status is RunStatus.FINISHED
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1
+    assert len(warnings) == 2  # falling back, at the start; where the run waits, at the end
     assert FAKE_URI in warnings[0]
     assert "server.offline: auto" in warnings[0]
     assert f"trackcfg sync {project.root}" in warnings[0]
+    assert warnings[1].endswith(
+        f"not yet on {FAKE_URI}; send it there with: trackcfg sync {project.root}"
+    )
 
 
 def test_offline_experiment_keeps_its_artifacts_in_the_offline_store(
@@ -1267,8 +1276,9 @@ def test_offline_auto_under_kedro_names_kedro_trackcfg_sync(
     store.fail("get_experiment", TrackingUnavailableError("tracking server refused"))
     with open_session(config, store, kedro_context=object()):
         pass
-    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert f"kedro trackcfg sync (in {project.root})" in warning
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2  # the start's, and the end's reminder
+    assert all(f"kedro trackcfg sync (in {project.root})" in warning for warning in warnings)
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from ._config import TrackingConfig
 from ._loading import load_config
-from ._params import CYCLE
+from ._params import CYCLE, metric_value
 from ._session import TrackingSession
+from .exceptions import TrackcfgError
 
 if TYPE_CHECKING:
     import inspect
@@ -113,6 +114,38 @@ def _call_params(
     return out
 
 
+RESULT_METRIC = "result"
+"""The metric a tracked function's returned number is logged as (``log_result``)."""
+
+
+def result_metrics(result: object) -> dict[str, float]:
+    """The metrics ``log_result`` logs for a returned value: a number (numpy scalars
+    included, not a bool) as ``result``; a flat mapping whose values are all numbers, one
+    metric per key; anything else, none (a model, a list, a mapping holding a string)."""
+    value = metric_value(result)
+    if value is not None:
+        return {RESULT_METRIC: value}
+    if not isinstance(result, Mapping):
+        return {}
+    metrics = {}
+    for key, item in result.items():
+        number = metric_value(item)
+        if number is None:
+            return {}
+        metrics[str(key)] = number
+    return metrics
+
+
+def _log_result(session: TrackingSession, result: object) -> None:
+    metrics = result_metrics(result)
+    if not metrics:
+        return
+    try:
+        session.log_metrics(metrics)
+    except TrackcfgError as exc:  # e.g. two keys that become one metric: the call succeeded
+        logger.warning("session %r: the returned value was not logged: %s", session.name, exc)
+
+
 def _resolve_config(config: ConfigRef, func: Callable[..., Any]) -> TrackingConfig:
     if isinstance(config, TrackingConfig):
         return config
@@ -133,6 +166,7 @@ def _decorate(
     name: str | None,
     params: ParamsSpec,
     tags: Mapping[str, Any] | None,
+    log_result: bool,
 ) -> Callable[P, R]:
     import inspect  # ~20 ms: paid when something is decorated, not by `import trackcfg`
 
@@ -156,15 +190,21 @@ def _decorate(
             # Entered here, when the coroutine runs: inside the asyncio task that runs it
             # (never at the call, which only makes the coroutine), so the run is that task's
             # and concurrent calls (asyncio.gather) are independent runs.
-            with session_for(args, kwargs):
-                return await async_func(*args, **kwargs)
+            with session_for(args, kwargs) as session:
+                result = await async_func(*args, **kwargs)
+                if log_result:
+                    _log_result(session, result)
+                return result
 
         return async_wrapper  # type: ignore[return-value]
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        with session_for(args, kwargs):
-            return func(*args, **kwargs)
+        with session_for(args, kwargs) as session:
+            result = func(*args, **kwargs)
+            if log_result:
+                _log_result(session, result)
+            return result
 
     return wrapper
 
@@ -181,6 +221,7 @@ def tracked(
     name: str | None = None,
     params: ParamsSpec = "args",
     tags: Mapping[str, Any] | None = None,
+    log_result: bool = True,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -191,6 +232,7 @@ def tracked(
     name: str | None = None,
     params: ParamsSpec = "args",
     tags: Mapping[str, Any] | None = None,
+    log_result: bool = True,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -202,11 +244,12 @@ def tracked(
     name: str | None = None,
     params: ParamsSpec = "args",
     tags: Mapping[str, Any] | None = None,
+    log_result: bool = True,
 ) -> Any:
     """Track every call of a function as one run.
 
     ``@tracked``, ``@tracked("mlflow.yml")`` or ``@tracked(config=cfg_or_path, name=...,
-    params="args" | ["lr", ...] | None, tags={...})``.
+    params="args" | ["lr", ...] | None, tags={...}, log_result=True)``.
 
     - The session is named ``name`` or the function's ``__qualname__`` (``Trainer.fit``; for a
       function defined inside another, the part after ``<locals>.``). That is the run name
@@ -220,14 +263,18 @@ def tracked(
       of the file defining the function upward.
     - Inside an active run (a session, another tracked call), each call is a child run, or
       logs into the active run with ``run.nested: false``.
+    - ``log_result=True``: a returned number (numpy scalars included, not a bool) is logged as
+      the metric ``result``, a returned flat mapping whose values are all numbers as one
+      metric per key (``{"acc": 0.9, "loss": 0.2}``); anything else logs nothing.
+      ``log_result=False`` logs no result.
     - Exceptions propagate unchanged (the run ends FAILED; KeyboardInterrupt: KILLED); the
       return value is returned unchanged.  Works for functions, methods and ``async def``.
     """
     if callable(func_or_config) and not isinstance(func_or_config, (str, os.PathLike)):
-        return _decorate(func_or_config, config, name, params, tags)
+        return _decorate(func_or_config, config, name, params, tags, log_result)
     chosen: ConfigRef = func_or_config if func_or_config is not None else config
 
     def decorator(func: Callable[P, R]) -> Callable[P, R]:
-        return _decorate(func, chosen, name, params, tags)
+        return _decorate(func, chosen, name, params, tags, log_result)
 
     return decorator

@@ -1,22 +1,45 @@
-"""``kedro trackcfg init | ui | sync | migrate``: the trackcfg commands inside a Kedro project.
+"""``kedro trackcfg init | show | check | ui | sync | migrate``: the trackcfg commands inside a
+Kedro project.
 
 Registered through the ``kedro.project_commands`` entry point.  They differ from ``trackcfg
-init | ui | sync`` only in where the configuration comes from: Kedro's config loader and
-credentials (``trackcfg.kedro.read_config``) for the project Kedro found, in the environment
-``--env`` names.  Importing this module (every ``kedro`` command in a project) imports
+init | show | check | ui | sync`` only in where the configuration comes from: Kedro's config
+loader and credentials (``trackcfg.kedro.read_config``) for the project Kedro found, in the
+environment ``--env`` names.  Importing this module (every ``kedro`` command in a project) imports
 neither mlflow nor Kedro's session machinery.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import _cli
 
+if TYPE_CHECKING:
+    from kedro.framework.context import KedroContext
+
+    from ._config import TrackingConfig
+
 __all__ = ["commands"]
+
+ENV_HELP = "Kedro configuration environment."
+
+
+def _through_kedro(metadata: Any, env: str | None) -> tuple[TrackingConfig, KedroContext]:
+    """The project's config as a ``kedro run`` in ``env`` reads it, and the context."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    from .kedro import read_config
+
+    root = Path(metadata.project_path)
+    bootstrap_project(root)
+    session = KedroSession.create(project_path=root, env=env)
+    with session:
+        context = session.load_context()
+        return read_config(context), context
 
 
 @click.group(name="trackcfg-plugin")
@@ -72,7 +95,7 @@ def migrate(metadata: Any, dry_run: bool) -> None:
 
 
 @trackcfg.command()
-@click.option("--env", "-e", default=None, help="Kedro configuration environment.")
+@click.option("--env", "-e", default=None, help=ENV_HELP)
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="[default: ui.port]")
 @click.option("--host", default=None, help="[default: ui.host, else 127.0.0.1]")
 @click.option("--no-browser", is_flag=True, help="Do not open a web browser.")
@@ -95,36 +118,47 @@ def ui(
 ) -> None:
     """Serve the MLflow UI of the store this project's runs are logged to, on the
     experiment's runs (see `trackcfg ui --help`)."""
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
-    from .kedro import read_config
-
-    root = Path(metadata.project_path)
-    bootstrap_project(root)
-    session = KedroSession.create(project_path=root, env=env)
-    with session:
-        config = read_config(session.load_context())
+    config, _ = _through_kedro(metadata, env)
     _cli.serve_ui(config, port=port, host=host, browser=not no_browser, timeout=timeout)
 
 
 @trackcfg.command()
-@click.option("--env", "-e", default=None, help="Kedro configuration environment.")
+@click.option("--env", "-e", default=None, help=ENV_HELP)
 @click.option("--dry-run", is_flag=True, help="List what would be sent; send nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_obj
 def sync(metadata: Any, env: str | None, dry_run: bool, as_json: bool) -> None:
     """Send the logging calls buffered sessions left in the project's journals to the
     configured store (see `trackcfg sync --help`)."""
-    from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
-
-    from .kedro import read_config
-
-    root = Path(metadata.project_path)
-    bootstrap_project(root)
-    session = KedroSession.create(project_path=root, env=env)
-    with session:
-        context = session.load_context()
-        config = read_config(context)
+    config, context = _through_kedro(metadata, env)
     _cli.sync_project(config, dry_run=dry_run, as_json=as_json, kedro_context=context)
+
+
+@trackcfg.command()
+@click.option("--env", "-e", default=None, help=ENV_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+def show(metadata: Any, env: str | None, as_json: bool) -> None:
+    """Print the effective configuration, as `kedro run` reads it through Kedro's config
+    loader, and where each value came from (see `trackcfg show --help`)."""
+    from .kedro import kedro_env
+
+    config, context = _through_kedro(metadata, env)
+    _cli.show.print_config(config, kedro_env(context) or "", as_json=as_json)
+
+
+@trackcfg.command()
+@click.option("--env", "-e", default=None, help=ENV_HELP)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=_cli.check.DEFAULT_CHECK_TIMEOUT,
+    show_default=True,
+    metavar="S",
+    help="Seconds to wait for a tracking server or database; no retries.",
+)
+@click.pass_obj
+def check(metadata: Any, env: str | None, timeout: float) -> None:
+    """Preflight: would `kedro run` start a tracked run with this configuration, read
+    through Kedro's config loader? (see `trackcfg check --help`)."""
+    _cli.check.check_and_report(None, env, timeout, load=lambda: _through_kedro(metadata, env)[0])

@@ -269,6 +269,8 @@ class _AllSources(dict[str, Source]):
         self._source = source
 
     def get(self, key: str, default: Any = None) -> Any:
+        if key in self:  # a line found for it (config_from_mapping's ``files``)
+            return self[key]
         if not self._prefix or key == self._prefix or key.startswith(f"{self._prefix}."):
             return self._source
         return default
@@ -390,20 +392,27 @@ def config_from_mapping(
     root: str | os.PathLike[str],
     credentials: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    files: Sequence[Path] = (),
 ) -> TrackingConfig:
     """Validate an already-loaded mapping (e.g. from Kedro's config loader) with the same
     converter and messages as ``load_config``; ``file`` names it in errors.  ``credentials``
-    is the mapping of credential entries to pick ``server.credentials`` from."""
+    is the mapping of credential entries to pick ``server.credentials`` from.  ``files``: the
+    YAML files the mapping was merged from, in order; a key is named at its line in the last
+    one that sets it (else as ``file``)."""
     environ = os.environ if environ is None else environ
     problems: list[ConfigProblem] = []
     label = Source("file", str(file)) if file else Source("override", "<mapping>")
-    layer = _flatten_layer(data, _all("", label))
+    sources = _all("", label)
+    for merged_from in files:
+        # Only for the lines: the loader that gave ``data`` read these files already.
+        sources.update(read_yaml(merged_from, [])[1])
+    layer = _flatten_layer(data, sources)
     located = Located((), Path(root).resolve(), ())
     return _build(
         [layer, _env_layer(environ, problems)],
         problems,
         located,
-        (Path(file),) if file else (),
+        tuple(files) or ((Path(file),) if file else ()),
         environ,
         credentials_mapping=credentials,
     )

@@ -42,6 +42,7 @@ __all__ = [
     "checked_step",
     "flatten",
     "is_valid_key",
+    "metric_value",
     "plan_batches",
     "prepare_metrics",
     "prepare_params",
@@ -454,8 +455,9 @@ def prepare_metrics(
     (``"a b!"`` and ``"a b?"`` both become ``"a b_"``) are refused whatever their values, as is
     a key that gives the final key of a *different* key logged before (``earlier``: the
     ``origins`` of the calls before, which also keeps a rename from being warned about at every
-    step).  Raises ``ConfigError`` listing every bad key (collision, too long, value that is
-    not a number), naming the keys as written.
+    step).  Raises ``RunError`` naming every key whose value is not a number
+    (``metric_value``), else ``ConfigError`` listing every bad key (collision, too long),
+    naming the keys as written.
     """
     limits = limits or DEFAULT_LIMITS
     earlier = earlier or {}
@@ -468,14 +470,15 @@ def prepare_metrics(
         for k, v in metrics.items():
             if type(k) is not str or earlier.get(k) != k or len(k) > longest:
                 break
-            try:
+            if type(v) is float or type(v) is int:
                 known[k] = float(v)
-            except (TypeError, ValueError):
-                break
+            else:
+                break  # numpy scalars, and values to refuse: the full check below
         else:
             return PreparedMetrics(values=known, origins=dict(zip(known, known, strict=True)))
     warn = _Warnings()
     problems: list[ConfigProblem] = []
+    refused: list[str] = []
     values: dict[str, float] = {}
     origins: dict[str, str] = {}
     for raw_key, raw_value in metrics.items():
@@ -520,21 +523,32 @@ def prepare_metrics(
                 )
             )
             continue
-        try:
-            value = float(raw_value)
-        except (TypeError, ValueError):
-            problems.append(
-                ConfigProblem(
-                    key=key,
-                    message=f"metric {written!r}: value {raw_value!r} is not a number",
-                )
-            )
+        value = metric_value(raw_value)
+        if value is None:
+            refused.append(f"metric {written!r} = {raw_value!r} ({type(raw_value).__name__})")
             continue
         values[key] = value
         origins[key] = written
+    if refused:
+        # The configuration is fine: the value is the caller's, as for a bad step.
+        raise RunError(
+            f"not a number: {', '.join(refused)}; MLflow stores "
+            "a metric as a 64-bit float: pass an int, a float or a numpy scalar"
+        )
     if problems:
         raise ConfigError(problems)
     return PreparedMetrics(values=values, origins=origins, warnings=tuple(warn.messages))
+
+
+def metric_value(value: object) -> float | None:
+    """``value`` as MLflow stores a metric value, or None when MLflow would refuse it: a
+    number (numpy scalars included), never a bool, a numeric string or None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Number):
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # complex
+        return None
 
 
 STEP_MIN: Final = -(2**63)

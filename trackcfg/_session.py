@@ -52,20 +52,30 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from . import _state
-from ._artifacts import artifact_places, check_artifact_path, dict_text
+from ._artifacts import (
+    LOGGED_ARTIFACTS_TAG,
+    artifact_places,
+    check_artifact_path,
+    dict_text,
+    logged_tables_tag,
+    table_frame,
+    write_figure,
+    write_table,
+)
 from ._backend import Backend, BackendFactory, RunRef, RunStatus, open_backend
 from ._buffer import BufferedRun, LoggingSettings
 from ._config import LoggingMode, RankPolicy, TrackingConfig
 from ._connect import StorePlan, plan_store
 from ._discovery import find_project_root
+from ._endnote import offline_reminder, run_summary, wants_summary
 from ._env import EnvSnapshot
 from ._headers import header_provider
 from ._journal import open_journal
@@ -206,6 +216,8 @@ class TrackingSession:
         self._resumed = False  # it continued an existing run (run.id or run.key)
         self._logged_params: dict[str, str] = {}
         self._metric_keys: dict[str, str] = {}  # final metric key -> key as written
+        self._tables: dict[str, Any] = {}  # log_table's file -> its rows so far (DataFrame)
+        self._last_metrics: dict[str, tuple[float, int]] = {}  # key -> (value, step): summary
         self._named_run: RunRef | None = None  # looked up by _external_active_run
         self._buffer: BufferedRun | None = None  # tracking.logging.mode: buffered
         # server.offline: the destination (masked) of an offline session's run, and whether
@@ -329,8 +341,35 @@ class TrackingSession:
     ) -> None:
         if not self._enabled:
             return
-        self._close(self._status_for(exc), raising=exc is None)
+        status = self._status_for(exc)
+        self._close(status, raising=exc is None)
+        self._end_notes(status)
         self._hand_on(exc)
+
+    def _end_notes(self, status: RunStatus) -> None:
+        """The run it started is over: where an offline run waits for ``trackcfg sync``, and
+        on a terminal, the run's summary (``_endnote``).  Only from the last session open
+        (not a sweep's every trial), never in a worker of an offline parent (it says it)."""
+        if self._parent is not None or self._started_run is None or _state.runs_held():
+            return
+        if self._offline is not None and self._store_plan().inherited_destination is None:
+            logger.warning(
+                "%s",
+                offline_reminder(
+                    self._started_run,
+                    self._name,
+                    self._offline_store(),
+                    self._offline,
+                    self._sync_command(),
+                ),
+            )
+        if wants_summary(sys.stdout, os.environ):
+            summary = run_summary(
+                self._name, status.value, len(self._logged_params), self._last_metrics
+            )
+            with contextlib.suppress(OSError, ValueError):  # stdout closed or gone
+                sys.stdout.write(f"{summary}\n")
+                sys.stdout.flush()
 
     def _status_for(self, exc: BaseException | None) -> RunStatus:
         return _status_for(exc, after_sigterm=_state.sigterms_received() > self._sigterms_before)
@@ -916,6 +955,8 @@ class TrackingSession:
     # ------------------------------------------------------------------ logging
 
     def _live(self) -> tuple[Backend, str] | None:
+        if not self._entered:
+            raise RunError(f"session {self._name!r} has not started; log inside the with block")
         if not self._enabled or self._backend is None or self._run_id is None:
             return None
         if self._closed:
@@ -990,15 +1031,24 @@ class TrackingSession:
         else:
             self._send(metrics=points)
         self._metric_keys.update(prepared.origins)
+        self._last_metrics.update({p.key: (p.value, p.step) for p in points})
 
     def log_metric(self, key: str, value: float, step: int | None = None) -> None:
         self.log_metrics({key: value}, step=step)
+
+    def log_param(self, key: str, value: Any) -> None:
+        """Log one param, as ``log_params({key: value})``."""
+        self.log_params({key: value})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self._live() is None:
             return
         assert self._limits is not None
         self._send(tags=prepare_tags(tags, self._limits))
+
+    def set_tag(self, key: str, value: Any) -> None:
+        """Set one tag, as ``set_tags({key: value})``."""
+        self.set_tags({key: value})
 
     def log_artifact(self, path: str | _os.PathLike[str], artifact_path: str | None = None) -> None:
         """Copy the local file or folder ``path`` into the run's artifacts, under the folder
@@ -1008,15 +1058,49 @@ class TrackingSession:
             return
         if artifact_path:
             check_artifact_path("log_artifact", "artifact_path", artifact_path)
+        source = Path(path)
+        if self._buffer is not None and not source.exists():
+            raise RunError(f"log_artifact: {source} does not exist")
+        self._log_files([source], artifact_path or None)
+
+    def log_artifacts(
+        self, local_dir: str | _os.PathLike[str], artifact_path: str | None = None
+    ) -> None:
+        """Copy everything in the local folder ``local_dir`` (subfolders included) into the
+        run's artifacts, under the folder ``artifact_path`` (default: the top)."""
+        if self._live() is None:
+            return
+        if artifact_path:
+            check_artifact_path("log_artifacts", "artifact_path", artifact_path)
+        folder = Path(local_dir)
+        if not folder.is_dir():
+            raise RunError(f"log_artifacts: {folder} is not a folder")
+        # Each entry as log_artifact logs it: a file by name, a subfolder with its content.
+        self._log_files(sorted(folder.iterdir()), artifact_path or None)
+
+    def _log_files(self, sources: list[Path], artifact_path: str | None) -> None:
+        """Files or folders into the run's folder ``artifact_path``, in one logging call."""
+        live = self._live()
+        if live is None:
+            return
         if self._buffer is not None:
             # A copy now: the caller may change or delete its file before the upload.
-            source = Path(path)
-            if not source.exists():
-                raise RunError(f"log_artifact: {source} does not exist")
-            kept = self._buffer.keep_file(source, source.name)
-            self._buffer.submit(artifacts=[(str(kept), artifact_path or None)])
+            kept = [(str(self._buffer.keep_file(s, s.name)), artifact_path) for s in sources]
+            self._buffer.submit(artifacts=kept)
             return
-        live[0].log_artifact(live[1], os.fspath(path), artifact_path)
+        for source in sources:
+            live[0].log_artifact(live[1], os.fspath(source), artifact_path)
+
+    def _log_written(self, artifact_file: str, write: Callable[[Path], None]) -> None:
+        """The artifact ``artifact_file``, as ``write`` writes it now into a scratch file."""
+        import tempfile  # here: `trackcfg --help` imports no temporary-file module
+
+        place = PurePosixPath(artifact_file)
+        with tempfile.TemporaryDirectory(prefix="trackcfg-") as scratch:
+            target = Path(scratch) / place.name
+            write(target)
+            folder = str(place.parent)
+            self._log_files([target], None if folder in ("", ".") else folder)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Write ``text`` as the artifact ``artifact_file`` (no temporary file to manage)."""
@@ -1039,6 +1123,28 @@ class TrackingSession:
             self._send(artifacts={artifact_file: dict_text(data, artifact_file)})
             return
         live[0].log_dict(live[1], data, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """Save a matplotlib or plotly ``figure`` as the artifact ``artifact_file`` (its
+        format from the name: ``.png``, ``.svg``, ``.html`` for plotly...), as MLflow's
+        ``log_figure`` does.  It is rendered now: drawing on it afterwards changes nothing."""
+        if self._live() is None:
+            return
+        check_artifact_path("log_figure", "artifact_file", artifact_file)
+        self._log_written(artifact_file, lambda target: write_figure(figure, target))
+
+    def log_table(self, data: Mapping[str, Any] | Any, artifact_file: str) -> None:
+        """Log a table (a dict of columns or a pandas DataFrame) as MLflow's ``log_table``
+        does: the artifact ``artifact_file`` (``.json`` or ``.parquet``), which
+        ``mlflow.load_table`` reads; logged again under the same name in this session, its
+        rows are added to the table's."""
+        if self._live() is None:
+            return
+        check_artifact_path("log_table", "artifact_file", artifact_file)
+        frame = table_frame(data, artifact_file, self._tables.get(artifact_file))
+        self._log_written(artifact_file, lambda target: write_table(frame, target))
+        self._tables[artifact_file] = frame
+        self.set_tags({LOGGED_ARTIFACTS_TAG: logged_tables_tag(self._tables)})
 
     # ------------------------------------------------------------------ workers, threads
 

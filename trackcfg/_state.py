@@ -15,6 +15,10 @@ process by nature, because MLflow, the operating system or ``requests`` keep it 
   it while sessions use it (``context_runs``, a ``ContextVar``; ``_mlflow`` makes MLflow read
   it), and the runs open sessions own (``hold_run``), so that concurrent sessions in one
   thread never end, nest under or log into each other's runs;
+- **urllib3's retry warnings**: while sessions are open, urllib3's "Retrying ..." warnings
+  about MLflow's API requests are filtered out (the session says once that the server went
+  away, and once that it came back); the last session to close takes the filter off
+  (``join_settings`` / ``leave_settings``);
 - **quick-ACK mounts**: the adapters ``_transport`` mounts on MLflow's ``requests`` sessions,
   per session and URL prefix, kept (with their idle connections) between trackcfg sessions,
   and the notes it says once per process;
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import os
 import signal
 import threading
@@ -53,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MLFLOW_ENV",
+    "URLLIB3_POOL_LOGGER",
     "ContextRuns",
     "SharedSettings",
     "Terminated",
@@ -68,6 +74,7 @@ __all__ = [
     "release_sigterm",
     "reset_in_forked_child",
     "run_owners",
+    "runs_held",
     "runs_lock",
     "runs_on_context_stacks",
     "said_once",
@@ -107,6 +114,23 @@ class SharedSettings:
     store_token: object | None = None
     restore_store: Callable[[object], None] | None = None
     remove_provider: Callable[[Any], None] | None = None
+    retries_filter: logging.Filter | None = None
+
+
+URLLIB3_POOL_LOGGER = "urllib3.connectionpool"
+_MLFLOW_API = ("/api/2.0/mlflow", "/api/3.0/mlflow", "/ajax-api/", "/mlflow-artifacts/")
+
+
+class _MlflowRetries(logging.Filter):
+    """Drops urllib3's "Retrying (...) after connection broken by ...: <path>" warnings for
+    MLflow's API paths: during an outage each request adds one every few seconds, on top of
+    the session's own two messages.  The program's other requests keep theirs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Retrying"):
+            return True
+        path = str(record.args[-1]) if isinstance(record.args, tuple) and record.args else ""
+        return not path.startswith(_MLFLOW_API)
 
 
 _settings_lock = threading.Lock()
@@ -142,6 +166,8 @@ def join_settings(
             saved.remember(*MLFLOW_ENV)
             for key, value in env.items():
                 saved.set(key, value)
+            retries_filter = _MlflowRetries()
+            logging.getLogger(URLLIB3_POOL_LOGGER).addFilter(retries_filter)
             _settings = SharedSettings(
                 env=dict(env),
                 uris=uris,
@@ -150,6 +176,7 @@ def join_settings(
                 saved=saved,
                 provider=provider,
                 remove_provider=remove_provider,
+                retries_filter=retries_filter,
             )
             return _settings
         differ = sorted(
@@ -195,6 +222,8 @@ def leave_settings(shared: SharedSettings) -> None:
             shared.restore_store(shared.store_token)
     finally:
         shared.saved.restore()
+        if shared.retries_filter is not None:
+            logging.getLogger(URLLIB3_POOL_LOGGER).removeFilter(shared.retries_filter)
         if shared.provider is not None and shared.remove_provider is not None:
             shared.remove_provider(shared.provider)
 
@@ -389,6 +418,13 @@ def let_go_of_run(run_id: str, owner: Any) -> None:
             _session_runs[run_id] = owners
         else:
             _session_runs.pop(run_id, None)
+
+
+def runs_held() -> bool:
+    """Whether open sessions hold runs: a session that ends while others are open (a trial
+    of a sweep, a sweep in a thread pool) leaves the end-of-run notes to the last one."""
+    with runs_lock:
+        return any(ref() is not None for refs in _session_runs.values() for ref in refs)
 
 
 def run_owners(run_id: str) -> list[Any]:

@@ -52,7 +52,14 @@ from .probes import (
     writable,
 )
 
-__all__ = ["DEFAULT_CHECK_TIMEOUT", "CheckItem", "Status", "check", "run_checks"]
+__all__ = [
+    "DEFAULT_CHECK_TIMEOUT",
+    "CheckItem",
+    "Status",
+    "check",
+    "check_and_report",
+    "run_checks",
+]
 
 DEFAULT_CHECK_TIMEOUT = 5.0
 
@@ -201,9 +208,15 @@ def _keyed_item(config: TrackingConfig, lookup: Lookup | None) -> CheckItem | No
 
 
 def run_checks(
-    path: Path | None, env: str | None, timeout: float, emit: Callable[[CheckItem], None]
+    path: Path | None,
+    env: str | None,
+    timeout: float,
+    emit: Callable[[CheckItem], None],
+    *,
+    load: Callable[[], TrackingConfig] | None = None,
 ) -> list[CheckItem]:
-    """Every preflight check, each handed to ``emit`` as soon as it is known."""
+    """Every preflight check, each handed to ``emit`` as soon as it is known.  ``load``
+    reads the config instead of ``load_config(path, env=env)`` (Kedro's config loader)."""
     items: list[CheckItem] = []
 
     def add(item: CheckItem) -> None:
@@ -211,7 +224,7 @@ def run_checks(
         emit(item)
 
     try:
-        config = load_config(path, env=env)
+        config = load() if load is not None else load_config(path, env=env)
     except TrackcfgError as exc:
         add(CheckItem(Status.FAIL, "config", str(exc), _config_fix(path, exc)))
         return items
@@ -406,7 +419,20 @@ def check(path: Path | None, env: str | None, timeout: float) -> None:
     change are printed). Nothing is created: a missing store is reported as "created at
     the first run".
     """
-    items = run_checks(path, env, timeout, lambda item: click.echo("\n".join(item.lines())))
+    check_and_report(path, env, timeout)
+
+
+def check_and_report(
+    path: Path | None,
+    env: str | None,
+    timeout: float,
+    *,
+    load: Callable[[], TrackingConfig] | None = None,
+) -> None:
+    """``check``'s output and exit status (also ``kedro trackcfg check``'s; ``load``: see
+    ``run_checks``)."""
+    emit = lambda item: click.echo("\n".join(item.lines()))  # noqa: E731
+    items = run_checks(path, env, timeout, emit, load=load)
     failures = [item for item in items if item.status is Status.FAIL]
     if not failures:
         click.echo("a run would start")

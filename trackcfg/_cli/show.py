@@ -26,7 +26,7 @@ from ._common import (
     project_root,
 )
 
-__all__ = ["show"]
+__all__ = ["print_config", "show"]
 
 
 def _where(source: Source) -> str | None:
@@ -130,8 +130,11 @@ def show(path: Path | None, env: str | None, as_json: bool) -> None:
        "credentials": null or {"name": "...", "file": "/abs/credentials.yml",
                                "keys": {"AWS_SECRET_ACCESS_KEY": "***"}}}
     """
-    env_name = effective_env(env)
-    config = load_config(path, env=env)
+    print_config(load_config(path, env=env), effective_env(env), as_json=as_json)
+
+
+def print_config(config: TrackingConfig, env_name: str, *, as_json: bool) -> None:
+    """``show``'s output for ``config`` (also ``kedro trackcfg show``'s, read through Kedro)."""
     data = _show_data(config, env_name)
     if as_json:
         click.echo(json.dumps(data, indent=2))

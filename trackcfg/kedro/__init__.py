@@ -44,12 +44,22 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from kedro.framework.hooks import hook_impl
+import click
+
+try:
+    from kedro.framework.hooks import hook_impl
+except ModuleNotFoundError as exc:  # trackcfg installed without its Kedro extra
+    if exc.name is None or exc.name.partition(".")[0] != "kedro":
+        raise
+    raise ModuleNotFoundError(
+        f'{__name__} needs Kedro, which is not installed: pip install "trackcfg[kedro]"',
+        name=exc.name,
+    ) from exc
 
 from trackcfg._backend import open_backend
 from trackcfg._env import EnvSnapshot
@@ -70,7 +80,7 @@ if TYPE_CHECKING:
 
     from trackcfg._config import TrackingConfig
 
-__all__ = ["TrackingHooks", "hooks", "read_config"]
+__all__ = ["KedroConfigError", "TrackingHooks", "hooks", "kedro_env", "read_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +105,8 @@ def read_config(context: KedroContext) -> TrackingConfig:
     patterns = getattr(loader, "config_patterns", None)
     if isinstance(patterns, dict):
         patterns.setdefault("mlflow", CONFIG_PATTERNS)
-    file = _config_file(context)
+    files = _config_files(context)
+    file = files[-1] if files else None
     sections: dict[str, Any] = {}
     for key in ("mlflow", "credentials"):
         try:
@@ -105,7 +116,7 @@ def read_config(context: KedroContext) -> TrackingConfig:
         except OmegaConfBaseException as exc:
             # Credentials' messages may quote values: their error is named, never shown.
             what = f"{type(exc).__name__} in the credentials" if key == "credentials" else exc
-            raise ConfigError(
+            raise KedroConfigError(
                 [
                     ConfigProblem(
                         "",
@@ -114,12 +125,16 @@ def read_config(context: KedroContext) -> TrackingConfig:
                     )
                 ]
             ) from exc
-    return config_from_mapping(
-        sections.get("mlflow") or {},
-        file=file,
-        root=context.project_path,
-        credentials=sections.get("credentials") or {},
-    )
+    try:
+        return config_from_mapping(
+            sections.get("mlflow") or {},
+            file=file,
+            root=context.project_path,
+            credentials=sections.get("credentials") or {},
+            files=files,
+        )
+    except ConfigError as exc:
+        raise KedroConfigError(exc.problems) from exc
 
 
 def _register_random_name() -> None:
@@ -140,18 +155,32 @@ def _register_random_name() -> None:
         register(RANDOM_NAME_RESOLVER, random_run_name)
 
 
-def _config_file(context: KedroContext) -> Path | None:
-    """The most specific ``mlflow.yml`` that exists, to name in errors."""
+class KedroConfigError(ConfigError, click.ClickException):
+    """A ``ConfigError`` raised inside a Kedro command: click prints its problems (file:line,
+    the fix) and exits with status 1, where any other exception leaving ``kedro run`` is
+    printed as a traceback of hundreds of lines that hides them.  Still a ``ConfigError``
+    for Python callers (``KedroSession.run()``)."""
+
+    def __init__(self, problems: Sequence[ConfigProblem] | str) -> None:
+        ConfigError.__init__(self, problems)
+        click.ClickException.__init__(self, self.args[0])  # shown after "Error: "
+
+
+def _config_files(context: KedroContext) -> list[Path]:
+    """The ``mlflow.yml`` files that exist, base first, to name in errors (the last one
+    where no line is known)."""
     loader = context.config_loader
     conf = Path(getattr(loader, "conf_source", context.project_path / "conf"))
-    for env in (_env_name(context), getattr(loader, "base_env", "base")):
+    found = []
+    for env in (getattr(loader, "base_env", "base"), kedro_env(context)):
         for name in ("mlflow.yml", "mlflow.yaml"):
-            if env and (conf / env / name).is_file():
-                return conf / env / name
-    return None
+            if env and (conf / env / name).is_file() and conf / env / name not in found:
+                found.append(conf / env / name)
+    return found
 
 
-def _env_name(context: KedroContext) -> str | None:
+def kedro_env(context: KedroContext) -> str | None:
+    """The environment ``context`` reads: ``--env``, else the loader's default (``local``)."""
     return context.env or getattr(context.config_loader, "default_run_env", None)
 
 
@@ -322,7 +351,7 @@ class TrackingHooks:
     @hook_impl
     def after_context_created(self, context: KedroContext) -> None:
         self._config = read_config(context)
-        self._env = _env_name(context)
+        self._env = kedro_env(context)
         self._context = context
 
     @hook_impl
@@ -358,7 +387,10 @@ class TrackingHooks:
         if session.enabled:  # the limit is the installed mlflow's: asked for a tracked run only
             tags, texts = _fit_tags(tags, open_backend.limits().tag_value)
             session = session_with(tags)
-        session.__enter__()
+        try:
+            session.__enter__()
+        except ConfigError as exc:  # e.g. params the param policy refuses: no traceback
+            raise KedroConfigError(exc.problems) from exc
         self._session, self._nodes, self._owner = session, {}, os.getpid()
         # Registered after mlflow's exit handler (which would end the run FINISHED): runs first.
         atexit.register(self._interrupted)

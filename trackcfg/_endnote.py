@@ -1,0 +1,57 @@
+"""What a session says when its run ends, besides MLflow's own "View run" line.
+
+- An offline run (``server.offline``) reminds where it is and the command that sends it: it
+  is not on the server until then, and the note at the session's start scrolled away long
+  ago.  A warning, so that it shows without any logging configured.
+- On a terminal, a short summary of the run: its status, how many params, the last value of
+  each metric the session logged (W&B prints one; MLflow only a link).  Only where a person
+  reads it (stdout is a TTY), never in a pipe, a log file or CI output, and off with
+  ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT``, the variable that turns MLflow's link off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import IO
+
+from ._rules import TRUTHY
+
+__all__ = ["SUPPRESS_VARIABLE", "offline_reminder", "run_summary", "wants_summary"]
+
+SUPPRESS_VARIABLE = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+SHOWN_METRICS = 10
+"""A summary lists this many metrics at most (the first logged), then how many more."""
+
+
+def offline_reminder(run_id: str, name: str, store: str, destination: str, command: str) -> str:
+    return (
+        f"run {run_id} of session {name!r} is in the offline store {store}, not yet on "
+        f"{destination}; send it there with: {command}"
+    )
+
+
+def wants_summary(stream: IO[str], environ: Mapping[str, str]) -> bool:
+    """A person reads ``stream`` (a terminal), and did not turn MLflow's link off."""
+    if environ.get(SUPPRESS_VARIABLE, "").strip().lower() in TRUTHY:
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without it, or closed
+        return False
+
+
+def run_summary(name: str, status: str, params: int, last: Mapping[str, tuple[float, int]]) -> str:
+    """A few lines: ``run 'train' FINISHED: 2 params, 3 metrics`` and each metric's last
+    value (with its step when not 0), aligned; at most ``SHOWN_METRICS`` of them."""
+    lines = [
+        f"run {name!r} {status}: {params} param{'' if params == 1 else 's'}, "
+        f"{len(last)} metric{'' if len(last) == 1 else 's'}"
+    ]
+    shown = list(last.items())[:SHOWN_METRICS]
+    width = max((len(key) for key, _ in shown), default=0)
+    for key, (value, step) in shown:
+        at = f"  (step {step})" if step else ""
+        lines.append(f"  {key:<{width}}  {value:.6g}{at}")
+    if len(last) > SHOWN_METRICS:
+        lines.append(f"  ... and {len(last) - SHOWN_METRICS} more")
+    return "\n".join(lines)
