@@ -46,7 +46,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typing(session: nox.Session) -> None:
-    session.install("-e", ".[kedro]", *nox.project.dependency_groups(PYPROJECT, "typing"))
+    session.install("-e", ".[kedro,hydra]", *nox.project.dependency_groups(PYPROJECT, "typing"))
     session.run("mypy")
 
 
