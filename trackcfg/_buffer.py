@@ -44,7 +44,7 @@ from ._backend import Backend
 from ._delivery import Delivery, SenderState
 from ._journal import Journal, JournalRecord, copy_artifact, records_from
 from ._params import Limits, MetricPoint
-from .exceptions import RunError, TrackingUnavailableError
+from .exceptions import CredentialsError, RunError, TrackingUnavailableError
 
 __all__ = ["DROPPED_TAG", "BufferedRun", "LoggingSettings"]
 
@@ -579,10 +579,12 @@ class BufferedRun:
     def _went_away(self, exc: BaseException) -> None:
         if self._unreachable_since is None:
             self._unreachable_since = time.monotonic()
+            unreachable = isinstance(exc, (TrackingUnavailableError, CredentialsError))
             logger.warning(
-                "tracking server %s is unreachable (%s); run %s keeps logging locally and "
-                "retries in the background",
+                "tracking server %s %s (%s); run %s keeps logging locally and retries in the "
+                "background",
                 self.where,
+                "is unreachable" if unreachable else "failed a request",
                 type(exc).__name__,
                 self.run_id,
             )
