@@ -1239,7 +1239,7 @@ def test_buffered_flush_raises_when_the_sender_stopped_with_calls_not_sent(
     with session as s:
         store.fail("log_batch", SystemExit(3))  # not an Exception: ends the sender thread
         s.log_metrics({"loss": 0.5}, step=1)
-        with pytest.raises(RunError, match="sender for run .* stopped") as stopped:
+        with pytest.raises(RunError, match=r"sender for run .* stopped") as stopped:
             s.flush(timeout=30)
         assert "the journal" in str(stopped.value)
 

@@ -105,10 +105,14 @@ class BufferedRun:
     _dropped_tagged: int = 0  # ... the count the run's tag says
     _thread: threading.Thread | None = None
     _sleeper: threading.Event = attrs.field(factory=threading.Event)
+    _fork_guard: threading.Lock = attrs.field(factory=threading.Lock)
     _temp: Path | None = None  # artifacts waiting for upload, without a journal
     _count: int = 0
 
     def start(self) -> None:
+        from ._state import guard_against_fork
+
+        guard_against_fork(self._fork_guard)
         self._thread = threading.Thread(
             target=self._run, name=f"trackcfg-sender-{self.run_id[:8]}", daemon=True
         )
@@ -434,6 +438,7 @@ class BufferedRun:
             limits=self.limits,
             wait=self._wait,
             on_state=self._set_state,
+            guard=self._fork_guard,
         )
         try:
             while True:

@@ -17,14 +17,16 @@ What a request meets decides what happens next:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import math
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
@@ -107,6 +109,8 @@ class Delivery:
     on_state: Callable[[SenderState], None] = lambda state: None
     #: When set: artifact files must be inside this folder (a journal's blobs), else refused.
     allowed: Callable[[str], bool] | None = None
+    #: Held around each call to the store (``_state.guard_against_fork``).
+    guard: AbstractContextManager[Any] = attrs.field(factory=contextlib.nullcontext)
     refused: list[str] = attrs.field(factory=list)
 
     def send(self, records: Sequence[JournalRecord], known: Iterable[object] = ()) -> bool:
@@ -165,7 +169,8 @@ class Delivery:
         while True:
             self.on_state(SenderState.SENDING)
             try:
-                send()
+                with self.guard:
+                    send()
             except (TrackingUnavailableError, CredentialsError) as exc:
                 self.on_state(SenderState.WAITING)
                 if not self.wait(exc, delay):

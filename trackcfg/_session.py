@@ -296,6 +296,7 @@ class TrackingSession:
         if self._entered:
             raise RunError(f"session {self._name!r} was entered already; create a new one")
         self._entered = True
+        self._owner_pid = os.getpid()  # its run is this process's to end (_close)
         reason = self._disabled_reason()
         if reason is not None:
             logger.info("tracking disabled for %r: %s", self._name, reason)
@@ -317,7 +318,11 @@ class TrackingSession:
     ) -> None:
         if not self._enabled:
             return
-        self._close(self._status_for(exc), raising=exc is None)
+        try:
+            self._close(self._status_for(exc), raising=exc is None)
+        except _state.Terminated as again:  # SIGTERM again while leaving: die by it too
+            self._hand_on(again)
+            raise
         self._hand_on(exc)
 
     def _status_for(self, exc: BaseException | None) -> RunStatus:
@@ -785,6 +790,9 @@ class TrackingSession:
             return
         self._closed = True
         backend = self._backend
+        if self._owner_pid != os.getpid():
+            # A forked child leaving its copy of the block: the run is its parent's to end.
+            backend = None
         errors: list[BaseException] = []
         try:
             if self._buffer is not None and backend is not None:
@@ -824,12 +832,16 @@ class TrackingSession:
         and leaving the session does not raise."""
         buffer = self._buffer
         assert buffer is not None
-        delivered = buffer.close(self._config.tracking.logging.exit_timeout)
-        if delivered and (self._started_run or self._pushed_run):
-            try:
-                self._end_own_run(backend, status)
-            except TrackingUnavailableError:
-                delivered = False
+        try:
+            delivered = buffer.close(self._config.tracking.logging.exit_timeout)
+            if delivered and (self._started_run or self._pushed_run):
+                try:
+                    self._end_own_run(backend, status)
+                except TrackingUnavailableError:
+                    delivered = False
+        except BaseException:  # interrupted again while leaving: the journal keeps the end
+            buffer.keep_end(status.value if self._started_run else None)
+            raise
         if delivered:
             buffer.finished()
             buffer.raise_refused()
