@@ -31,6 +31,7 @@ loop never blocks); without one, a call waits for the sender.
 from __future__ import annotations
 
 import collections
+import gc
 import logging
 import shutil
 import threading
@@ -447,6 +448,10 @@ class BufferedRun:
                     return
                 if not delivery.send(records):
                     return
+                # The young garbage of the requests (SQLAlchemy's objects and their weakref
+                # callbacks) freed here, not by a collection in the main thread, where a
+                # Ctrl-C landing in such a callback is only printed, and lost.
+                gc.collect(1)
                 if delivery.refused:
                     with self._cond:
                         self._refused.extend(delivery.refused)
