@@ -371,3 +371,55 @@ def test_a_journal_whose_header_names_another_run_than_its_file_is_refused(
     client = store_client(project)
     assert loss_steps(client, run_b) == [0, 1]  # its own journal only
     assert loss_steps(client, run_a) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Compaction.
+
+COMPACTED = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from trackcfg import TrackingSession, load_config
+
+    with TrackingSession(load_config(sys.argv[1]), name="long") as s:
+        for step in range(30_000):
+            s.log_metrics({"loss": float(step)}, step=step)
+        s.flush(600)
+        (journal,) = Path(sys.argv[1], ".trackcfg", "journal").glob("*.journal")
+        print(journal.stat().st_size, flush=True)
+        for step in range(30_000, 30_100):
+            s.log_metrics({"loss": float(step)}, step=step)
+        print(s.run_id, flush=True)
+        os._exit(0)
+    """
+)
+
+
+def test_the_journal_drops_what_the_store_acknowledged_and_keeps_the_rest(
+    migrated_sqlite_db: Path, tmp_path: Path
+) -> None:
+    """30,000 calls flushed leave a journal of a few hundred bytes (not 30,000 records);
+    the calls after it, and the process killed: sync sends those, nothing twice."""
+    from helpers import TRACKING_SETTINGS, run_python, subprocess_env
+
+    project = project_folder(
+        tmp_path / "proj", config=config_text(".trackcfg/journal", flush_seconds=0.05)
+    )
+    copy_store(migrated_sqlite_db, project / "mlruns")
+    done = run_python(
+        "-c",
+        COMPACTED,
+        str(project),
+        cwd=project,
+        env=subprocess_env(drop=TRACKING_SETTINGS),
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    size, run_id = done.stdout.split()[-2:]
+    assert int(size) < 4096, f"{size} bytes after 30,000 calls flushed"
+
+    said = sync(project)
+
+    assert "sent: run" in said, said
+    assert loss_steps(store_client(project), run_id) == list(range(30_100))

@@ -23,6 +23,10 @@ Failures:
   said once, and the count tagged on the run (``trackcfg.logging.dropped``).  An error of the
   disk in the sender (acknowledging, reading back) never stops delivery.
 
+The journal is compacted as acknowledgements arrive: once ``COMPACT_BYTES`` of it are
+acknowledged (a few KiB when that is all of it), they are dropped from it, so a long run's
+journal stays about that size while the server keeps up (``Journal.compact``).
+
 Memory holds at most ``max_buffered`` entities; past that, with a journal, the rest waits in
 the journal only (a span of it in the queue) and is read back as the sender catches up (the
 loop never blocks); without one, a call waits for the sender.
@@ -54,6 +58,8 @@ logger = logging.getLogger(__name__)
 #: The tag saying how many entities a run dropped (the journal could not take them and memory
 #: was full).
 DROPPED_TAG = "trackcfg.logging.dropped"
+#: Acknowledged bytes of the journal from which they are dropped from it (compacted).
+COMPACT_BYTES = 512 * 1024
 
 
 @attrs.frozen(kw_only=True)
@@ -480,6 +486,19 @@ class BufferedRun:
                     logger.debug("cannot acknowledge in %s", self.journal.path, exc_info=True)
             self._sent_seq = max(self._sent_seq, seq)
             self._cond.notify_all()
+            journal = self.journal
+            if journal is not None and not journal.closed:
+                try:
+                    moved = journal.compact(self._sent_seq, COMPACT_BYTES)
+                except Exception:  # never a reason to stop sending
+                    logger.debug("cannot compact %s", journal.path, exc_info=True)
+                    moved = None
+                if moved is not None:  # spans kept in the journal only: where they are now
+                    old, new = moved
+                    for item in self._queue:
+                        if isinstance(item, _Span):
+                            item.start += new - old
+                            item.end += new - old
 
     def _forget_copies(self, records: list[JournalRecord]) -> None:
         """Delivered artifacts' copies are not needed any more (the journal stays small)."""

@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 SUFFIX = ".journal"
+#: Acknowledged bytes a journal with nothing else in it is compacted from.
+_SMALL = 16 * 1024
 
 #: One encoder for every record: ``json.dumps(..., separators=...)`` builds a new one per
 #: call, a third of the cost of journaling a ``log_metrics`` call.
@@ -199,6 +201,8 @@ class Journal:
     _blob_count: int = 0
     offset: int = 0  # bytes written so far: where the next line starts
     _cut_failed: bool = False  # a torn piece could not be cut back
+    _header_size: int = 0
+    _scanned: tuple[int, int] = (0, 0)  # (offset, seq): every record before offset <= seq
 
     def append(
         self,
@@ -272,6 +276,80 @@ class Journal:
 
     def end(self, status: str, at_ms: int) -> None:
         self._write(json.dumps({"end": status, "at": at_ms}))
+
+    def compact(self, acked: int, worth: int = 0) -> tuple[int, int] | None:
+        """Drop what the server acknowledged (every record up to ``acked``): the file is
+        rewritten as its header, ``{"ack": acked}`` and the lines after the last acknowledged
+        record, then put in place of the old one by ``rename`` (a crash leaves one or the
+        other whole), when the acknowledged part is at least ``worth`` bytes (or a few KiB
+        when it is all of it).  Returns ``(old, new)``: a byte at ``old`` or after in the old
+        file is now ``new - old`` bytes further; None when it was not worth it or the disk
+        refused (nothing changed).  The caller holds the lock appends are made under."""
+        tail = self._offset_after(acked)
+        if tail is None:
+            return None
+        waste = tail - self._header_size
+        if waste < self.offset - tail:  # mostly records not sent yet: copying costs more
+            return None
+        if waste < (min(worth, _SMALL) if tail == self.offset else worth):
+            return None
+        temporary = self.path.with_name(self.path.name + ".compacting")
+        try:
+            with open(self.path, "rb") as old:
+                header = old.read(self._header_size)
+                old.seek(tail)
+                rest = old.read(self.offset - tail)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            handle = open(fd, "wb", buffering=0)  # noqa: SIM115 - becomes the journal's
+            if not _lock(handle, blocking=False):  # pragma: no cover - a file of its own
+                handle.close()
+                return None
+            kept = header + (json.dumps({"ack": acked}) + "\n").encode("utf-8")
+            data = kept + rest
+            try:
+                done = 0
+                while done < len(data):
+                    written = handle.write(data[done:])
+                    if not written:
+                        raise OSError(errno.ENOSPC, "disk full")
+                    done += written
+                os.rename(temporary, self.path)
+            except OSError:
+                handle.close()
+                raise
+        except OSError:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            logger.debug("could not compact %s", self.path, exc_info=True)
+            return None
+        self._handle.close()
+        self._handle = handle
+        self.offset = len(data)
+        self._scanned = (len(kept), acked)
+        return tail, len(kept)
+
+    def _offset_after(self, acked: int) -> int | None:
+        """Where the first line after record ``acked`` starts (None: not found whole)."""
+        start, known = self._scanned
+        if known > acked:
+            start, known = self._header_size, 0
+        position = start
+        with open(self.path, "rb") as handle:
+            handle.seek(start)
+            while position < self.offset:
+                line = handle.readline()
+                if not line.endswith(b"\n"):
+                    return None
+                if line.startswith(b'{"s":'):
+                    end = 5
+                    while line[end : end + 1].isdigit():
+                        end += 1
+                    if int(line[5:end] or 0) > acked:
+                        self._scanned = (position, acked)
+                        return position
+                position += len(line)
+        self._scanned = (position, acked)
+        return position
 
     def finish(self) -> None:
         """Everything is on the server: the journal is not needed any more."""
@@ -352,6 +430,8 @@ def open_journal(
     }
     try:
         journal._write(json.dumps(header))
+        journal._header_size = journal.offset
+        journal._scanned = (journal.offset, 0)
     except OSError:
         handle.close()
         remove(path)
