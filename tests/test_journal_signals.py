@@ -81,3 +81,61 @@ def test_sigterm_again_while_leaving_writes_the_end_and_dies_by_the_signal(
     assert "Traceback" not in err
     (journal,) = (project / ".trackcfg" / "journal").glob(f"{run_id}.*.journal")
     assert '{"end": "KILLED"' in journal.read_text()
+
+
+TIGHT_LOOP = textwrap.dedent(
+    """
+    import sys
+    from trackcfg import TrackingSession, load_config
+
+    with TrackingSession(load_config(sys.argv[1]), name="loop") as s:
+        print(s.run_id, flush=True)
+        step = 0
+        while True:
+            s.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+            step += 1
+    """
+)
+
+
+def test_ctrl_c_in_a_tight_loop_always_ends_the_loop_and_the_run_killed(
+    migrated_sqlite_db: Path, tmp_path: Path
+) -> None:
+    """Five times: Ctrl-C while the loop logs and the sender sends to the default local
+    store ends the process by SIGINT and the run KILLED (never printed as "Exception ignored"
+    by a callback the main thread ran for the sender's objects, the loop going on)."""
+    from mlflow import MlflowClient
+
+    config = (
+        "server:\n  mlflow_tracking_uri: mlruns\ntracking:\n  logging:\n    mode: buffered\n"
+        "    flush_seconds: 0.01\n"
+    )
+    project = project_folder(tmp_path / "proj", config=config)
+    db = copy_store(migrated_sqlite_db, project / "mlruns")
+    script = tmp_path / "loop.py"
+    script.write_text(TIGHT_LOOP)
+    for trial in range(5):
+        child = subprocess.Popen(
+            [sys.executable, str(script), str(project)],
+            cwd=project,
+            env=subprocess_env(drop=TRACKING_SETTINGS),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stdout is not None
+            run_id = child.stdout.readline().strip()
+            client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+            deadline = time.monotonic() + WATCHDOG
+            while len(client.get_metric_history(run_id, "loss")) < 2000:  # the sender works
+                assert time.monotonic() < deadline, "nothing was sent"
+                time.sleep(0.1)
+            child.send_signal(signal.SIGINT)
+            _, err = child.communicate(timeout=WATCHDOG)
+        finally:
+            if child.poll() is None:
+                child.kill()
+        assert child.returncode == -signal.SIGINT, f"trial {trial}: {err}"
+        assert "Exception ignored" not in err, f"trial {trial}: {err}"
+        assert client.get_run(run_id).info.status == "KILLED"
