@@ -87,7 +87,7 @@ class BufferedRun:
     limits: Limits
     settings: LoggingSettings
     journal: Journal | None
-    where: str  # the server, masked, for messages
+    where: str  # "tracking server <masked URI>" or "store <masked URI>", for messages
     _lock: threading.RLock = attrs.field(factory=threading.RLock)
     _cond: threading.Condition = attrs.field(
         default=attrs.Factory(lambda self: threading.Condition(self._lock), takes_self=True)
@@ -610,8 +610,7 @@ class BufferedRun:
             self._unreachable_since = time.monotonic()
             unreachable = isinstance(exc, (TrackingUnavailableError, CredentialsError))
             logger.warning(
-                "tracking server %s %s (%s); run %s keeps logging locally and retries in the "
-                "background",
+                "%s %s (%s); run %s keeps logging locally and retries in the background",
                 self.where,
                 "is unreachable" if unreachable else "failed a request",
                 type(exc).__name__,
@@ -621,8 +620,7 @@ class BufferedRun:
     def _came_back(self) -> None:
         if self._unreachable_since is not None:
             logger.warning(
-                "tracking server %s answers again after %.0f s; sending what run %s logged "
-                "meanwhile",
+                "%s answers again after %.0f s; sending what run %s logged meanwhile",
                 self.where,
                 time.monotonic() - self._unreachable_since,
                 self.run_id,

@@ -502,7 +502,7 @@ class TrackingSession:
                 journal_dir=str(folder),
             ),
             journal=journal,
-            where=self._shown_store(),
+            where=f"{self._store_kind()} {self._shown_store()}",
         )
         self._buffer.start()
         _state.reset_in_forked_child(self, TrackingSession._leave_buffer_to_parent)
@@ -695,6 +695,11 @@ class TrackingSession:
     def _shown_store(self) -> str:
         return mask_uri(self.tracking_uri)
 
+    def _store_kind(self) -> str:
+        """What messages call the store: a server, or a local store (slow or locked)."""
+        remote = self.tracking_uri.startswith(("http://", "https://"))
+        return "tracking server" if remote else "store"
+
     def _experiment(self, backend: Backend) -> str:
         settings = self._config.tracking.experiment
         name = self.experiment_name
@@ -858,9 +863,10 @@ class TrackingSession:
             backend.pop_active(own)
         if buffer.journal is None:
             logger.warning(
-                "tracking server %s did not take everything run %s logged within %s s "
+                "%s %s did not take everything run %s logged within %s s "
                 "(tracking.logging.exit_timeout); %d logging call(s) are lost "
                 "(tracking.logging.journal is false)",
+                self._store_kind(),
                 self._shown_store(),
                 self._run_id,
                 self._config.tracking.logging.exit_timeout,
@@ -868,9 +874,10 @@ class TrackingSession:
             )
             return
         logger.warning(
-            "tracking server %s did not answer within %s s (tracking.logging.exit_timeout): "
+            "%s %s did not answer within %s s (tracking.logging.exit_timeout): "
             "%d logging call(s) and the end of run %s (%s) are kept in %s; send them with: "
             "trackcfg sync %s",
+            self._store_kind(),
             self._shown_store(),
             self._config.tracking.logging.exit_timeout,
             buffer.pending,
