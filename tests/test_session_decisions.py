@@ -1244,6 +1244,18 @@ def test_buffered_flush_raises_when_the_sender_stopped_with_calls_not_sent(
         assert "the journal" in str(stopped.value)
 
 
+def test_buffered_without_a_journal_a_full_memory_makes_the_sender_send_at_once(
+    project: Project, store: FakeStore
+) -> None:
+    """``journal: false`` and ``max_buffered`` reached: the call waits for the sender, which
+    sends at once (not after ``flush_seconds``, an hour here)."""
+    config = buffered(project, journal=False, max_buffered=5, flush_seconds=3600)
+    with open_session(config, store) as s:
+        for step in range(20):
+            s.log_metrics({"loss": float(step)}, step=step)
+        assert len(run_id_metrics(store, s)) >= 15
+
+
 @pytest.mark.parametrize("mode", ["sync", "buffered"])
 def test_a_nul_character_in_a_param_or_tag_is_refused_at_the_call(
     project: Project, store: FakeStore, mode: str

@@ -99,6 +99,7 @@ class BufferedRun:
     _sent_seq: int = 0  # every record up to this one is on the server
     _oldest: float | None = None  # when the oldest record in memory was added
     _flush_wanted: int = 0  # callers waiting in flush()
+    _room_wanted: bool = False  # a caller waits for room in memory (no journal)
     _sender_waiting: bool = False  # the sender sleeps until notified or its deadline
     _closing: bool = False
     _state: SenderState = SenderState.IDLE
@@ -181,6 +182,8 @@ class BufferedRun:
                     while self._queued + size > self.settings.max_buffered and self._queue:
                         if self._stopped:
                             raise RunError(self._stopped_message())
+                        self._room_wanted = True  # the sender sends without waiting
+                        self._wake_sender()
                         self._cond.wait(1.0)
                     self._enqueue(record, size)
                 else:
@@ -463,8 +466,7 @@ class BufferedRun:
                         self._refused.extend(delivery.refused)
                     delivery.refused.clear()
                 self._came_back()
-                self._acknowledge(records[-1].seq)
-                if records[-1].artifacts:
+                if self._acknowledge(records[-1].seq) and records[-1].artifacts:
                     self._forget_copies(records)
         except BaseException as exc:  # never take the process down from a background thread
             logger.exception("trackcfg's sender for run %s stopped", self.run_id)
@@ -477,12 +479,16 @@ class BufferedRun:
         if self._state is not SenderState.STOPPED and not self._closing:
             self._state = state
 
-    def _acknowledge(self, seq: int) -> None:
+    def _acknowledge(self, seq: int) -> bool:
+        """Note ``seq`` and all before it as sent; False when the journal could not say so
+        (the disk is full: sync would only send those again)."""
+        acked = True
         with self._cond:
             if self.journal is not None and not self.journal.closed:
                 try:
                     self.journal.ack(seq)
-                except OSError:  # the disk is full: sync would only send these again
+                except OSError:
+                    acked = False
                     logger.debug("cannot acknowledge in %s", self.journal.path, exc_info=True)
             self._sent_seq = max(self._sent_seq, seq)
             self._cond.notify_all()
@@ -499,6 +505,7 @@ class BufferedRun:
                         if isinstance(item, _Span):
                             item.start += new - old
                             item.end += new - old
+        return acked
 
     def _forget_copies(self, records: list[JournalRecord]) -> None:
         """Delivered artifacts' copies are not needed any more (the journal stays small)."""
@@ -514,7 +521,7 @@ class BufferedRun:
                     shutil.rmtree(folder, ignore_errors=True)
 
     def _ready(self) -> bool:
-        if self._flush_wanted or self._closing:
+        if self._flush_wanted or self._closing or self._room_wanted:
             return True
         if self._queued >= self.limits.metrics_per_batch:
             return True
@@ -561,6 +568,7 @@ class BufferedRun:
                 if head.artifacts:
                     break  # uploaded in its turn, after what came before
             self._queued -= entities
+            self._room_wanted = False
             self._oldest = time.monotonic() if self._queued else None
             if self._dropped > self._dropped_tagged:
                 self._dropped_tagged = self._dropped
