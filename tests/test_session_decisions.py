@@ -1251,8 +1251,15 @@ def test_buffered_without_a_journal_a_full_memory_makes_the_sender_send_at_once(
     sends at once (not after ``flush_seconds``, an hour here)."""
     config = buffered(project, journal=False, max_buffered=5, flush_seconds=3600)
     with open_session(config, store) as s:
-        for step in range(20):
-            s.log_metrics({"loss": float(step)}, step=step)
+
+        def loop() -> None:
+            for step in range(20):
+                s.log_metrics({"loss": float(step)}, step=step)
+
+        logging_thread = threading.Thread(target=loop, daemon=True)
+        logging_thread.start()
+        logging_thread.join(timeout=120)
+        assert not logging_thread.is_alive(), "the loop waited for the sender for good"
         assert len(run_id_metrics(store, s)) >= 15
 
 
