@@ -423,3 +423,62 @@ def test_the_journal_drops_what_the_store_acknowledged_and_keeps_the_rest(
 
     assert "sent: run" in said, said
     assert loss_steps(store_client(project), run_id) == list(range(30_100))
+
+
+# ---------------------------------------------------------------------------------------------
+# A value a PostgreSQL-backed server answers HTTP 500 to, every time.
+
+POISONED = textwrap.dedent(
+    """
+    import os, sys
+    from trackcfg import TrackingSession, load_config
+
+    with TrackingSession(load_config(sys.argv[1]), name="poisoned") as s:
+        s.set_tags({"fine": "yes"})
+        for step in range(300):
+            s.log_metrics({"loss": float(step)}, step=step)
+        print(s.run_id, flush=True)
+        os._exit(0)
+    """
+)
+
+
+def test_sync_to_postgresql_isolates_a_value_answered_500_every_time_and_sends_the_rest(
+    pg_mlflow_server: str, tmp_path: Path
+) -> None:
+    """A journal written before NUL characters were refused at the call: the tag holding one
+    is answered HTTP 500 by the PostgreSQL-backed server each time. ``trackcfg sync`` treats
+    it as refused after a bounded number of tries, names it, sends the 300 steps and the
+    other tag, and ends the run (it used to say the server "could not be reached" forever).
+    """
+    from helpers import TRACKING_SETTINGS, run_python, subprocess_env
+
+    config = (
+        f"server:\n  mlflow_tracking_uri: {pg_mlflow_server}\n  request_timeout: 5\n"
+        "  max_retries: 1\ntracking:\n  logging:\n    mode: buffered\n    flush_seconds: 3600\n"
+    )
+    project = project_folder(tmp_path / "proj", config=config)
+    done = run_python(
+        "-c",
+        POISONED,
+        str(project),
+        cwd=project,
+        env=subprocess_env(drop=TRACKING_SETTINGS),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.split()[-1]
+    journal = the_journal(project)
+    lines = journal.read_text().split("\n")
+    lines.insert(3, json.dumps({"s": 100_000, "t": {"poison": "a\x00b"}}))
+    journal.write_text("\n".join(lines))
+
+    said = sync(project)
+
+    assert "the store refused tag 'poison'" in said, said
+    client = MlflowClient(tracking_uri=pg_mlflow_server)
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["fine"] == "yes"
+    assert "poison" not in run.data.tags
+    assert loss_steps(client, run_id) == list(range(300))

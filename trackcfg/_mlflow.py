@@ -118,11 +118,26 @@ def _network_cause(exc: BaseException) -> BaseException | None:
     An ``HTTPError`` is not one: the server answered, with an error status.
     """
     for current in _chain(exc):
-        if isinstance(current, requests.exceptions.HTTPError):
+        if isinstance(current, requests.exceptions.HTTPError) or _answered_with_errors(current):
             return None
         if isinstance(current, requests.exceptions.RequestException):
             return current
     return None
+
+
+def _answered_with_errors(exc: BaseException) -> bool:
+    """A ``RetryError`` for HTTP 500 (urllib3's "too many 500 error responses"): the server
+    answered, every time, that it failed on the request: not unreachable (a 502, 503 or 504
+    from a proxy in front of a server that is down is).  urllib3 keeps the status only in
+    that reason's text, written from its ``SPECIFIC_ERROR`` template."""
+    if not isinstance(exc, requests.exceptions.RetryError):
+        return False
+    from urllib3.exceptions import ResponseError
+
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    if not isinstance(reason, ResponseError):
+        return False
+    return str(reason) == ResponseError.SPECIFIC_ERROR.format(status_code=500)
 
 
 @attrs.frozen
