@@ -29,7 +29,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -152,6 +152,7 @@ class FakeStore:
         self.silent: str | None = None
         """What ``silence()`` answers: None, the in-memory store always answers; a reason
         stands for a server that does not (``server.offline: auto`` falls back)."""
+        self.failing_keys: dict[str, Callable[[], BaseException]] = {}
 
     # ---------------------------------------------------------------- BackendFactory
 
@@ -189,6 +190,12 @@ class FakeStore:
         """Refuse (like MLflow refuses an invalid value) every batch holding metric ``key``."""
         with self._lock:
             self.refused_metrics.add(key)
+
+    def fail_batches_holding(self, key: str, error: Callable[[], BaseException]) -> None:
+        """Every batch holding a param, tag or metric ``key`` raises ``error()``, each time
+        (a server answering HTTP 500 to one value, again and again)."""
+        with self._lock:
+            self.failing_keys[key] = error
 
     def clear_failures(self) -> None:
         with self._lock:
@@ -518,6 +525,10 @@ class FakeBackend:
         self._call("log_batch", run_id, batch)
         store = self.store
         limits = store._limits
+        keys = {k for k, _ in batch.params} | {k for k, _ in batch.tags}
+        for key in keys | {m.key for m in batch.metrics}:
+            if key in store.failing_keys:
+                raise store.failing_keys[key]()
         with store.lock:
             run = store.live_run(run_id)
             problems = _batch_problems(batch, limits)

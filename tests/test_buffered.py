@@ -286,7 +286,8 @@ def test_server_down_when_the_session_ends_then_sync_sends_everything_and_the_st
 
     done = sync_command(project)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"sent: run {run_id} (302 call(s), 300 point(s), ended FINISHED)" in done.stdout
+    # The session's own params went at its start (before the block): 1 set_tags + 300 steps.
+    assert f"sent: run {run_id} (301 call(s), 300 point(s), ended FINISHED)" in done.stdout
     assert "Traceback" not in done.stderr
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -576,7 +577,8 @@ def test_replaying_a_journal_twice_or_after_a_sync_killed_half_way_duplicates_no
 
     first = sync_command(project)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert f"sent: run {run_id} (302 call(s), 600 point(s), ended KILLED)" in first.stdout
+    # The session's params went at its start: 1 set_tags + 300 steps are in the journal.
+    assert f"sent: run {run_id} (301 call(s), 600 point(s), ended KILLED)" in first.stdout
     assert journals(project) == []
 
     journal.write_text(whole)  # as a sync killed before its first acknowledgement left it

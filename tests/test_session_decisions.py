@@ -39,6 +39,7 @@ from trackcfg import (
     ExperimentError,
     ParamValueTooLongError,
     RunError,
+    ServerError,
     TrackingConfig,
     TrackingSession,
     TrackingUnavailableError,
@@ -1175,6 +1176,106 @@ def test_buffered_end_with_the_store_away_keeps_the_journal_for_sync(
     assert run.status is RunStatus.FINISHED
     assert [(m.key, m.step) for m in run.metrics] == [("loss", 1), ("loss", 2)]
     assert not journals[0].exists()
+
+
+def test_buffered_a_batch_failing_with_the_same_5xx_again_and_again_is_isolated_as_refused(
+    project: Project, store: FakeStore
+) -> None:
+    """One tag the server answers 500 to every time: after a bounded number of tries it is
+    treated as a refusal, found by halving, named with the server's own message; every step
+    logged after it lands, and the run ends."""
+    # What the backend raises for an HTTP 500 that urllib3 gave up retrying (not "away").
+    store.fail_batches_holding("poison", lambda: ServerError("INTERNAL_ERROR: invalid byte"))
+    session = open_session(buffered(project), store)
+    with session as s:
+        s.set_tags({"poison": "x", "fine": "y"})
+        for step in range(300):
+            s.log_metrics({"loss": float(step)}, step=step)
+        with pytest.raises(RunError) as refused:
+            s.flush(timeout=120)
+    assert "tag 'poison'" in str(refused.value)
+    assert "INTERNAL_ERROR: invalid byte" in str(refused.value)
+    assert session.run_id is not None
+    run = store.runs[session.run_id]
+    assert [m.step for m in run.metrics] == list(range(300))
+    assert run.tags["fine"] == "y"
+    assert "poison" not in run.tags
+    assert run.status is RunStatus.FINISHED
+
+
+def test_sync_isolates_a_batch_failing_with_the_same_5xx_and_reports_it_by_name(
+    project: Project, store: FakeStore
+) -> None:
+    """The same rule in ``trackcfg sync``: the journal's other records are sent, the run
+    ended, and the result says what the server refused, in its own words."""
+    from trackcfg._sync import sync_journals
+
+    session = open_session(buffered(project, exit_timeout=0.3), store)
+    with session as s:
+        for _ in range(1000):
+            store.fail("log_batch", TrackingUnavailableError("server away"))
+        store.fail("end_run", TrackingUnavailableError("server away"))
+        s.log_metrics({"loss": 0.5, "poisoned": 1.0}, step=1)
+        s.log_metrics({"loss": 0.25}, step=2)
+    store.clear_failures()
+    store.fail_batches_holding("poisoned", lambda: ServerError("INTERNAL_ERROR: no"))
+    folder = project.root / ".trackcfg" / "journal"
+    (result,) = sync_journals(folder, tracking_uri=FAKE_URI, shown_uri=FAKE_URI, factory=store)
+
+    assert result.state == "sent"
+    assert "metric 'poisoned'" in result.detail
+    assert "INTERNAL_ERROR: no" in result.detail
+    assert session.run_id is not None
+    run = store.runs[session.run_id]
+    assert [(m.key, m.step) for m in run.metrics] == [("loss", 1), ("loss", 2)]
+    assert run.status is RunStatus.FINISHED
+
+
+def test_buffered_flush_raises_when_the_sender_stopped_with_calls_not_sent(
+    project: Project, store: FakeStore
+) -> None:
+    """Whatever stops the sender thread, ``flush`` does not return as if all was sent."""
+    session = open_session(buffered(project, exit_timeout=0.5), store)
+    with session as s:
+        store.fail("log_batch", SystemExit(3))  # not an Exception: ends the sender thread
+        s.log_metrics({"loss": 0.5}, step=1)
+        with pytest.raises(RunError, match=r"sender for run .* stopped") as stopped:
+            s.flush(timeout=30)
+        assert "the journal" in str(stopped.value)
+
+
+def test_buffered_without_a_journal_a_full_memory_makes_the_sender_send_at_once(
+    project: Project, store: FakeStore
+) -> None:
+    """``journal: false`` and ``max_buffered`` reached: the call waits for the sender, which
+    sends at once (not after ``flush_seconds``, an hour here)."""
+    config = buffered(project, journal=False, max_buffered=5, flush_seconds=3600)
+    with open_session(config, store) as s:
+
+        def loop() -> None:
+            for step in range(20):
+                s.log_metrics({"loss": float(step)}, step=step)
+
+        logging_thread = threading.Thread(target=loop, daemon=True)
+        logging_thread.start()
+        logging_thread.join(timeout=120)
+        assert not logging_thread.is_alive(), "the loop waited for the sender for good"
+        assert len(run_id_metrics(store, s)) >= 15
+
+
+@pytest.mark.parametrize("mode", ["sync", "buffered"])
+def test_a_nul_character_in_a_param_or_tag_is_refused_at_the_call(
+    project: Project, store: FakeStore, mode: str
+) -> None:
+    config = buffered(project) if mode == "buffered" else project.config()
+    with open_session(config, store) as s:
+        with pytest.raises(RunError, match="tag 'note': its value holds a NUL"):
+            s.set_tags({"note": "a\x00b"})
+        with pytest.raises(RunError, match="param 'name': its value holds a NUL"):
+            s.log_params({"name": "a\x00b"})
+        run_id = s.run_id
+    assert run_id is not None
+    assert "note" not in store.runs[run_id].tags
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,52 +1,65 @@
 """Buffered logging: the session's logging calls return at once; a sender thread delivers.
 
 A call appends its data to the run's journal (``_journal``), puts it in memory and returns:
-it never waits on the network and never raises because of it.  One sender thread per run
-takes what is pending, in call order, as few ``log_batch`` requests as MLflow's limits allow
-(a full batch is sent at once; a smaller one when its oldest value has waited
-``flush_seconds``, or on ``flush()``), acknowledges each in the journal, and uploads artifacts
-in their turn.
+it never waits on the network and never raises because of it, nor because of the local disk.
+One sender thread per run takes what is pending, in call order, and delivers it through
+``_delivery`` (the routine ``trackcfg sync`` replays journals with): as few ``log_batch``
+requests as MLflow's limits allow (a full batch is sent at once; a smaller one when its oldest
+value has waited ``flush_seconds``, or on ``flush()``), artifacts in their turn; then it
+acknowledges them in the journal.  Its state is a ``SenderState``.
 
 Failures:
 
-- *transient* (the server unreachable, a timeout, a 5xx or 429 MLflow gave up on): retried
-  with backoff for as long as the session lasts; one WARNING when the server becomes
-  unreachable, one when it is back;
-- *a rejection retrying cannot fix* (MLflow refused a value): the batch is split until the
-  refused entities are found, the rest lands, and a ``RunError`` naming the keys is raised at
-  the next logging call or when the session ends.
+- *transient* (the server unreachable, a timeout): retried with backoff for as long as the
+  session lasts; one WARNING when the server becomes unreachable, one when it is back;
+- *a rejection retrying cannot fix* (MLflow refused a value, or a request failed the same way
+  again and again): the batch is split until the refused entities are found, the rest lands,
+  and a ``RunError`` naming them is raised at the next logging call, ``flush()`` or when the
+  session ends;
+- *the local disk* (the journal cannot be written: full, quota, I/O error): the call is kept
+  in memory and sent all the same, with one WARNING naming ``tracking.logging.journal_dir``;
+  each later call tries the journal again, so journaling resumes by itself.  Past
+  ``max_buffered`` entities in memory a call that cannot be journaled is dropped: counted,
+  said once, and the count tagged on the run (``trackcfg.logging.dropped``).  An error of the
+  disk in the sender (acknowledging, reading back) never stops delivery.
+
+The journal is compacted as acknowledgements arrive: once ``COMPACT_BYTES`` of it are
+acknowledged (a few KiB when that is all of it), they are dropped from it, so a long run's
+journal stays about that size while the server keeps up (``Journal.compact``).
 
 Memory holds at most ``max_buffered`` entities; past that, with a journal, the rest waits in
-the journal only and is read back from it as the sender catches up (the loop never blocks);
-without one, a call waits for the sender.
+the journal only (a span of it in the queue) and is read back as the sender catches up (the
+loop never blocks); without one, a call waits for the sender.
 """
 
 from __future__ import annotations
 
 import collections
-import functools
+import gc
 import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import attrs
 
 from ._backend import Backend
+from ._delivery import Delivery, SenderState
 from ._journal import Journal, JournalRecord, copy_artifact, records_from
-from ._params import Batch, Limits, MetricPoint, plan_batches
-from .exceptions import CredentialsError, RunError, TrackcfgError, TrackingUnavailableError
+from ._params import Limits, MetricPoint
+from .exceptions import CredentialsError, RunError, TrackingUnavailableError
 
-__all__ = ["BufferedRun", "LoggingSettings"]
+__all__ = ["DROPPED_TAG", "BufferedRun", "LoggingSettings"]
 
 logger = logging.getLogger(__name__)
 
-#: Consecutive failures of one request that are neither "unreachable" nor "refused" after
-#: which it is treated as refused (an error MLflow keeps giving is not transient).
-_UNKNOWN_FAILURES_LIMIT = 5
-_MAX_BACKOFF = 10.0
+#: The tag saying how many entities a run dropped (the journal could not take them and memory
+#: was full).
+DROPPED_TAG = "trackcfg.logging.dropped"
+#: Acknowledged bytes of the journal from which they are dropped from it (compacted).
+COMPACT_BYTES = 512 * 1024
 
 
 @attrs.frozen(kw_only=True)
@@ -54,6 +67,15 @@ class LoggingSettings:
     flush_seconds: float = 2.0
     max_buffered: int = 100_000
     exit_timeout: float = 30.0
+    journal_dir: str = ""  # the folder, for messages
+
+
+@attrs.define(eq=False)
+class _Span:
+    """Records kept in the journal only, from byte ``start`` to byte ``end``."""
+
+    start: int
+    end: int
 
 
 @attrs.define(eq=False)
@@ -65,33 +87,52 @@ class BufferedRun:
     limits: Limits
     settings: LoggingSettings
     journal: Journal | None
-    where: str  # the server, masked, for messages
+    where: str  # "tracking server <masked URI>" or "store <masked URI>", for messages
     _lock: threading.RLock = attrs.field(factory=threading.RLock)
     _cond: threading.Condition = attrs.field(
         default=attrs.Factory(lambda self: threading.Condition(self._lock), takes_self=True)
     )
-    _queue: collections.deque[JournalRecord] = attrs.field(factory=collections.deque)
+    _queue: collections.deque[JournalRecord | _Span] = attrs.field(factory=collections.deque)
     _queued: int = 0  # entities in memory
-    _spilled_from: int | None = None  # journal offset of the first record kept only there
-    _last_seq: int = 0  # highest seq handed to the buffer
+    _seq: int = 0  # the last seq given (without a journal)
+    _last_seq: int = 0  # highest seq handed to the sender (dropped calls excluded)
     _sent_seq: int = 0  # every record up to this one is on the server
     _oldest: float | None = None  # when the oldest record in memory was added
     _flush_wanted: int = 0  # callers waiting in flush()
+    _room_wanted: bool = False  # a caller waits for room in memory (no journal)
     _sender_waiting: bool = False  # the sender sleeps until notified or its deadline
     _closing: bool = False
-    _stopped: bool = False
+    _state: SenderState = SenderState.IDLE
+    _failure: str | None = None  # why the sender stopped before the session ended
     _unreachable_since: float | None = None
     _refused: list[str] = attrs.field(factory=list)
+    _journal_down: bool = False  # the last append failed: calls are kept in memory only
+    _journal_said: bool = False  # the WARNING about it was given
+    _dropped: int = 0  # entities dropped (memory full and the journal unwritable)
+    _dropped_said: int = 0  # ... of which flush() or the session's end reported
+    _dropped_tagged: int = 0  # ... the count the run's tag says
     _thread: threading.Thread | None = None
     _sleeper: threading.Event = attrs.field(factory=threading.Event)
+    _fork_guard: threading.Lock = attrs.field(factory=threading.Lock)
     _temp: Path | None = None  # artifacts waiting for upload, without a journal
     _count: int = 0
 
     def start(self) -> None:
+        from ._state import guard_against_fork
+
+        guard_against_fork(self._fork_guard)
         self._thread = threading.Thread(
             target=self._run, name=f"trackcfg-sender-{self.run_id[:8]}", daemon=True
         )
         self._thread.start()
+
+    @property
+    def state(self) -> SenderState:
+        return self._state
+
+    @property
+    def _stopped(self) -> bool:
+        return self._state is SenderState.STOPPED
 
     # ------------------------------------------------------------------ the caller's side
 
@@ -111,33 +152,50 @@ class BufferedRun:
         with self._lock:
             if self._closing:
                 raise RunError("the session has ended; log inside the with block")
-            if self.journal is not None:
-                offset = self.journal.offset
-                record = self.journal.append(
-                    params=params, tags=tags, metrics=metrics, artifacts=artifacts
-                )
-            else:
-                offset = 0
-                record = JournalRecord(
-                    seq=self._last_seq + 1,
-                    params=dict(params or {}),
-                    tags=dict(tags or {}),
-                    metrics=tuple(metrics),
-                    artifacts=tuple(artifacts),
-                )
-            self._last_seq = record.seq
+            journal = self.journal
+            record = JournalRecord(
+                seq=journal.next_seq() if journal is not None else self._next_seq(),
+                params=dict(params or {}),
+                tags=dict(tags or {}),
+                metrics=tuple(metrics),
+                artifacts=tuple(artifacts),
+            )
             size = record.size
-            if self._spilled_from is not None:
-                pass  # the journal holds it; the sender reads it back in its turn
-            elif self._queued + size > self.settings.max_buffered and self._queue:
-                if self.journal is not None:
-                    self._spilled_from = offset
+            journaled = False
+            if journal is not None:
+                offset = journal.offset
+                try:
+                    journal.write(record)
+                    journaled = True
+                except OSError as exc:
+                    self._journal_failed(exc)
                 else:
+                    if self._journal_down:
+                        self._journal_back()
+            tail = self._queue[-1] if self._queue else None
+            if journaled and isinstance(tail, _Span):
+                tail.end = journal.offset  # type: ignore[union-attr]
+            elif self._queued + size > self.settings.max_buffered and self._queue:
+                if journaled:
+                    self._queue.append(_Span(offset, journal.offset))  # type: ignore[union-attr]
+                elif journal is None:
                     while self._queued + size > self.settings.max_buffered and self._queue:
-                        self._cond.wait()
+                        if self._stopped:
+                            raise RunError(self._stopped_message())
+                        self._room_wanted = True  # the sender sends without waiting
+                        self._wake_sender()
+                        self._cond.wait(1.0)
                     self._enqueue(record, size)
+                else:
+                    self._drop(size)
+                    return
             else:
                 self._enqueue(record, size)
+            self._last_seq = record.seq
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
 
     def _enqueue(self, record: JournalRecord, size: int) -> None:
         self._queue.append(record)
@@ -156,19 +214,66 @@ class BufferedRun:
             self._sender_waiting = False
             self._cond.notify_all()
 
+    def _journal_failed(self, exc: OSError) -> None:
+        if self._journal_down:
+            return
+        self._journal_down = True
+        said, self._journal_said = self._journal_said, True
+        (logger.debug if said else logger.warning)(  # once per session: a disk at its limit
+            # takes a short line now and then, and refuses the next
+            "cannot write the journal of run %s in %s (tracking.logging.journal_dir): %s; "
+            "logging calls are kept in memory (up to tracking.logging.max_buffered = %d "
+            "entities) and sent, and journaling resumes when the disk takes it again",
+            self.run_id,
+            self.settings.journal_dir,
+            exc.strerror or type(exc).__name__,
+            self.settings.max_buffered,
+        )
+
+    def _journal_back(self) -> None:
+        self._journal_down = False
+        logger.info(
+            "the journal of run %s in %s (tracking.logging.journal_dir) is written again",
+            self.run_id,
+            self.settings.journal_dir,
+        )
+
+    def _drop(self, size: int) -> None:
+        if not self._dropped:
+            logger.warning(
+                "run %s: the journal in %s (tracking.logging.journal_dir) cannot be written "
+                "and %d entities wait in memory (tracking.logging.max_buffered): logging calls "
+                "are dropped until one of them has room; the run's tag %s counts them",
+                self.run_id,
+                self.settings.journal_dir,
+                self.settings.max_buffered,
+                DROPPED_TAG,
+            )
+        self._dropped += size
+
     # ------------------------------------------------------------------ artifacts, the end
 
     def keep_file(self, source: Path, name: str) -> Path:
-        """A copy of ``source`` to upload later (the caller may change it meanwhile)."""
+        """A copy of ``source`` to upload later (the caller may change it meanwhile): in the
+        journal's blobs folder, or a temporary folder when there is no journal or the disk
+        refuses it (then the call is kept in memory only)."""
         if self.journal is not None:
-            return self.journal.keep_file(source, name)
+            try:
+                return self.journal.keep_file(source, name)
+            except OSError as exc:
+                with self._lock:
+                    self._journal_failed(exc)
         target = self._scratch() / name
         copy_artifact(source, target)
         return target
 
     def keep_text(self, text: str, name: str) -> Path:
         if self.journal is not None:
-            return self.journal.keep_text(text, name)
+            try:
+                return self.journal.keep_text(text, name)
+            except OSError as exc:
+                with self._lock:
+                    self._journal_failed(exc)
         target = self._scratch() / name
         target.write_text(text, encoding="utf-8")
         return target
@@ -196,7 +301,15 @@ class BufferedRun:
         if self.journal is not None:
             with self._cond:  # a sender close() gave up waiting for may still ack
                 if status is not None:
-                    self.journal.end(status, int(time.time() * 1000))
+                    try:
+                        self.journal.end(status, int(time.time() * 1000))
+                    except OSError as exc:  # sync ends the run KILLED
+                        logger.warning(
+                            "cannot write the end of run %s in its journal %s: %s",
+                            self.run_id,
+                            self.journal.path,
+                            exc.strerror or type(exc).__name__,
+                        )
                 self.journal.close()
         self._drop_scratch()
 
@@ -224,9 +337,32 @@ class BufferedRun:
                 + "; ".join(refused)
             )
 
+    def raise_dropped(self) -> None:
+        """A ``RunError`` when calls were dropped since the last time it said so."""
+        with self._cond:
+            dropped, self._dropped_said = self._dropped - self._dropped_said, self._dropped
+        if dropped:
+            raise RunError(
+                f"{dropped} entities logged to run {self.run_id} were dropped: the journal in "
+                f"{self.settings.journal_dir} (tracking.logging.journal_dir) could not be "
+                "written and memory was full (tracking.logging.max_buffered)"
+            )
+
+    def _stopped_message(self) -> str:
+        return (
+            f"trackcfg's sender for run {self.run_id} stopped ({self._failure or 'ended'}); "
+            f"{self.pending} logging call(s) are not on {self.where}"
+            + (
+                f"; the journal {self.journal.path} keeps them for trackcfg sync"
+                if self.journal is not None
+                else ""
+            )
+        )
+
     def flush(self, timeout: float | None = None) -> None:
-        """Return when everything submitted so far is on the server; raise
-        ``TrackingUnavailableError`` when ``timeout`` seconds pass first."""
+        """Return when everything submitted so far is on the server; raise a
+        ``TrackcfgError`` otherwise: ``TrackingUnavailableError`` when ``timeout`` seconds
+        pass first, ``RunError`` when the sender stopped, something was refused or dropped."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._last_seq
@@ -234,7 +370,9 @@ class BufferedRun:
             self._cond.notify_all()
             self._sleeper.set()
             try:
-                while self._sent_seq < target and not self._stopped:
+                while self._sent_seq < target:
+                    if self._stopped or not self._sender_alive():
+                        raise RunError(self._stopped_message())
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         raise TrackingUnavailableError(
@@ -242,27 +380,52 @@ class BufferedRun:
                             f"not yet on {self.where} after {timeout} s; they are kept and "
                             "sent when it answers (the journal keeps them if the session ends)"
                         )
-                    self._cond.wait(left if left is None else min(left, 1.0))
+                    self._cond.wait(1.0 if left is None else min(left, 1.0))
             finally:
                 self._flush_wanted -= 1
         self.raise_refused()
+        self.raise_dropped()
+
+    def sent_within(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for everything submitted so far to be on the
+        server; never raises (refusals are raised at the next call)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._last_seq
+            self._flush_wanted += 1
+            self._cond.notify_all()
+            self._sleeper.set()
+            try:
+                while self._sent_seq < target and not self._stopped and self._sender_alive():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cond.wait(min(left, 1.0))
+            finally:
+                self._flush_wanted -= 1
+            return self._sent_seq >= target
+
+    def _sender_alive(self) -> bool:
+        return self._thread is None or self._thread.is_alive()
 
     def close(self, timeout: float) -> bool:
         """Send what is pending within ``timeout`` seconds and stop the sender; True when
         everything was sent (the caller then ends the run on the server)."""
         with self._cond:
             self._closing = True
+            if not self._stopped:
+                self._state = SenderState.CLOSING
             self._cond.notify_all()
         self._sleeper.set()
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._sent_seq < self._last_seq and not self._stopped:
+            while self._sent_seq < self._last_seq and not self._stopped and self._sender_alive():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(min(left, 0.5))
             everything = self._sent_seq >= self._last_seq
-            self._stopped = True
+            self._state = SenderState.STOPPED
             self._cond.notify_all()
         self._sleeper.set()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -279,20 +442,86 @@ class BufferedRun:
     # ------------------------------------------------------------------ the sender's side
 
     def _run(self) -> None:
+        delivery = Delivery(
+            backend=self.backend,
+            run_id=self.run_id,
+            limits=self.limits,
+            wait=self._wait,
+            on_state=self._set_state,
+            guard=self._fork_guard,
+        )
         try:
             while True:
                 records = self._take()
                 if records is None:
                     return
-                self._deliver(records)
-        except BaseException:  # never take the process down from a background thread
+                if not delivery.send(records):
+                    return
+                # The young garbage of the requests (SQLAlchemy's objects and their weakref
+                # callbacks) freed here, not by a collection in the main thread, where a
+                # Ctrl-C landing in such a callback is only printed, and lost.
+                gc.collect(1)
+                if delivery.refused:
+                    with self._cond:
+                        self._refused.extend(delivery.refused)
+                    delivery.refused.clear()
+                self._came_back()
+                if self._acknowledge(records[-1].seq) and records[-1].artifacts:
+                    self._forget_copies(records)
+        except BaseException as exc:  # never take the process down from a background thread
             logger.exception("trackcfg's sender for run %s stopped", self.run_id)
             with self._cond:
-                self._stopped = True
+                self._failure = f"{type(exc).__name__}: {exc}"
+                self._state = SenderState.STOPPED
                 self._cond.notify_all()
 
+    def _set_state(self, state: SenderState) -> None:
+        if self._state is not SenderState.STOPPED and not self._closing:
+            self._state = state
+
+    def _acknowledge(self, seq: int) -> bool:
+        """Note ``seq`` and all before it as sent; False when the journal could not say so
+        (the disk is full: sync would only send those again)."""
+        acked = True
+        with self._cond:
+            if self.journal is not None and not self.journal.closed:
+                try:
+                    self.journal.ack(seq)
+                except OSError:
+                    acked = False
+                    logger.debug("cannot acknowledge in %s", self.journal.path, exc_info=True)
+            self._sent_seq = max(self._sent_seq, seq)
+            self._cond.notify_all()
+            journal = self.journal
+            if journal is not None and not journal.closed:
+                try:
+                    moved = journal.compact(self._sent_seq, COMPACT_BYTES)
+                except Exception:  # never a reason to stop sending
+                    logger.debug("cannot compact %s", journal.path, exc_info=True)
+                    moved = None
+                if moved is not None:  # spans kept in the journal only: where they are now
+                    old, new = moved
+                    for item in self._queue:
+                        if isinstance(item, _Span):
+                            item.start += new - old
+                            item.end += new - old
+        return acked
+
+    def _forget_copies(self, records: list[JournalRecord]) -> None:
+        """Delivered artifacts' copies are not needed any more (the journal stays small)."""
+        if self.journal is None:
+            return
+        from ._journal import blobs_folder
+
+        blobs = blobs_folder(self.journal.path)
+        for record in records:
+            for file, _ in record.artifacts:
+                folder = Path(file).parent
+                if folder.parent == blobs:
+                    shutil.rmtree(folder, ignore_errors=True)
+
     def _ready(self) -> bool:
-        if self._flush_wanted or self._closing:
+        if self._flush_wanted or self._closing or self._room_wanted:
             return True
         if self._queued >= self.limits.metrics_per_batch:
             return True
@@ -306,8 +535,14 @@ class BufferedRun:
             while True:
                 if self._stopped:
                     return None
-                if not self._queue and self._spilled_from is not None:
-                    self._read_back()
+                unreadable = False
+                while self._queue and isinstance(self._queue[0], _Span):
+                    if not self._read_back():
+                        unreadable = True
+                        break
+                if unreadable:
+                    self._cond.wait(1.0)  # the disk failed reading: try again
+                    continue
                 if self._queue and self._ready():
                     break
                 if not self._queue and self._closing:
@@ -323,116 +558,69 @@ class BufferedRun:
             taken: list[JournalRecord] = []
             entities = 0
             room = self.limits.metrics_per_batch
-            while self._queue and (not taken or entities + self._queue[0].size <= room):
-                record = self._queue.popleft()
-                taken.append(record)
-                entities += record.size
-                if record.artifacts:
+            while self._queue:
+                head = self._queue[0]
+                if isinstance(head, _Span) or (taken and entities + head.size > room):
+                    break
+                self._queue.popleft()
+                taken.append(head)
+                entities += head.size
+                if head.artifacts:
                     break  # uploaded in its turn, after what came before
             self._queued -= entities
-            self._oldest = time.monotonic() if self._queue else None
+            self._room_wanted = False
+            self._oldest = time.monotonic() if self._queued else None
+            if self._dropped > self._dropped_tagged:
+                self._dropped_tagged = self._dropped
+                tag = JournalRecord(seq=0, tags={DROPPED_TAG: str(self._dropped)})
+                taken.insert(0, tag)
             self._cond.notify_all()  # a caller waiting for room (no journal)
             return taken
 
-    def _read_back(self) -> None:
-        """Refill memory from the journal (records past ``max_buffered`` were kept there)."""
+    def _read_back(self) -> bool:
+        """Refill memory from the journal span at the head of the queue; False when the
+        disk failed reading it (tried again later)."""
         assert self.journal is not None
-        assert self._spilled_from is not None
-        records, self._spilled_from = records_from(
-            self.journal.path, self._spilled_from, self.settings.max_buffered
-        )
-        for record in records:
-            self._enqueue(record, record.size)
-
-    def _deliver(self, records: list[JournalRecord]) -> None:
-        params: dict[str, str] = {}
-        tags: dict[str, str] = {}
-        metrics: list[MetricPoint] = []
-        for record in records:
-            params.update(record.params)
-            tags.update(record.tags)
-            metrics.extend(record.metrics)
-        for batch in plan_batches(params=params, tags=tags, metrics=metrics, limits=self.limits):
-            if not self._retrying(functools.partial(self._send_isolating, batch)):
-                return
-        for record in records:
-            for file, artifact_path in record.artifacts:
-                if not self._retrying(functools.partial(self._upload, file, artifact_path)):
-                    return
-        last = records[-1].seq
-        with self._cond:
-            if self.journal is not None and not self.journal.closed:
-                self.journal.ack(last)
-            self._sent_seq = last
-            self._cond.notify_all()
-
-    def _upload(self, file: str, artifact_path: str | None) -> None:
+        span = self._queue[0]
+        assert isinstance(span, _Span)
         try:
-            self.backend.log_artifact(self.run_id, file, artifact_path)
-        except CredentialsError:
-            raise  # not about this file: retried
-        except RunError as exc:
-            self._refuse(f"artifact {Path(file).name!r}: {exc}")
+            records, after = records_from(
+                self.journal.path, span.start, self.settings.max_buffered, end=span.end
+            )
+        except OSError:
+            logger.warning("cannot read back the journal %s", self.journal.path, exc_info=True)
+            return False
+        self._queue.popleft()
+        if after is not None:
+            self._queue.appendleft(_Span(after, span.end))
+        for record in reversed(records):
+            self._queue.appendleft(record)
+            self._queued += record.size
+        if records:
+            # Spilled records waited already: sent as soon as the sender gets to them.
+            self._oldest = time.monotonic() - self.settings.flush_seconds
+        return True
 
-    def _send_isolating(self, batch: Batch) -> None:
-        """Send ``batch``; when MLflow refuses it, find the refused entities by halving, so
-        that the rest lands."""
-        try:
-            self.backend.log_batch(self.run_id, batch)
-            return
-        except CredentialsError:
-            raise  # not about these values: retried
-        except RunError as exc:
-            parts = _halves(batch)
-            if parts is None:
-                self._refuse(f"{_describe(batch)}: {exc}")
-                return
-        for part in parts:
-            self._send_isolating(part)
-
-    def _refuse(self, what: str) -> None:
-        logger.error("MLflow refused %s (run %s)", what, self.run_id)
+    def _wait(self, exc: BaseException, delay: float) -> bool:
+        """The sender's waiter (``_delivery``): the server away, retried until the session
+        stops."""
+        self._went_away(exc)
         with self._cond:
-            self._refused.append(what)
-
-    def _retrying(self, send: Callable[[], None]) -> bool:
-        """Run ``send`` until it goes through; False when the session stops first."""
-        delay, unknown = 0.5, 0
-        while True:
-            try:
-                send()
-            except (TrackingUnavailableError, CredentialsError) as exc:
-                # Credentials may be renewed meanwhile (a token, a header provider).
-                self._went_away(exc)
-            except TrackcfgError as exc:  # refused: retrying cannot fix it
-                self._refuse(str(exc))
-                return True
-            except Exception as exc:  # a 5xx or 429 MLflow gave up on, or something new
-                unknown += 1
-                if unknown >= _UNKNOWN_FAILURES_LIMIT:
-                    self._refuse(f"a request failing {unknown} times ({type(exc).__name__})")
-                    return True
-                self._went_away(exc)
-            else:
-                self._came_back()
-                return True
-            with self._cond:
-                if self._stopped:
-                    return False
-            self._sleeper.clear()
-            self._sleeper.wait(delay)
-            with self._cond:
-                if self._stopped:
-                    return False
-            delay = min(delay * 2, _MAX_BACKOFF)
+            if self._stopped:
+                return False
+        self._sleeper.clear()
+        self._sleeper.wait(delay)
+        with self._cond:
+            return not self._stopped
 
     def _went_away(self, exc: BaseException) -> None:
         if self._unreachable_since is None:
             self._unreachable_since = time.monotonic()
+            unreachable = isinstance(exc, (TrackingUnavailableError, CredentialsError))
             logger.warning(
-                "tracking server %s is unreachable (%s); run %s keeps logging locally and "
-                "retries in the background",
+                "%s %s (%s); run %s keeps logging locally and retries in the background",
                 self.where,
+                "is unreachable" if unreachable else "failed a request",
                 type(exc).__name__,
                 self.run_id,
             )
@@ -440,41 +628,9 @@ class BufferedRun:
     def _came_back(self) -> None:
         if self._unreachable_since is not None:
             logger.warning(
-                "tracking server %s answers again after %.0f s; sending what run %s logged "
-                "meanwhile",
+                "%s answers again after %.0f s; sending what run %s logged meanwhile",
                 self.where,
                 time.monotonic() - self._unreachable_since,
                 self.run_id,
             )
             self._unreachable_since = None
-
-
-def _halves(batch: Batch) -> tuple[Batch, Batch] | None:
-    items: list[tuple[str, object]] = [
-        *(("p", p) for p in batch.params),
-        *(("t", t) for t in batch.tags),
-        *(("m", m) for m in batch.metrics),
-    ]
-    if len(items) <= 1:
-        return None
-    middle = len(items) // 2
-
-    def build(part: list[tuple[str, object]]) -> Batch:
-        return Batch(
-            params=tuple(v for k, v in part if k == "p"),  # type: ignore[misc]
-            tags=tuple(v for k, v in part if k == "t"),  # type: ignore[misc]
-            metrics=tuple(v for k, v in part if k == "m"),  # type: ignore[misc]
-        )
-
-    return build(items[:middle]), build(items[middle:])
-
-
-def _describe(batch: Batch) -> str:
-    if batch.params:
-        key, value = batch.params[0]
-        return f"param {key!r} = {value[:80]!r}"
-    if batch.tags:
-        key, value = batch.tags[0]
-        return f"tag {key!r} = {value[:80]!r}"
-    point = batch.metrics[0]
-    return f"metric {point.key!r} = {point.value!r} at step {point.step}"

@@ -5,22 +5,36 @@ One file per session, ``<journal_dir>/<run_id>.<random>.journal``, JSON lines:
 - line 1, the header: ``{"trackcfg_journal": 1, "run_id", "experiment_id", "tracking_uri"
   (masked: never a password), "host", "pid", "created"}``;
 - a record per logging call: ``{"s": seq, "p": {params}, "t": {tags}, "m": [[key, value,
-  timestamp, step], ...], "a": [[file, artifact_path], ...]}`` (keys absent when empty);
+  timestamp, step], ...], "a": [[file, artifact_path], ...]}`` (keys absent when empty;
+  ``file`` is relative to the journal's folder, ``<run_id>.<random>.blobs/<n>/<name>``, so a
+  journal moved with its project still names its copies; older journals hold absolute paths,
+  still read);
 - ``{"ack": seq}``: every record up to ``seq`` is on the server (appended by the sender);
 - ``{"end": status, "at": ms}``: the session ended with that status, not yet sent;
 - ``{"done": true}``: the run's end is on the server too; the file is then deleted.
 
-Artifacts are copied at call time into ``<run_id>.blobs/`` beside it, so what the journal
-names exists even if the caller deletes its file.  The writer holds an exclusive ``flock`` on
+Artifacts are copied at call time into the journal's blobs folder beside it (its name with
+``.blobs`` for ``.journal``), so what the journal names exists even if the caller deletes its
+file; ``trackcfg sync`` uploads nothing from outside that folder.  The file is created 0600,
+the blobs folder 0700 (a journal holds what a run logged), and its header must name the run
+its file name names.  The writer holds an exclusive ``flock`` on
 the file for the session's lifetime: ``trackcfg sync`` takes a journal only when it gets the
 lock, i.e. when its writer is gone (ended or killed).  Appends are plain ``write`` calls
 (no ``fsync``): the data survives the process being killed (SIGKILL, the OOM killer), not
-the machine losing power.  A torn last line (a crash mid-write) is reported and skipped.
+the machine losing power.
+
+Torn lines.  An append the disk cannot take whole (full, quota, I/O error) is cut back to the
+line before it, so the next append starts a line of its own; where even the cut fails, the
+next append starts with a newline.  A reader skips and counts any line that is not a whole
+record (a torn last line: a crash mid-write; a torn line in the middle: a full disk under a
+writer without the cut, or a cut that failed) and keeps every whole record around it; a
+record glued onto a torn piece (``{"s":4,"m":[[...{"s":5,...}``) is recovered.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -49,6 +63,8 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 SUFFIX = ".journal"
+#: Acknowledged bytes a journal with nothing else in it is compacted from.
+_SMALL = 16 * 1024
 
 #: One encoder for every record: ``json.dumps(..., separators=...)`` builds a new one per
 #: call, a third of the cost of journaling a ``log_metrics`` call.
@@ -124,6 +140,7 @@ class JournalContents:
     end: tuple[str, int] | None  # (status, end time in ms) when the session ended
     done: bool
     torn: bool  # the last line was cut short (a crash mid-write); it was skipped
+    skipped: int = 0  # lines in the middle that were not whole records (a full disk)
 
     @property
     def run_id(self) -> str:
@@ -183,6 +200,9 @@ class Journal:
     _seq: int = 0
     _blob_count: int = 0
     offset: int = 0  # bytes written so far: where the next line starts
+    _cut_failed: bool = False  # a torn piece could not be cut back
+    _header_size: int = 0
+    _scanned: tuple[int, int] = (0, 0)  # (offset, seq): every record before offset <= seq
 
     def append(
         self,
@@ -200,30 +220,136 @@ class Journal:
             metrics=tuple(metrics),
             artifacts=tuple(artifacts),
         )
-        self._write(record.to_json())
+        self.write(record)
         return record
+
+    def write(self, record: JournalRecord) -> None:
+        """Append ``record``; ``OSError`` when the disk cannot take it (cut back)."""
+        if record.artifacts:  # named relative to the journal's folder (module docstring)
+            relative = tuple((self.recorded(Path(f)), where) for f, where in record.artifacts)
+            self._write(attrs.evolve(record, artifacts=relative).to_json())
+        else:
+            self._write(record.to_json())
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
 
     def keep_file(self, source: Path, name: str) -> Path:
         """A copy of ``source`` named ``name`` in the run's blob folder (artifacts are
-        uploaded later: the caller may change or delete its file meanwhile)."""
-        self._blob_count += 1
-        target = blobs_folder(self.path) / str(self._blob_count) / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        copy_artifact(source, target)
+        uploaded later: the caller may change or delete its file meanwhile); ``OSError``
+        when the disk cannot take it (nothing half-written is left)."""
+        target = self._blob_place(name)
+        try:
+            copy_artifact(source, target)
+        except OSError:
+            shutil.rmtree(target.parent, ignore_errors=True)
+            raise
         return target
 
     def keep_text(self, text: str, name: str) -> Path:
-        self._blob_count += 1
-        target = blobs_folder(self.path) / str(self._blob_count) / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
+        target = self._blob_place(name)
+        try:
+            target.write_text(text, encoding="utf-8")
+        except OSError:
+            shutil.rmtree(target.parent, ignore_errors=True)
+            raise
         return target
+
+    def _blob_place(self, name: str) -> Path:
+        self._blob_count += 1
+        blobs = blobs_folder(self.path)
+        blobs.mkdir(mode=0o700, exist_ok=True)
+        folder = blobs / str(self._blob_count)
+        folder.mkdir(mode=0o700)
+        return folder / name
+
+    def recorded(self, kept: Path) -> str:
+        """How a record names a kept copy: relative to the journal's folder when it is in
+        the blobs folder (the only place ``trackcfg sync`` uploads from)."""
+        if kept.is_relative_to(blobs_folder(self.path)):
+            return os.path.relpath(kept, self.path.parent)
+        return str(kept)
 
     def ack(self, seq: int) -> None:
         self._write(json.dumps({"ack": seq}))
 
     def end(self, status: str, at_ms: int) -> None:
         self._write(json.dumps({"end": status, "at": at_ms}))
+
+    def compact(self, acked: int, worth: int = 0) -> tuple[int, int] | None:
+        """Drop what the server acknowledged (every record up to ``acked``): the file is
+        rewritten as its header, ``{"ack": acked}`` and the lines after the last acknowledged
+        record, then put in place of the old one by ``rename`` (a crash leaves one or the
+        other whole), when the acknowledged part is at least ``worth`` bytes (or a few KiB
+        when it is all of it).  Returns ``(old, new)``: a byte at ``old`` or after in the old
+        file is now ``new - old`` bytes further; None when it was not worth it or the disk
+        refused (nothing changed).  The caller holds the lock appends are made under."""
+        tail = self._offset_after(acked)
+        if tail is None:
+            return None
+        waste = tail - self._header_size
+        if waste < self.offset - tail:  # mostly records not sent yet: copying costs more
+            return None
+        if waste < (min(worth, _SMALL) if tail == self.offset else worth):
+            return None
+        temporary = self.path.with_name(self.path.name + ".compacting")
+        try:
+            with open(self.path, "rb") as old:
+                header = old.read(self._header_size)
+                old.seek(tail)
+                rest = old.read(self.offset - tail)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            handle = open(fd, "wb", buffering=0)  # noqa: SIM115 - becomes the journal's
+            if not _lock(handle, blocking=False):  # pragma: no cover - a file of its own
+                handle.close()
+                return None
+            kept = header + (json.dumps({"ack": acked}) + "\n").encode("utf-8")
+            data = kept + rest
+            try:
+                done = 0
+                while done < len(data):
+                    written = handle.write(data[done:])
+                    if not written:
+                        raise OSError(errno.ENOSPC, "disk full")
+                    done += written
+                os.rename(temporary, self.path)
+            except OSError:
+                handle.close()
+                raise
+        except OSError:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            logger.debug("could not compact %s", self.path, exc_info=True)
+            return None
+        self._handle.close()
+        self._handle = handle
+        self.offset = len(data)
+        self._scanned = (len(kept), acked)
+        return tail, len(kept)
+
+    def _offset_after(self, acked: int) -> int | None:
+        """Where the first line after record ``acked`` starts (None: not found whole)."""
+        start, known = self._scanned
+        if known > acked:
+            start, known = self._header_size, 0
+        position = start
+        with open(self.path, "rb") as handle:
+            handle.seek(start)
+            while position < self.offset:
+                line = handle.readline()
+                if not line.endswith(b"\n"):
+                    return None
+                if line.startswith(b'{"s":'):
+                    end = 5
+                    while line[end : end + 1].isdigit():
+                        end += 1
+                    if int(line[5:end] or 0) > acked:
+                        self._scanned = (position, acked)
+                        return position
+                position += len(line)
+        self._scanned = (position, acked)
+        return position
 
     def finish(self) -> None:
         """Everything is on the server: the journal is not needed any more."""
@@ -238,15 +364,34 @@ class Journal:
         # One write(2) per line, straight from an unbuffered file (no Python-level buffer to
         # flush): when it returns the line is the OS's, so a SIGKILL loses nothing, and a
         # reader sees whole lines, or a torn last one.  A regular file takes a write whole
-        # unless the disk is full; the loop finishes a short one.
+        # unless the disk is full: then the piece written is cut back (module docstring).
         data = (line + "\n").encode("utf-8")
-        done = self._handle.write(data) or 0
-        while done < len(data):
-            written = self._handle.write(data[done:])
-            if not written:
-                raise OSError(f"could not append to the journal {self.path}")
-            done += written
+        if self._cut_failed:
+            data = b"\n" + data
+        done = 0
+        try:
+            while done < len(data):
+                written = self._handle.write(data[done:])
+                if not written:
+                    raise OSError(errno.ENOSPC, f"could not append to the journal {self.path}")
+                done += written
+        except OSError:
+            if done:
+                self._cut_back()
+            raise
         self.offset += done
+        self._cut_failed = False
+
+    def _cut_back(self) -> None:
+        fd = self._handle.fileno()
+        try:
+            os.ftruncate(fd, self.offset)
+            os.lseek(fd, self.offset, os.SEEK_SET)
+        except OSError:
+            # The piece stays: the next line starts on a line of its own (readers skip it).
+            self._cut_failed = True
+            with contextlib.suppress(OSError):
+                self.offset = os.lseek(fd, 0, os.SEEK_END)
 
     @property
     def closed(self) -> bool:
@@ -267,7 +412,8 @@ def open_journal(
 
     folder.mkdir(parents=True, exist_ok=True)
     path = journal_path(folder, run_id)
-    handle = open(path, "xb", buffering=0)  # noqa: SIM115 - held for the session
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    handle = open(fd, "wb", buffering=0)  # noqa: SIM115 - held for the session
     if not _lock(handle, blocking=False):  # pragma: no cover - a new file nobody else has
         handle.close()
         raise RunError(f"cannot lock the new journal {path}")
@@ -282,24 +428,78 @@ def open_journal(
         "pid": os.getpid(),
         "created": int(time.time() * 1000),
     }
-    journal._write(json.dumps(header))
+    try:
+        journal._write(json.dumps(header))
+        journal._header_size = journal.offset
+        journal._scanned = (journal.offset, 0)
+    except OSError:
+        handle.close()
+        remove(path)
+        raise
     return journal
 
 
-def records_from(path: Path, offset: int, room: int) -> tuple[list[JournalRecord], int | None]:
-    """Records starting at byte ``offset``, up to ``room`` entities (at least one record);
-    with the offset of the first one not returned (None: none left)."""
+def check_folder(folder: Path) -> str | None:
+    """Why journals cannot be written in ``folder`` (None: they can): checked before a
+    session creates its run."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create {folder}: {exc.strerror or type(exc).__name__}"
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder} is not writable by this user"
+    return None
+
+
+def parse_line(line: bytes) -> tuple[dict[str, Any] | None, bool]:
+    """A journal line's data (None: not a whole line), and whether a torn piece was skipped
+    (module docstring: a record glued onto a torn piece is recovered)."""
+    data = _parse(line)
+    if data is not None:
+        return data, False
+    start = line.find(b'{"', 1)
+    while start != -1:
+        data = _parse(line[start:])
+        if data is not None:
+            return data, True
+        start = line.find(b'{"', start + 1)
+    return None, True
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    if "s" in data:
+        try:
+            JournalRecord.from_json(data)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+    return data
+
+
+def records_from(
+    path: Path, offset: int, room: int, end: int | None = None
+) -> tuple[list[JournalRecord], int | None]:
+    """Records starting at byte ``offset`` (up to byte ``end``), up to ``room`` entities
+    (at least one record); with the offset of the first one not returned (None: none left).
+    A line that is not a whole record is skipped."""
     records: list[JournalRecord] = []
     entities = 0
     with open(path, "rb") as handle:
         handle.seek(offset)
         position = offset
         for line in handle:
-            if not line.endswith(b"\n"):
-                break  # being written right now
-            data = json.loads(line)
-            if "s" in data:
-                record = JournalRecord.from_json(data)
+            if not line.endswith(b"\n") or (end is not None and position >= end):
+                break  # being written right now, or past the span asked for
+            data, _ = parse_line(line)
+            if data is not None and "s" in data:
+                record = _absolute(JournalRecord.from_json(data), path)
                 if records and entities + record.size > room:
                     return records, position
                 records.append(record)
@@ -342,13 +542,23 @@ def read_journal(path: Path) -> JournalContents:
             f"{path} was written in journal format {version!r}; this trackcfg reads format "
             f"{FORMAT_VERSION}: sync it with the trackcfg version that wrote it"
         )
+    if str(header.get("run_id")) != run_id_of(path):
+        raise JournalFormatError(
+            f"{path} names run {header.get('run_id')!r} in its header but run "
+            f"{run_id_of(path)!r} in its file name: refused (a journal is named after its run)"
+        )
     records: list[JournalRecord] = []
     acked = 0
     end: tuple[str, int] | None = None
     done = False
+    skipped = 0
     for number, line in enumerate(complete[1:], start=2):
+        data, piece = parse_line(line) if line.strip() else (None, False)
+        if piece and data is not None:
+            skipped += 1  # a torn piece, with a whole record glued onto it
         try:
-            data = json.loads(line)
+            if data is None:
+                raise ValueError("not a whole journal line")
             if "s" in data:
                 records.append(JournalRecord.from_json(data))
             elif "ack" in data:
@@ -357,9 +567,11 @@ def read_journal(path: Path) -> JournalContents:
                 end = (str(data["end"]), int(data["at"]))
             elif data.get("done"):
                 done = True
-        except (ValueError, TypeError, KeyError) as exc:
-            raise JournalFormatError(f"{path}:{number}: not a journal line ({exc})") from exc
-    pending = [r for r in records if r.seq > acked]
+        except (ValueError, TypeError, KeyError):
+            if line.strip():
+                skipped += 1
+                logger.debug("%s:%d: not a whole journal line; skipped", path, number)
+    pending = [_absolute(r, path) for r in records if r.seq > acked]
     return JournalContents(
         path=path,
         header=header,
@@ -368,7 +580,37 @@ def read_journal(path: Path) -> JournalContents:
         end=end,
         done=done,
         torn=torn,
+        skipped=skipped,
     )
+
+
+def _absolute(record: JournalRecord, journal: Path) -> JournalRecord:
+    """Artifact copies as absolute paths: named relative to the journal's folder, or (older
+    journals) by an absolute path, found again in the journal's own blobs folder when the
+    project moved since."""
+    if not record.artifacts:
+        return record
+    blobs = blobs_folder(journal)
+    found = []
+    for file, where in record.artifacts:
+        place = Path(file)
+        if not place.is_absolute():
+            place = journal.parent / place
+        elif blobs.name in place.parts and not place.exists():
+            parts = place.parts
+            place = blobs.joinpath(*parts[len(parts) - parts[::-1].index(blobs.name) :])
+        found.append((str(place), where))
+    return attrs.evolve(record, artifacts=tuple(found))
+
+
+def inside_blobs(journal: Path, file: str) -> bool:
+    """Whether ``file`` (resolved: no symlink out) is inside the journal's own blobs folder."""
+    try:
+        real = Path(file).resolve(strict=True)
+        own = blobs_folder(journal).resolve(strict=True)
+    except OSError:
+        return False
+    return real.is_relative_to(own) and real != own
 
 
 @contextlib.contextmanager
@@ -408,9 +650,22 @@ def cut_torn_tail(path: Path) -> None:
 
 
 def append_line(path: Path, data: Mapping[str, Any]) -> None:
-    """Append one control line (``ack``/``end``/``done``) as ``trackcfg sync`` goes."""
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(dict(data)) + "\n")
+    """Append one control line (``ack``/``end``/``done``) as ``trackcfg sync`` goes; a line
+    the disk cannot take whole is cut back (``OSError``)."""
+    line = (json.dumps(dict(data)) + "\n").encode("utf-8")
+    with open(path, "ab", buffering=0) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        try:
+            done = 0
+            while done < len(line):
+                written = handle.write(line[done:])
+                if not written:
+                    raise OSError(errno.ENOSPC, f"could not append to {path}")
+                done += written
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(handle.fileno(), size)
+            raise
 
 
 def pending_journals(folder: Path) -> list[Path]:

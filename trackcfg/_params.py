@@ -339,6 +339,7 @@ def prepare_params(
     artifacts: dict[str, str] = {}
     for entry in entries:
         key, value = entry.key, render_value(entry.value)
+        refuse_nul("param", key, value)
         if len(value) <= limits.param_value:
             out_params[key] = value
         elif strategy is LongParamsStrategy.FAIL:
@@ -379,6 +380,16 @@ def prepare_params(
     )
 
 
+def refuse_nul(kind: str, key: str, value: str) -> None:
+    """A NUL character is refused at the call, for every store: SQLite keeps it, PostgreSQL
+    answers HTTP 500 (so the same call would land or not depending on the server)."""
+    if "\x00" in key or "\x00" in value:
+        raise RunError(
+            f"{kind} {key!r}: its {'key' if chr(0) in key else 'value'} holds a NUL character "
+            "(\\x00), which MLflow's stores do not all accept; remove it"
+        )
+
+
 def shorten(value: str, limit: int, *, artifact: str | None = None) -> str:
     """``value`` if it has at most ``limit`` characters, else its beginning followed by a note
     that says it was shortened: ``"… (12345 characters; full text in artifact <artifact>)"``
@@ -410,6 +421,8 @@ def prepare_tags(tags: Mapping[Any, Any], limits: Limits | None = None) -> dict[
         warn=warn,
     )
     rendered = {entry.key: render_value(entry.value) for entry in entries}
+    for key, value in rendered.items():
+        refuse_nul("tag", key, value)
     problems = [
         ConfigProblem(
             key=key,

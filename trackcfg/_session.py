@@ -78,7 +78,7 @@ from ._discovery import find_project_root
 from ._endnote import offline_reminder, run_summary, wants_summary
 from ._env import EnvSnapshot
 from ._headers import header_provider
-from ._journal import open_journal
+from ._journal import check_folder, open_journal
 from ._loading import load_config, notice_cwd_root
 from ._offline import unavailable_cause
 from ._params import (
@@ -320,6 +320,7 @@ class TrackingSession:
         if self._entered:
             raise RunError(f"session {self._name!r} was entered already; create a new one")
         self._entered = True
+        self._owner_pid = os.getpid()  # its run is this process's to end (_close)
         reason = self._disabled_reason()
         if reason is not None:
             logger.info("tracking disabled for %r: %s", self._name, reason)
@@ -342,7 +343,11 @@ class TrackingSession:
         if not self._enabled:
             return
         status = self._status_for(exc)
-        self._close(status, raising=exc is None)
+        try:
+            self._close(status, raising=exc is None)
+        except _state.Terminated as again:  # SIGTERM again while leaving: die by it too
+            self._hand_on(again)
+            raise
         self._end_notes(status)
         self._hand_on(exc)
 
@@ -495,6 +500,10 @@ class TrackingSession:
         self._send(  # 6
             params=inputs.prepared.params, tags=tags, artifacts=inputs.prepared.artifacts
         )
+        if self._buffer is not None:
+            # On the server before the block runs: MLflow copies the run's params into a
+            # model logged in it (docs/architecture.md, "Buffered logging").
+            self._buffer.sent_within(self._config.server.request_timeout)
 
     def _start_buffer(self, backend: Backend, limits: Limits) -> None:
         """Buffered logging (``tracking.logging``): a journal and a sender for the run, and
@@ -505,13 +514,22 @@ class TrackingSession:
         folder = journal_folder(settings.journal_dir, self.project_root)
         journal = None
         if settings.journal:
-            journal = open_journal(
-                folder,
-                run_id=self._run_id,
-                experiment_id=self._experiment_id,
-                tracking_uri=self._shown_store(),
-                ends_run=self._started_run is not None,
-            )
+            try:
+                journal = open_journal(
+                    folder,
+                    run_id=self._run_id,
+                    experiment_id=self._experiment_id,
+                    tracking_uri=self._shown_store(),
+                    ends_run=self._started_run is not None,
+                )
+            except OSError as exc:  # the disk is full: the run exists, so log on without one
+                logger.warning(
+                    "cannot start the journal of run %s in %s (tracking.logging.journal_dir): "
+                    "%s; its logging calls are kept in memory only",
+                    self._run_id,
+                    folder,
+                    exc.strerror or type(exc).__name__,
+                )
         self._buffer = BufferedRun(
             backend=backend,
             run_id=self._run_id,
@@ -520,9 +538,10 @@ class TrackingSession:
                 flush_seconds=settings.flush_seconds,
                 max_buffered=settings.max_buffered,
                 exit_timeout=settings.exit_timeout,
+                journal_dir=str(folder),
             ),
             journal=journal,
-            where=self._shown_store(),
+            where=f"{store_kind(self.tracking_uri)} {self._shown_store()}",
         )
         self._buffer.start()
         _state.reset_in_forked_child(self, TrackingSession._leave_buffer_to_parent)
@@ -561,9 +580,11 @@ class TrackingSession:
             buffer.leave_to_parent()
 
     def flush(self, timeout: float | None = None) -> None:
-        """Return when everything logged so far is on the server; raise
+        """Return when everything logged so far is on the server; else raise: a
         ``TrackingUnavailableError`` after ``timeout`` seconds (nothing is lost: it is still
-        sent later).  A no-op in ``sync`` mode and for a session that logs nothing."""
+        sent later), a ``RunError`` when something was refused or dropped, or the sender
+        stopped (the journal keeps what it did not send).  A no-op in ``sync`` mode and for a
+        session that logs nothing."""
         if self._buffer is not None and not self._closed:
             self._buffer.flush(timeout)
 
@@ -581,7 +602,21 @@ class TrackingSession:
         tags.update(prepared.tags)
         if self._config.tracking.run.ranks is RankPolicy.ALL and parent is None:
             tags.setdefault("trackcfg.rank", str(process_rank()))
+        self._check_journal_dir()
         return _Inputs(limits=limits, prepared=prepared, tags=tags)
+
+    def _check_journal_dir(self) -> None:
+        """Buffered logging with a journal needs a folder it can write: said before a run
+        exists (a disk that fills later never raises: ``_buffer``)."""
+        settings = self._config.tracking.logging
+        if settings.mode is not LoggingMode.BUFFERED or not settings.journal:
+            return
+        why = check_folder(journal_folder(settings.journal_dir, self.project_root))
+        if why is not None:
+            raise RunError(
+                f"tracking.logging.journal_dir: {why}; give a writable folder, or set "
+                "tracking.logging.journal: false (calls are then kept in memory only)"
+            )
 
     def _connect(self) -> Backend:
         """Step 3: the process-wide settings (shared with sessions open in other threads),
@@ -817,6 +852,9 @@ class TrackingSession:
             return
         self._closed = True
         backend = self._backend
+        if self._owner_pid != os.getpid():
+            # A forked child leaving its copy of the block: the run is its parent's to end.
+            backend = None
         errors: list[BaseException] = []
         try:
             if self._buffer is not None and backend is not None:
@@ -856,15 +894,20 @@ class TrackingSession:
         and leaving the session does not raise."""
         buffer = self._buffer
         assert buffer is not None
-        delivered = buffer.close(self._config.tracking.logging.exit_timeout)
-        if delivered and (self._started_run or self._pushed_run):
-            try:
-                self._end_own_run(backend, status)
-            except TrackingUnavailableError:
-                delivered = False
+        try:
+            delivered = buffer.close(self._config.tracking.logging.exit_timeout)
+            if delivered and (self._started_run or self._pushed_run):
+                try:
+                    self._end_own_run(backend, status)
+                except TrackingUnavailableError:
+                    delivered = False
+        except BaseException:  # interrupted again while leaving: the journal keeps the end
+            buffer.keep_end(status.value if self._started_run else None)
+            raise
         if delivered:
             buffer.finished()
             buffer.raise_refused()
+            buffer.raise_dropped()
             return
         buffer.keep_end(status.value if self._started_run else None)
         own = self._started_run or self._pushed_run

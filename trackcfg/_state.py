@@ -25,7 +25,8 @@ process by nature, because MLflow, the operating system or ``requests`` keep it 
 - **notices**: the folders ``_loading`` said once were the project root only because the
   program started there (``cwd_root_notices``);
 - **fork resets**: the buffered sessions, whose sender, locks and journal a forked child must
-  not use (``reset_in_forked_child``).
+  not use (``reset_in_forked_child``), and the locks ``fork`` takes first so that no sender is
+  inside a call to the store at that moment (``guard_against_fork``).
 
 A forked child starts with none of it: its parent's open sessions are not its own
 (``_after_fork_in_child``).  See docs/architecture.md.
@@ -64,6 +65,7 @@ __all__ = [
     "Terminated",
     "context_runs",
     "cwd_root_notices",
+    "guard_against_fork",
     "hold_run",
     "join_settings",
     "leave_settings",
@@ -461,6 +463,31 @@ cwd_root_notices: set[Path] = set()
 _fork_resets: weakref.WeakKeyDictionary[Any, Callable[[Any], None]] = weakref.WeakKeyDictionary()
 
 
+#: Locks a sender thread holds while it talks to the store (where MLflow may import a module
+#: or take its connection pool's lock): ``fork`` waits until no sender is inside such a call,
+#: so the child never inherits a lock held by a thread it does not have.
+_fork_guards: weakref.WeakSet[Any] = weakref.WeakSet()
+_held_for_fork: list[Any] = []
+#: The longest ``fork`` waits for a sender's call to end (then it forks all the same).
+FORK_WAIT = 30.0
+
+
+def guard_against_fork(lock: Any) -> None:
+    """``fork`` (in any thread) takes ``lock`` first and gives it back in both processes."""
+    _fork_guards.add(lock)
+
+
+def _before_fork() -> None:
+    for lock in list(_fork_guards):
+        if lock.acquire(timeout=FORK_WAIT):
+            _held_for_fork.append(lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().release()
+
+
 def reset_in_forked_child(owner: Any, reset: Callable[[Any], None]) -> None:
     """Have a forked child call ``reset(owner)`` on its copy of ``owner``, at once (before
     the child runs anything else, so that it never uses its parent's threads or files)."""
@@ -474,6 +501,7 @@ def _after_fork_in_child() -> None:
     its own (MLflow keys its ``requests`` sessions by process id), and the buffers of the
     parent's sessions are the parent's to send (``reset_in_forked_child``)."""
     global _settings, _settings_lock, _sigterm, quickack_lock, runs_lock
+    _after_fork_in_parent()  # the guards taken before the fork: the child's copies
     _settings_lock = threading.Lock()
     _settings = None
     quickack_lock = threading.Lock()
@@ -490,4 +518,8 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )

@@ -18,8 +18,8 @@ has ended it already.
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -27,19 +27,21 @@ from pathlib import Path
 import attrs
 
 from ._backend import Backend, BackendFactory, RunStatus
+from ._delivery import Delivery, PointKey, give_up, point_key
 from ._journal import (
     JournalContents,
     JournalRecord,
     append_line,
     claimed,
     cut_torn_tail,
+    inside_blobs,
     pending_journals,
     read_header,
     read_journal,
     remove,
     run_id_of,
 )
-from ._params import Limits, MetricPoint, plan_batches
+from ._params import Limits
 from ._rules import continued_since
 from ._store import error_text, mask_uri, same_store, store_refusal
 from .exceptions import TrackcfgError
@@ -193,8 +195,20 @@ def _summary(contents: JournalContents, state: str, detail: str = "") -> SyncRes
         points=sum(len(r.metrics) for r in contents.records),
         end=_end_status(contents),
         state=state,
-        detail=detail or (TORN if contents.torn else ""),
+        detail=detail or _damage(contents),
     )
+
+
+def _damage(contents: JournalContents) -> str:
+    said = []
+    if contents.skipped:
+        said.append(
+            f"{contents.skipped} line(s) in the middle were not whole records (a full disk); "
+            "sent every whole record around them"
+        )
+    if contents.torn:
+        said.append(TORN)
+    return "; ".join(said)
 
 
 def _failed(path: Path, run_id: str, detail: str) -> SyncResult:
@@ -230,10 +244,17 @@ def _replay(
                 "what it holds",
             )
         known = _known_points(backend, run_id, contents.records)
+        delivery = Delivery(
+            backend=backend,
+            run_id=run_id,
+            limits=limits,
+            wait=give_up,
+            allowed=functools.partial(inside_blobs, path),
+        )
         records = list(contents.records)
         for start in range(0, len(records), _RECORDS_PER_STEP):
             step = records[start : start + _RECORDS_PER_STEP]
-            _send_records(backend, run_id, step, known, limits)
+            delivery.send(step, known)
             append_line(path, {"ack": step[-1].seq})
             if progress is not None:
                 progress(len(step))
@@ -241,28 +262,36 @@ def _replay(
         if not end_run or continued_since(run.tags, contents.header.get("created")):
             remove(path)
             detail = _LIVE_OWNER if not end_run else _CONTINUED
-            return attrs.evolve(_summary(contents, "sent"), end=None, detail=detail)
+            return _with_refused(
+                attrs.evolve(_summary(contents, "sent"), end=None, detail=detail),
+                delivery.refused,
+            )
         if run.status is RunStatus.RUNNING and contents.ends_run:
             end_time = contents.end[1] if contents.end is not None else _last_time(contents)
             backend.terminate(run_id, status, end_time)
         append_line(path, {"done": True})
     except TrackcfgError as exc:
         return _failed(path, run_id, str(exc))
+    except OSError as exc:  # the journal's own disk (acknowledging)
+        return _failed(path, run_id, f"cannot write {path}: {exc.strerror or exc}")
     except Exception as exc:  # a store failure the backend does not translate (an HTTP 500)
         # Not exc_info: MLflow's chained errors name the store's URL, credentials included.
         logger.debug("sending %s failed: %s", path, error_text(exc, 2000))
         return _failed(path, run_id, store_refusal(exc))
     remove(path)
-    return _summary(contents, "sent")
+    return _with_refused(_summary(contents, "sent"), delivery.refused)
 
 
-_Point = tuple[str, int, int, float, bool]
+def _with_refused(summary: SyncResult, refused: Sequence[str]) -> SyncResult:
+    """What the store refused (by name, with its own message), said in the result."""
+    if not refused:
+        return summary
+    said = "the store refused " + "; ".join(refused) + " (the rest was sent)"
+    return attrs.evolve(summary, detail="; ".join(d for d in (said, summary.detail) if d))
 
 
-def _point(m: MetricPoint) -> _Point:
-    """What makes a point the same point: NaN is not equal to itself, so it is a flag."""
-    nan = math.isnan(m.value)
-    return (m.key, m.step, m.timestamp, 0.0 if nan else m.value, nan)
+_Point = PointKey
+_point = point_key
 
 
 def _known_points(backend: Backend, run_id: str, records: Sequence[JournalRecord]) -> set[_Point]:
@@ -273,33 +302,6 @@ def known_points(backend: Backend, run_id: str, keys: Iterable[str]) -> set[_Poi
     """The points of these metrics the store holds for the run, as ``point_key`` gives them
     (to leave out of a replay or an upload what is there already)."""
     return {_point(m) for key in sorted(keys) for m in backend.metric_history(run_id, key)}
-
-
-#: What makes a metric point the same point (for callers outside this module).
-point_key = _point
-
-
-def _send_records(
-    backend: Backend,
-    run_id: str,
-    records: Sequence[JournalRecord],
-    known: set[_Point],
-    limits: Limits,
-) -> None:
-    params: dict[str, str] = {}
-    tags: dict[str, str] = {}
-    metrics: list[MetricPoint] = []
-    for record in records:
-        params.update(record.params)
-        tags.update(record.tags)
-        metrics.extend(m for m in record.metrics if _point(m) not in known)
-    for batch in plan_batches(params=params, tags=tags, metrics=metrics, limits=limits):
-        backend.log_batch(run_id, batch)
-    for record in records:
-        for file, artifact_path in record.artifacts:
-            if not Path(file).exists():
-                raise TrackcfgError(f"artifact {file} named by the journal is missing")
-            backend.log_artifact(run_id, file, artifact_path)
 
 
 def _last_time(contents: JournalContents) -> int:

@@ -134,6 +134,17 @@ class _Cause:
     """The server answered, with an error status each time (``ServerError``)."""
 
 
+def _answered_500(exc: BaseException) -> bool:
+    """urllib3 gave up on HTTP 500, every try: the server answered that it fails on this
+    request.  Not a 502, 503 or 504 (a proxy in front of a server that is down: unreachable).
+    urllib3 keeps the status only in its ``ResponseError``'s text, written from that class's
+    own template, which is compared whole (not searched)."""
+    from urllib3.exceptions import ResponseError
+
+    template: str = ResponseError.SPECIFIC_ERROR
+    return isinstance(exc, ResponseError) and str(exc) == template.format(status_code=500)
+
+
 def _types(*types: type[BaseException]) -> Callable[[BaseException], bool]:
     return lambda exc: isinstance(exc, types)
 
@@ -192,8 +203,8 @@ def _causes() -> tuple[tuple[_Cause, ...], ...]:
             ),
         ),
         (
-            _Cause(  # urllib3's retries on an error status ran out
-                _types(u3.ResponseError),
+            _Cause(  # urllib3's retries on HTTP 500 ran out: the server answers, and fails
+                _answered_500,
                 "tracking server {server} answered every try with an error status ({detail})",
                 "it is up but fails this request: its log says why",
                 detail=str,

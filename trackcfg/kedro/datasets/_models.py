@@ -172,6 +172,9 @@ class MlflowModelTrackingDataset(AbstractDataset[Any, Any]):
             self._last_saved = None
             return
         try:
+            if target.session is not None and target.through_session:
+                # MLflow copies the run's params into the model: the buffered ones first.
+                target.session.flush(float(target.session.config.server.request_timeout))
             with active_run(target):
                 self._last_saved = _backend.log_model(
                     self._flavor,

@@ -1,0 +1,101 @@
+"""A buffered session and ``os.fork()``: real forks while the sender works, a real server.
+
+The children never return into pytest (``os._exit``); the parent waits for each one with a
+bound, and a child still there past it is a hang (killed, the test fails).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import project_folder
+from mlflow import MlflowClient
+
+from trackcfg import TrackingSession, load_config
+
+CHILD_BOUND = 90.0
+"""A child that needs more than this is hung (each one makes one request)."""
+
+
+def config_text(url: str) -> str:
+    return (
+        f"server:\n  mlflow_tracking_uri: {url}\n  request_timeout: 5\n  max_retries: 1\n"
+        "tracking:\n  experiment:\n    name: forks\n  logging:\n    mode: buffered\n"
+        "    flush_seconds: 0.01\n"
+    )
+
+
+def wait_child(pid: int) -> int:
+    deadline = time.monotonic() + CHILD_BOUND
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"forked child {pid} hung (more than {CHILD_BOUND} s)")
+        time.sleep(0.01)
+
+
+def test_forks_while_the_sender_sends_never_leave_a_child_hung(
+    mlflow_server: str, tmp_path: Path
+) -> None:
+    """Forty forks, each while the sender is busy sending the parent's calls: every child
+    makes its logging call (through the session it inherited) and ends."""
+    project = project_folder(tmp_path / "proj", config=config_text(mlflow_server))
+    client = MlflowClient(tracking_uri=mlflow_server)
+    with TrackingSession(load_config(project), name="forks") as session:
+        run_id = session.run_id or ""
+        for child in range(40):
+            for step in range(50):
+                session.log_metrics({"loss": float(step)}, step=child * 50 + step)
+            pid = os.fork()
+            if pid == 0:  # the child: never back into pytest
+                code = 1
+                try:
+                    session.log_metric(f"child_{child}", 1.0)
+                    session.flush(30)
+                    code = 0
+                except BaseException as exc:
+                    print(f"child: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+                finally:
+                    os._exit(code)
+            assert wait_child(pid) == 0
+    run = client.get_run(run_id)
+    assert sorted(k for k in run.data.metrics if k.startswith("child_")) == sorted(
+        f"child_{n}" for n in range(40)
+    )
+    assert len(client.get_metric_history(run_id, "loss")) == 2000
+
+
+def test_a_forked_child_leaving_the_block_leaves_its_parents_run_running(
+    mlflow_server: str, tmp_path: Path
+) -> None:
+    """The child runs the rest of the ``with`` block (no ``os._exit`` inside it): its parent's
+    run stays RUNNING while the parent logs on, and ends FINISHED when the parent leaves."""
+    project = project_folder(tmp_path / "proj", config=config_text(mlflow_server))
+    client = MlflowClient(tracking_uri=mlflow_server)
+    session = TrackingSession(load_config(project), name="leaving")
+    pid = -1
+    try:
+        with session:
+            run_id = session.run_id or ""
+            session.log_metric("loss", 1.0, step=0)
+            pid = os.fork()
+            if pid != 0:
+                assert wait_child(pid) == 0
+                status_after_child = client.get_run(run_id).info.status
+                session.log_metric("loss", 0.5, step=1)
+    finally:
+        if pid == 0:
+            os._exit(0)  # the child left the block: never back into pytest
+    assert status_after_child == "RUNNING"
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [0, 1]
