@@ -9,6 +9,8 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from trackcfg._sqlite_locks import store_creation_lock
+
 __all__ = ["prepare_local_store"]
 
 logger = logging.getLogger(__name__)
@@ -35,7 +37,11 @@ def prepare_local_store(tracking_uri: str, artifact_root: str) -> None:
     if location is None:  # no store yet: MLflow sets it up now, with the right root
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-        SqlAlchemyStore(tracking_uri, artifact_root).engine.dispose()  # type: ignore[no-untyped-call]
+        # Processes opening a new store at once would each create its tables: one at a time.
+        with store_creation_lock(tracking_uri):
+            if _default_experiment_location(db) is None:
+                store = SqlAlchemyStore(tracking_uri, artifact_root)  # type: ignore[no-untyped-call]
+                store.engine.dispose()
         return
     if location == expected or _inside(location, db.parent):
         return
