@@ -15,7 +15,6 @@ import secrets as _secrets
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from typing import Any
 
 import pytest
 from helpers import TELEMETRY_OFF
+
+from trackcfg.testing import MlflowServer
 
 # --- hermetic environment (config/loader tests) --------------------------------------------
 
@@ -134,7 +135,10 @@ def _reset_mlflow_state() -> Iterator[None]:
 #   ~6 s, copying the file costs nothing, and the copy is a real store like any other.
 
 
-_SERVER_HEALTH_TIMEOUT = 90.0
+_SERVER_HEALTH_TIMEOUT = 120.0
+
+# The public testing kit's server (trackcfg.testing), under the names the modules use.
+_MlflowServer = MlflowServer
 
 
 def _free_port() -> int:
@@ -144,67 +148,16 @@ def _free_port() -> int:
         return port
 
 
-@dataclasses.dataclass
-class _MlflowServer:
-    url: str
-    folder: Path
-    process: subprocess.Popen[bytes]
-    healthy: bool = False
-    cafile: Path | None = None  # the certificate an https server presents
-
-    @classmethod
-    def start(cls) -> _MlflowServer:
-        folder = Path(tempfile.mkdtemp(prefix="trackcfg-mlflow-server-"))
-        return launch_mlflow_server(f"sqlite:///{folder}/server.db", folder / "artifacts")
-
-    def stderr_tail(self, lines: int = 40) -> str:
-        try:
-            text = (self.folder / "stderr.log").read_text(errors="replace")
-        except OSError:
-            return "(no stderr)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.healthy:
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"mlflow server exited with {self.process.returncode} before it was "
-                    f"healthy; stderr:\n{self.stderr_tail()}",
-                    pytrace=False,
-                )
-            context = ssl.create_default_context(cafile=self.cafile) if self.cafile else None
-            try:
-                with urllib.request.urlopen(
-                    f"{self.url}/health", timeout=2, context=context
-                ) as response:
-                    self.healthy = response.status == 200
-            except (urllib.error.URLError, OSError):
-                pass
-            if not self.healthy:
-                if time.monotonic() > deadline:
-                    pytest.fail(
-                        f"mlflow server at {self.url} not healthy after {timeout:.0f} s; "
-                        f"stderr:\n{self.stderr_tail()}",
-                        pytrace=False,
-                    )
-                time.sleep(0.25)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            pgid = self.process.pid  # start_new_session: the group id is the server's PID
-            try:
-                os.killpg(pgid, signal.SIGTERM)
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(pgid, signal.SIGKILL)
-                self.process.wait(timeout=15)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(self.folder, ignore_errors=True)
+def _healthy(server: MlflowServer, timeout: float = _SERVER_HEALTH_TIMEOUT) -> str:
+    """``server``'s URL once it answers; the test fails (with the server's stderr) else."""
+    try:
+        server.wait_healthy(timeout)
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return server.url
 
 
-def _stopped_after(server: _MlflowServer) -> Iterator[_MlflowServer]:
+def _stopped_after(server: MlflowServer) -> Iterator[MlflowServer]:
     """A server fixture's body: yields ``server``, stops it when the fixture is torn down."""
     try:
         yield server
@@ -218,8 +171,11 @@ def _selected_tests_use(request: pytest.FixtureRequest, fixture: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def _mlflow_server_process() -> Iterator[_MlflowServer]:
-    yield from _stopped_after(_MlflowServer.start())
+def _mlflow_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    yield from _stopped_after(
+        MlflowServer.start(f"sqlite:///{folder}/server.db", folder / "artifacts")
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -230,10 +186,10 @@ def _start_mlflow_server_early(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(_mlflow_server_process: _MlflowServer) -> str:
-    """URL (``http://127.0.0.1:PORT``) of a real, healthy ``mlflow server``."""
-    _mlflow_server_process.wait_healthy(_SERVER_HEALTH_TIMEOUT)
-    return _mlflow_server_process.url
+def mlflow_server(_mlflow_server_process: MlflowServer) -> str:
+    """URL (``http://127.0.0.1:PORT``) of a real, healthy ``mlflow server`` (one per test
+    process: each pytest-xdist worker has its own)."""
+    return _healthy(_mlflow_server_process)
 
 
 @pytest.fixture(scope="session")
@@ -274,53 +230,20 @@ def launch_mlflow_server(
     *,
     port: int | None = None,
     tls: tuple[Path, Path] | None = None,
-) -> _MlflowServer:
+) -> MlflowServer:
     """Start ``mlflow server --workers 1`` (not waiting for it): ``.wait_healthy(t)`` then.
 
     ``tls=(certificate, key)``: serve https with them (uvicorn's own TLS)."""
-    logs = Path(tempfile.mkdtemp(prefix="trackcfg-mlflow-server-logs-"))
-    port = port or _free_port()
-    # The developer's MLflow/trackcfg settings must not reach the server.  Job execution
-    # (GenAI jobs, 7 huey worker processes) is switched off: it is not used here and
-    # doubles the start time on a 2-core machine.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRACKCFG_"))}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--workers", "1",
-        "--backend-store-uri", backend_store_uri,
-        "--artifacts-destination", str(artifacts_destination),
-    ]  # fmt: skip
-    if tls is not None:
-        command += ["--uvicorn-opts", f"--ssl-certfile {tls[0]} --ssl-keyfile {tls[1]}"]
-    with (logs / "stdout.log").open("wb") as out, (logs / "stderr.log").open("wb") as err:
-        process = subprocess.Popen(
-            command,
-            cwd=logs,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,  # its own process group: uvicorn workers die with it
-        )
-    scheme = "https" if tls is not None else "http"
-    return _MlflowServer(
-        url=f"{scheme}://127.0.0.1:{port}",
-        folder=logs,
-        process=process,
-        cafile=tls[0] if tls is not None else None,
-    )
+    return MlflowServer.start(backend_store_uri, artifacts_destination, port=port, tls=tls)
 
 
 @pytest.fixture(scope="module")
-def mlflow_server_launcher() -> Iterator[Callable[..., _MlflowServer]]:
+def mlflow_server_launcher() -> Iterator[Callable[..., MlflowServer]]:
     """``launch(backend_store_uri, artifacts_destination, port=None, tls=None)``: the
     arguments of :func:`launch_mlflow_server`; all stopped at the end of the test module."""
-    started: list[_MlflowServer] = []
+    started: list[MlflowServer] = []
 
-    def launch(*args: Any, **kwargs: Any) -> _MlflowServer:
+    def launch(*args: Any, **kwargs: Any) -> MlflowServer:
         server = launch_mlflow_server(*args, **kwargs)
         started.append(server)
         return server
@@ -375,7 +298,7 @@ def postgres_database() -> Iterator[PostgresStore]:
 @pytest.fixture(scope="session")
 def _pg_mlflow_server_process(
     postgres_database: PostgresStore, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[_MlflowServer]:
+) -> Iterator[MlflowServer]:
     yield from _stopped_after(
         launch_mlflow_server(
             postgres_database.store_uri, tmp_path_factory.mktemp("pg-server-artifacts")
@@ -393,10 +316,9 @@ def _start_pg_mlflow_server_early(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_mlflow_server(_pg_mlflow_server_process: _MlflowServer) -> str:
+def pg_mlflow_server(_pg_mlflow_server_process: MlflowServer) -> str:
     """URL of a healthy ``mlflow server`` whose backend store is a fresh PostgreSQL database."""
-    _pg_mlflow_server_process.wait_healthy(_SERVER_HEALTH_TIMEOUT)
-    return _pg_mlflow_server_process.url
+    return _healthy(_pg_mlflow_server_process)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -495,3 +417,47 @@ def store_with_db(project: Path, migrated_sqlite_db: Path) -> Path:
 
     copy_store(migrated_sqlite_db, project / "mlruns")
     return project
+
+
+# --- markers and parallel workers ------------------------------------------------------------
+# `slow` goes on every test that starts real processes through a fixture (below) or lives in
+# a module whose tests all run child processes; `nox -s quick` runs the rest (-m "not slow").
+# Under pytest-xdist (`--dist loadgroup`, the noxfile's), a module that starts a server of its
+# own for several tests keeps them on one worker, so that server starts once.
+
+SLOW_FIXTURES = frozenset(
+    {
+        "mlflow_server",
+        "pg_mlflow_server",
+        "postgres_database",
+        "mlflow_server_launcher",
+        "moto_s3",
+        "kedro_template",
+    }
+)
+SLOW_MODULES = frozenset(
+    {
+        "test_benchmarks",
+        "test_buffered",
+        "test_faults",
+        "test_kedro",
+        "test_kedro_datasets",
+        "test_kedro_example",
+        "test_kedro_model_datasets",
+        "test_scale",
+        "test_signals",
+        "test_ui_browser",
+    }
+)
+ONE_WORKER_MODULES = frozenset({"test_buffered", "test_cli", "test_faults", "test_ui_browser"})
+"""Modules with a module-scoped server started early by an autouse fixture."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.stem
+        if module in SLOW_MODULES or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        if module in ONE_WORKER_MODULES:
+            item.add_marker(pytest.mark.xdist_group(module))
