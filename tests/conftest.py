@@ -31,6 +31,15 @@ from helpers import TELEMETRY_OFF
 
 from trackcfg.testing import MlflowServer
 
+# The test folders (by part: config/, session/, kedro/, ...) on the import path, so that a
+# module can import another folder's fixtures (``from test_kedro import kedro_template``)
+# whichever was collected first.
+sys.path[:0] = [
+    str(folder)
+    for folder in sorted(Path(__file__).parent.iterdir())
+    if folder.is_dir() and not folder.name.startswith((".", "_")) and str(folder) not in sys.path
+]
+
 # --- hermetic environment (config/loader tests) --------------------------------------------
 
 _KEPT_TRACKCFG_VARS = frozenset({"TRACKCFG_TEST_POSTGRES_URL", "TRACKCFG_TEST_KEDRO_MLFLOW_PATH"})
@@ -308,9 +317,13 @@ def _pg_mlflow_server_process(
 
 @pytest.fixture(scope="session", autouse=True)
 def _start_pg_mlflow_server_early(request: pytest.FixtureRequest) -> None:
-    """Start the PostgreSQL-backed server at the first test when a selected test uses it."""
-    if os.environ.get(POSTGRES_URL_VARIABLE, "").strip() and _selected_tests_use(
-        request, "pg_mlflow_server"
+    """Start the PostgreSQL-backed server at the first test when a selected test uses it.
+    Not in a pytest-xdist worker: every worker sees every selected test, and the few using
+    it run on one worker (``xdist_group("postgres")``, below), which starts it on first use."""
+    if (
+        os.environ.get(POSTGRES_URL_VARIABLE, "").strip()
+        and "PYTEST_XDIST_WORKER" not in os.environ
+        and _selected_tests_use(request, "pg_mlflow_server")
     ):
         request.getfixturevalue("_pg_mlflow_server_process")
 
@@ -451,6 +464,8 @@ SLOW_MODULES = frozenset(
 )
 ONE_WORKER_MODULES = frozenset({"test_buffered", "test_cli", "test_faults", "test_ui_browser"})
 """Modules with a module-scoped server started early by an autouse fixture."""
+POSTGRES_FIXTURES = frozenset({"pg_mlflow_server", "postgres_database"})
+"""One PostgreSQL-backed server and database for their few users, on one worker."""
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
@@ -461,3 +476,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
         if module in ONE_WORKER_MODULES:
             item.add_marker(pytest.mark.xdist_group(module))
+        if POSTGRES_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("postgres"))
