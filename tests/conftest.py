@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import importlib
 import os
 import secrets as _secrets
@@ -203,14 +204,29 @@ def mlflow_server(_mlflow_server_process: MlflowServer) -> str:
 
 @pytest.fixture(scope="session")
 def migrated_sqlite_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty MLflow SQLite store (``mlflow.db``) with every migration applied: copy it."""
+    """An empty MLflow SQLite store (``mlflow.db``) with every migration applied: copy it.
+
+    Made once per test run: pytest-xdist workers share the first one's (their temporary
+    folders have one parent), under a lock; the file is never written after it is made."""
     import mlflow
 
-    folder = tmp_path_factory.mktemp("migrated-sqlite-store")
+    shared = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        shared = shared.parent
+    folder = shared / "migrated-sqlite-store"
     db = folder / "mlflow.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)  # MLflow derives the Default experiment's artifact root from the CWD
-        mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    with (shared / "migrated-sqlite-store.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not db.is_file():
+            folder.mkdir(exist_ok=True)
+            made = folder / "making" / "mlflow.db"
+            made.parent.mkdir(exist_ok=True)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.chdir(
+                    folder
+                )  # MLflow derives the Default experiment's artifact root from the CWD
+                mlflow.MlflowClient(tracking_uri=f"sqlite:///{made}").search_experiments()
+            made.replace(db)
     assert db.is_file()
     return db
 
@@ -446,11 +462,12 @@ SLOW_FIXTURES = frozenset(
         "mlflow_server_launcher",
         "moto_s3",
         "kedro_template",
+        "ui_process",
+        "browsed_ui",
     }
 )
 SLOW_MODULES = frozenset(
     {
-        "test_benchmarks",
         "test_buffered",
         "test_faults",
         "test_kedro",
@@ -462,6 +479,38 @@ SLOW_MODULES = frozenset(
         "test_ui_browser",
     }
 )
+SLOW_TESTS = frozenset(
+    {
+        # They run child Pythons (scripts, the CLI, kedro) or a server of their own, or
+        # generate hundreds of hypothesis examples: seconds each (measured with --durations).
+        "test_a_50_mb_config_file_is_refused_unread",
+        "test_a_local_run_says_how_to_view_it_and_the_command_runs_as_printed",
+        "test_a_script_in_a_bare_folder_is_told_once_where_its_runs_go",
+        "test_a_script_on_a_refused_server_ends_with_a_short_traceback_and_the_cause",
+        "test_an_alias_bomb_fails_show_and_check_quickly",
+        "test_check_as_a_subprocess_passes_on_a_fresh_project",
+        "test_check_fails_within_its_timeout_on_a_database_that_hangs_after_its_first_answer",
+        "test_check_fails_within_its_timeout_on_a_database_that_never_answers",
+        "test_check_on_an_empty_postgres_database_sets_nothing_up",
+        "test_decorated_sweep_example_makes_one_child_run_per_trial",
+        "test_destination_down_exit_1_clear_message_nothing_marked",
+        "test_help_is_fast_and_does_not_import_mlflow",
+        "test_init_as_a_subprocess_writes_mlflow_yml_in_the_current_folder",
+        "test_mutated_valid_documents_are_a_config_or_a_config_error",
+        "test_offline_parent_child_session_and_worker_process_all_go_beside_it",
+        "test_random_env_vars_are_a_config_or_a_config_error",
+        "test_random_overrides_are_a_config_or_a_config_error",
+        "test_random_text_is_a_config_or_a_config_error",
+        "test_script_quickstart_example_creates_a_finished_run",
+        "test_session_from_another_cwd_writes_into_the_project_store",
+        "test_show_and_check_agree_with_a_run_on_km_random_name",
+        "test_show_as_a_subprocess_masks_credentials",
+        "test_sigterm_ends_the_run_killed_and_the_process_by_sigterm",
+        "test_the_cli_prints_one_error_line_never_a_traceback",
+        "test_trackcfg_check_on_a_refused_server_prints_no_traceback",
+    }
+)
+"""Tests marked ``slow`` by name (parameters left out): add one that takes seconds."""
 ONE_WORKER_MODULES = frozenset({"test_buffered", "test_cli", "test_faults", "test_ui_browser"})
 """Modules with a module-scoped server started early by an autouse fixture."""
 POSTGRES_FIXTURES = frozenset({"pg_mlflow_server", "postgres_database"})
@@ -472,7 +521,11 @@ POSTGRES_FIXTURES = frozenset({"pg_mlflow_server", "postgres_database"})
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         module = item.path.stem
-        if module in SLOW_MODULES or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        if (
+            module in SLOW_MODULES
+            or item.name.partition("[")[0] in SLOW_TESTS
+            or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        ):
             item.add_marker(pytest.mark.slow)
         if module in ONE_WORKER_MODULES:
             item.add_marker(pytest.mark.xdist_group(module))

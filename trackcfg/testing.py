@@ -81,11 +81,15 @@ class MlflowServer:
     """
 
     def __init__(
-        self, url: str, logs: Path, process: subprocess.Popen[bytes], cafile: Path | None
+        self,
+        url: str,
+        folder: Path,
+        process: subprocess.Popen[bytes],
+        cafile: Path | None = None,
     ) -> None:
         self.url = url
-        self.logs = logs
-        """Folder of the server's ``stdout.log`` and ``stderr.log``."""
+        self.folder = folder
+        """Folder of the server's ``stdout.log`` and ``stderr.log`` (removed by :meth:`stop`)."""
         self.process = process
         self.cafile = cafile
         """The certificate an https server presents (to verify it)."""
@@ -139,7 +143,7 @@ class MlflowServer:
 
     def stderr_tail(self, lines: int = 40) -> str:
         try:
-            text = (self.logs / "stderr.log").read_text(errors="replace")
+            text = (self.folder / "stderr.log").read_text(errors="replace")
         except OSError:
             return "(no stderr)"
         return "\n".join(text.splitlines()[-lines:])
@@ -187,7 +191,7 @@ class MlflowServer:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.healthy = False
-        shutil.rmtree(self.logs, ignore_errors=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
