@@ -511,7 +511,14 @@ SLOW_TESTS = frozenset(
     }
 )
 """Tests marked ``slow`` by name (parameters left out): add one that takes seconds."""
-ONE_WORKER_MODULES = frozenset({"test_buffered", "test_cli", "test_faults", "test_ui_browser"})
+ONE_WORKER_MODULES = frozenset(
+    {
+        "test_buffered",
+        "test_cli",
+        "test_faults",
+        "test_ui_browser",
+    }
+)
 """Modules with a module-scoped server started early by an autouse fixture."""
 POSTGRES_FIXTURES = frozenset({"pg_mlflow_server", "postgres_database"})
 """One PostgreSQL-backed server and database for their few users, on one worker."""
