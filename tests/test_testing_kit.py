@@ -121,12 +121,14 @@ def test_mlflow_server_serves_a_store_in_the_folder_and_leaves_no_process(
 def test_mlflow_server_without_a_folder_removes_its_temporary_store() -> None:
     with mlflow_server() as url:
         port = urllib.parse.urlsplit(url).port
-        (pid,) = _processes_mentioning(f"--port {port} ")
+        pids = _processes_mentioning(f"--port {port} ")  # mlflow server and its uvicorn
+        (pid,) = _processes_mentioning(f"--port {port} --workers 1 --backend-store-uri")
+        assert pid in pids
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         store = Path(cmdline[cmdline.index(b"--backend-store-uri") + 1].decode()[10:])
         with urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=5") as r:
             assert [e["name"] for e in json.load(r)["experiments"]] == ["Default"]
         assert store.is_file()
-    assert not Path(f"/proc/{pid}").exists()
+    assert [p for p in pids if Path(f"/proc/{p}").exists()] == []
     assert _processes_mentioning(f"--port {port} ") == []
     assert not store.parent.exists()
