@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import importlib
 import os
 import secrets as _secrets
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -29,6 +29,17 @@ from typing import Any
 
 import pytest
 from helpers import TELEMETRY_OFF
+
+from trackcfg.testing import MlflowServer
+
+# The test folders (by part: config/, session/, kedro/, ...) on the import path, so that a
+# module can import another folder's fixtures (``from test_kedro import kedro_template``)
+# whichever was collected first.
+sys.path[:0] = [
+    str(folder)
+    for folder in sorted(Path(__file__).parent.iterdir())
+    if folder.is_dir() and not folder.name.startswith((".", "_")) and str(folder) not in sys.path
+]
 
 # --- hermetic environment (config/loader tests) --------------------------------------------
 
@@ -134,7 +145,10 @@ def _reset_mlflow_state() -> Iterator[None]:
 #   ~6 s, copying the file costs nothing, and the copy is a real store like any other.
 
 
-_SERVER_HEALTH_TIMEOUT = 90.0
+_SERVER_HEALTH_TIMEOUT = 120.0
+
+# The public testing kit's server (trackcfg.testing), under the names the modules use.
+_MlflowServer = MlflowServer
 
 
 def _free_port() -> int:
@@ -144,67 +158,16 @@ def _free_port() -> int:
         return port
 
 
-@dataclasses.dataclass
-class _MlflowServer:
-    url: str
-    folder: Path
-    process: subprocess.Popen[bytes]
-    healthy: bool = False
-    cafile: Path | None = None  # the certificate an https server presents
-
-    @classmethod
-    def start(cls) -> _MlflowServer:
-        folder = Path(tempfile.mkdtemp(prefix="trackcfg-mlflow-server-"))
-        return launch_mlflow_server(f"sqlite:///{folder}/server.db", folder / "artifacts")
-
-    def stderr_tail(self, lines: int = 40) -> str:
-        try:
-            text = (self.folder / "stderr.log").read_text(errors="replace")
-        except OSError:
-            return "(no stderr)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.healthy:
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"mlflow server exited with {self.process.returncode} before it was "
-                    f"healthy; stderr:\n{self.stderr_tail()}",
-                    pytrace=False,
-                )
-            context = ssl.create_default_context(cafile=self.cafile) if self.cafile else None
-            try:
-                with urllib.request.urlopen(
-                    f"{self.url}/health", timeout=2, context=context
-                ) as response:
-                    self.healthy = response.status == 200
-            except (urllib.error.URLError, OSError):
-                pass
-            if not self.healthy:
-                if time.monotonic() > deadline:
-                    pytest.fail(
-                        f"mlflow server at {self.url} not healthy after {timeout:.0f} s; "
-                        f"stderr:\n{self.stderr_tail()}",
-                        pytrace=False,
-                    )
-                time.sleep(0.25)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            pgid = self.process.pid  # start_new_session: the group id is the server's PID
-            try:
-                os.killpg(pgid, signal.SIGTERM)
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(pgid, signal.SIGKILL)
-                self.process.wait(timeout=15)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(self.folder, ignore_errors=True)
+def _healthy(server: MlflowServer, timeout: float = _SERVER_HEALTH_TIMEOUT) -> str:
+    """``server``'s URL once it answers; the test fails (with the server's stderr) else."""
+    try:
+        server.wait_healthy(timeout)
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return server.url
 
 
-def _stopped_after(server: _MlflowServer) -> Iterator[_MlflowServer]:
+def _stopped_after(server: MlflowServer) -> Iterator[MlflowServer]:
     """A server fixture's body: yields ``server``, stops it when the fixture is torn down."""
     try:
         yield server
@@ -218,8 +181,11 @@ def _selected_tests_use(request: pytest.FixtureRequest, fixture: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def _mlflow_server_process() -> Iterator[_MlflowServer]:
-    yield from _stopped_after(_MlflowServer.start())
+def _mlflow_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    yield from _stopped_after(
+        MlflowServer.start(f"sqlite:///{folder}/server.db", folder / "artifacts")
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -230,22 +196,37 @@ def _start_mlflow_server_early(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(_mlflow_server_process: _MlflowServer) -> str:
-    """URL (``http://127.0.0.1:PORT``) of a real, healthy ``mlflow server``."""
-    _mlflow_server_process.wait_healthy(_SERVER_HEALTH_TIMEOUT)
-    return _mlflow_server_process.url
+def mlflow_server(_mlflow_server_process: MlflowServer) -> str:
+    """URL (``http://127.0.0.1:PORT``) of a real, healthy ``mlflow server`` (one per test
+    process: each pytest-xdist worker has its own)."""
+    return _healthy(_mlflow_server_process)
 
 
 @pytest.fixture(scope="session")
 def migrated_sqlite_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty MLflow SQLite store (``mlflow.db``) with every migration applied: copy it."""
+    """An empty MLflow SQLite store (``mlflow.db``) with every migration applied: copy it.
+
+    Made once per test run: pytest-xdist workers share the first one's (their temporary
+    folders have one parent), under a lock; the file is never written after it is made."""
     import mlflow
 
-    folder = tmp_path_factory.mktemp("migrated-sqlite-store")
+    shared = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        shared = shared.parent
+    folder = shared / "migrated-sqlite-store"
     db = folder / "mlflow.db"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)  # MLflow derives the Default experiment's artifact root from the CWD
-        mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    with (shared / "migrated-sqlite-store.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not db.is_file():
+            folder.mkdir(exist_ok=True)
+            made = folder / "making" / "mlflow.db"
+            made.parent.mkdir(exist_ok=True)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.chdir(
+                    folder
+                )  # MLflow derives the Default experiment's artifact root from the CWD
+                mlflow.MlflowClient(tracking_uri=f"sqlite:///{made}").search_experiments()
+            made.replace(db)
     assert db.is_file()
     return db
 
@@ -274,53 +255,20 @@ def launch_mlflow_server(
     *,
     port: int | None = None,
     tls: tuple[Path, Path] | None = None,
-) -> _MlflowServer:
+) -> MlflowServer:
     """Start ``mlflow server --workers 1`` (not waiting for it): ``.wait_healthy(t)`` then.
 
     ``tls=(certificate, key)``: serve https with them (uvicorn's own TLS)."""
-    logs = Path(tempfile.mkdtemp(prefix="trackcfg-mlflow-server-logs-"))
-    port = port or _free_port()
-    # The developer's MLflow/trackcfg settings must not reach the server.  Job execution
-    # (GenAI jobs, 7 huey worker processes) is switched off: it is not used here and
-    # doubles the start time on a 2-core machine.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRACKCFG_"))}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    command = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--workers", "1",
-        "--backend-store-uri", backend_store_uri,
-        "--artifacts-destination", str(artifacts_destination),
-    ]  # fmt: skip
-    if tls is not None:
-        command += ["--uvicorn-opts", f"--ssl-certfile {tls[0]} --ssl-keyfile {tls[1]}"]
-    with (logs / "stdout.log").open("wb") as out, (logs / "stderr.log").open("wb") as err:
-        process = subprocess.Popen(
-            command,
-            cwd=logs,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,  # its own process group: uvicorn workers die with it
-        )
-    scheme = "https" if tls is not None else "http"
-    return _MlflowServer(
-        url=f"{scheme}://127.0.0.1:{port}",
-        folder=logs,
-        process=process,
-        cafile=tls[0] if tls is not None else None,
-    )
+    return MlflowServer.start(backend_store_uri, artifacts_destination, port=port, tls=tls)
 
 
 @pytest.fixture(scope="module")
-def mlflow_server_launcher() -> Iterator[Callable[..., _MlflowServer]]:
+def mlflow_server_launcher() -> Iterator[Callable[..., MlflowServer]]:
     """``launch(backend_store_uri, artifacts_destination, port=None, tls=None)``: the
     arguments of :func:`launch_mlflow_server`; all stopped at the end of the test module."""
-    started: list[_MlflowServer] = []
+    started: list[MlflowServer] = []
 
-    def launch(*args: Any, **kwargs: Any) -> _MlflowServer:
+    def launch(*args: Any, **kwargs: Any) -> MlflowServer:
         server = launch_mlflow_server(*args, **kwargs)
         started.append(server)
         return server
@@ -375,7 +323,7 @@ def postgres_database() -> Iterator[PostgresStore]:
 @pytest.fixture(scope="session")
 def _pg_mlflow_server_process(
     postgres_database: PostgresStore, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[_MlflowServer]:
+) -> Iterator[MlflowServer]:
     yield from _stopped_after(
         launch_mlflow_server(
             postgres_database.store_uri, tmp_path_factory.mktemp("pg-server-artifacts")
@@ -385,18 +333,21 @@ def _pg_mlflow_server_process(
 
 @pytest.fixture(scope="session", autouse=True)
 def _start_pg_mlflow_server_early(request: pytest.FixtureRequest) -> None:
-    """Start the PostgreSQL-backed server at the first test when a selected test uses it."""
-    if os.environ.get(POSTGRES_URL_VARIABLE, "").strip() and _selected_tests_use(
-        request, "pg_mlflow_server"
+    """Start the PostgreSQL-backed server at the first test when a selected test uses it.
+    Not in a pytest-xdist worker: every worker sees every selected test, and the few using
+    it run on one worker (``xdist_group("postgres")``, below), which starts it on first use."""
+    if (
+        os.environ.get(POSTGRES_URL_VARIABLE, "").strip()
+        and "PYTEST_XDIST_WORKER" not in os.environ
+        and _selected_tests_use(request, "pg_mlflow_server")
     ):
         request.getfixturevalue("_pg_mlflow_server_process")
 
 
 @pytest.fixture(scope="session")
-def pg_mlflow_server(_pg_mlflow_server_process: _MlflowServer) -> str:
+def pg_mlflow_server(_pg_mlflow_server_process: MlflowServer) -> str:
     """URL of a healthy ``mlflow server`` whose backend store is a fresh PostgreSQL database."""
-    _pg_mlflow_server_process.wait_healthy(_SERVER_HEALTH_TIMEOUT)
-    return _pg_mlflow_server_process.url
+    return _healthy(_pg_mlflow_server_process)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -495,3 +446,95 @@ def store_with_db(project: Path, migrated_sqlite_db: Path) -> Path:
 
     copy_store(migrated_sqlite_db, project / "mlruns")
     return project
+
+
+# --- markers and parallel workers ------------------------------------------------------------
+# `slow` goes on every test that starts real processes through a fixture (below) or lives in
+# a module whose tests all run child processes; `nox -s quick` runs the rest (-m "not slow").
+# Under pytest-xdist (`--dist loadgroup`, the noxfile's), a module that starts a server of its
+# own for several tests keeps them on one worker, so that server starts once.
+
+SLOW_FIXTURES = frozenset(
+    {
+        "mlflow_server",
+        "pg_mlflow_server",
+        "postgres_database",
+        "mlflow_server_launcher",
+        "moto_s3",
+        "kedro_template",
+        "ui_process",
+        "browsed_ui",
+    }
+)
+SLOW_MODULES = frozenset(
+    {
+        "test_buffered",
+        "test_faults",
+        "test_kedro",
+        "test_kedro_datasets",
+        "test_kedro_example",
+        "test_kedro_model_datasets",
+        "test_scale",
+        "test_signals",
+        "test_ui_browser",
+    }
+)
+SLOW_TESTS = frozenset(
+    {
+        # They run child Pythons (scripts, the CLI, kedro) or a server of their own, or
+        # generate hundreds of hypothesis examples: seconds each (measured with --durations).
+        "test_a_50_mb_config_file_is_refused_unread",
+        "test_a_local_run_says_how_to_view_it_and_the_command_runs_as_printed",
+        "test_a_script_in_a_bare_folder_is_told_once_where_its_runs_go",
+        "test_a_script_on_a_refused_server_ends_with_a_short_traceback_and_the_cause",
+        "test_an_alias_bomb_fails_show_and_check_quickly",
+        "test_check_as_a_subprocess_passes_on_a_fresh_project",
+        "test_check_fails_within_its_timeout_on_a_database_that_hangs_after_its_first_answer",
+        "test_check_fails_within_its_timeout_on_a_database_that_never_answers",
+        "test_check_on_an_empty_postgres_database_sets_nothing_up",
+        "test_decorated_sweep_example_makes_one_child_run_per_trial",
+        "test_destination_down_exit_1_clear_message_nothing_marked",
+        "test_help_is_fast_and_does_not_import_mlflow",
+        "test_init_as_a_subprocess_writes_mlflow_yml_in_the_current_folder",
+        "test_mutated_valid_documents_are_a_config_or_a_config_error",
+        "test_offline_parent_child_session_and_worker_process_all_go_beside_it",
+        "test_random_env_vars_are_a_config_or_a_config_error",
+        "test_random_overrides_are_a_config_or_a_config_error",
+        "test_random_text_is_a_config_or_a_config_error",
+        "test_script_quickstart_example_creates_a_finished_run",
+        "test_session_from_another_cwd_writes_into_the_project_store",
+        "test_show_and_check_agree_with_a_run_on_km_random_name",
+        "test_show_as_a_subprocess_masks_credentials",
+        "test_sigterm_ends_the_run_killed_and_the_process_by_sigterm",
+        "test_the_cli_prints_one_error_line_never_a_traceback",
+        "test_trackcfg_check_on_a_refused_server_prints_no_traceback",
+    }
+)
+"""Tests marked ``slow`` by name (parameters left out): add one that takes seconds."""
+ONE_WORKER_MODULES = frozenset(
+    {
+        "test_buffered",
+        "test_cli",
+        "test_faults",
+        "test_ui_browser",
+    }
+)
+"""Modules with a module-scoped server started early by an autouse fixture."""
+POSTGRES_FIXTURES = frozenset({"pg_mlflow_server", "postgres_database"})
+"""One PostgreSQL-backed server and database for their few users, on one worker."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.stem
+        if (
+            module in SLOW_MODULES
+            or item.name.partition("[")[0] in SLOW_TESTS
+            or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        ):
+            item.add_marker(pytest.mark.slow)
+        if module in ONE_WORKER_MODULES:
+            item.add_marker(pytest.mark.xdist_group(module))
+        if POSTGRES_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("postgres"))

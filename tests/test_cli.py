@@ -893,6 +893,9 @@ def test_ui_stops_on_sigint(ui_process: UiProcess) -> None:
     """Ctrl-C, although the process was started with SIGINT ignored (``_ui_launched``): the
     server's whole process group stops and trackcfg exits 0."""
     url = ui_process.url
+    deadline = time.monotonic() + 30  # healthy comes before trackcfg ui prints its line
+    while "MLflow UI: " not in ui_process.stdout() and time.monotonic() < deadline:
+        time.sleep(0.1)
     line = next(x for x in ui_process.stdout().splitlines() if x.startswith("MLflow UI: "))
     server_pid = int(line.split("mlflow server pid ")[1].split(";")[0])
     ui_process.process.send_signal(signal.SIGINT)
