@@ -469,12 +469,21 @@ SLOW_FIXTURES = frozenset(
 SLOW_MODULES = frozenset(
     {
         "test_buffered",
+        "test_continue_by_key",
         "test_faults",
+        "test_hydra",
+        "test_journal_disk",
+        "test_journal_fork",
+        "test_journal_signals",
         "test_kedro",
         "test_kedro_datasets",
         "test_kedro_example",
         "test_kedro_model_datasets",
+        "test_kedro_pipeline_ml",
+        "test_local_store_artifacts",
+        "test_optuna_example",
         "test_scale",
+        "test_session_notes",
         "test_signals",
         "test_ui_browser",
     }
