@@ -148,7 +148,11 @@ def _run_case(case: str, cwd: Path) -> dict[str, Any]:
     uri = f"sqlite:///{folder}/store.db"
     if case != "wandb":  # the tables, created outside the timing
         subprocess.run(
-            [sys.executable, "-c", f"import mlflow; mlflow.MlflowClient({uri!r}).search_runs(['0'])"],
+            [
+                sys.executable,
+                "-c",
+                f"import mlflow; mlflow.MlflowClient({uri!r}).search_runs(['0'])",
+            ],
             cwd=cwd,
             env=_env(),
             check=True,
@@ -253,7 +257,9 @@ def run() -> str:
                 f"{t['longest'] / w['longest']:.2f}x "
                 f"({verdict(t['longest'] / w['longest'], 1, True)})",
             )
-            cells.append(f"{w['mean'] / t['mean']:.1f}x ({verdict(w['mean'] / t['mean'], 1, False)})")
+            cells.append(
+                f"{w['mean'] / t['mean']:.1f}x ({verdict(w['mean'] / t['mean'], 1, False)})"
+            )
         else:
             cells.insert(1, "no W&B")
             cells.append("no W&B")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-
 __all__ = [
     "ConfigError",
     "ConfigProblem",
