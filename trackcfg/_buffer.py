@@ -111,6 +111,41 @@ def _size(item: JournalRecord | _Compact) -> int:
     return (len(item) - 1) // 4 or 1
 
 
+_freeze_lock = threading.Lock()
+_freezers = 0  # senders holding the freeze below
+_we_froze = False
+
+
+def _freeze() -> bool:
+    """Move every object alive now out of the garbage collector's reach (``gc.freeze``),
+    once the sender has delivered its first batch: mlflow, SQLAlchemy and the store's caches
+    are imported and built by then, hundreds of thousands of long-lived objects that every
+    full collection would walk again, in whatever thread triggers it (the training loop's,
+    most of the time: 0.2-0.6 s stalls of a ``log_metrics`` call, issue 24).  Not when the
+    program froze objects itself (``gc.get_freeze_count()``): its choice stands.  Undone by
+    ``_unfreeze`` when the last sender ends; True when this sender holds the freeze."""
+    global _freezers, _we_froze
+    with _freeze_lock:
+        if not _we_froze:
+            if gc.get_freeze_count():
+                return False
+            gc.freeze()
+            _we_froze = True
+        _freezers += 1
+        return True
+
+
+def _unfreeze() -> None:
+    """The program's objects back in the collector's care (``gc.unfreeze``) when no sender
+    needs the freeze any more."""
+    global _freezers, _we_froze
+    with _freeze_lock:
+        _freezers -= 1
+        if _freezers == 0 and _we_froze:
+            gc.unfreeze()
+            _we_froze = False
+
+
 @attrs.define(eq=False)
 class _Span:
     """Records kept in the journal only, from byte ``start`` to byte ``end``."""
@@ -493,6 +528,7 @@ class BufferedRun:
             on_state=self._set_state,
             guard=self._fork_guard,
         )
+        frozen = False
         try:
             while True:
                 taken = self._take()
@@ -506,6 +542,8 @@ class BufferedRun:
                 # callbacks) freed here, not by a collection in the main thread, where a
                 # Ctrl-C landing in such a callback is only printed, and lost.
                 gc.collect(1)
+                if not frozen:
+                    frozen = _freeze()
                 if delivery.refused:
                     with self._cond:
                         self._refused.extend(delivery.refused)
@@ -519,6 +557,9 @@ class BufferedRun:
                 self._failure = f"{type(exc).__name__}: {exc}"
                 self._state = SenderState.STOPPED
                 self._cond.notify_all()
+        finally:
+            if frozen:
+                _unfreeze()
 
     def _set_state(self, state: SenderState) -> None:
         if self._state is not SenderState.STOPPED and not self._closing:
