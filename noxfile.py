@@ -84,7 +84,9 @@ def typing(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks, each against its baseline in the same run; writes benchmarks/results.md."""
-    session.install("-e", ".[kedro]")
+    # W&B: the peer for the training loop's figures (bench_loop), here only, never a
+    # dependency of the package.
+    session.install("-e", ".[kedro]", "wandb")
     session.run("python", "benchmarks/run_all.py", *session.posargs)
 
 

@@ -1,4 +1,7 @@
-"""Run every benchmark and write benchmarks/results.md (`python3 -m nox -s bench`)."""
+"""Run every benchmark and write benchmarks/results.md (`python3 -m nox -s bench`).
+
+`python3 -m nox -s bench -- loop import` runs only those (bench_loop, bench_import) and prints
+them; results.md is written by a full run only."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_import
 import bench_logging
+import bench_loop
 import bench_metrics
 import bench_offline_upload
 import bench_params
@@ -17,28 +21,33 @@ import bench_transport
 from _common import QUICK, machine
 
 
-def main() -> None:
-    sections = [
-        bench_import.run(),
-        bench_params.run(),
-        bench_params.run(workers=1),
-        bench_metrics.run(),
-        bench_session.run(),
-        bench_transport.run(),
-        bench_logging.run(),
-        bench_offline_upload.run(),
-    ]
+def main(only: list[str]) -> None:
+    benchmarks = {
+        "import": bench_import.run,
+        "params": bench_params.run,
+        "params-1": lambda: bench_params.run(workers=1),
+        "metrics": bench_metrics.run,
+        "session": bench_session.run,
+        "transport": bench_transport.run,
+        "loop": bench_loop.run,
+        "logging": bench_logging.run,
+        "offline_upload": bench_offline_upload.run,
+    }
     try:
         import bench_kedro
 
-        sections.append(bench_kedro.run())
+        benchmarks["kedro"] = bench_kedro.run
     except ImportError:
         pass
+    unknown = set(only) - set(benchmarks)
+    if unknown:
+        raise SystemExit(f"unknown benchmarks {sorted(unknown)}; known: {sorted(benchmarks)}")
+    sections = [run() for name, run in benchmarks.items() if not only or name in only]
     text = "# Benchmarks\n\n" + machine() + "\n\n" + "\n".join(sections)
     print(text)
-    if not QUICK:
+    if not QUICK and not only:
         (Path(__file__).parent / "results.md").write_text(text)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -2,16 +2,16 @@
 
 One ``mlflow.yml`` says where runs are logged and how; :class:`TrackingSession` applies it
 to a real MLflow run.  Importing trackcfg never imports mlflow: that happens when a session
-starts.
+starts.  Nor does it import the session, the configuration or their dependencies: each name
+below is imported on first use (PEP 562), so ``import trackcfg`` and ``trackcfg --help``
+start fast; ``from trackcfg import TrackingSession`` works as always.
 """
 
 from __future__ import annotations
 
-from ._config import LongParamsStrategy, RankPolicy, Source, TrackingConfig
-from ._decorator import tracked
-from ._loading import load_config
-from ._session import TrackingSession
-from ._workers import activate_inherited_run
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .exceptions import (
     ConfigError,
     CredentialsError,
@@ -22,6 +22,25 @@ from .exceptions import (
     TrackcfgError,
     TrackingUnavailableError,
 )
+
+if TYPE_CHECKING:
+    from ._config import LongParamsStrategy, RankPolicy, Source, TrackingConfig
+    from ._decorator import tracked
+    from ._loading import load_config
+    from ._session import TrackingSession
+    from ._workers import activate_inherited_run
+
+#: The names imported on first use, and their modules.
+_LAZY = {
+    "LongParamsStrategy": "._config",
+    "RankPolicy": "._config",
+    "Source": "._config",
+    "TrackingConfig": "._config",
+    "tracked": "._decorator",
+    "load_config": "._loading",
+    "TrackingSession": "._session",
+    "activate_inherited_run": "._workers",
+}
 
 __all__ = [
     "ConfigError",
@@ -41,3 +60,16 @@ __all__ = [
     "load_config",
     "tracked",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # once: later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import attrs
 
@@ -70,6 +71,81 @@ class LoggingSettings:
     journal_dir: str = ""  # the folder, for messages
 
 
+#: A metrics-only call waiting in memory: ``(seq, key, value, timestamp, step, key, ...)``.
+#: A tuple of strings and numbers only, which Python's garbage collector stops tracking at its
+#: first look: a loop's pending steps (up to ``max_buffered`` of them) add nothing to what
+#: every later collection walks.  As ``JournalRecord`` and ``MetricPoint`` objects (attrs
+#: classes, always tracked) they were promoted to the oldest generation while the sender was
+#: busy and brought on full collections of the whole heap (mlflow's included): 0.1-1 s stalls
+#: of a logging call under load (issue 24).
+_Compact: TypeAlias = tuple[Any, ...]
+
+
+def _compact(record: JournalRecord) -> JournalRecord | _Compact:
+    """What memory keeps of ``record``: a flat tuple when it holds metrics only."""
+    if record.params or record.tags or record.artifacts:
+        return record  # rare calls: kept as they are
+    flat: list[Any] = [record.seq]
+    for m in record.metrics:
+        flat += (m.key, m.value, m.timestamp, m.step)
+    return tuple(flat)
+
+
+def _expand(item: JournalRecord | _Compact) -> JournalRecord:
+    """The record ``_compact`` kept (the sender's side, outside the lock)."""
+    if isinstance(item, JournalRecord):
+        return item
+    return JournalRecord(
+        seq=item[0],
+        metrics=tuple(
+            MetricPoint(key=item[i], value=item[i + 1], timestamp=item[i + 2], step=item[i + 3])
+            for i in range(1, len(item), 4)
+        ),
+    )
+
+
+def _size(item: JournalRecord | _Compact) -> int:
+    """Entities in a queued item, as ``JournalRecord.size`` counts them."""
+    if isinstance(item, JournalRecord):
+        return item.size
+    return (len(item) - 1) // 4 or 1
+
+
+_freeze_lock = threading.Lock()
+_freezers = 0  # senders holding the freeze below
+_we_froze = False
+
+
+def _freeze() -> bool:
+    """Move every object alive now out of the garbage collector's reach (``gc.freeze``),
+    once the sender has delivered its first batch: mlflow, SQLAlchemy and the store's caches
+    are imported and built by then, hundreds of thousands of long-lived objects that every
+    full collection would walk again, in whatever thread triggers it (the training loop's,
+    most of the time: 0.2-0.6 s stalls of a ``log_metrics`` call, issue 24).  Not when the
+    program froze objects itself (``gc.get_freeze_count()``): its choice stands.  Undone by
+    ``_unfreeze`` when the last sender ends; True when this sender holds the freeze."""
+    global _freezers, _we_froze
+    with _freeze_lock:
+        if not _we_froze:
+            if gc.get_freeze_count():
+                return False
+            gc.freeze()
+            _we_froze = True
+        _freezers += 1
+        return True
+
+
+def _unfreeze() -> None:
+    """The program's objects back in the collector's care (``gc.unfreeze``) when no sender
+    needs the freeze any more."""
+    global _freezers, _we_froze
+    with _freeze_lock:
+        _freezers -= 1
+        if _freezers == 0 and _we_froze:
+            gc.unfreeze()
+            _we_froze = False
+
+
 @attrs.define(eq=False)
 class _Span:
     """Records kept in the journal only, from byte ``start`` to byte ``end``."""
@@ -92,7 +168,9 @@ class BufferedRun:
     _cond: threading.Condition = attrs.field(
         default=attrs.Factory(lambda self: threading.Condition(self._lock), takes_self=True)
     )
-    _queue: collections.deque[JournalRecord | _Span] = attrs.field(factory=collections.deque)
+    _queue: collections.deque[JournalRecord | _Compact | _Span] = attrs.field(
+        factory=collections.deque
+    )
     _queued: int = 0  # entities in memory
     _seq: int = 0  # the last seq given (without a journal)
     _last_seq: int = 0  # highest seq handed to the sender (dropped calls excluded)
@@ -198,7 +276,7 @@ class BufferedRun:
         return self._seq
 
     def _enqueue(self, record: JournalRecord, size: int) -> None:
-        self._queue.append(record)
+        self._queue.append(_compact(record))
         self._queued += size
         if self._oldest is None:
             self._oldest = time.monotonic()
@@ -450,17 +528,22 @@ class BufferedRun:
             on_state=self._set_state,
             guard=self._fork_guard,
         )
+        frozen = False
         try:
             while True:
-                records = self._take()
-                if records is None:
+                taken = self._take()
+                if taken is None:
                     return
+                records = [_expand(item) for item in taken]
+                del taken
                 if not delivery.send(records):
                     return
                 # The young garbage of the requests (SQLAlchemy's objects and their weakref
                 # callbacks) freed here, not by a collection in the main thread, where a
                 # Ctrl-C landing in such a callback is only printed, and lost.
                 gc.collect(1)
+                if not frozen:
+                    frozen = _freeze()
                 if delivery.refused:
                     with self._cond:
                         self._refused.extend(delivery.refused)
@@ -474,6 +557,9 @@ class BufferedRun:
                 self._failure = f"{type(exc).__name__}: {exc}"
                 self._state = SenderState.STOPPED
                 self._cond.notify_all()
+        finally:
+            if frozen:
+                _unfreeze()
 
     def _set_state(self, state: SenderState) -> None:
         if self._state is not SenderState.STOPPED and not self._closing:
@@ -529,8 +615,9 @@ class BufferedRun:
             time.monotonic() - self._oldest >= self.settings.flush_seconds
         )
 
-    def _take(self) -> list[JournalRecord] | None:
-        """The next records to send, whole, about one request's worth; None to stop."""
+    def _take(self) -> list[JournalRecord | _Compact] | None:
+        """The next records to send, whole, about one request's worth (as kept in memory:
+        ``_expand`` them); None to stop."""
         with self._cond:
             while True:
                 if self._stopped:
@@ -555,17 +642,20 @@ class BufferedRun:
                 self._sender_waiting = True
                 self._cond.wait(wait if wait is not None else 1.0)
                 self._sender_waiting = False
-            taken: list[JournalRecord] = []
+            taken: list[JournalRecord | _Compact] = []
             entities = 0
             room = self.limits.metrics_per_batch
             while self._queue:
                 head = self._queue[0]
-                if isinstance(head, _Span) or (taken and entities + head.size > room):
+                if isinstance(head, _Span):
+                    break
+                size = _size(head)
+                if taken and entities + size > room:
                     break
                 self._queue.popleft()
                 taken.append(head)
-                entities += head.size
-                if head.artifacts:
+                entities += size
+                if isinstance(head, JournalRecord) and head.artifacts:
                     break  # uploaded in its turn, after what came before
             self._queued -= entities
             self._room_wanted = False
@@ -594,7 +684,7 @@ class BufferedRun:
         if after is not None:
             self._queue.appendleft(_Span(after, span.end))
         for record in reversed(records):
-            self._queue.appendleft(record)
+            self._queue.appendleft(_compact(record))
             self._queued += record.size
         if records:
             # Spilled records waited already: sent as soon as the sender gets to them.

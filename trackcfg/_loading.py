@@ -32,11 +32,9 @@ as Kedro's config loader does with the resolver ``trackcfg.kedro`` registers.
 
 from __future__ import annotations
 
-import difflib
 import enum
 import logging
 import os
-import secrets
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -122,6 +120,8 @@ def _accepts_none(tp: Any) -> bool:
 def _suggest(path: str) -> str:
     parent, _, last = path.rpartition(".")
     siblings = [p.rpartition(".")[2] for p in SCHEMA if p.rpartition(".")[0] == parent]
+    import difflib  # here: only a misspelt key needs it (start-up, issue 24)
+
     close = difflib.get_close_matches(last, siblings, n=1, cutoff=0.6)
     if close:
         return f"did you mean '{close[0]}'?"
@@ -585,4 +585,6 @@ _NOUNS = (
 
 def random_run_name() -> str:
     """A new ``adjective-noun-number`` run name (``brisk-otter-417``)."""
+    import secrets  # here: start-up (issue 24)
+
     return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.randbelow(1000)}"

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import posixpath
 import re
-import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -416,6 +415,8 @@ class MissingDriver:
 
     @property
     def fix(self) -> str:
+        import shlex  # here: start-up (issue 24)
+
         fix = f"pip install {shlex.quote(self.package)}"
         if self.alternatives:
             names = ", ".join(f"{self.dialect}+{d}://" for d in self.alternatives)

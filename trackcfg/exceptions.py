@@ -25,8 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import attrs
-
 __all__ = [
     "ConfigError",
     "ConfigProblem",
@@ -44,17 +42,48 @@ class TrackcfgError(Exception):
     """Base class of every error raised by trackcfg."""
 
 
-@attrs.frozen
 class ConfigProblem:
     """One thing wrong with the configuration.
 
     ``where`` names the origin (``conf/local/mlflow.yml:12``, ``env TRACKCFG_…``,
     ``override``) or is ``None`` when the problem has no single origin.
+
+    Immutable, compared and hashed by value.  A plain class, not attrs: ``import trackcfg``
+    imports this module, and attrs alone would cost it tens of milliseconds.
     """
 
+    __slots__ = ("key", "message", "where")
     key: str
     message: str
-    where: str | None = None
+    where: str | None
+
+    def __init__(self, key: str, message: str, where: str | None = None) -> None:
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "message", message)
+        object.__setattr__(self, "where", where)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"ConfigProblem is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"ConfigProblem is immutable: cannot delete {name!r}")
+
+    def _fields(self) -> tuple[str, str, str | None]:
+        return (self.key, self.message, self.where)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not ConfigProblem:
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __reduce__(self) -> tuple[type[ConfigProblem], tuple[str, str, str | None]]:
+        return (ConfigProblem, self._fields())  # pickled with the error (worker processes)
+
+    def __repr__(self) -> str:
+        return f"ConfigProblem(key={self.key!r}, message={self.message!r}, where={self.where!r})"
 
     def __str__(self) -> str:
         prefix = f"{self.where}: " if self.where else ""
