@@ -50,7 +50,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
@@ -71,15 +70,13 @@ from ._artifacts import (
     write_table,
 )
 from ._backend import Backend, BackendFactory, RunRef, RunStatus, open_backend
-from ._buffer import BufferedRun, LoggingSettings
+from ._buffer import BufferedRun
 from ._config import LoggingMode, RankPolicy, TrackingConfig
-from ._connect import StorePlan, plan_store
-from ._discovery import find_project_root
+from ._connect import Connection, StorePlan, plan_store
 from ._endnote import offline_reminder, run_summary, wants_summary
 from ._env import EnvSnapshot
-from ._headers import header_provider
-from ._journal import check_folder, open_journal
-from ._loading import load_config, notice_cwd_root
+from ._journal import check_folder
+from ._loading import load_config
 from ._offline import unavailable_cause
 from ._params import (
     Limits,
@@ -95,26 +92,20 @@ from ._rules import (
     OFFLINE_DESTINATION_TAG,
     RUN_KEY_TAG,
     ExperimentAction,
-    Offline,
     Placement,
     attach_refusal,
     changed_params,
     disabled_reason,
     experiment_plan,
     named_run_refusal,
-    offline_refusal,
     placement,
     resume_refusal,
 )
 from ._store import (
     StoreLocation,
     mask_uri,
-    missing_driver,
-    session_env,
-    store_kind,
-    with_connect_timeout,
 )
-from ._sync import journal_folder, sync_journals
+from ._sync import journal_folder
 from ._takeover import keyed_run_to_continue, mark_continued, no_keyed_experiment, take_over
 from ._workers import (
     PARENT_RUN_ENV,
@@ -199,7 +190,7 @@ class TrackingSession:
         self._entered = False
         self._enabled = False
         self._closed = False
-        self._location: StoreLocation | None = None
+        self._conn: Connection | None = None  # its place (a child: its parent's)
         self._plan: StorePlan | None = None
         self._backend: Backend | None = None
         self._limits: Limits | None = None
@@ -207,7 +198,6 @@ class TrackingSession:
         self._run_id: str | None = None
         self._started_run: str | None = None
         self._pushed_run: str | None = None
-        self._shared: _state.SharedSettings | None = None  # the process settings it joined
         self._env = EnvSnapshot()  # its own exports (share_with_subprocesses)
         self._trapped_sigterm = False
         self._hand_on_sigterm = False
@@ -220,10 +210,6 @@ class TrackingSession:
         self._last_metrics: dict[str, tuple[float, int]] = {}  # key -> (value, step): summary
         self._named_run: RunRef | None = None  # looked up by _external_active_run
         self._buffer: BufferedRun | None = None  # tracking.logging.mode: buffered
-        # server.offline: the destination (masked) of an offline session's run, and whether
-        # the session may still fall back to the offline store (auto, before a run exists).
-        self._offline: str | None = None
-        self._may_fall_back = False
         # activate() in a forked copy of this object must not use the parent's backend.
         self._owner_pid = os.getpid()
 
@@ -406,32 +392,15 @@ class TrackingSession:
         return self._plan
 
     def _store_location(self) -> StoreLocation:
-        if self._location is None:
-            plan = self._store_plan()
-            self._location = plan.destination if self._parent is not None else plan.location
-        return self._location
-
-    # ------------------------------------------------------------------ offline runs
-
-    def _connect_offline(self, why: str, *, always: bool) -> Backend:
-        """Log into the offline store, after refusing what cannot be done offline (a run to
-        continue or attach to lives on the server) before anything is created."""
+        if self._conn is not None:
+            return self._conn.location
         plan = self._store_plan()
-        destination = plan.offline_destination
-        parent = inherited_parent()
-        refusal = offline_refusal(
-            destination,
-            why,
-            run_id=self._config.tracking.run.id or None,
-            named_run=None if parent else os.environ.get("MLFLOW_RUN_ID") or None,
-            online_parent=parent if plan.inherited_destination is None else None,
-            always=always,
-        )
-        if refusal is not None:
-            raise refusal.error()
-        self._offline = destination
-        self._location = plan.offline_location
-        return self._connect_to(self._location, offline=True)
+        return plan.destination if self._parent is not None else plan.location
+
+    @property
+    def _offline(self) -> str | None:
+        """server.offline: the destination (masked) of an offline session's run."""
+        return self._conn.offline if self._conn is not None else None
 
     def _offline_store(self) -> str:
         """The offline store as messages name it: its folder (``<root>/mlruns``)."""
@@ -443,54 +412,21 @@ class TrackingSession:
             return f"kedro trackcfg sync (in {self.project_root})"
         return f"trackcfg sync {self.project_root}"
 
-    def _fall_back(self, silence: str) -> Backend:
-        """``server.offline: auto`` and the server did not answer: give back what the attempt
-        set (process settings, environment, backend), then log offline, said once."""
-        self._give_back_destination()
-        backend = self._connect_offline(
-            f"it did not answer at session start: {silence}", always=False
-        )
-        server = self._offline or ""
-        logger.warning(
-            "%s %s did not answer at session start (%s); session %r logs "
-            "offline into %s (server.offline: auto); upload its run later with: %s",
-            "tracking server" if server.startswith(("http://", "https://")) else "store",
-            server,
-            silence,
-            self._name,
-            self._offline_store(),
-            self._sync_command(),
-        )
-        return backend
-
-    def _give_back_destination(self) -> None:
-        """Undo ``_connect_to`` (and what ``_place_run`` did before it failed)."""
-        backend, self._backend = self._backend, None
-        shared, self._shared = self._shared, None
-        self._location = None
-        self._may_fall_back = False
-        self._experiment_id = None
-        self._named_run = None
-        try:
-            if shared is not None:
-                _state.leave_settings(shared)
-        finally:
-            if backend is not None:
-                backend.close()
-
     def _open(self) -> None:
         """Steps 2-6 of the module docstring (step 1 was ``_disabled_reason``)."""
         self._enabled = True
         inputs = self._check_inputs()  # 2
-        backend = self._connect()  # 3
+        conn, backend = self._connect()  # 3
         try:
             tags = self._place_run(backend, inputs)  # 4-5
         except TrackingUnavailableError as exc:
-            if not self._may_fall_back:  # server.offline: auto, and no run exists yet
+            if self._parent is not None or not conn.may_fall_back:  # auto, and no run yet
                 raise
-            backend = self._fall_back(unavailable_cause(exc))
+            self._experiment_id = self._named_run = self._backend = None
+            backend = self._backend = conn.fall_back(unavailable_cause(exc))
             tags = self._place_run(backend, inputs)
-        self._may_fall_back = False
+        if self._parent is None:
+            conn.may_fall_back = False
         self._held_run = self._started_run or self._pushed_run
         if self._held_run is not None:  # other open sessions must not end it (_end_own_run)
             _state.hold_run(self._held_run, self)
@@ -506,69 +442,22 @@ class TrackingSession:
             self._buffer.sent_within(self._config.server.request_timeout)
 
     def _start_buffer(self, backend: Backend, limits: Limits) -> None:
-        """Buffered logging (``tracking.logging``): a journal and a sender for the run, and
-        the project's earlier journals for this server sent in the background."""
+        """Buffered logging (``tracking.logging.mode``): the run's buffer (``_buffer``)."""
         settings = self._config.tracking.logging
         if settings.mode is not LoggingMode.BUFFERED or self._run_id is None:
             return
-        folder = journal_folder(settings.journal_dir, self.project_root)
-        journal = None
-        if settings.journal:
-            try:
-                journal = open_journal(
-                    folder,
-                    run_id=self._run_id,
-                    experiment_id=self._experiment_id,
-                    tracking_uri=self._shown_store(),
-                    ends_run=self._started_run is not None,
-                )
-            except OSError as exc:  # the disk is full: the run exists, so log on without one
-                logger.warning(
-                    "cannot start the journal of run %s in %s (tracking.logging.journal_dir): "
-                    "%s; its logging calls are kept in memory only",
-                    self._run_id,
-                    folder,
-                    exc.strerror or type(exc).__name__,
-                )
-        self._buffer = BufferedRun(
-            backend=backend,
-            run_id=self._run_id,
+        self._buffer = BufferedRun.for_run(
+            backend,
+            self._run_id,
+            experiment_id=self._experiment_id,
             limits=limits,
-            settings=LoggingSettings(
-                flush_seconds=settings.flush_seconds,
-                max_buffered=settings.max_buffered,
-                exit_timeout=settings.exit_timeout,
-                journal_dir=str(folder),
-            ),
-            journal=journal,
-            where=f"{store_kind(self.tracking_uri)} {self._shown_store()}",
+            config=settings,
+            root=self.project_root,
+            tracking_uri=self.tracking_uri,
+            ends_run=self._started_run is not None,
+            send_earlier=self._backend_factory if self._parent is None else None,
         )
-        self._buffer.start()
         _state.reset_in_forked_child(self, TrackingSession._leave_buffer_to_parent)
-        if journal is not None and self._parent is None:
-            threading.Thread(
-                target=self._send_earlier_journals,
-                args=(folder,),
-                name="trackcfg-sync",
-                daemon=True,
-            ).start()
-
-    def _send_earlier_journals(self, folder: Path) -> None:
-        """What earlier sessions of this project left for this server (they were killed, or
-        the server was away when they ended): sent in the background, never raising."""
-        try:
-            results = sync_journals(
-                folder,
-                tracking_uri=self.tracking_uri,
-                shown_uri=self._shown_store(),
-                factory=self._backend_factory,
-            )
-        except Exception:
-            logger.debug("could not send earlier journals from %s", folder, exc_info=True)
-            return
-        for result in results:
-            if result.state == "sent":
-                logger.info("sent the journal of run %s (%s)", result.run_id, result.end)
 
     def _leave_buffer_to_parent(self) -> None:
         """In a forked child's copy of the session: the buffer (its sender thread, the calls
@@ -618,76 +507,28 @@ class TrackingSession:
                 "tracking.logging.journal: false (calls are then kept in memory only)"
             )
 
-    def _connect(self) -> Backend:
-        """Step 3: the process-wide settings (shared with sessions open in other threads),
-        the store folder, and the backend (a child uses its parent's), in the store
-        ``server.offline`` decides: the configured one, or the offline store."""
-        parent = self._parent
-        if parent is not None:
-            assert parent._backend is not None
-            self._backend = parent._backend
-            self._offline, self._location = parent._offline, parent._location
-            return self._backend
-        plan = self._store_plan()
-        if plan.offline is Offline.YES:
-            inherited = plan.inherited_destination is not None
-            backend = self._connect_offline(
-                "its parent logs offline" if inherited else "server.offline: always",
-                always=not inherited,
-            )
-            if not inherited:
-                logger.info(
-                    "session %r logs offline into %s for %s (server.offline: always); upload "
-                    "its run later with: %s",
-                    self._name,
-                    self._offline_store(),
-                    self._offline,
-                    self._sync_command(),
-                )
-            return backend
-        self._location = plan.destination
-        if plan.offline is Offline.NO:
-            return self._connect_to(self._location)
-        silence = self._backend_factory.silence(
-            self._location.tracking_uri, self._config.server.request_timeout
+    def _connect(self) -> tuple[Connection, Backend]:
+        """Step 3 (``_connect.Connection``); a child uses its parent's connection."""
+        if self._parent is not None:
+            assert self._parent._conn is not None
+            assert self._parent._backend is not None
+            self._conn, self._backend = self._parent._conn, self._parent._backend
+            return self._conn, self._backend
+        self._conn = Connection(
+            self._config,
+            self._store_plan(),
+            self._backend_factory,
+            name=self._name,
+            sync_command=self._sync_command(),
+            kedro_context=self._kedro_context,
         )
-        if silence is not None:
-            return self._fall_back(silence)
-        try:
-            backend = self._connect_to(self._location)
-        except TrackingUnavailableError as exc:  # a database store that does not answer
-            return self._fall_back(unavailable_cause(exc))
-        self._may_fall_back = True
-        return backend
+        self._backend = self._conn.open()
+        return self._conn, self._backend
 
-    def _connect_to(self, location: StoreLocation, *, offline: bool = False) -> Backend:
-        config = self._config
-        missing = missing_driver(location.tracking_uri)
-        if missing is not None:  # else SQLAlchemy's bare ModuleNotFoundError, seconds later
-            source = config.sources.get("server.mlflow_tracking_uri")
-            raise missing.error(str(source) if source and source.kind != "default" else None)
-        if config.project_root is None and find_project_root(Path.cwd()) is None:
-            notice_cwd_root(self.project_root, config.server.mlflow_tracking_uri)  # built in code
-        env = session_env(config, location)
-        # Offline, the offline store is the registry too: no request reaches the server.
-        registry = self._store_plan().registry_for(offline=offline)
-        headers = config.server.request_header_provider
-        if offline:
-            headers = attrs.evolve(headers, type=None)
-        # A database store: its driver's connect timeout is server.request_timeout.
-        tracking_uri = with_connect_timeout(location.tracking_uri, config.server.request_timeout)
-        self._shared = _state.join_settings(
-            env,
-            (tracking_uri, registry),
-            headers if headers.type else None,
-            (lambda: header_provider(config, self._kedro_context)) if headers.type else None,
-        )
-        if location.local_folder is not None:
-            location.local_folder.mkdir(parents=True, exist_ok=True)
-            if location.artifact_root is not None:  # experiment 0's artifacts go there too
-                self._backend_factory.prepare_local_store(tracking_uri, location.artifact_root)
-        self._backend = self._backend_factory(tracking_uri, registry)
-        return self._backend
+    def _share_store(self, experiment_id: str | None) -> None:
+        """A top-level session points MLflow's process-wide state at its store (``_state``)."""
+        if self._parent is None and self._conn is not None:
+            self._conn.share_store(experiment_id)
 
     def _place_run(self, backend: Backend, inputs: _Inputs) -> dict[str, str]:
         """Steps 4-5: the experiment, then the run (resumed, attached to, or started).
@@ -712,8 +553,7 @@ class TrackingSession:
                 if active is None:  # resume: must, and no experiment: before creating one
                     no_keyed_experiment(backend, self.experiment_name, run_cfg, self._shown_store())
                 self._experiment_id = self._experiment(backend)
-        if self._shared is not None:
-            _state.share_store(self._shared, backend, self._experiment_id)
+        self._share_store(self._experiment_id)
         where = placement(active, must_nest=must_nest, nested=run_cfg.nested)
         if where is Placement.ATTACH:
             assert active is not None
@@ -841,8 +681,7 @@ class TrackingSession:
         mark_continued(backend, run_id)
         self._experiment_id = experiment_id
         self._logged_params.update(params)
-        assert self._shared is not None
-        _state.share_store(self._shared, backend, experiment_id)
+        self._share_store(experiment_id)
         backend.resume_run(run_id)
         self._run_id = self._started_run = run_id
         self._resumed = True
@@ -858,7 +697,14 @@ class TrackingSession:
         errors: list[BaseException] = []
         try:
             if self._buffer is not None and backend is not None:
-                self._end_buffered(backend, status)
+                own = self._started_run or self._pushed_run
+                self._buffer.end(
+                    status,
+                    end_run=(lambda: self._end_own_run(backend, status)) if own else None,
+                    let_go=lambda: self._let_go_of_runs(backend),
+                    ends_run=self._started_run is not None,
+                    root=self.project_root,
+                )
             elif backend is not None and (self._started_run or self._pushed_run):
                 self._end_own_run(backend, status)
         except Exception as exc:
@@ -877,9 +723,9 @@ class TrackingSession:
                     step()
                 except Exception as exc:
                     errors.append(exc)
-            if backend is not None and self._parent is None:
-                try:
-                    backend.close()
+            if self._conn is not None and self._parent is None:
+                try:  # the process settings, then the backend (not a forked child's)
+                    self._conn.close(close_backend=backend is not None)
                 except Exception as exc:
                     errors.append(exc)
         if errors and raising:
@@ -888,79 +734,18 @@ class TrackingSession:
                 raise first
             raise RunError(f"could not end run {self._run_id!r} cleanly: {first}") from first
 
-    def _end_buffered(self, backend: Backend, status: RunStatus) -> None:
-        """Send what is pending within ``exit_timeout``, then end the run.  If the server does
-        not take it all, the journal keeps the rest and the run's end for ``trackcfg sync``,
-        and leaving the session does not raise."""
-        buffer = self._buffer
-        assert buffer is not None
-        try:
-            delivered = buffer.close(self._config.tracking.logging.exit_timeout)
-            if delivered and (self._started_run or self._pushed_run):
-                try:
-                    self._end_own_run(backend, status)
-                except TrackingUnavailableError:
-                    delivered = False
-        except BaseException:  # interrupted again while leaving: the journal keeps the end
-            buffer.keep_end(status.value if self._started_run else None)
-            raise
-        if delivered:
-            buffer.finished()
-            buffer.raise_refused()
-            buffer.raise_dropped()
-            return
-        buffer.keep_end(status.value if self._started_run else None)
-        own = self._started_run or self._pushed_run
-        stack = backend.active_run_ids()
-        if own is not None and own in stack:  # this context's stack: nothing to ask the server
-            for run_id in reversed(stack[stack.index(own) + 1 :]):
-                owners = _state.run_owners(run_id)
-                if not owners or any(self._encloses(owner) for owner in owners):
-                    backend.pop_active(run_id)  # its own session (if any) is inside this one
-            backend.pop_active(own)
-        if buffer.journal is None:
-            logger.warning(
-                "%s %s did not take everything run %s logged within %s s "
-                "(tracking.logging.exit_timeout); %d logging call(s) are lost "
-                "(tracking.logging.journal is false)",
-                store_kind(self.tracking_uri),
-                self._shown_store(),
-                self._run_id,
-                self._config.tracking.logging.exit_timeout,
-                buffer.pending,
-            )
-            return
-        logger.warning(
-            "%s %s did not take everything within %s s (tracking.logging.exit_timeout): "
-            "%d logging call(s) and the end of run %s (%s) are kept in %s; send them with: "
-            "trackcfg sync %s",
-            store_kind(self.tracking_uri),
-            self._shown_store(),
-            self._config.tracking.logging.exit_timeout,
-            buffer.pending,
-            self._run_id,
-            status.value,
-            buffer.journal.path,
-            self.project_root,
-        )
-
     def _leave_process_state(self) -> None:
         """Give back the session's share of process-wide state: its run among the open
-        sessions' runs, the SIGTERM trap and the shared settings (the last one out restores
-        them), whatever the order sessions end in."""
+        sessions' runs and the SIGTERM trap (the last one out restores it), whatever the order
+        sessions end in (the shared settings: ``Connection.close``)."""
         try:
             if self._held_run is not None:
                 held, self._held_run = self._held_run, None
                 _state.let_go_of_run(held, self)
         finally:
-            try:
-                if self._trapped_sigterm:
-                    self._trapped_sigterm = False
-                    self._hand_on_sigterm = _state.release_sigterm()
-            finally:
-                if self._shared is not None:
-                    shared, self._shared = self._shared, None
-                    _state.leave_settings(shared)
+            if self._trapped_sigterm:
+                self._trapped_sigterm = False
+                self._hand_on_sigterm = _state.release_sigterm()
 
     def _encloses(self, other: object) -> bool:
         """Whether ``other`` is a ``child()`` session of this one, at any depth."""
@@ -971,29 +756,48 @@ class TrackingSession:
             parent = parent._parent
         return False
 
+    def _leftover_runs(self, backend: Backend) -> list[str]:
+        """The runs left open above the session's own on this context's stack that are its
+        to deal with, last first: not the run of another open session (sessions that end out
+        of order each end their own) unless that session is inside this one."""
+        own = self._started_run or self._pushed_run
+        stack = backend.active_run_ids()
+        if own is None or own not in stack:
+            return []
+        return [
+            run_id
+            for run_id in reversed(stack[stack.index(own) + 1 :])
+            if not (owners := _state.run_owners(run_id))
+            or any(self._encloses(owner) for owner in owners)
+        ]
+
     def _end_own_run(self, backend: Backend, status: RunStatus) -> None:
-        """End the session's run (and runs left open above it, but not the run of another
-        open session: sessions that end out of order each end their own), or take the run it
+        """End the session's run and its leftover runs with ``status``, or take the run it
         attached to off this context's stack."""
         own = self._started_run or self._pushed_run
         assert own is not None
-        stack = backend.active_run_ids()
-        if own in stack:
-            for leftover in reversed(stack[stack.index(own) + 1 :]):
-                owners = _state.run_owners(leftover)
-                if owners and not any(self._encloses(owner) for owner in owners):
-                    continue  # its own session ends it
-                logger.warning(
-                    "run %s was still active when session %r ended; ending it %s",
-                    leftover,
-                    self._name,
-                    status.value,
-                )
-                backend.end_run(leftover, status)
+        for leftover in self._leftover_runs(backend):
+            logger.warning(
+                "run %s was still active when session %r ended; ending it %s",
+                leftover,
+                self._name,
+                status.value,
+            )
+            backend.end_run(leftover, status)
         if self._started_run:
             backend.end_run(self._started_run, status)
         else:
             backend.pop_active(own)
+
+    def _let_go_of_runs(self, backend: Backend) -> None:
+        """The store is away at the end: its run and leftovers only leave this context's
+        stack (the journal keeps their end)."""
+        own = self._started_run or self._pushed_run
+        if own is None or own not in backend.active_run_ids():
+            return
+        for leftover in self._leftover_runs(backend):
+            backend.pop_active(leftover)
+        backend.pop_active(own)
 
     # ------------------------------------------------------------------ logging
 
@@ -1257,5 +1061,5 @@ class TrackingSession:
             _backend_factory=self._backend_factory,
         )
         child._parent = self
-        child._location = self._location
+        child._conn = self._conn
         return child
