@@ -69,7 +69,7 @@ from ._artifacts import (
     write_figure,
     write_table,
 )
-from ._backend import Backend, BackendFactory, RunRef, RunStatus, open_backend
+from ._backend import Backend, BackendFactory, RunStatus, open_backend
 from ._buffer import BufferedRun
 from ._config import LoggingMode, RankPolicy, TrackingConfig
 from ._connect import Connection, StorePlan, plan_store
@@ -88,30 +88,20 @@ from ._params import (
     prepare_params,
     prepare_tags,
 )
+from ._placement import RunPlacer
 from ._rules import (
-    OFFLINE_DESTINATION_TAG,
-    RUN_KEY_TAG,
-    ExperimentAction,
-    Placement,
-    attach_refusal,
     changed_params,
     disabled_reason,
-    experiment_plan,
-    named_run_refusal,
-    placement,
-    resume_refusal,
 )
 from ._store import (
     StoreLocation,
     mask_uri,
 )
 from ._sync import journal_folder
-from ._takeover import keyed_run_to_continue, mark_continued, no_keyed_experiment, take_over
 from ._workers import (
-    PARENT_RUN_ENV,
     activate_inherited_run,
-    inherited_parent,
     process_rank,
+    run_active,
     worker_env,
 )
 from .exceptions import RunError, TrackcfgError, TrackingUnavailableError
@@ -208,7 +198,6 @@ class TrackingSession:
         self._metric_keys: dict[str, str] = {}  # final metric key -> key as written
         self._tables: dict[str, Any] = {}  # log_table's file -> its rows so far (DataFrame)
         self._last_metrics: dict[str, tuple[float, int]] = {}  # key -> (value, step): summary
-        self._named_run: RunRef | None = None  # looked up by _external_active_run
         self._buffer: BufferedRun | None = None  # tracking.logging.mode: buffered
         # activate() in a forked copy of this object must not use the parent's backend.
         self._owner_pid = os.getpid()
@@ -422,7 +411,7 @@ class TrackingSession:
         except TrackingUnavailableError as exc:
             if self._parent is not None or not conn.may_fall_back:  # auto, and no run yet
                 raise
-            self._experiment_id = self._named_run = self._backend = None
+            self._backend = None
             backend = self._backend = conn.fall_back(unavailable_cause(exc))
             tags = self._place_run(backend, inputs)
         if self._parent is None:
@@ -525,166 +514,38 @@ class TrackingSession:
         self._backend = self._conn.open()
         return self._conn, self._backend
 
+    def _place_run(self, backend: Backend, inputs: _Inputs) -> dict[str, str]:
+        """Steps 4-5 (``_placement``).  Returns the tags still to log (a new run was given
+        them when it started)."""
+        parent = self._parent
+        placer = RunPlacer(
+            config=self._config,
+            name=self._name,
+            experiment_name=self.experiment_name,
+            root=self.project_root,
+            tracking_uri=self.tracking_uri,
+            factory=self._backend_factory,
+            share_store=self._share_store,
+            parent=None if parent is None else (parent._run_id, parent._experiment_id),
+            offline=self._offline,
+            artifact_root=self._store_location().artifact_root,
+        )
+        try:
+            return placer.place(backend, inputs.prepared, inputs.tags)
+        finally:  # what it did, also when it failed half-way
+            self._experiment_id = placer.experiment_id
+            self._run_id = placer.run_id
+            self._started_run, self._pushed_run = placer.started_run, placer.pushed_run
+            self._resumed = placer.resumed
+            self._logged_params.update(placer.logged_params)
+
     def _share_store(self, experiment_id: str | None) -> None:
         """A top-level session points MLflow's process-wide state at its store (``_state``)."""
         if self._parent is None and self._conn is not None:
             self._conn.share_store(experiment_id)
 
-    def _place_run(self, backend: Backend, inputs: _Inputs) -> dict[str, str]:
-        """Steps 4-5: the experiment, then the run (resumed, attached to, or started).
-        Returns the tags still to log (a new run was given them when it started)."""
-        parent, run_cfg = self._parent, self._config.tracking.run
-        if self._offline is not None:
-            tags = {**inputs.tags, OFFLINE_DESTINATION_TAG: self._offline}
-            inputs = attrs.evolve(inputs, tags=tags)
-        if run_cfg.id and parent is None:
-            self._resume(backend, run_cfg.id, inputs.prepared)
-            return inputs.tags
-        if parent is not None:
-            active, must_nest = parent._run_id, True
-            self._experiment_id = parent._experiment_id
-        else:
-            active, must_nest = self._external_active_run(backend)
-            if must_nest and os.environ.get("MLFLOW_EXPERIMENT_ID"):
-                # A worker given child_env(): its run goes beside its parent's, in the parent's
-                # experiment (MLflow shows children only there), without a lookup request.
-                self._experiment_id = os.environ["MLFLOW_EXPERIMENT_ID"]
-            else:
-                if active is None:  # resume: must, and no experiment: before creating one
-                    no_keyed_experiment(backend, self.experiment_name, run_cfg, self._shown_store())
-                self._experiment_id = self._experiment(backend)
-        self._share_store(self._experiment_id)
-        where = placement(active, must_nest=must_nest, nested=run_cfg.nested)
-        if where is Placement.ATTACH:
-            assert active is not None
-            self._attach(backend, active)
-            return inputs.tags
-        assert self._experiment_id is not None
-        key = run_cfg.key if where is Placement.NEW else None
-        if key is not None:  # only a top-level run carries it: the key finds that run
-            inputs = attrs.evolve(inputs, tags={**inputs.tags, RUN_KEY_TAG: key})
-            found = keyed_run_to_continue(
-                backend, self._experiment_id, run_cfg, inputs.prepared.params, self._shown_store()
-            )
-            if found is not None:
-                self._continue(backend, found.id, found.experiment_id, found.params)
-                return inputs.tags
-        ref = backend.start_run(
-            experiment_id=self._experiment_id,
-            name=run_cfg.name if parent is None and run_cfg.name else self._name,
-            parent_run_id=active,
-            tags=inputs.tags,
-        )
-        self._run_id = self._started_run = ref.id
-        return {}
-
     def _shown_store(self) -> str:
         return mask_uri(self.tracking_uri)
-
-    def _experiment(self, backend: Backend) -> str:
-        settings = self._config.tracking.experiment
-        name = self.experiment_name
-        plan = experiment_plan(name, backend.get_experiment(name), settings)
-        if plan.refusal is not None:
-            raise plan.refusal.error(self._shown_store())
-        if plan.action is ExperimentAction.CREATE:
-            kwargs = settings.create_experiment_kwargs
-            # Offline, artifacts stay in the offline store (its experiment is created there
-            # only to hold runs until trackcfg sync uploads them).
-            location = kwargs.artifact_location if self._offline is None else None
-            if location is not None and "://" not in location and not location.startswith("/"):
-                location = (self.project_root / location).as_uri()
-            if location is None and self._store_location().artifact_root is not None:
-                location = self._store_location().artifact_root
-            experiment_id = backend.create_experiment(name, location, kwargs.tags)
-            logger.info("created experiment %r (id %s)", name, experiment_id)
-            return experiment_id
-        assert plan.experiment_id is not None
-        if plan.action is ExperimentAction.RESTORE:
-            backend.restore_experiment(plan.experiment_id)
-            logger.info("restored deleted experiment %r (id %s)", name, plan.experiment_id)
-        return plan.experiment_id
-
-    def _external_active_run(self, backend: Backend) -> tuple[str | None, bool]:
-        """The run this session nests under or attaches to, and whether it must nest.
-
-        Precedence: this thread's active run, then ``TRACKCFG_PARENT_RUN_ID`` (always a
-        parent: a worker started by ``child_env()``), then ``MLFLOW_RUN_ID`` (a run an
-        orchestrator started: child or attach, by ``run.nested``).  A run named by either
-        variable is looked up first (``_check_named_run``)."""
-        stack = backend.active_run_ids()
-        if stack:
-            return stack[-1], False
-        parent = inherited_parent()
-        if parent:
-            self._check_named_run(backend, parent, PARENT_RUN_ENV, nest=True)
-            return parent, True
-        named = os.environ.get("MLFLOW_RUN_ID") or None
-        if named:
-            nest = self._config.tracking.run.nested
-            self._check_named_run(backend, named, "MLFLOW_RUN_ID", nest=nest)
-        return named, False
-
-    def _check_named_run(self, backend: Backend, run_id: str, variable: str, *, nest: bool) -> None:
-        """A run named by an environment variable must exist before anything is created
-        under or for it (the experiment included): a stale id is refused naming the variable,
-        not met later as MLflow's "Run ... not found" once an experiment was made."""
-        existing = backend.get_run(run_id)
-        refusal = named_run_refusal(run_id, existing, variable=variable, nest=nest)
-        if refusal is not None:
-            raise refusal.error(self._shown_store())
-        self._named_run = existing
-
-    def _attach(self, backend: Backend, run_id: str) -> None:
-        named = self._named_run
-        existing: RunRef | None = named
-        variable: str | None = "MLFLOW_RUN_ID"
-        if named is None or named.id != run_id:  # else looked up by _external_active_run
-            existing, variable = backend.get_run(run_id), None
-        refusal = attach_refusal(run_id, existing, variable=variable)
-        if refusal is not None:
-            raise refusal.error(self._shown_store())
-        assert existing is not None
-        # Params are immutable: a differing value must be refused before it is sent.
-        self._logged_params.update(existing.params)
-        self._run_id = run_id
-        if run_id not in backend.active_run_ids():
-            backend.push_active(run_id)
-            self._pushed_run = run_id
-        logger.info("attached to active run %s (tracking.run.nested is false)", run_id)
-
-    def _resume(self, backend: Backend, run_id: str, prepared: PreparedParams) -> None:
-        existing = backend.get_run(run_id)
-        refusal = resume_refusal(
-            run_id,
-            existing,
-            prepared.params,
-            resume_running=self._config.tracking.run.resume_running,
-        )
-        if refusal is not None:
-            raise refusal.error(self._shown_store())
-        assert existing is not None
-        self._continue(backend, run_id, existing.experiment_id, existing.params)
-
-    def _continue(
-        self, backend: Backend, run_id: str, experiment_id: str, params: Mapping[str, str]
-    ) -> None:
-        """Reopen a run (``run.id``, or found by ``run.key``), after what a killed process
-        left of it in this project's journal folder is sent (``_takeover``)."""
-        take_over(
-            journal_folder(self._config.tracking.logging.journal_dir, self.project_root),
-            run_id,
-            tracking_uri=self.tracking_uri,
-            shown_uri=self._shown_store(),
-            factory=self._backend_factory,
-        )
-        mark_continued(backend, run_id)
-        self._experiment_id = experiment_id
-        self._logged_params.update(params)
-        self._share_store(experiment_id)
-        backend.resume_run(run_id)
-        self._run_id = self._started_run = run_id
-        self._resumed = True
 
     def _close(self, status: RunStatus, *, raising: bool) -> None:
         if self._closed:
@@ -1035,14 +896,9 @@ class TrackingSession:
         if not self._enabled or self._closed or backend is None or run_id is None:
             yield
             return
-        pushed = run_id not in backend.active_run_ids()
-        if pushed:
-            backend.push_active(run_id)
-        try:
+        # Only the run: the store is the process-wide one the session shares (_connect).
+        with run_active(backend, run_id):
             yield
-        finally:
-            if pushed:
-                backend.pop_active(run_id)
 
     def child(
         self,
