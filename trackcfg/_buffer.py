@@ -46,9 +46,16 @@ from pathlib import Path
 import attrs
 
 from ._backend import Backend, BackendFactory, RunStatus
-from ._config import LoggingConfig
+from ._config import LoggingConfig, LoggingMode
 from ._delivery import Delivery, SenderState
-from ._journal import Journal, JournalRecord, copy_artifact, open_journal, records_from
+from ._journal import (
+    Journal,
+    JournalRecord,
+    check_folder,
+    copy_artifact,
+    open_journal,
+    records_from,
+)
 from ._params import Limits, MetricPoint
 from ._store import mask_uri, store_kind
 from ._sync import journal_folder, sync_journals
@@ -701,6 +708,19 @@ class BufferedRun:
                 daemon=True,
             ).start()
         return buffer
+
+    @staticmethod
+    def check_journal_dir(config: LoggingConfig, root: Path) -> None:
+        """Buffered logging with a journal needs a folder it can write: a ``RunError``
+        before a run exists (a disk that fills later never raises)."""
+        if config.mode is not LoggingMode.BUFFERED or not config.journal:
+            return
+        why = check_folder(journal_folder(config.journal_dir, root))
+        if why is not None:
+            raise RunError(
+                f"tracking.logging.journal_dir: {why}; give a writable folder, or set "
+                "tracking.logging.journal: false (calls are then kept in memory only)"
+            )
 
     def end(
         self,

@@ -52,7 +52,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +65,7 @@ from ._artifacts import (
     check_artifact_path,
     dict_text,
     logged_tables_tag,
+    scratch_artifact,
     table_frame,
     write_figure,
     write_table,
@@ -75,7 +76,7 @@ from ._config import LoggingMode, RankPolicy, TrackingConfig
 from ._connect import Connection, StorePlan, plan_store
 from ._endnote import offline_reminder, run_summary, wants_summary
 from ._env import EnvSnapshot
-from ._journal import check_folder
+from ._leaving import RunEnding, status_for
 from ._loading import load_config
 from ._offline import unavailable_cause
 from ._params import (
@@ -97,7 +98,6 @@ from ._store import (
     StoreLocation,
     mask_uri,
 )
-from ._sync import journal_folder
 from ._workers import (
     activate_inherited_run,
     process_rank,
@@ -112,21 +112,6 @@ if TYPE_CHECKING:
 __all__ = ["TrackingSession"]
 
 logger = logging.getLogger(__name__)
-
-
-def _status_for(exc: BaseException | None, *, after_sigterm: bool = False) -> RunStatus:
-    """The status a run ends with when ``exc`` leaves its session (None: success).
-    ``after_sigterm``: SIGTERM came during the session, and the program's own handler ran:
-    a ``SystemExit`` is then the process ending because of the signal."""
-    if exc is None or isinstance(exc, GeneratorExit):
-        return RunStatus.FINISHED
-    if isinstance(exc, KeyboardInterrupt) or _state.raised_on_sigterm(exc):
-        return RunStatus.KILLED
-    if isinstance(exc, SystemExit):
-        if after_sigterm:
-            return RunStatus.KILLED
-        return RunStatus.FINISHED if exc.code in (None, 0) else RunStatus.FAILED
-    return RunStatus.FAILED
 
 
 def _default_session_name() -> str:
@@ -352,7 +337,7 @@ class TrackingSession:
                 sys.stdout.flush()
 
     def _status_for(self, exc: BaseException | None) -> RunStatus:
-        return _status_for(exc, after_sigterm=_state.sigterms_received() > self._sigterms_before)
+        return status_for(exc, after_sigterm=_state.sigterms_received() > self._sigterms_before)
 
     def _hand_on(self, exc: BaseException | None) -> None:
         """After the last session let go of the SIGTERM trap: a SIGTERM that ended this one
@@ -480,21 +465,8 @@ class TrackingSession:
         tags.update(prepared.tags)
         if self._config.tracking.run.ranks is RankPolicy.ALL and parent is None:
             tags.setdefault("trackcfg.rank", str(process_rank()))
-        self._check_journal_dir()
+        BufferedRun.check_journal_dir(self._config.tracking.logging, self.project_root)
         return _Inputs(limits=limits, prepared=prepared, tags=tags)
-
-    def _check_journal_dir(self) -> None:
-        """Buffered logging with a journal needs a folder it can write: said before a run
-        exists (a disk that fills later never raises: ``_buffer``)."""
-        settings = self._config.tracking.logging
-        if settings.mode is not LoggingMode.BUFFERED or not settings.journal:
-            return
-        why = check_folder(journal_folder(settings.journal_dir, self.project_root))
-        if why is not None:
-            raise RunError(
-                f"tracking.logging.journal_dir: {why}; give a writable folder, or set "
-                "tracking.logging.journal: false (calls are then kept in memory only)"
-            )
 
     def _connect(self) -> tuple[Connection, Backend]:
         """Step 3 (``_connect.Connection``); a child uses its parent's connection."""
@@ -557,17 +529,26 @@ class TrackingSession:
             backend = None
         errors: list[BaseException] = []
         try:
+            own = self._started_run or self._pushed_run
+            ending = None
+            if backend is not None and own is not None:
+                ending = RunEnding(
+                    backend=backend,
+                    session=self,
+                    name=self._name,
+                    own=own,
+                    started=self._started_run is not None,
+                )
             if self._buffer is not None and backend is not None:
-                own = self._started_run or self._pushed_run
                 self._buffer.end(
                     status,
-                    end_run=(lambda: self._end_own_run(backend, status)) if own else None,
-                    let_go=lambda: self._let_go_of_runs(backend),
+                    end_run=(lambda: ending.end(status)) if ending is not None else None,
+                    let_go=ending.let_go if ending is not None else lambda: None,
                     ends_run=self._started_run is not None,
                     root=self.project_root,
                 )
-            elif backend is not None and (self._started_run or self._pushed_run):
-                self._end_own_run(backend, status)
+            elif ending is not None:
+                ending.end(status)
         except Exception as exc:
             errors.append(exc)
             if isinstance(exc, TrackcfgError):  # already says what happened and what to do
@@ -607,58 +588,6 @@ class TrackingSession:
             if self._trapped_sigterm:
                 self._trapped_sigterm = False
                 self._hand_on_sigterm = _state.release_sigterm()
-
-    def _encloses(self, other: object) -> bool:
-        """Whether ``other`` is a ``child()`` session of this one, at any depth."""
-        parent = getattr(other, "_parent", None)
-        while parent is not None:
-            if parent is self:
-                return True
-            parent = parent._parent
-        return False
-
-    def _leftover_runs(self, backend: Backend) -> list[str]:
-        """The runs left open above the session's own on this context's stack that are its
-        to deal with, last first: not the run of another open session (sessions that end out
-        of order each end their own) unless that session is inside this one."""
-        own = self._started_run or self._pushed_run
-        stack = backend.active_run_ids()
-        if own is None or own not in stack:
-            return []
-        return [
-            run_id
-            for run_id in reversed(stack[stack.index(own) + 1 :])
-            if not (owners := _state.run_owners(run_id))
-            or any(self._encloses(owner) for owner in owners)
-        ]
-
-    def _end_own_run(self, backend: Backend, status: RunStatus) -> None:
-        """End the session's run and its leftover runs with ``status``, or take the run it
-        attached to off this context's stack."""
-        own = self._started_run or self._pushed_run
-        assert own is not None
-        for leftover in self._leftover_runs(backend):
-            logger.warning(
-                "run %s was still active when session %r ended; ending it %s",
-                leftover,
-                self._name,
-                status.value,
-            )
-            backend.end_run(leftover, status)
-        if self._started_run:
-            backend.end_run(self._started_run, status)
-        else:
-            backend.pop_active(own)
-
-    def _let_go_of_runs(self, backend: Backend) -> None:
-        """The store is away at the end: its run and leftovers only leave this context's
-        stack (the journal keeps their end)."""
-        own = self._started_run or self._pushed_run
-        if own is None or own not in backend.active_run_ids():
-            return
-        for leftover in self._leftover_runs(backend):
-            backend.pop_active(leftover)
-        backend.pop_active(own)
 
     # ------------------------------------------------------------------ logging
 
@@ -800,15 +729,9 @@ class TrackingSession:
             live[0].log_artifact(live[1], os.fspath(source), artifact_path)
 
     def _log_written(self, artifact_file: str, write: Callable[[Path], None]) -> None:
-        """The artifact ``artifact_file``, as ``write`` writes it now into a scratch file."""
-        import tempfile  # here: `trackcfg --help` imports no temporary-file module
-
-        place = PurePosixPath(artifact_file)
-        with tempfile.TemporaryDirectory(prefix="trackcfg-") as scratch:
-            target = Path(scratch) / place.name
-            write(target)
-            folder = str(place.parent)
-            self._log_files([target], None if folder in ("", ".") else folder)
+        """The artifact ``artifact_file``, as ``write`` writes it now (``_artifacts``)."""
+        with scratch_artifact(artifact_file, write) as (target, folder):
+            self._log_files([target], folder)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Write ``text`` as the artifact ``artifact_file`` (no temporary file to manage)."""
