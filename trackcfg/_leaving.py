@@ -11,14 +11,17 @@ ended.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import sys
 
 import attrs
 
 from . import _state
 from ._backend import Backend, RunStatus
 
-__all__ = ["RunEnding", "status_for"]
+__all__ = ["RunEnding", "hand_on_sigterm", "status_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +39,18 @@ def status_for(exc: BaseException | None, *, after_sigterm: bool = False) -> Run
             return RunStatus.KILLED
         return RunStatus.FINISHED if exc.code in (None, 0) else RunStatus.FAILED
     return RunStatus.FAILED
+
+
+def hand_on_sigterm(exc: BaseException | None, *, hand_on: bool) -> None:
+    """After the last session let go of the SIGTERM trap (``hand_on``): a SIGTERM that ended
+    a session goes on to whoever handled it before (by default: the process terminates)."""
+    if isinstance(exc, _state.Terminated) and hand_on:
+        # The default action ends the process at once: output still buffered would be lost
+        # (the "View run" line of the run just ended, when stdout is a pipe).
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        signal.raise_signal(signal.SIGTERM)
 
 
 def encloses(session: object, other: object) -> bool:

@@ -48,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -74,9 +73,9 @@ from ._backend import Backend, BackendFactory, RunStatus, open_backend
 from ._buffer import BufferedRun
 from ._config import LoggingMode, RankPolicy, TrackingConfig
 from ._connect import Connection, StorePlan, plan_store
-from ._endnote import offline_reminder, run_summary, wants_summary
+from ._endnote import end_notes
 from ._env import EnvSnapshot
-from ._leaving import RunEnding, status_for
+from ._leaving import RunEnding, hand_on_sigterm, status_for
 from ._loading import load_config
 from ._offline import unavailable_cause
 from ._params import (
@@ -317,24 +316,19 @@ class TrackingSession:
         (not a sweep's every trial), never in a worker of an offline parent (it says it)."""
         if self._parent is not None or self._started_run is None or _state.runs_held():
             return
-        if self._offline is not None and self._store_plan().inherited_destination is None:
-            logger.warning(
-                "%s",
-                offline_reminder(
-                    self._started_run,
-                    self._name,
-                    self._offline_store(),
-                    self._offline,
-                    self._sync_command(),
-                ),
-            )
-        if wants_summary(sys.stdout, os.environ):
-            summary = run_summary(
-                self._name, status.value, len(self._logged_params), self._last_metrics
-            )
-            with contextlib.suppress(OSError, ValueError):  # stdout closed or gone
-                sys.stdout.write(f"{summary}\n")
-                sys.stdout.flush()
+        offline = self._offline
+        if offline is not None and self._store_plan().inherited_destination is None:
+            reminder = (self._offline_store(), offline, self._sync_command())
+        else:
+            reminder = None
+        end_notes(
+            self._started_run,
+            self._name,
+            status.value,
+            offline=reminder,
+            params=len(self._logged_params),
+            last=self._last_metrics,
+        )
 
     def _status_for(self, exc: BaseException | None) -> RunStatus:
         return status_for(exc, after_sigterm=_state.sigterms_received() > self._sigterms_before)
@@ -342,13 +336,7 @@ class TrackingSession:
     def _hand_on(self, exc: BaseException | None) -> None:
         """After the last session let go of the SIGTERM trap: a SIGTERM that ended this one
         goes on to whoever handled it before (by default: the process terminates)."""
-        if isinstance(exc, _state.Terminated) and self._hand_on_sigterm:
-            # The default action ends the process at once: output still buffered would be lost
-            # (the "View run" line of the run just ended, when stdout is a pipe).
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            signal.raise_signal(signal.SIGTERM)
+        hand_on_sigterm(exc, hand_on=self._hand_on_sigterm)
 
     def _disabled_reason(self) -> str | None:
         return disabled_reason(
