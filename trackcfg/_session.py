@@ -37,10 +37,12 @@ active-run stack, every environment variable the session touched and the SIGTERM
 given back as they were, by the last session open, whatever order they end in.
 
 The rules behind steps 1, 4 and 5 are pure functions in ``_rules`` (``trackcfg check`` shows
-the same decisions); process-wide state is ``_state``'s; the worker contract is
-``_workers``'; MLflow is reached only through a ``Backend`` (``_backend``).  What remains here
-is one concept, the session's lifecycle and its logging API, which is why the module is
-longer than the others (docs/architecture.md).
+the same decisions).  Each step's work lives with its concept: step 3 in ``_connect``
+(``plan_store`` decides, ``Connection`` connects and falls back), steps 4-5 in ``_placement``,
+the buffer in ``_buffer`` (``BufferedRun.for_run``/``end``), leaving in ``_leaving``;
+process-wide state is ``_state``'s; the worker contract is ``_workers``'; MLflow is reached
+only through a ``Backend`` (``_backend``).  What remains here is the lifecycle's order and
+the logging API (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -89,20 +91,9 @@ from ._params import (
     prepare_tags,
 )
 from ._placement import RunPlacer
-from ._rules import (
-    changed_params,
-    disabled_reason,
-)
-from ._store import (
-    StoreLocation,
-    mask_uri,
-)
-from ._workers import (
-    activate_inherited_run,
-    process_rank,
-    run_active,
-    worker_env,
-)
+from ._rules import changed_params, disabled_reason
+from ._store import StoreLocation, mask_uri
+from ._workers import activate_inherited_run, process_rank, run_active, worker_env
 from .exceptions import RunError, TrackcfgError, TrackingUnavailableError
 
 if TYPE_CHECKING:
