@@ -4,9 +4,10 @@ write the file MLflow's own call would upload, into a folder the session gives t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -19,6 +20,7 @@ __all__ = [
     "check_artifact_path",
     "dict_text",
     "logged_tables_tag",
+    "scratch_artifact",
     "table_frame",
     "write_figure",
     "write_table",
@@ -149,3 +151,19 @@ def write_table(frame: Any, target: Path) -> None:
 def logged_tables_tag(tables: Iterable[str]) -> str:
     """The value MLflow's ``log_table`` gives ``mlflow.loggedArtifacts`` for these tables."""
     return json.dumps([{"path": path, "type": "table"} for path in tables])
+
+
+@contextlib.contextmanager
+def scratch_artifact(
+    artifact_file: str, write: Callable[[Path], None]
+) -> Iterator[tuple[Path, str | None]]:
+    """The artifact ``artifact_file`` as ``write`` writes it now into a scratch file, for
+    the block: yields the file and the run's folder it goes to (None: the top)."""
+    import tempfile  # here: `trackcfg --help` imports no temporary-file module
+
+    place = PurePosixPath(artifact_file)
+    with tempfile.TemporaryDirectory(prefix="trackcfg-") as scratch:
+        target = Path(scratch) / place.name
+        write(target)
+        folder = str(place.parent)
+        yield target, None if folder in ("", ".") else folder

@@ -40,16 +40,26 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import attrs
 
-from ._backend import Backend
+from ._backend import Backend, BackendFactory, RunStatus
+from ._config import LoggingConfig, LoggingMode
 from ._delivery import Delivery, SenderState
-from ._journal import Journal, JournalRecord, copy_artifact, records_from
+from ._journal import (
+    Journal,
+    JournalRecord,
+    check_folder,
+    copy_artifact,
+    open_journal,
+    records_from,
+)
 from ._params import Limits, MetricPoint
+from ._store import mask_uri, store_kind
+from ._sync import journal_folder, sync_journals
 from .exceptions import CredentialsError, RunError, TrackingUnavailableError
 
 __all__ = ["DROPPED_TAG", "BufferedRun", "LoggingSettings"]
@@ -724,3 +734,150 @@ class BufferedRun:
                 self.run_id,
             )
             self._unreachable_since = None
+
+    # ------------------------------------------------------------------ a session's buffer
+
+    @classmethod
+    def for_run(
+        cls,
+        backend: Backend,
+        run_id: str,
+        *,
+        experiment_id: str | None,
+        limits: Limits,
+        config: LoggingConfig,
+        root: Path,
+        tracking_uri: str,
+        ends_run: bool,
+        send_earlier: BackendFactory | None = None,
+    ) -> BufferedRun:
+        """The buffer of a session's run (``tracking.logging``), its sender started: a
+        journal in the project's journal folder (without one when the disk refuses it: the
+        run exists, so it logs on in memory), and with ``send_earlier`` (a top-level
+        session's backend factory) the project's earlier journals for this store sent in the
+        background.  ``ends_run`` is False for a run the session only attached to."""
+        folder = journal_folder(config.journal_dir, root)
+        shown = mask_uri(tracking_uri)
+        journal = None
+        if config.journal:
+            try:
+                journal = open_journal(
+                    folder,
+                    run_id=run_id,
+                    experiment_id=experiment_id,
+                    tracking_uri=shown,
+                    ends_run=ends_run,
+                )
+            except OSError as exc:
+                logger.warning(
+                    "cannot start the journal of run %s in %s (tracking.logging.journal_dir): "
+                    "%s; its logging calls are kept in memory only",
+                    run_id,
+                    folder,
+                    exc.strerror or type(exc).__name__,
+                )
+        buffer = cls(
+            backend=backend,
+            run_id=run_id,
+            limits=limits,
+            settings=LoggingSettings(
+                flush_seconds=config.flush_seconds,
+                max_buffered=config.max_buffered,
+                exit_timeout=config.exit_timeout,
+                journal_dir=str(folder),
+            ),
+            journal=journal,
+            where=f"{store_kind(tracking_uri)} {shown}",
+        )
+        buffer.start()
+        if journal is not None and send_earlier is not None:
+            threading.Thread(
+                target=_send_earlier_journals,
+                args=(folder, tracking_uri, send_earlier),
+                name="trackcfg-sync",
+                daemon=True,
+            ).start()
+        return buffer
+
+    @staticmethod
+    def check_journal_dir(config: LoggingConfig, root: Path) -> None:
+        """Buffered logging with a journal needs a folder it can write: a ``RunError``
+        before a run exists (a disk that fills later never raises)."""
+        if config.mode is not LoggingMode.BUFFERED or not config.journal:
+            return
+        why = check_folder(journal_folder(config.journal_dir, root))
+        if why is not None:
+            raise RunError(
+                f"tracking.logging.journal_dir: {why}; give a writable folder, or set "
+                "tracking.logging.journal: false (calls are then kept in memory only)"
+            )
+
+    def end(
+        self,
+        status: RunStatus,
+        *,
+        end_run: Callable[[], None] | None,
+        let_go: Callable[[], None],
+        ends_run: bool,
+        root: Path,
+    ) -> None:
+        """Leave the run: send what is pending within ``exit_timeout``, then ``end_run()``
+        (None: the session has no run of its own to end).  If the store does not take it all,
+        the journal keeps the rest and the run's end (``ends_run``: the session owns it) for
+        ``trackcfg sync <root>``, ``let_go()`` takes the runs off this context's stack, and
+        leaving does not raise (a refused or dropped value does, once all was sent)."""
+        try:
+            delivered = self.close(self.settings.exit_timeout)
+            if delivered and end_run is not None:
+                try:
+                    end_run()
+                except TrackingUnavailableError:
+                    delivered = False
+        except BaseException:  # interrupted again while leaving: the journal keeps the end
+            self.keep_end(status.value if ends_run else None)
+            raise
+        if delivered:
+            self.finished()
+            self.raise_refused()
+            self.raise_dropped()
+            return
+        self.keep_end(status.value if ends_run else None)
+        let_go()  # this context's stack: nothing to ask the server
+        if self.journal is None:
+            logger.warning(
+                "%s did not take everything run %s logged within %s s "
+                "(tracking.logging.exit_timeout); %d logging call(s) are lost "
+                "(tracking.logging.journal is false)",
+                self.where,
+                self.run_id,
+                self.settings.exit_timeout,
+                self.pending,
+            )
+            return
+        logger.warning(
+            "%s did not take everything within %s s (tracking.logging.exit_timeout): "
+            "%d logging call(s) and the end of run %s (%s) are kept in %s; send them with: "
+            "trackcfg sync %s",
+            self.where,
+            self.settings.exit_timeout,
+            self.pending,
+            self.run_id,
+            status.value,
+            self.journal.path,
+            root,
+        )
+
+
+def _send_earlier_journals(folder: Path, tracking_uri: str, factory: BackendFactory) -> None:
+    """What earlier sessions of this project left for this store (they were killed, or the
+    server was away when they ended): sent in the background, never raising."""
+    try:
+        results = sync_journals(
+            folder, tracking_uri=tracking_uri, shown_uri=mask_uri(tracking_uri), factory=factory
+        )
+    except Exception:
+        logger.debug("could not send earlier journals from %s", folder, exc_info=True)
+        return
+    for result in results:
+        if result.state == "sent":
+            logger.info("sent the journal of run %s (%s)", result.run_id, result.end)

@@ -11,12 +11,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import sys
 from collections.abc import Mapping
 from typing import IO
 
 from ._rules import TRUTHY
 
-__all__ = ["SUPPRESS_VARIABLE", "offline_reminder", "run_summary", "wants_summary"]
+__all__ = ["SUPPRESS_VARIABLE", "end_notes", "offline_reminder", "run_summary", "wants_summary"]
+
+logger = logging.getLogger(__name__)
 
 SUPPRESS_VARIABLE = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 SHOWN_METRICS = 10
@@ -55,3 +61,23 @@ def run_summary(name: str, status: str, params: int, last: Mapping[str, tuple[fl
     if len(last) > SHOWN_METRICS:
         lines.append(f"  ... and {len(last) - SHOWN_METRICS} more")
     return "\n".join(lines)
+
+
+def end_notes(
+    run_id: str,
+    name: str,
+    status: str,
+    *,
+    offline: tuple[str, str, str] | None,
+    params: int,
+    last: Mapping[str, tuple[float, int]],
+) -> None:
+    """Say both notes for the run that just ended: the offline reminder (``offline``: the
+    offline store, the destination and the sync command) as a warning, and the summary on
+    stdout when a person reads it."""
+    if offline is not None:
+        logger.warning("%s", offline_reminder(run_id, name, *offline))
+    if wants_summary(sys.stdout, os.environ):
+        with contextlib.suppress(OSError, ValueError):  # stdout closed or gone
+            sys.stdout.write(f"{run_summary(name, status, params, last)}\n")
+            sys.stdout.flush()

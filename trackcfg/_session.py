@@ -37,10 +37,12 @@ active-run stack, every environment variable the session touched and the SIGTERM
 given back as they were, by the last session open, whatever order they end in.
 
 The rules behind steps 1, 4 and 5 are pure functions in ``_rules`` (``trackcfg check`` shows
-the same decisions); process-wide state is ``_state``'s; the worker contract is
-``_workers``'; MLflow is reached only through a ``Backend`` (``_backend``).  What remains here
-is one concept, the session's lifecycle and its logging API, which is why the module is
-longer than the others (docs/architecture.md).
+the same decisions).  Each step's work lives with its concept: step 3 in ``_connect``
+(``plan_store`` decides, ``Connection`` connects and falls back), steps 4-5 in ``_placement``,
+the buffer in ``_buffer`` (``BufferedRun.for_run``/``end``), leaving in ``_leaving``;
+process-wide state is ``_state``'s; the worker contract is ``_workers``'; MLflow is reached
+only through a ``Backend`` (``_backend``).  What remains here is the lifecycle's order and
+the logging API (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -48,12 +50,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -66,20 +66,19 @@ from ._artifacts import (
     check_artifact_path,
     dict_text,
     logged_tables_tag,
+    scratch_artifact,
     table_frame,
     write_figure,
     write_table,
 )
-from ._backend import Backend, BackendFactory, RunRef, RunStatus, open_backend
-from ._buffer import BufferedRun, LoggingSettings
+from ._backend import Backend, BackendFactory, RunStatus, open_backend
+from ._buffer import BufferedRun
 from ._config import LoggingMode, RankPolicy, TrackingConfig
-from ._connect import StorePlan, plan_store
-from ._discovery import find_project_root
-from ._endnote import offline_reminder, run_summary, wants_summary
+from ._connect import Connection, StorePlan, plan_store
+from ._endnote import end_notes
 from ._env import EnvSnapshot
-from ._headers import header_provider
-from ._journal import check_folder, open_journal
-from ._loading import load_config, notice_cwd_root
+from ._leaving import RunEnding, hand_on_sigterm, status_for
+from ._loading import load_config
 from ._offline import unavailable_cause
 from ._params import (
     Limits,
@@ -91,38 +90,10 @@ from ._params import (
     prepare_params,
     prepare_tags,
 )
-from ._rules import (
-    OFFLINE_DESTINATION_TAG,
-    RUN_KEY_TAG,
-    ExperimentAction,
-    Offline,
-    Placement,
-    attach_refusal,
-    changed_params,
-    disabled_reason,
-    experiment_plan,
-    named_run_refusal,
-    offline_refusal,
-    placement,
-    resume_refusal,
-)
-from ._store import (
-    StoreLocation,
-    mask_uri,
-    missing_driver,
-    session_env,
-    store_kind,
-    with_connect_timeout,
-)
-from ._sync import journal_folder, sync_journals
-from ._takeover import keyed_run_to_continue, mark_continued, no_keyed_experiment, take_over
-from ._workers import (
-    PARENT_RUN_ENV,
-    activate_inherited_run,
-    inherited_parent,
-    process_rank,
-    worker_env,
-)
+from ._placement import RunPlacer
+from ._rules import changed_params, disabled_reason
+from ._store import StoreLocation, mask_uri
+from ._workers import activate_inherited_run, process_rank, run_active, worker_env
 from .exceptions import RunError, TrackcfgError, TrackingUnavailableError
 
 if TYPE_CHECKING:
@@ -131,21 +102,6 @@ if TYPE_CHECKING:
 __all__ = ["TrackingSession"]
 
 logger = logging.getLogger(__name__)
-
-
-def _status_for(exc: BaseException | None, *, after_sigterm: bool = False) -> RunStatus:
-    """The status a run ends with when ``exc`` leaves its session (None: success).
-    ``after_sigterm``: SIGTERM came during the session, and the program's own handler ran:
-    a ``SystemExit`` is then the process ending because of the signal."""
-    if exc is None or isinstance(exc, GeneratorExit):
-        return RunStatus.FINISHED
-    if isinstance(exc, KeyboardInterrupt) or _state.raised_on_sigterm(exc):
-        return RunStatus.KILLED
-    if isinstance(exc, SystemExit):
-        if after_sigterm:
-            return RunStatus.KILLED
-        return RunStatus.FINISHED if exc.code in (None, 0) else RunStatus.FAILED
-    return RunStatus.FAILED
 
 
 def _default_session_name() -> str:
@@ -199,7 +155,7 @@ class TrackingSession:
         self._entered = False
         self._enabled = False
         self._closed = False
-        self._location: StoreLocation | None = None
+        self._conn: Connection | None = None  # its place (a child: its parent's)
         self._plan: StorePlan | None = None
         self._backend: Backend | None = None
         self._limits: Limits | None = None
@@ -207,7 +163,6 @@ class TrackingSession:
         self._run_id: str | None = None
         self._started_run: str | None = None
         self._pushed_run: str | None = None
-        self._shared: _state.SharedSettings | None = None  # the process settings it joined
         self._env = EnvSnapshot()  # its own exports (share_with_subprocesses)
         self._trapped_sigterm = False
         self._hand_on_sigterm = False
@@ -218,12 +173,7 @@ class TrackingSession:
         self._metric_keys: dict[str, str] = {}  # final metric key -> key as written
         self._tables: dict[str, Any] = {}  # log_table's file -> its rows so far (DataFrame)
         self._last_metrics: dict[str, tuple[float, int]] = {}  # key -> (value, step): summary
-        self._named_run: RunRef | None = None  # looked up by _external_active_run
         self._buffer: BufferedRun | None = None  # tracking.logging.mode: buffered
-        # server.offline: the destination (masked) of an offline session's run, and whether
-        # the session may still fall back to the offline store (auto, before a run exists).
-        self._offline: str | None = None
-        self._may_fall_back = False
         # activate() in a forked copy of this object must not use the parent's backend.
         self._owner_pid = os.getpid()
 
@@ -357,38 +307,27 @@ class TrackingSession:
         (not a sweep's every trial), never in a worker of an offline parent (it says it)."""
         if self._parent is not None or self._started_run is None or _state.runs_held():
             return
-        if self._offline is not None and self._store_plan().inherited_destination is None:
-            logger.warning(
-                "%s",
-                offline_reminder(
-                    self._started_run,
-                    self._name,
-                    self._offline_store(),
-                    self._offline,
-                    self._sync_command(),
-                ),
-            )
-        if wants_summary(sys.stdout, os.environ):
-            summary = run_summary(
-                self._name, status.value, len(self._logged_params), self._last_metrics
-            )
-            with contextlib.suppress(OSError, ValueError):  # stdout closed or gone
-                sys.stdout.write(f"{summary}\n")
-                sys.stdout.flush()
+        offline = self._offline
+        if offline is not None and self._store_plan().inherited_destination is None:
+            reminder = (self._offline_store(), offline, self._sync_command())
+        else:
+            reminder = None
+        end_notes(
+            self._started_run,
+            self._name,
+            status.value,
+            offline=reminder,
+            params=len(self._logged_params),
+            last=self._last_metrics,
+        )
 
     def _status_for(self, exc: BaseException | None) -> RunStatus:
-        return _status_for(exc, after_sigterm=_state.sigterms_received() > self._sigterms_before)
+        return status_for(exc, after_sigterm=_state.sigterms_received() > self._sigterms_before)
 
     def _hand_on(self, exc: BaseException | None) -> None:
         """After the last session let go of the SIGTERM trap: a SIGTERM that ended this one
         goes on to whoever handled it before (by default: the process terminates)."""
-        if isinstance(exc, _state.Terminated) and self._hand_on_sigterm:
-            # The default action ends the process at once: output still buffered would be lost
-            # (the "View run" line of the run just ended, when stdout is a pipe).
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):
-                    stream.flush()
-            signal.raise_signal(signal.SIGTERM)
+        hand_on_sigterm(exc, hand_on=self._hand_on_sigterm)
 
     def _disabled_reason(self) -> str | None:
         return disabled_reason(
@@ -406,32 +345,15 @@ class TrackingSession:
         return self._plan
 
     def _store_location(self) -> StoreLocation:
-        if self._location is None:
-            plan = self._store_plan()
-            self._location = plan.destination if self._parent is not None else plan.location
-        return self._location
-
-    # ------------------------------------------------------------------ offline runs
-
-    def _connect_offline(self, why: str, *, always: bool) -> Backend:
-        """Log into the offline store, after refusing what cannot be done offline (a run to
-        continue or attach to lives on the server) before anything is created."""
+        if self._conn is not None:
+            return self._conn.location
         plan = self._store_plan()
-        destination = plan.offline_destination
-        parent = inherited_parent()
-        refusal = offline_refusal(
-            destination,
-            why,
-            run_id=self._config.tracking.run.id or None,
-            named_run=None if parent else os.environ.get("MLFLOW_RUN_ID") or None,
-            online_parent=parent if plan.inherited_destination is None else None,
-            always=always,
-        )
-        if refusal is not None:
-            raise refusal.error()
-        self._offline = destination
-        self._location = plan.offline_location
-        return self._connect_to(self._location, offline=True)
+        return plan.destination if self._parent is not None else plan.location
+
+    @property
+    def _offline(self) -> str | None:
+        """server.offline: the destination (masked) of an offline session's run."""
+        return self._conn.offline if self._conn is not None else None
 
     def _offline_store(self) -> str:
         """The offline store as messages name it: its folder (``<root>/mlruns``)."""
@@ -443,54 +365,21 @@ class TrackingSession:
             return f"kedro trackcfg sync (in {self.project_root})"
         return f"trackcfg sync {self.project_root}"
 
-    def _fall_back(self, silence: str) -> Backend:
-        """``server.offline: auto`` and the server did not answer: give back what the attempt
-        set (process settings, environment, backend), then log offline, said once."""
-        self._give_back_destination()
-        backend = self._connect_offline(
-            f"it did not answer at session start: {silence}", always=False
-        )
-        server = self._offline or ""
-        logger.warning(
-            "%s %s did not answer at session start (%s); session %r logs "
-            "offline into %s (server.offline: auto); upload its run later with: %s",
-            "tracking server" if server.startswith(("http://", "https://")) else "store",
-            server,
-            silence,
-            self._name,
-            self._offline_store(),
-            self._sync_command(),
-        )
-        return backend
-
-    def _give_back_destination(self) -> None:
-        """Undo ``_connect_to`` (and what ``_place_run`` did before it failed)."""
-        backend, self._backend = self._backend, None
-        shared, self._shared = self._shared, None
-        self._location = None
-        self._may_fall_back = False
-        self._experiment_id = None
-        self._named_run = None
-        try:
-            if shared is not None:
-                _state.leave_settings(shared)
-        finally:
-            if backend is not None:
-                backend.close()
-
     def _open(self) -> None:
         """Steps 2-6 of the module docstring (step 1 was ``_disabled_reason``)."""
         self._enabled = True
         inputs = self._check_inputs()  # 2
-        backend = self._connect()  # 3
+        conn, backend = self._connect()  # 3
         try:
             tags = self._place_run(backend, inputs)  # 4-5
         except TrackingUnavailableError as exc:
-            if not self._may_fall_back:  # server.offline: auto, and no run exists yet
+            if self._parent is not None or not conn.may_fall_back:  # auto, and no run yet
                 raise
-            backend = self._fall_back(unavailable_cause(exc))
+            self._backend = None
+            backend = self._backend = conn.fall_back(unavailable_cause(exc))
             tags = self._place_run(backend, inputs)
-        self._may_fall_back = False
+        if self._parent is None:
+            conn.may_fall_back = False
         self._held_run = self._started_run or self._pushed_run
         if self._held_run is not None:  # other open sessions must not end it (_end_own_run)
             _state.hold_run(self._held_run, self)
@@ -506,69 +395,22 @@ class TrackingSession:
             self._buffer.sent_within(self._config.server.request_timeout)
 
     def _start_buffer(self, backend: Backend, limits: Limits) -> None:
-        """Buffered logging (``tracking.logging``): a journal and a sender for the run, and
-        the project's earlier journals for this server sent in the background."""
+        """Buffered logging (``tracking.logging.mode``): the run's buffer (``_buffer``)."""
         settings = self._config.tracking.logging
         if settings.mode is not LoggingMode.BUFFERED or self._run_id is None:
             return
-        folder = journal_folder(settings.journal_dir, self.project_root)
-        journal = None
-        if settings.journal:
-            try:
-                journal = open_journal(
-                    folder,
-                    run_id=self._run_id,
-                    experiment_id=self._experiment_id,
-                    tracking_uri=self._shown_store(),
-                    ends_run=self._started_run is not None,
-                )
-            except OSError as exc:  # the disk is full: the run exists, so log on without one
-                logger.warning(
-                    "cannot start the journal of run %s in %s (tracking.logging.journal_dir): "
-                    "%s; its logging calls are kept in memory only",
-                    self._run_id,
-                    folder,
-                    exc.strerror or type(exc).__name__,
-                )
-        self._buffer = BufferedRun(
-            backend=backend,
-            run_id=self._run_id,
+        self._buffer = BufferedRun.for_run(
+            backend,
+            self._run_id,
+            experiment_id=self._experiment_id,
             limits=limits,
-            settings=LoggingSettings(
-                flush_seconds=settings.flush_seconds,
-                max_buffered=settings.max_buffered,
-                exit_timeout=settings.exit_timeout,
-                journal_dir=str(folder),
-            ),
-            journal=journal,
-            where=f"{store_kind(self.tracking_uri)} {self._shown_store()}",
+            config=settings,
+            root=self.project_root,
+            tracking_uri=self.tracking_uri,
+            ends_run=self._started_run is not None,
+            send_earlier=self._backend_factory if self._parent is None else None,
         )
-        self._buffer.start()
         _state.reset_in_forked_child(self, TrackingSession._leave_buffer_to_parent)
-        if journal is not None and self._parent is None:
-            threading.Thread(
-                target=self._send_earlier_journals,
-                args=(folder,),
-                name="trackcfg-sync",
-                daemon=True,
-            ).start()
-
-    def _send_earlier_journals(self, folder: Path) -> None:
-        """What earlier sessions of this project left for this server (they were killed, or
-        the server was away when they ended): sent in the background, never raising."""
-        try:
-            results = sync_journals(
-                folder,
-                tracking_uri=self.tracking_uri,
-                shown_uri=self._shown_store(),
-                factory=self._backend_factory,
-            )
-        except Exception:
-            logger.debug("could not send earlier journals from %s", folder, exc_info=True)
-            return
-        for result in results:
-            if result.state == "sent":
-                logger.info("sent the journal of run %s (%s)", result.run_id, result.end)
 
     def _leave_buffer_to_parent(self) -> None:
         """In a forked child's copy of the session: the buffer (its sender thread, the calls
@@ -602,250 +444,59 @@ class TrackingSession:
         tags.update(prepared.tags)
         if self._config.tracking.run.ranks is RankPolicy.ALL and parent is None:
             tags.setdefault("trackcfg.rank", str(process_rank()))
-        self._check_journal_dir()
+        BufferedRun.check_journal_dir(self._config.tracking.logging, self.project_root)
         return _Inputs(limits=limits, prepared=prepared, tags=tags)
 
-    def _check_journal_dir(self) -> None:
-        """Buffered logging with a journal needs a folder it can write: said before a run
-        exists (a disk that fills later never raises: ``_buffer``)."""
-        settings = self._config.tracking.logging
-        if settings.mode is not LoggingMode.BUFFERED or not settings.journal:
-            return
-        why = check_folder(journal_folder(settings.journal_dir, self.project_root))
-        if why is not None:
-            raise RunError(
-                f"tracking.logging.journal_dir: {why}; give a writable folder, or set "
-                "tracking.logging.journal: false (calls are then kept in memory only)"
-            )
-
-    def _connect(self) -> Backend:
-        """Step 3: the process-wide settings (shared with sessions open in other threads),
-        the store folder, and the backend (a child uses its parent's), in the store
-        ``server.offline`` decides: the configured one, or the offline store."""
-        parent = self._parent
-        if parent is not None:
-            assert parent._backend is not None
-            self._backend = parent._backend
-            self._offline, self._location = parent._offline, parent._location
-            return self._backend
-        plan = self._store_plan()
-        if plan.offline is Offline.YES:
-            inherited = plan.inherited_destination is not None
-            backend = self._connect_offline(
-                "its parent logs offline" if inherited else "server.offline: always",
-                always=not inherited,
-            )
-            if not inherited:
-                logger.info(
-                    "session %r logs offline into %s for %s (server.offline: always); upload "
-                    "its run later with: %s",
-                    self._name,
-                    self._offline_store(),
-                    self._offline,
-                    self._sync_command(),
-                )
-            return backend
-        self._location = plan.destination
-        if plan.offline is Offline.NO:
-            return self._connect_to(self._location)
-        silence = self._backend_factory.silence(
-            self._location.tracking_uri, self._config.server.request_timeout
+    def _connect(self) -> tuple[Connection, Backend]:
+        """Step 3 (``_connect.Connection``); a child uses its parent's connection."""
+        if self._parent is not None:
+            assert self._parent._conn is not None
+            assert self._parent._backend is not None
+            self._conn, self._backend = self._parent._conn, self._parent._backend
+            return self._conn, self._backend
+        self._conn = Connection(
+            self._config,
+            self._store_plan(),
+            self._backend_factory,
+            name=self._name,
+            sync_command=self._sync_command(),
+            kedro_context=self._kedro_context,
         )
-        if silence is not None:
-            return self._fall_back(silence)
-        try:
-            backend = self._connect_to(self._location)
-        except TrackingUnavailableError as exc:  # a database store that does not answer
-            return self._fall_back(unavailable_cause(exc))
-        self._may_fall_back = True
-        return backend
-
-    def _connect_to(self, location: StoreLocation, *, offline: bool = False) -> Backend:
-        config = self._config
-        missing = missing_driver(location.tracking_uri)
-        if missing is not None:  # else SQLAlchemy's bare ModuleNotFoundError, seconds later
-            source = config.sources.get("server.mlflow_tracking_uri")
-            raise missing.error(str(source) if source and source.kind != "default" else None)
-        if config.project_root is None and find_project_root(Path.cwd()) is None:
-            notice_cwd_root(self.project_root, config.server.mlflow_tracking_uri)  # built in code
-        env = session_env(config, location)
-        # Offline, the offline store is the registry too: no request reaches the server.
-        registry = self._store_plan().registry_for(offline=offline)
-        headers = config.server.request_header_provider
-        if offline:
-            headers = attrs.evolve(headers, type=None)
-        # A database store: its driver's connect timeout is server.request_timeout.
-        tracking_uri = with_connect_timeout(location.tracking_uri, config.server.request_timeout)
-        self._shared = _state.join_settings(
-            env,
-            (tracking_uri, registry),
-            headers if headers.type else None,
-            (lambda: header_provider(config, self._kedro_context)) if headers.type else None,
-        )
-        if location.local_folder is not None:
-            location.local_folder.mkdir(parents=True, exist_ok=True)
-            if location.artifact_root is not None:  # experiment 0's artifacts go there too
-                self._backend_factory.prepare_local_store(tracking_uri, location.artifact_root)
-        self._backend = self._backend_factory(tracking_uri, registry)
-        return self._backend
+        self._backend = self._conn.open()
+        return self._conn, self._backend
 
     def _place_run(self, backend: Backend, inputs: _Inputs) -> dict[str, str]:
-        """Steps 4-5: the experiment, then the run (resumed, attached to, or started).
-        Returns the tags still to log (a new run was given them when it started)."""
-        parent, run_cfg = self._parent, self._config.tracking.run
-        if self._offline is not None:
-            tags = {**inputs.tags, OFFLINE_DESTINATION_TAG: self._offline}
-            inputs = attrs.evolve(inputs, tags=tags)
-        if run_cfg.id and parent is None:
-            self._resume(backend, run_cfg.id, inputs.prepared)
-            return inputs.tags
-        if parent is not None:
-            active, must_nest = parent._run_id, True
-            self._experiment_id = parent._experiment_id
-        else:
-            active, must_nest = self._external_active_run(backend)
-            if must_nest and os.environ.get("MLFLOW_EXPERIMENT_ID"):
-                # A worker given child_env(): its run goes beside its parent's, in the parent's
-                # experiment (MLflow shows children only there), without a lookup request.
-                self._experiment_id = os.environ["MLFLOW_EXPERIMENT_ID"]
-            else:
-                if active is None:  # resume: must, and no experiment: before creating one
-                    no_keyed_experiment(backend, self.experiment_name, run_cfg, self._shown_store())
-                self._experiment_id = self._experiment(backend)
-        if self._shared is not None:
-            _state.share_store(self._shared, backend, self._experiment_id)
-        where = placement(active, must_nest=must_nest, nested=run_cfg.nested)
-        if where is Placement.ATTACH:
-            assert active is not None
-            self._attach(backend, active)
-            return inputs.tags
-        assert self._experiment_id is not None
-        key = run_cfg.key if where is Placement.NEW else None
-        if key is not None:  # only a top-level run carries it: the key finds that run
-            inputs = attrs.evolve(inputs, tags={**inputs.tags, RUN_KEY_TAG: key})
-            found = keyed_run_to_continue(
-                backend, self._experiment_id, run_cfg, inputs.prepared.params, self._shown_store()
-            )
-            if found is not None:
-                self._continue(backend, found.id, found.experiment_id, found.params)
-                return inputs.tags
-        ref = backend.start_run(
-            experiment_id=self._experiment_id,
-            name=run_cfg.name if parent is None and run_cfg.name else self._name,
-            parent_run_id=active,
-            tags=inputs.tags,
+        """Steps 4-5 (``_placement``).  Returns the tags still to log (a new run was given
+        them when it started)."""
+        parent = self._parent
+        placer = RunPlacer(
+            config=self._config,
+            name=self._name,
+            experiment_name=self.experiment_name,
+            root=self.project_root,
+            tracking_uri=self.tracking_uri,
+            factory=self._backend_factory,
+            share_store=self._share_store,
+            parent=None if parent is None else (parent._run_id, parent._experiment_id),
+            offline=self._offline,
+            artifact_root=self._store_location().artifact_root,
         )
-        self._run_id = self._started_run = ref.id
-        return {}
+        try:
+            return placer.place(backend, inputs.prepared, inputs.tags)
+        finally:  # what it did, also when it failed half-way
+            self._experiment_id = placer.experiment_id
+            self._run_id = placer.run_id
+            self._started_run, self._pushed_run = placer.started_run, placer.pushed_run
+            self._resumed = placer.resumed
+            self._logged_params.update(placer.logged_params)
+
+    def _share_store(self, experiment_id: str | None) -> None:
+        """A top-level session points MLflow's process-wide state at its store (``_state``)."""
+        if self._parent is None and self._conn is not None:
+            self._conn.share_store(experiment_id)
 
     def _shown_store(self) -> str:
         return mask_uri(self.tracking_uri)
-
-    def _experiment(self, backend: Backend) -> str:
-        settings = self._config.tracking.experiment
-        name = self.experiment_name
-        plan = experiment_plan(name, backend.get_experiment(name), settings)
-        if plan.refusal is not None:
-            raise plan.refusal.error(self._shown_store())
-        if plan.action is ExperimentAction.CREATE:
-            kwargs = settings.create_experiment_kwargs
-            # Offline, artifacts stay in the offline store (its experiment is created there
-            # only to hold runs until trackcfg sync uploads them).
-            location = kwargs.artifact_location if self._offline is None else None
-            if location is not None and "://" not in location and not location.startswith("/"):
-                location = (self.project_root / location).as_uri()
-            if location is None and self._store_location().artifact_root is not None:
-                location = self._store_location().artifact_root
-            experiment_id = backend.create_experiment(name, location, kwargs.tags)
-            logger.info("created experiment %r (id %s)", name, experiment_id)
-            return experiment_id
-        assert plan.experiment_id is not None
-        if plan.action is ExperimentAction.RESTORE:
-            backend.restore_experiment(plan.experiment_id)
-            logger.info("restored deleted experiment %r (id %s)", name, plan.experiment_id)
-        return plan.experiment_id
-
-    def _external_active_run(self, backend: Backend) -> tuple[str | None, bool]:
-        """The run this session nests under or attaches to, and whether it must nest.
-
-        Precedence: this thread's active run, then ``TRACKCFG_PARENT_RUN_ID`` (always a
-        parent: a worker started by ``child_env()``), then ``MLFLOW_RUN_ID`` (a run an
-        orchestrator started: child or attach, by ``run.nested``).  A run named by either
-        variable is looked up first (``_check_named_run``)."""
-        stack = backend.active_run_ids()
-        if stack:
-            return stack[-1], False
-        parent = inherited_parent()
-        if parent:
-            self._check_named_run(backend, parent, PARENT_RUN_ENV, nest=True)
-            return parent, True
-        named = os.environ.get("MLFLOW_RUN_ID") or None
-        if named:
-            nest = self._config.tracking.run.nested
-            self._check_named_run(backend, named, "MLFLOW_RUN_ID", nest=nest)
-        return named, False
-
-    def _check_named_run(self, backend: Backend, run_id: str, variable: str, *, nest: bool) -> None:
-        """A run named by an environment variable must exist before anything is created
-        under or for it (the experiment included): a stale id is refused naming the variable,
-        not met later as MLflow's "Run ... not found" once an experiment was made."""
-        existing = backend.get_run(run_id)
-        refusal = named_run_refusal(run_id, existing, variable=variable, nest=nest)
-        if refusal is not None:
-            raise refusal.error(self._shown_store())
-        self._named_run = existing
-
-    def _attach(self, backend: Backend, run_id: str) -> None:
-        named = self._named_run
-        existing: RunRef | None = named
-        variable: str | None = "MLFLOW_RUN_ID"
-        if named is None or named.id != run_id:  # else looked up by _external_active_run
-            existing, variable = backend.get_run(run_id), None
-        refusal = attach_refusal(run_id, existing, variable=variable)
-        if refusal is not None:
-            raise refusal.error(self._shown_store())
-        assert existing is not None
-        # Params are immutable: a differing value must be refused before it is sent.
-        self._logged_params.update(existing.params)
-        self._run_id = run_id
-        if run_id not in backend.active_run_ids():
-            backend.push_active(run_id)
-            self._pushed_run = run_id
-        logger.info("attached to active run %s (tracking.run.nested is false)", run_id)
-
-    def _resume(self, backend: Backend, run_id: str, prepared: PreparedParams) -> None:
-        existing = backend.get_run(run_id)
-        refusal = resume_refusal(
-            run_id,
-            existing,
-            prepared.params,
-            resume_running=self._config.tracking.run.resume_running,
-        )
-        if refusal is not None:
-            raise refusal.error(self._shown_store())
-        assert existing is not None
-        self._continue(backend, run_id, existing.experiment_id, existing.params)
-
-    def _continue(
-        self, backend: Backend, run_id: str, experiment_id: str, params: Mapping[str, str]
-    ) -> None:
-        """Reopen a run (``run.id``, or found by ``run.key``), after what a killed process
-        left of it in this project's journal folder is sent (``_takeover``)."""
-        take_over(
-            journal_folder(self._config.tracking.logging.journal_dir, self.project_root),
-            run_id,
-            tracking_uri=self.tracking_uri,
-            shown_uri=self._shown_store(),
-            factory=self._backend_factory,
-        )
-        mark_continued(backend, run_id)
-        self._experiment_id = experiment_id
-        self._logged_params.update(params)
-        assert self._shared is not None
-        _state.share_store(self._shared, backend, experiment_id)
-        backend.resume_run(run_id)
-        self._run_id = self._started_run = run_id
-        self._resumed = True
 
     def _close(self, status: RunStatus, *, raising: bool) -> None:
         if self._closed:
@@ -857,10 +508,26 @@ class TrackingSession:
             backend = None
         errors: list[BaseException] = []
         try:
+            own = self._started_run or self._pushed_run
+            ending = None
+            if backend is not None and own is not None:
+                ending = RunEnding(
+                    backend=backend,
+                    session=self,
+                    name=self._name,
+                    own=own,
+                    started=self._started_run is not None,
+                )
             if self._buffer is not None and backend is not None:
-                self._end_buffered(backend, status)
-            elif backend is not None and (self._started_run or self._pushed_run):
-                self._end_own_run(backend, status)
+                self._buffer.end(
+                    status,
+                    end_run=(lambda: ending.end(status)) if ending is not None else None,
+                    let_go=ending.let_go if ending is not None else lambda: None,
+                    ends_run=self._started_run is not None,
+                    root=self.project_root,
+                )
+            elif ending is not None:
+                ending.end(status)
         except Exception as exc:
             errors.append(exc)
             if isinstance(exc, TrackcfgError):  # already says what happened and what to do
@@ -877,9 +544,9 @@ class TrackingSession:
                     step()
                 except Exception as exc:
                     errors.append(exc)
-            if backend is not None and self._parent is None:
-                try:
-                    backend.close()
+            if self._conn is not None and self._parent is None:
+                try:  # the process settings, then the backend (not a forked child's)
+                    self._conn.close(close_backend=backend is not None)
                 except Exception as exc:
                     errors.append(exc)
         if errors and raising:
@@ -888,112 +555,18 @@ class TrackingSession:
                 raise first
             raise RunError(f"could not end run {self._run_id!r} cleanly: {first}") from first
 
-    def _end_buffered(self, backend: Backend, status: RunStatus) -> None:
-        """Send what is pending within ``exit_timeout``, then end the run.  If the server does
-        not take it all, the journal keeps the rest and the run's end for ``trackcfg sync``,
-        and leaving the session does not raise."""
-        buffer = self._buffer
-        assert buffer is not None
-        try:
-            delivered = buffer.close(self._config.tracking.logging.exit_timeout)
-            if delivered and (self._started_run or self._pushed_run):
-                try:
-                    self._end_own_run(backend, status)
-                except TrackingUnavailableError:
-                    delivered = False
-        except BaseException:  # interrupted again while leaving: the journal keeps the end
-            buffer.keep_end(status.value if self._started_run else None)
-            raise
-        if delivered:
-            buffer.finished()
-            buffer.raise_refused()
-            buffer.raise_dropped()
-            return
-        buffer.keep_end(status.value if self._started_run else None)
-        own = self._started_run or self._pushed_run
-        stack = backend.active_run_ids()
-        if own is not None and own in stack:  # this context's stack: nothing to ask the server
-            for run_id in reversed(stack[stack.index(own) + 1 :]):
-                owners = _state.run_owners(run_id)
-                if not owners or any(self._encloses(owner) for owner in owners):
-                    backend.pop_active(run_id)  # its own session (if any) is inside this one
-            backend.pop_active(own)
-        if buffer.journal is None:
-            logger.warning(
-                "%s %s did not take everything run %s logged within %s s "
-                "(tracking.logging.exit_timeout); %d logging call(s) are lost "
-                "(tracking.logging.journal is false)",
-                store_kind(self.tracking_uri),
-                self._shown_store(),
-                self._run_id,
-                self._config.tracking.logging.exit_timeout,
-                buffer.pending,
-            )
-            return
-        logger.warning(
-            "%s %s did not take everything within %s s (tracking.logging.exit_timeout): "
-            "%d logging call(s) and the end of run %s (%s) are kept in %s; send them with: "
-            "trackcfg sync %s",
-            store_kind(self.tracking_uri),
-            self._shown_store(),
-            self._config.tracking.logging.exit_timeout,
-            buffer.pending,
-            self._run_id,
-            status.value,
-            buffer.journal.path,
-            self.project_root,
-        )
-
     def _leave_process_state(self) -> None:
         """Give back the session's share of process-wide state: its run among the open
-        sessions' runs, the SIGTERM trap and the shared settings (the last one out restores
-        them), whatever the order sessions end in."""
+        sessions' runs and the SIGTERM trap (the last one out restores it), whatever the order
+        sessions end in (the shared settings: ``Connection.close``)."""
         try:
             if self._held_run is not None:
                 held, self._held_run = self._held_run, None
                 _state.let_go_of_run(held, self)
         finally:
-            try:
-                if self._trapped_sigterm:
-                    self._trapped_sigterm = False
-                    self._hand_on_sigterm = _state.release_sigterm()
-            finally:
-                if self._shared is not None:
-                    shared, self._shared = self._shared, None
-                    _state.leave_settings(shared)
-
-    def _encloses(self, other: object) -> bool:
-        """Whether ``other`` is a ``child()`` session of this one, at any depth."""
-        parent = getattr(other, "_parent", None)
-        while parent is not None:
-            if parent is self:
-                return True
-            parent = parent._parent
-        return False
-
-    def _end_own_run(self, backend: Backend, status: RunStatus) -> None:
-        """End the session's run (and runs left open above it, but not the run of another
-        open session: sessions that end out of order each end their own), or take the run it
-        attached to off this context's stack."""
-        own = self._started_run or self._pushed_run
-        assert own is not None
-        stack = backend.active_run_ids()
-        if own in stack:
-            for leftover in reversed(stack[stack.index(own) + 1 :]):
-                owners = _state.run_owners(leftover)
-                if owners and not any(self._encloses(owner) for owner in owners):
-                    continue  # its own session ends it
-                logger.warning(
-                    "run %s was still active when session %r ended; ending it %s",
-                    leftover,
-                    self._name,
-                    status.value,
-                )
-                backend.end_run(leftover, status)
-        if self._started_run:
-            backend.end_run(self._started_run, status)
-        else:
-            backend.pop_active(own)
+            if self._trapped_sigterm:
+                self._trapped_sigterm = False
+                self._hand_on_sigterm = _state.release_sigterm()
 
     # ------------------------------------------------------------------ logging
 
@@ -1135,15 +708,9 @@ class TrackingSession:
             live[0].log_artifact(live[1], os.fspath(source), artifact_path)
 
     def _log_written(self, artifact_file: str, write: Callable[[Path], None]) -> None:
-        """The artifact ``artifact_file``, as ``write`` writes it now into a scratch file."""
-        import tempfile  # here: `trackcfg --help` imports no temporary-file module
-
-        place = PurePosixPath(artifact_file)
-        with tempfile.TemporaryDirectory(prefix="trackcfg-") as scratch:
-            target = Path(scratch) / place.name
-            write(target)
-            folder = str(place.parent)
-            self._log_files([target], None if folder in ("", ".") else folder)
+        """The artifact ``artifact_file``, as ``write`` writes it now (``_artifacts``)."""
+        with scratch_artifact(artifact_file, write) as (target, folder):
+            self._log_files([target], folder)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Write ``text`` as the artifact ``artifact_file`` (no temporary file to manage)."""
@@ -1231,14 +798,9 @@ class TrackingSession:
         if not self._enabled or self._closed or backend is None or run_id is None:
             yield
             return
-        pushed = run_id not in backend.active_run_ids()
-        if pushed:
-            backend.push_active(run_id)
-        try:
+        # Only the run: the store is the process-wide one the session shares (_connect).
+        with run_active(backend, run_id):
             yield
-        finally:
-            if pushed:
-                backend.pop_active(run_id)
 
     def child(
         self,
@@ -1257,5 +819,5 @@ class TrackingSession:
             _backend_factory=self._backend_factory,
         )
         child._parent = self
-        child._location = self._location
+        child._conn = self._conn
         return child

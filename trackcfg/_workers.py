@@ -3,7 +3,9 @@ processes that log beside it.
 
 A session hands a worker ``child_env()`` (or exports it with ``share_with_subprocesses()``);
 in the worker, a session becomes a child of the parent's run and plain MLflow code can log
-into the parent's run inside ``activate_inherited_run()``.  Distributed launchers say the
+into the parent's run inside ``activate_inherited_run()``.  ``pointed_at`` is the one way
+trackcfg points MLflow at a store and run for a block (the worker helper, the Kedro
+datasets and pipelines use it).  Distributed launchers say the
 process's rank through their own variables (``process_rank``).
 """
 
@@ -14,7 +16,7 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 
-from ._backend import BackendFactory, open_backend
+from ._backend import Backend, BackendFactory, open_backend
 from ._env import EnvSnapshot
 from ._state import MLFLOW_ENV
 
@@ -25,7 +27,9 @@ __all__ = [
     "activate_inherited_run",
     "inherited_offline_destination",
     "inherited_parent",
+    "pointed_at",
     "process_rank",
+    "run_active",
     "worker_env",
 ]
 
@@ -102,19 +106,44 @@ def activate_inherited_run(
     if not run_id or not tracking_uri:
         yield None
         return
+    backend = _backend_factory(tracking_uri, None)
+    with pointed_at(backend, run_id, experiment_id=os.environ.get("MLFLOW_EXPERIMENT_ID") or None):
+        yield run_id
+
+
+@contextlib.contextmanager
+def pointed_at(
+    backend: Backend, run_id: str | None = None, *, experiment_id: str | None = None
+) -> Iterator[None]:
+    """MLflow points at ``backend``'s store (registry included) and ``experiment_id`` for the
+    block, with ``run_id`` (if any) its active run in this thread (``run_active``); the
+    store, experiment, run stack and MLflow's environment variables are given back afterwards
+    and the backend, which the block takes over, is closed.  The run is never ended."""
     env = EnvSnapshot()
     env.remember(*MLFLOW_ENV)
-    backend = _backend_factory(tracking_uri, None)
-    token = backend.use_store(os.environ.get("MLFLOW_EXPERIMENT_ID") or None)
-    pushed = False
     try:
-        pushed = run_id not in backend.active_run_ids()
-        if pushed:
-            backend.push_active(run_id)
-        yield run_id
+        token = backend.use_store(experiment_id)
+        try:
+            with run_active(backend, run_id):
+                yield
+        finally:
+            backend.restore_store(token)
     finally:
-        if pushed:
-            backend.pop_active(run_id)
-        backend.restore_store(token)
         backend.close()
         env.restore()
+
+
+@contextlib.contextmanager
+def run_active(backend: Backend, run_id: str | None) -> Iterator[None]:
+    """``run_id`` is MLflow's active run in this thread for the block (a no-op when it is
+    already, or None); then it is taken off this thread's stack again, never ended."""
+    pushed = run_id is not None and run_id not in backend.active_run_ids()
+    if pushed:
+        assert run_id is not None
+        backend.push_active(run_id)
+    try:
+        yield
+    finally:
+        if pushed:
+            assert run_id is not None
+            backend.pop_active(run_id)

@@ -26,7 +26,6 @@ import click
 
 from trackcfg._config import TrackingConfig
 from trackcfg._loading import load_config
-from trackcfg._store import session_env
 
 from ._common import display_path, env_option, mask_uri, path_argument, project_root
 
@@ -35,22 +34,6 @@ if TYPE_CHECKING:
     from trackcfg._upload import UploadResult
 
 __all__ = ["sync", "sync_project"]
-
-
-def _provider_maker(config: TrackingConfig, kedro_context: Any) -> Callable[[], Any] | None:
-    """What builds ``server.request_header_provider`` (its headers go with every request, as
-    in a session)."""
-    spec = config.server.request_header_provider
-    if not spec.type:
-        return None
-    from trackcfg._headers import header_provider
-
-    if spec.pass_context and kedro_context is None:
-        # Only Kedro has a context to pass: built without one, as `trackcfg check` does.
-        provider = attrs.evolve(spec, pass_context=False)
-        server = attrs.evolve(config.server, request_header_provider=provider)
-        config = attrs.evolve(config, server=server)
-    return lambda: header_provider(config, kedro_context)
 
 
 @contextlib.contextmanager
@@ -113,7 +96,7 @@ def sync_project(
     ``click.ClickException`` (exit 1) when any could not be sent or was left."""
     from trackcfg import _state
     from trackcfg._backend import open_backend
-    from trackcfg._connect import plan_store
+    from trackcfg._connect import join_process_settings, plan_store
     from trackcfg._sync import journal_folder, sync_journals
     from trackcfg._upload import local_store, progress_units, upload_offline_runs
 
@@ -155,13 +138,8 @@ def sync_project(
     sending = any(r.state == "would send" for r in results)
     uploading = any(r.state == "would upload" for r in uploads)
     if not dry_run and (sending or uploading):
-        headers = config.server.request_header_provider
-        registry = plan.registry_uri
-        shared = _state.join_settings(
-            session_env(config, location),
-            (location.tracking_uri, registry),
-            headers if headers.type else None,
-            _provider_maker(config, kedro_context),
+        shared = join_process_settings(
+            config, location, plan.registry_uri, kedro_context=kedro_context, context_optional=True
         )
         try:
             total = todo + progress_units(uploads)

@@ -24,8 +24,7 @@ from typing import Any
 from kedro.io import AbstractDataset, AbstractVersionedDataset, DatasetError, Version
 
 from trackcfg import _backend
-from trackcfg._env import EnvSnapshot
-from trackcfg._state import MLFLOW_ENV
+from trackcfg._workers import pointed_at
 from trackcfg.exceptions import TrackcfgError
 
 from ._common import loggable
@@ -70,18 +69,8 @@ def _workflow(flavor: str, pyfunc_workflow: str | None) -> str | None:
 def _in_store(target: Target, what: str) -> Iterator[None]:
     """MLflow's current store is the target's for the block (``models:/`` and ``runs:/``
     URIs resolve there); given back afterwards, environment variables included."""
-    env = EnvSnapshot()
-    env.remember(*MLFLOW_ENV)
-    backend = open_target_backend(target, what)
-    try:
-        token = backend.use_store(None)
-        try:
-            yield
-        finally:
-            backend.restore_store(token)
-    finally:
-        backend.close()
-        env.restore()
+    with pointed_at(open_target_backend(target, what)):
+        yield
 
 
 def _load(cls: str, flavor: str, uri: str, args: dict[str, Any], target: Target | None) -> Any:

@@ -34,12 +34,10 @@ from trackcfg import _state
 from trackcfg._backend import Backend, current_run, open_backend
 from trackcfg._config import TrackingConfig
 from trackcfg._connect import plan_store
-from trackcfg._env import EnvSnapshot
 from trackcfg._rules import TRUTHY, Offline
 from trackcfg._session import TrackingSession
-from trackcfg._state import MLFLOW_ENV
 from trackcfg._store import mask_uri
-from trackcfg._workers import inherited_offline_destination, inherited_parent
+from trackcfg._workers import inherited_offline_destination, inherited_parent, pointed_at
 
 __all__ = ["Target", "active_run", "open_target_backend", "pipeline_target"]
 
@@ -221,8 +219,6 @@ def active_run(target: Target) -> Iterator[None]:
             yield
         return
     run_id = target.run_id
-    env = EnvSnapshot()
-    env.remember(*MLFLOW_ENV)
     backend = open_target_backend(target, "active_run")
     try:
         run = backend.get_run(run_id)
@@ -230,17 +226,8 @@ def active_run(target: Target) -> Iterator[None]:
             raise DatasetError(
                 f"MLflow run {run_id!r} does not exist in {mask_uri(backend.tracking_uri)!r}"
             )
-        token = backend.use_store(run.experiment_id)
-        pushed = False
-        try:
-            pushed = run_id not in backend.active_run_ids()
-            if pushed:
-                backend.push_active(run_id)
-            yield
-        finally:
-            if pushed:
-                backend.pop_active(run_id)
-            backend.restore_store(token)
-    finally:
+    except BaseException:
         backend.close()
-        env.restore()
+        raise
+    with pointed_at(backend, run_id, experiment_id=run.experiment_id):
+        yield

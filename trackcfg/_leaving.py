@@ -1,0 +1,113 @@
+"""Leaving a session: the status its run ends with, and which runs end with it.
+
+A session ends the run it started (or reopened) and the runs left open above it on this
+context's stack (a child run the code inside never ended), but not the run of another open
+session, unless that session is one of its ``child()`` sessions: sessions that end out of
+order each end their own (``_state`` knows which session holds which run).  When the store is
+away at the end (buffered logging: the journal keeps the runs' end), the same runs only
+leave this context's stack.  A run the session attached to is taken off the stack, never
+ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+
+import attrs
+
+from . import _state
+from ._backend import Backend, RunStatus
+
+__all__ = ["RunEnding", "hand_on_sigterm", "status_for"]
+
+logger = logging.getLogger(__name__)
+
+
+def status_for(exc: BaseException | None, *, after_sigterm: bool = False) -> RunStatus:
+    """The status a run ends with when ``exc`` leaves its session (None: success).
+    ``after_sigterm``: SIGTERM came during the session, and the program's own handler ran:
+    a ``SystemExit`` is then the process ending because of the signal."""
+    if exc is None or isinstance(exc, GeneratorExit):
+        return RunStatus.FINISHED
+    if isinstance(exc, KeyboardInterrupt) or _state.raised_on_sigterm(exc):
+        return RunStatus.KILLED
+    if isinstance(exc, SystemExit):
+        if after_sigterm:
+            return RunStatus.KILLED
+        return RunStatus.FINISHED if exc.code in (None, 0) else RunStatus.FAILED
+    return RunStatus.FAILED
+
+
+def hand_on_sigterm(exc: BaseException | None, *, hand_on: bool) -> None:
+    """After the last session let go of the SIGTERM trap (``hand_on``): a SIGTERM that ended
+    a session goes on to whoever handled it before (by default: the process terminates)."""
+    if isinstance(exc, _state.Terminated) and hand_on:
+        # The default action ends the process at once: output still buffered would be lost
+        # (the "View run" line of the run just ended, when stdout is a pipe).
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        signal.raise_signal(signal.SIGTERM)
+
+
+def encloses(session: object, other: object) -> bool:
+    """Whether ``other`` is a ``child()`` session of ``session``, at any depth."""
+    parent = getattr(other, "_parent", None)
+    while parent is not None:
+        if parent is session:
+            return True
+        parent = getattr(parent, "_parent", None)
+    return False
+
+
+@attrs.frozen(kw_only=True)
+class RunEnding:
+    """The end of ``session``'s run ``own`` (``started``: the session started or reopened
+    it, so it ends it; else it attached to it)."""
+
+    backend: Backend
+    session: object
+    name: str  # the session's, for messages
+    own: str
+    started: bool
+
+    def leftovers(self) -> list[str]:
+        """The one walk over runs left open above ``own`` on this context's stack that are
+        the session's to deal with, last first."""
+        stack = self.backend.active_run_ids()
+        if self.own not in stack:
+            return []
+        return [
+            run_id
+            for run_id in reversed(stack[stack.index(self.own) + 1 :])
+            if not (owners := _state.run_owners(run_id))
+            or any(encloses(self.session, owner) for owner in owners)
+        ]
+
+    def end(self, status: RunStatus) -> None:
+        """End the leftover runs and the session's run with ``status``, or take the run it
+        attached to off this context's stack."""
+        for leftover in self.leftovers():
+            logger.warning(
+                "run %s was still active when session %r ended; ending it %s",
+                leftover,
+                self.name,
+                status.value,
+            )
+            self.backend.end_run(leftover, status)
+        if self.started:
+            self.backend.end_run(self.own, status)
+        else:
+            self.backend.pop_active(self.own)
+
+    def let_go(self) -> None:
+        """The store is away at the end: the run and its leftovers only leave this
+        context's stack (the journal keeps their end)."""
+        if self.own not in self.backend.active_run_ids():
+            return
+        for leftover in self.leftovers():
+            self.backend.pop_active(leftover)
+        self.backend.pop_active(self.own)
