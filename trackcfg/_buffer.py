@@ -537,6 +537,7 @@ class BufferedRun:
             wait=self._wait,
             on_state=self._set_state,
             guard=self._fork_guard,
+            on_refused=self._note_refused,
         )
         frozen = False
         try:
@@ -554,10 +555,6 @@ class BufferedRun:
                 gc.collect(1)
                 if not frozen:
                     frozen = _freeze()
-                if delivery.refused:
-                    with self._cond:
-                        self._refused.extend(delivery.refused)
-                    delivery.refused.clear()
                 self._came_back()
                 if self._acknowledge(records[-1].seq) and records[-1].artifacts:
                     self._forget_copies(records)
@@ -570,6 +567,10 @@ class BufferedRun:
         finally:
             if frozen:
                 _unfreeze()
+
+    def _note_refused(self, what: str) -> None:
+        with self._cond:
+            self._refused.append(what)
 
     def _set_state(self, state: SenderState) -> None:
         if self._state is not SenderState.STOPPED and not self._closing:

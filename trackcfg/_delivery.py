@@ -106,6 +106,9 @@ class Delivery:
     allowed: Callable[[str], bool] | None = None
     #: Held around each call to the store (``_state.guard_against_fork``).
     guard: AbstractContextManager[Any] = attrs.field(factory=contextlib.nullcontext)
+    #: Told each refusal as it is found (the live sender: the next logging call raises it,
+    #: even while the rest of the records are still being sent).
+    on_refused: Callable[[str], None] | None = None
     refused: list[str] = attrs.field(factory=list)
 
     def send(self, records: Sequence[JournalRecord], known: Iterable[object] = ()) -> bool:
@@ -194,7 +197,10 @@ class Delivery:
 
     def _refuse(self, what: str) -> None:
         logger.error("the store refused %s (run %s)", what, self.run_id)
-        self.refused.append(what)
+        if self.on_refused is not None:
+            self.on_refused(what)
+        else:
+            self.refused.append(what)
 
 
 def _away(exc: BaseException) -> bool:
