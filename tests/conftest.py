@@ -114,9 +114,13 @@ def _forget_kedro_context() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _reset_mlflow_state() -> Iterator[None]:
+def _reset_mlflow_state(_hermetic_env: Path) -> Iterator[None]:
     """MLflow's process-wide state back as a fresh process has it after every test, so one
-    bug cannot cascade (tests of trackcfg's own restoring check it themselves)."""
+    bug cannot cascade (tests of trackcfg's own restoring check it themselves).  After the
+    hermetic environment (so it is given back first): the variables it restores are the
+    hermetic ones, never a value a test's own fixture set, which would otherwise outlive the
+    test and reach the next module's child processes (a ``kedro run`` then logged into
+    another test's store)."""
     env_before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
     yield
     if "mlflow" in sys.modules:  # a test that never imported mlflow left nothing behind
