@@ -140,7 +140,7 @@ def _reset_mlflow_state(_hermetic_env: Path) -> Iterator[None]:
 
 
 # --- mlflow server fixture (session tests) ---------------------------------------------------
-# Owned by tests/test_session.py and tests/test_mlflow_backend.py.  Real components only:
+# Owned by test_session.py and test_mlflow_backend.py.  Real components only:
 # - ``mlflow_server``: ONE real ``mlflow server`` subprocess for the whole test session, bound to
 #   127.0.0.1 on a free port.  It takes 15-60 s to become healthy on a loaded machine, so it is
 #   started as soon as the first test runs when any collected test needs it (the start then
@@ -239,7 +239,7 @@ def migrated_sqlite_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # --- scale fixtures (postgres, moto) ---------------------------------------------------------
-# Owned by tests/test_scale.py, tests/test_faults.py and tests/test_secrets.py.  Real components
+# Owned by test_many_processes.py, test_server_outages.py and test_secrets.py.  Real components
 # on 127.0.0.1 only, on free ports, stopped by process group:
 # - ``launch_mlflow_server``: start an ``mlflow server`` on any backend store (and port), kill it
 #   and start it again (outage tests);
@@ -474,7 +474,7 @@ SLOW_MODULES = frozenset(
     {
         "test_buffered",
         "test_continue_by_key",
-        "test_faults",
+        "test_server_outages",
         "test_hydra",
         "test_journal_disk",
         "test_journal_fork",
@@ -486,7 +486,7 @@ SLOW_MODULES = frozenset(
         "test_kedro_pipeline_ml",
         "test_local_store_artifacts",
         "test_optuna_example",
-        "test_scale",
+        "test_many_processes",
         "test_session_notes",
         "test_signals",
         "test_ui_browser",
@@ -528,7 +528,7 @@ ONE_WORKER_MODULES = frozenset(
     {
         "test_buffered",
         "test_cli",
-        "test_faults",
+        "test_server_outages",
         "test_ui_browser",
     }
 )

@@ -17,7 +17,7 @@ lets through untranslated, the fake raises ``RunError`` (it cannot raise mlflow'
 importing mlflow) and the message says "MLflow would raise".
 
 It imports no mlflow, on purpose: importing mlflow costs seconds.  It is never the only proof
-of an MLflow behaviour: ``tests/test_session.py`` and ``tests/test_mlflow_backend.py`` check
+of an MLflow behaviour: ``test_session.py`` and ``test_mlflow_backend.py`` check
 the same behaviours on real stores.
 """
 
@@ -584,7 +584,7 @@ class FakeBackend:
             self.store.live_run(run_id).status = status
 
     # ---------------------------------------------------------------- copying runs (sync)
-    # Uploading offline runs is tested against real stores only (tests/test_offline_upload.py).
+    # Uploading offline runs is tested against real stores only (test_offline_upload.py).
 
     def list_experiments(self) -> list[ExperimentRef]:
         self._call("list_experiments")

@@ -295,7 +295,7 @@ def _page_of(
             f"experiment {name!r} (id {experiment.id}) is deleted in {shown}, {HOME_PAGE_NOTE}"
         )
     # MLflow 3's UI opens an experiment without a kind on its GenAI overview; /runs is the
-    # table of runs (checked with a real browser in tests/test_ui_browser.py).
+    # table of runs (checked with a real browser in test_ui_browser.py).
     return f"/#/experiments/{urllib.parse.quote(experiment.id, safe='')}/runs", None
 
 

@@ -1,5 +1,5 @@
 """The MLflow internals trackcfg relies on, in one place (pinned by
-``tests/test_mlflow_backend.py``):
+``test_mlflow_backend.py``):
 
 - ``mlflow.tracking._tracking_service.utils._tracking_uri``: whether a tracking URI was set
   (``get_tracking_uri()`` cannot tell "unset" from a default), to give the state back;

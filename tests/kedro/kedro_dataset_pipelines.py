@@ -1,4 +1,4 @@
-"""The pipelines of the Kedro project that tests/test_kedro_datasets.py generates.
+"""The pipelines of the Kedro project that test_kedro_datasets.py generates.
 
 Copied over the generated project's ``pipeline_registry.py``.  ``produce`` saves every kind of
 dataset (artifacts wrapping pandas.CSVDataset, text.TextDataset and pickle.PickleDataset;

@@ -25,7 +25,7 @@ from test_kedro import (  # noqa: F401  (fixtures)
 )
 
 MODEL_PIPELINES = '''
-"""Pipelines training and reloading a scikit-learn model (tests/test_kedro_model_datasets.py)."""
+"""Pipelines training and reloading a scikit-learn model (test_kedro_model_datasets.py)."""
 
 import json
 

@@ -9,8 +9,8 @@ and the key phrase of its message).
 
 No mlflow is imported here (checked in a subprocess by the last test), so the module runs in a
 couple of seconds.  The fake is never the only proof of an MLflow behaviour: the same rules
-are checked on real stores (SQLite and ``mlflow server``) by ``tests/test_session.py``, and the
-behaviours the fake copies from MLflow by ``tests/test_mlflow_backend.py``; the xfail tests
+are checked on real stores (SQLite and ``mlflow server``) by ``test_session.py``, and the
+behaviours the fake copies from MLflow by ``test_mlflow_backend.py``; the xfail tests
 below were reproduced against real MLflow 3.17 too.
 """
 
@@ -988,7 +988,7 @@ def test_sigterm_handler_that_exits_ends_the_runs_killed(
 ) -> None:
     """The program's handler ends the process (``sys.exit(0)``): the runs end KILLED, not
     FINISHED; where SIGTERM has no handler of the program's, ``Terminated`` does the same
-    (tests/test_session.py, with a real process)."""
+    (test_session.py, with a real process)."""
 
     def exits(signum: int, frame: FrameType | None) -> None:
         previous_sigterm(signum, frame)
@@ -1034,7 +1034,7 @@ def test_the_fake_and_this_module_import_no_mlflow(tmp_path: Path) -> None:
         f"""
         import sys
         from pathlib import Path
-        sys.path.insert(0, {str(tests)!r})
+        sys.path[:0] = [{str(tests)!r}, {str(tests.parent)!r}]
         import fakes, test_session_decisions
         from trackcfg import TrackingConfig, TrackingSession
         from trackcfg._config import ServerConfig
@@ -1282,7 +1282,7 @@ def test_a_nul_character_in_a_param_or_tag_is_refused_at_the_call(
 # Offline runs (server.offline): where the session logs, what it refuses, what it gives back.
 # The quick reachability check of `auto` is the real backend's (it asks a real server); here
 # the server's silence is a TrackingUnavailableError from the fake, at its opening or at the
-# first request.  tests/test_offline_session.py proves the same on real stores and sockets.
+# first request.  test_offline_session.py proves the same on real stores and sockets.
 
 OFFLINE_TAG = "trackcfg.offline.destination"
 

@@ -5,7 +5,7 @@ Every session here has ``server.request_timeout: 2`` and ``server.max_retries: 1
 own HTTP defaults would retry for about four minutes before giving up.  They log in
 ``tracking.logging.mode: sync``, where a call waits for the server and an outage reaches the
 caller as ``TrackingUnavailableError``; the buffered mode (the default), where it never does, is
-tested against the same kind of outage in ``tests/test_buffered.py``.
+tested against the same kind of outage in ``test_buffered.py``.
 """
 
 from __future__ import annotations

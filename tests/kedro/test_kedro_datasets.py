@@ -1,7 +1,7 @@
 """trackcfg.kedro.datasets in a real Kedro project, run as a user runs it.
 
 The project is test_kedro.py's generated one (its fixtures are imported), with the pipelines of
-``tests/kedro_dataset_pipelines.py`` and a catalog of trackcfg's datasets; ``kedro run`` runs
+``kedro_dataset_pipelines.py`` and a catalog of trackcfg's datasets; ``kedro run`` runs
 in a subprocess with each runner, and what lands in the store is read with ``MlflowClient``.
 Where kedro-mlflow 2.0.3 works (not ``ParallelRunner``: its artifact dataset cannot be
 pickled), the same project run with kedro-mlflow's datasets and hooks must log the same

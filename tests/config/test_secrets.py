@@ -5,7 +5,7 @@ After real sessions (plain, nested, ``@tracked``, over HTTP) and real failures (
 a log collector can see: params, tags and artifacts in the store, log records of ``trackcfg``
 and ``mlflow`` at DEBUG, reprs and strings of sessions and configs, exception messages (the
 whole chain), ``trackcfg show`` / ``check`` output, and the environment after exit.
-(The Kedro adapter's scan lives in tests/test_kedro.py.)
+(The Kedro adapter's scan lives in test_kedro.py.)
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def test_failing_sessions_leave_no_credential_value_in_errors_or_logs(
 def test_session_over_http_sends_but_never_shows_the_password(
     project: Path, pg_mlflow_server: str, captured: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    """On the PostgreSQL-backed server of tests/test_scale.py (one server start less)."""
+    """On the PostgreSQL-backed server of test_many_processes.py (one server start less)."""
     mlflow_server = pg_mlflow_server
     config = load_config(
         project,

@@ -4,7 +4,7 @@ The destination is a real ``mlflow server`` (the session's ``mlflow_server`` fix
 nobody listens on (refused at once), or ``Listener``: a socket on 127.0.0.1 that takes TCP
 connections and never answers, and counts them (``always`` must open none).  The offline store
 is the project's own SQLite store, read back with ``MlflowClient``.  The fake-backend tests of
-the same decisions are in tests/test_session_decisions.py.
+the same decisions are in test_session_decisions.py.
 """
 
 from __future__ import annotations
@@ -403,7 +403,7 @@ def test_check_and_show_report_the_mode(
 # Kedro
 
 
-try:  # the fixtures of tests/test_kedro.py (a generated Kedro project, copied per test)
+try:  # the fixtures of test_kedro.py (a generated Kedro project, copied per test)
     from test_kedro import in_process, kedro_template, run_in_process  # noqa: F401
     from test_kedro import project as kedro_project  # noqa: F401
 except pytest.skip.Exception:  # Kedro is not installed: only the test below is skipped

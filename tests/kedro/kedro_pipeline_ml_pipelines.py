@@ -1,5 +1,5 @@
 """A training pipeline whose run logs its inference pipeline as a model, through
-kedro-mlflow's ``pipeline_ml_factory`` (tests/test_kedro_pipeline_ml.py migrates the import
+kedro-mlflow's ``pipeline_ml_factory`` (test_kedro_pipeline_ml.py migrates the import
 to trackcfg's with ``kedro trackcfg migrate``)."""
 
 from typing import Any

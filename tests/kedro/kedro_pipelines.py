@@ -1,4 +1,4 @@
-"""The pipelines of the Kedro project that tests/test_kedro.py generates.
+"""The pipelines of the Kedro project that test_kedro.py generates.
 
 Copied over the generated project's ``pipeline_registry.py``.  Nodes log with plain
 ``mlflow.*`` calls, as user code does, and record where they ran (thread, process) so a test

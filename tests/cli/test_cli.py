@@ -846,7 +846,7 @@ def test_check_over_http_reports_what_the_experiment_settings_do(
 
 def test_ui_prints_the_url_of_the_server_it_started(ui_process: UiProcess) -> None:
     """A new store holds no experiment yet: the home page, and a note saying why (the URL
-    of an experiment's runs: tests/test_ui_browser.py)."""
+    of an experiment's runs: test_ui_browser.py)."""
     url = ui_process.url
     line = f"MLflow UI: {url}  (mlflow server pid "
     deadline = time.monotonic() + 10

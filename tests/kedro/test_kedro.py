@@ -1,7 +1,7 @@
 """The Kedro hooks on a real Kedro project, run as a user runs it.
 
 The project is generated once per test session with ``kedro new`` (offline, built-in
-template), its pipeline registry replaced by ``tests/kedro_pipelines.py``, and copied for each
+template), its pipeline registry replaced by ``kedro_pipelines.py``, and copied for each
 test.  CLI behaviours run ``kedro run`` in a subprocess; several-runs-per-process behaviours
 run ``KedroSession.create(...).run()`` in this process.  Results are read back from the
 project's store with ``MlflowClient``.
