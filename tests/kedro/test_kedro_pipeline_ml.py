@@ -9,11 +9,13 @@ made once, by module fixtures, and the tests read them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,15 +78,36 @@ def _kedro_mlflow_project(template: Path, folder: Path) -> Path:
     return project
 
 
+@contextlib.contextmanager
+def _without_tracking_variables() -> Iterator[list[str]]:
+    """A module fixture runs before each test's hermetic environment (conftest): what an
+    earlier module on this worker left in ``MLFLOW_*``/``TRACKCFG_*`` must not reach its
+    ``kedro run`` (the run would go to another store, or not be tracked)."""
+    with pytest.MonkeyPatch.context() as patch:
+        dropped = [
+            name
+            for name in os.environ
+            if name.startswith("MLFLOW_")
+            or (name.startswith("TRACKCFG_") and not name.startswith("TRACKCFG_TEST_"))
+        ]
+        for name in dropped:
+            patch.delenv(name)
+        yield dropped
+
+
 @pytest.fixture(scope="module")
 def ours(kedro_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
     """The kedro-mlflow project, migrated by ``kedro trackcfg migrate``, after ``kedro run``
     with ParallelRunner (its nodes in worker processes, the model logged by the main one)."""
     project = _kedro_mlflow_project(kedro_template, tmp_path_factory.mktemp("ours") / "p")
-    migrated = kedro_cli(project, "trackcfg", "migrate")
-    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
-    result = kedro_cli(project, "run", "--pipeline", "training", "--runner", "ParallelRunner")
+    with _without_tracking_variables() as dropped:
+        migrated = kedro_cli(project, "trackcfg", "migrate")
+        assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+        result = kedro_cli(project, "run", "--pipeline", "training", "--runner", "ParallelRunner")
     assert result.returncode == 0, result.stdout + result.stderr
+    assert runs(project), f"no run in {store_uri(project)} (variables dropped: {dropped})\n" + (
+        result.stdout + result.stderr
+    )
     return project
 
 
@@ -97,7 +120,8 @@ def theirs(kedro_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     project, pythonpath = with_kedro_mlflow(
         source, tmp_path_factory.mktemp("theirs") / "p", CATALOG
     )
-    result = kedro_cli(project, "run", "--pipeline", "training", PYTHONPATH=pythonpath)
+    with _without_tracking_variables():
+        result = kedro_cli(project, "run", "--pipeline", "training", PYTHONPATH=pythonpath)
     assert result.returncode == 0, result.stdout + result.stderr
     return project
 
