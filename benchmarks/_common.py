@@ -163,3 +163,30 @@ def _has(name: str) -> bool:
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
+
+
+def fine_ms(seconds: float) -> str:
+    """Milliseconds, with three decimals below 10 ms (a logging call's cost)."""
+    return f"{seconds * 1000:.3f} ms" if seconds < 0.01 else f"{seconds * 1000:.1f} ms"
+
+
+def child_case(
+    script: str, args: list[str], *, cwd: Path, env: dict[str, str], timeout: float = 1800
+) -> dict[str, Any]:
+    """Run ``script --case ARGS...`` in a fresh interpreter; the JSON its last stdout line holds
+    (``RuntimeError`` with its output when it fails)."""
+    import json
+
+    done = subprocess.run(
+        [sys.executable, script, "--case", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result

@@ -36,7 +36,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from _common import CACHED_BYTECODE_ENV, QUICK, mlflow_server, table
+from _common import CACHED_BYTECODE_ENV, QUICK, child_case, mlflow_server, table
+from _common import fine_ms as _ms
 
 STEPS = 300 if QUICK else 10_000
 SYNC_STEPS = 30 if QUICK else 300  # trackcfg sync and mlflow.log_metrics: a sample, scaled
@@ -229,18 +230,7 @@ def _run_case(case: str, uri: str, cwd: Path, steps: int | None = None) -> dict[
         if case == "mlflow-async-buffered"
         else {}
     )
-    done = subprocess.run(
-        [sys.executable, __file__, "--case", case, uri, str(steps), folder],
-        cwd=cwd,
-        env=_child_env(**extra),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{case} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result = child_case(__file__, [case, uri, str(steps), folder], cwd=cwd, env=_child_env(**extra))
     scale = STEPS / steps  # the sampled cases, scaled to STEPS
     result["loop"] *= scale
     result["ended"] *= scale
@@ -347,10 +337,6 @@ def _sqlite_store() -> Iterator[str]:
 
         MlflowClient(uri).search_experiments()  # creates the tables once, outside the timing
         yield uri
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.3f} ms" if seconds < 0.01 else f"{seconds * 1000:.1f} ms"
 
 
 def _s(seconds: float) -> str:

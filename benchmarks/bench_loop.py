@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import CACHED_BYTECODE_ENV, QUICK, table
+from _common import CACHED_BYTECODE_ENV, QUICK, child_case, table
+from _common import fine_ms as _ms
 
 STEPS = 500 if QUICK else 20_000
 TURNS = 1 if QUICK else 3
@@ -159,18 +160,7 @@ def _run_case(case: str, cwd: Path) -> dict[str, Any]:
             capture_output=True,
             timeout=600,
         )
-    done = subprocess.run(
-        [sys.executable, __file__, "--case", case, uri, str(STEPS), folder],
-        cwd=cwd,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{case} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result = child_case(__file__, [case, uri, str(STEPS), folder], cwd=cwd, env=_env())
     result["load"] = os.getloadavg()[0]
     return result
 
@@ -185,10 +175,6 @@ def _env() -> dict[str, str]:
         WANDB_DISABLE_GIT="true",
     )
     return env
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.3f} ms" if seconds < 0.01 else f"{seconds * 1000:.1f} ms"
 
 
 def run() -> str:
