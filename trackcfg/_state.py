@@ -393,6 +393,14 @@ class ContextRuns:
 
 #: The current context's active-run stack while sessions use it; None: the thread's own
 #: (MLflow's per-thread list).  Read and written by ``_mlflow`` only.
+#: Whether MLflow's own "View run" link is left out in this context (thread or task): set
+#: around a run's end that trackcfg prints the link of itself, or does not want printed
+#: (``_mlflow._links.quiet_links``).  A context variable, not ``MLFLOW_SUPPRESS_PRINTING_URL_
+#: TO_STDOUT`` in ``os.environ``: changing the environment from one thread breaks another
+#: thread iterating it (requests' proxy lookup, at every request).
+quiet_mlflow_links: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "trackcfg_quiet_mlflow_links", default=False
+)
 context_runs: contextvars.ContextVar[ContextRuns | None] = contextvars.ContextVar(
     "trackcfg_active_runs", default=None
 )

@@ -21,7 +21,6 @@ from mlflow.protos.databricks_pb2 import (
 from mlflow.tracking import MlflowClient
 from mlflow.utils import validation as _validation
 
-from trackcfg._env import exported
 from trackcfg._records import (
     ArtifactFile,
     Batch,
@@ -49,7 +48,7 @@ from ._errors import (
     reachable,
 )
 from ._internals import fluent_state, quickack_for, registry_utils, tracking_utils
-from ._links import SUPPRESS_LINK, run_link
+from ._links import quiet_links, run_link
 from ._stacks import give_back_stack, stop_context_stacks, take_own_stack, use_context_stacks
 
 __all__ = ["MlflowBackend", "mlflow_limits"]
@@ -287,7 +286,7 @@ class MlflowBackend:
         held = [run for run in fluent_state._active_run_stack.get() if run.info.run_id == run_id]
         link = run_link(self.tracking_uri, held[-1]) if held else None
         try:
-            with exported({} if link is None else {SUPPRESS_LINK: "true"}):
+            with quiet_links(link is not None):
                 try:
                     if self.active_run_id() == run_id:
                         mlflow.end_run(status.value)  # takes it off the stack, then ends it
@@ -350,7 +349,7 @@ class MlflowBackend:
     def terminate(self, run_id: str, status: RunStatus, end_time: int | None) -> None:
         # No "View run" line: ``trackcfg sync --json`` prints JSON only, and a session's
         # background sync must not print into its program's output (one request fewer too).
-        with exported({SUPPRESS_LINK: "true"}):
+        with quiet_links():
             self._client.set_terminated(run_id, status.value, end_time)
 
     # ---------------------------------------------------------------- copying runs (sync)

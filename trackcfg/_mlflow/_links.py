@@ -4,13 +4,17 @@ ends silently, the command that shows it."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from trackcfg import _state
+from trackcfg._env import exported
 from trackcfg._sqlite_locks import sqlite_file
 
-__all__ = ["SUPPRESS_LINK", "run_link"]
+__all__ = ["SUPPRESS_LINK", "quiet_links", "run_link"]
 
 
 def _link_base(tracking_uri: str) -> str:
@@ -81,3 +85,43 @@ def _local_run_link(tracking_uri: str, run: Any) -> str | None:
         f"   then open http://127.0.0.1:5000/#/experiments/{info.experiment_id}/runs/"
         f"{info.run_id}\n"
     )
+
+
+def _quietable() -> bool:
+    """Wrap MLflow's ``TrackingServiceClient._log_url`` (once; a no-op while the flag is off)
+    so that ``quiet_links`` can leave the link out in one context; False where it moved."""
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    cls: Any = TrackingServiceClient
+    original = getattr(cls, "_log_url", None)
+    if original is None:
+        return False
+    if getattr(original, "_trackcfg_quiet", False):
+        return True
+
+    def _log_url(self: Any, run_id: str) -> Any:
+        if _state.quiet_mlflow_links.get():
+            return None
+        return original(self, run_id)
+
+    _log_url._trackcfg_quiet = True  # type: ignore[attr-defined]
+    cls._log_url = _log_url
+    return True
+
+
+@contextlib.contextmanager
+def quiet_links(quiet: bool = True) -> Iterator[None]:
+    """MLflow prints no "View run" link for runs ended in this context within the block
+    (where its hook moved: ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT`` for the block)."""
+    if not quiet:
+        yield
+        return
+    if not _quietable():
+        with exported({SUPPRESS_LINK: "true"}):
+            yield
+        return
+    token = _state.quiet_mlflow_links.set(True)
+    try:
+        yield
+    finally:
+        _state.quiet_mlflow_links.reset(token)
