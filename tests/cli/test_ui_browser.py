@@ -1,10 +1,12 @@
 """``trackcfg ui`` seen in a real browser: the printed URL shows the configured experiment's
-runs.
+runs, and a Hydra sweep is one parent run with its jobs as child runs.
 
 One ``trackcfg ui --no-browser --port P`` subprocess serves a project's SQLite store that
-holds one run (made with a ``TrackingSession``); headless Chromium (Debian's ``chromium``)
-renders the printed URL (MLflow's UI is a React single-page app: the run's name is on the page
-only once its JavaScript has fetched the runs) and the rendered DOM must hold the run's name.
+holds one run (made with a ``TrackingSession``) and, where hydra-core is installed, the runs of
+a real Hydra multirun of three jobs (``python app.py -m lr=...`` with
+``trackcfg.hydra.TrackcfgCallback``); headless Chromium (Debian's ``chromium``) renders the
+pages (MLflow's UI is a React single-page app: a run's name is on the page only once its
+JavaScript has fetched the runs) and the rendered DOM must hold what a user reads there.
 On failure, the DOM and a screenshot are kept in the test's ``tmp_path`` and named in the
 message.  The last test stops the UI with SIGHUP (a closed terminal).
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import attrs
 import pytest
-from helpers import REPO, TRACKING_SETTINGS, project_folder, run_python, subprocess_env
+from helpers import REPO, TRACKING_SETTINGS, project_folder, run_python, store_uri, subprocess_env
 
 CHROMIUM = Path("/usr/bin/chromium")
 RUN_NAME = "browsed-run-q7z"
@@ -37,6 +39,28 @@ BROWSER_TIMEOUT = 120.0  # watchdog for one Chromium process
 # pending, so a slow server makes the dump later, not emptier.
 VIRTUAL_TIME_BUDGET_MS = 15000
 URL_LINE = re.compile(r"^MLflow UI: (\S+)  \(mlflow server pid (\d+);", re.MULTILINE)
+# A Hydra app as a user writes one: the callback enabled in its config, three jobs swept.
+HYDRA_APP = """\
+import hydra
+
+
+@hydra.main(version_base=None, config_path=".", config_name="config")
+def main(cfg):
+    return cfg.lr
+
+
+if __name__ == "__main__":
+    main()
+"""
+HYDRA_CONFIG = """\
+lr: 0.01
+hydra:
+  callbacks:
+    trackcfg:
+      _target_: trackcfg.hydra.TrackcfgCallback
+      config: mlflow.yml
+"""
+SWEEP = ("lr=0.1", "lr=0.2", "lr=0.3")  # Hydra's jobs, each named after its overrides
 
 
 def _free_port() -> int:
@@ -63,6 +87,8 @@ class BrowsedUi:
     folder: Path
     run_id: str
     experiment_id: str
+    sweep_error: str | None
+    """Why the Hydra sweep made no runs (hydra-core missing, the app failed), else None."""
 
     def stdout(self) -> str:
         return (self.folder / "ui-stdout.log").read_text(errors="replace")
@@ -107,8 +133,9 @@ def browsed_ui(
     assert session.run_id is not None
     assert session.experiment_id is not None
 
-    port = _free_port()
     env = subprocess_env(drop=TRACKING_SETTINGS, XDG_CONFIG_HOME=str(xdg))
+    sweep_error = _hydra_sweep(folder, env)
+    port = _free_port()
     with (
         (folder / "ui-stdout.log").open("wb") as out,
         (folder / "ui-stderr.log").open("wb") as err,
@@ -121,7 +148,7 @@ def browsed_ui(
             stdout=out,
             stderr=err,
         )
-    ui = BrowsedUi(process, port, folder, session.run_id, session.experiment_id)
+    ui = BrowsedUi(process, port, folder, session.run_id, session.experiment_id, sweep_error)
     try:
         yield ui
     finally:
@@ -136,6 +163,28 @@ def browsed_ui(
         if server is not None and _alive(int(server.group(2))):
             with contextlib.suppress(ProcessLookupError):  # left behind: do not leak it
                 os.killpg(int(server.group(2)), signal.SIGKILL)
+
+
+def _hydra_sweep(folder: Path, env: dict[str, str]) -> str | None:
+    """Runs a Hydra multirun of the jobs ``SWEEP`` in ``folder`` into its store, as a user
+    does (``python app.py -m ...``); returns why it made no runs, or None."""
+    try:
+        import hydra  # noqa: F401
+    except ImportError:
+        return "hydra-core is not installed (pip install 'trackcfg[hydra]')"
+    (folder / "app.py").write_text(HYDRA_APP, encoding="utf-8")
+    (folder / "config.yaml").write_text(HYDRA_CONFIG, encoding="utf-8")
+    swept = run_python(
+        "app.py",
+        "-m",
+        "lr=" + ",".join(o.partition("=")[2] for o in SWEEP),
+        cwd=folder,
+        env=env,
+        timeout=300,
+    )
+    if swept.returncode != 0:
+        return f"the Hydra sweep failed (exit {swept.returncode}):\n{swept.stderr[-3000:]}"
+    return None
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -184,25 +233,72 @@ def test_ui_prints_the_url_of_the_experiments_runs(browsed_ui: BrowsedUi) -> Non
 
 
 def test_the_printed_url_shows_the_run_in_chromium(browsed_ui: BrowsedUi, tmp_path: Path) -> None:
+    url, _server_pid = browsed_ui.url_and_server_pid()
+    _rendered(tmp_path, url, RUN_NAME)
+
+
+def _rendered(tmp_path: Path, url: str, expected: str) -> str:
+    """The DOM Chromium renders at ``url``; the test fails, keeping the DOM and a screenshot,
+    unless ``expected`` is in it."""
     if not CHROMIUM.is_file():
         pytest.skip(
             f"{CHROMIUM} not found: this test opens the UI in headless Chromium "
             "(Debian: apt-get install chromium; .ci/run installs it)"
         )
-    url, _server_pid = browsed_ui.url_and_server_pid()
+    tmp_path.mkdir(parents=True, exist_ok=True)
     dumped = _chromium(tmp_path, "--dump-dom", url)
     dom = tmp_path / "dom.html"
     dom.write_text(dumped.stdout)
-    if RUN_NAME in dumped.stdout:
-        return
+    if expected in dumped.stdout:
+        return dumped.stdout
     screenshot = tmp_path / "ui.png"
     shot = _chromium(tmp_path, f"--screenshot={screenshot}", url)
     pytest.fail(
-        f"run {RUN_NAME!r} not on the page {url} (Chromium exit {dumped.returncode}); "
+        f"{expected!r} not on the page {url} (Chromium exit {dumped.returncode}); "
         f"rendered DOM: {dom}; screenshot: {screenshot if screenshot.is_file() else 'none'} "
         f"(Chromium exit {shot.returncode}); Chromium's stderr:\n{dumped.stderr[-2000:]}",
         pytrace=False,
     )
+
+
+def test_a_hydra_sweep_is_one_parent_run_listing_its_three_jobs(
+    browsed_ui: BrowsedUi, tmp_path: Path
+) -> None:
+    """#27: ``python app.py -m lr=0.1,0.2,0.3`` is, in the UI, one run (named after the app)
+    whose page lists three child runs, one per job, each name a link to that job's run."""
+    if browsed_ui.sweep_error is not None:
+        if browsed_ui.sweep_error.startswith("hydra-core"):
+            pytest.skip(browsed_ui.sweep_error)
+        pytest.fail(browsed_ui.sweep_error, pytrace=False)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=store_uri(browsed_ui.folder))
+    runs = client.search_runs([browsed_ui.experiment_id])
+    (parent,) = [r for r in runs if r.info.run_name == "app"]
+    children = {
+        r.info.run_id: r.info.run_name
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
+    assert sorted(children.values()) == list(SWEEP)  # the store: the premise of the page
+    url, _server_pid = browsed_ui.url_and_server_pid()
+    experiment = f"#/experiments/{browsed_ui.experiment_id}"
+
+    # The experiment's runs table: the sweep is one top-level row, named after the app.
+    table = _rendered(tmp_path / "table", url, f'runs/{parent.info.run_id}"')
+    link = re.search(rf'href="{experiment}/runs/{parent.info.run_id}"><span[^>]*>([^<]*)<', table)
+    assert link is not None, "the sweep's run has no row"
+    assert link.group(1) == "app"
+
+    # The parent run's page: "Child runs", each job's name linking to its own run.
+    page = _rendered(
+        tmp_path / "parent",
+        f"{url.rpartition('#')[0]}{experiment}/runs/{parent.info.run_id}",
+        "Child runs",
+    )
+    listed = page.split("Child runs", 1)[1].split("key-value-", 1)[0]
+    shown = dict(re.findall(rf'<a href="{experiment}/runs/([0-9a-f]{{32}})">([^<]+)</a>', listed))
+    assert shown == children, f"the parent run's page lists {shown}, the store has {children}"
 
 
 def test_ui_stops_on_sighup(browsed_ui: BrowsedUi) -> None:
