@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import _cli
+from ._cli.commands import DEFAULT_CHECK_TIMEOUT, UI_PROBE_TIMEOUT
 
 if TYPE_CHECKING:
     from kedro.framework.context import KedroContext
@@ -102,7 +103,7 @@ def migrate(metadata: Any, dry_run: bool) -> None:
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0.1),
-    default=_cli.ui.UI_PROBE_TIMEOUT,
+    default=UI_PROBE_TIMEOUT,
     show_default=True,
     metavar="S",
     help="Seconds to wait for an http(s) tracking server or a database to answer.",
@@ -152,7 +153,7 @@ def show(metadata: Any, env: str | None, as_json: bool) -> None:
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0.1),
-    default=_cli.check.DEFAULT_CHECK_TIMEOUT,
+    default=DEFAULT_CHECK_TIMEOUT,
     show_default=True,
     metavar="S",
     help="Seconds to wait for a tracking server or database; no retries.",

@@ -85,8 +85,11 @@ def post_json(url: str, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_help_is_fast_and_does_not_import_mlflow(tmp_path: Path) -> None:
-    """`trackcfg --help` and `trackcfg check --help` load no mlflow module."""
-    for args in (["--help"], ["check", "--help"]):
+    """`trackcfg --help` and `trackcfg <command> --help` load no mlflow module, and of
+    trackcfg only the command declarations: no configuration, store or attrs module (the
+    start-up budget of issue 24)."""
+    light = {"trackcfg", "trackcfg.exceptions", "trackcfg._cli", "trackcfg._cli.commands"}
+    for args in (["--help"], *([c, "--help"] for c in ("init", "show", "check", "ui", "sync"))):
         started = time.monotonic()
         done = run_python("-X", "importtime", "-m", "trackcfg", *args, cwd=tmp_path, timeout=60)
         elapsed = time.monotonic() - started
@@ -94,6 +97,8 @@ def test_help_is_fast_and_does_not_import_mlflow(tmp_path: Path) -> None:
         assert "Usage: trackcfg" in done.stdout
         imported = [line.rpartition("|")[2].strip() for line in done.stderr.splitlines()]
         assert not [m for m in imported if m == "mlflow" or m.startswith("mlflow.")]
+        assert {m for m in imported if m.startswith("trackcfg")} == light, args
+        assert not [m for m in imported if m in ("attr", "attrs", "cattrs")], args
         assert elapsed < 5, f"trackcfg {' '.join(args)} took {elapsed:.1f} s"
 
 

@@ -1,6 +1,6 @@
 """What more than one command of the ``trackcfg`` CLI uses.
 
-The PATH argument and ``--env`` option, display helpers (paths shown relative to the current
+Display helpers (paths shown relative to the current
 folder, ``mask_uri`` and ``MASK`` for secrets), the experiment name and project root a
 configuration stands for, the database schemes trackcfg knows the ports of, and the line of
 ``trackcfg check``'s report (``CheckItem``), which its probes produce too.
@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import attrs
-import click
 
 from trackcfg._config import TrackingConfig
 from trackcfg._discovery import DEFAULT_ENV
@@ -28,33 +25,13 @@ __all__ = [
     "Status",
     "display_path",
     "effective_env",
-    "env_option",
     "experiment_name",
     "mask_uri",
-    "path_argument",
     "project_root",
     "setting_origin",
 ]
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-
 DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
-
-
-def path_argument(func: _F) -> _F:
-    return click.argument(
-        "path", required=False, type=click.Path(dir_okay=True, file_okay=True, path_type=Path)
-    )(func)
-
-
-def env_option(func: _F) -> _F:
-    return click.option(
-        "--env",
-        "env",
-        metavar="ENV",
-        default=None,
-        help="Read conf/<ENV>/ over conf/base/ [default: $TRACKCFG_ENV, else local].",
-    )(func)
 
 
 def display_path(path: str | Path) -> str:

@@ -36,13 +36,12 @@ from ._common import (
     CheckItem,
     Status,
     display_path,
-    env_option,
     experiment_name,
     mask_uri,
-    path_argument,
     project_root,
     setting_origin,
 )
+from .commands import DEFAULT_CHECK_TIMEOUT
 from .probes import (
     Lookup,
     backend_lookup,
@@ -56,12 +55,9 @@ __all__ = [
     "DEFAULT_CHECK_TIMEOUT",
     "CheckItem",
     "Status",
-    "check",
     "check_and_report",
     "run_checks",
 ]
-
-DEFAULT_CHECK_TIMEOUT = 5.0
 
 
 def _check_local(location: StoreLocation) -> tuple[CheckItem, bool]:
@@ -390,36 +386,6 @@ def _config_fix(path: Path | None, exc: TrackcfgError) -> str | None:
     if len(problems) > 1:
         return "fix each file and line named above"
     return "fix the file and line named above"
-
-
-@click.command()
-@path_argument
-@env_option
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1),
-    default=DEFAULT_CHECK_TIMEOUT,
-    show_default=True,
-    metavar="S",
-    help="Seconds to wait for a tracking server or database; no retries.",
-)
-def check(path: Path | None, env: str | None, timeout: float) -> None:
-    """Preflight: would a tracked run start with this configuration?
-
-    \b
-    Checks, printed as a list ([ ok ], [FAIL], [warn], [skip]):
-      config       the files load and every key is valid
-      store        local store: its folder is writable and the SQLite file opens;
-                   http(s): the server answers one API call within --timeout
-      credentials  the server.credentials entry exists (its keys are listed, masked)
-      experiment   exists / is deleted / is missing, and what the settings make of it
-                   (or: the run named by tracking.run.id exists)
-
-    Exit status 0 when a run would start, 1 otherwise (the reason and the setting to
-    change are printed). Nothing is created: a missing store is reported as "created at
-    the first run".
-    """
-    check_and_report(path, env, timeout)
 
 
 def check_and_report(

@@ -24,9 +24,9 @@ from trackcfg._discovery import (
     user_config_dir,
 )
 
-from ._common import display_path, effective_env
+from ._common import display_path
 
-__all__ = ["Written", "init", "render_template", "write_template"]
+__all__ = ["Written", "render_template", "write_template"]
 
 TEMPLATE_DIR, TEMPLATE_NAME = "templates", "mlflow.yml"
 
@@ -138,29 +138,3 @@ def write_template(
     except OSError as exc:
         raise click.ClickException(f"cannot write {display_path(target)}: {exc.strerror}") from exc
     return written
-
-
-@click.command()
-@click.option(
-    "--env",
-    "env",
-    metavar="ENV",
-    default=None,
-    help='With a conf/ folder: write conf/<ENV>/mlflow.yml [default: $TRACKCFG_ENV or "local"].',
-)
-@click.option("--force", is_flag=True, help="Overwrite an existing mlflow.yml.")
-def init(env: str | None, force: bool) -> None:
-    """Write a commented mlflow.yml for this project.
-
-    Into conf/<ENV>/ when the current folder holds a conf/ folder (a Kedro project), else
-    into the current folder. Every key is written with its default and a comment; the
-    experiment name is the project's name. Where conf/base/mlflow.yml (or your user
-    mlflow.yml) lies below the new file, every key is commented out, so the effective
-    configuration stays as it was. An existing file is kept unless --force.
-    """
-    cwd = Path.cwd()
-    if env is not None and not (cwd / "conf").is_dir():
-        click.echo(f"note: no conf/ folder here, --env {env} is not used", err=True)
-    written = write_template(cwd, effective_env(env), force=force)
-    click.echo(written.summary())
-    click.echo("next: edit it, then `trackcfg check` to see whether a run would start")

@@ -12,21 +12,17 @@ import click
 
 from trackcfg._config import Source, TrackingConfig
 from trackcfg._connect import plan_store
-from trackcfg._loading import load_config
 from trackcfg._rules import run_intent
 
 from ._common import (
     MASK,
     display_path,
-    effective_env,
-    env_option,
     experiment_name,
     mask_uri,
-    path_argument,
     project_root,
 )
 
-__all__ = ["print_config", "show"]
+__all__ = ["print_config"]
 
 
 def _where(source: Source) -> str | None:
@@ -104,33 +100,6 @@ def _show_data(config: TrackingConfig, env: str) -> dict[str, Any]:
         },
         "credentials": credentials,
     }
-
-
-@click.command()
-@path_argument
-@env_option
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON object (its shape is shown above)."
-)
-def show(path: Path | None, env: str | None, as_json: bool) -> None:
-    """Print the effective configuration and where each value came from.
-
-    One line per key: the key, its value, and its source: "default", FILE:LINE,
-    "env VARIABLE" or "override KEY". Credentials are listed by variable name only; their
-    values are always shown as ***, and a password inside a URI is masked too.
-
-    \b
-    --json prints:
-      {"env": "local", "project_root": "/abs/path", "files": ["/abs/.../mlflow.yml"],
-       "keys": {"server.mlflow_tracking_uri":
-                  {"value": "mlruns", "source": "file", "where": "conf/local/mlflow.yml:3"},
-                ...},          # source: default | file | env | override
-       "resolved": {"tracking_uri": "sqlite:///...", "experiment_name": "...",
-                    "run": "a new run"},
-       "credentials": null or {"name": "...", "file": "/abs/credentials.yml",
-                               "keys": {"AWS_SECRET_ACCESS_KEY": "***"}}}
-    """
-    print_config(load_config(path, env=env), effective_env(env), as_json=as_json)
 
 
 def print_config(config: TrackingConfig, env_name: str, *, as_json: bool) -> None:

@@ -25,15 +25,14 @@ import attrs
 import click
 
 from trackcfg._config import TrackingConfig
-from trackcfg._loading import load_config
 
-from ._common import display_path, env_option, mask_uri, path_argument, project_root
+from ._common import display_path, mask_uri, project_root
 
 if TYPE_CHECKING:
     from trackcfg._sync import SyncResult
     from trackcfg._upload import UploadResult
 
-__all__ = ["sync", "sync_project"]
+__all__ = ["sync_project"]
 
 
 @contextlib.contextmanager
@@ -197,54 +196,3 @@ def sync_project(
         reasons.append(f"{len(left)} offline run(s) not uploaded: {details}")
     if reasons:
         raise click.ClickException("; ".join(reasons))
-
-
-@click.command()
-@path_argument
-@env_option
-@click.option("--dry-run", is_flag=True, help="List what would be sent; send nothing.")
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON object (its shape is shown above)."
-)
-def sync(path: Path | None, env: str | None, dry_run: bool, as_json: bool) -> None:
-    """Send what buffered sessions left in the project's journals; upload offline runs.
-
-    A buffered session (tracking.logging.mode: buffered) keeps what it logs in a journal
-    under <project root>/.trackcfg/journal/ (tracking.logging.journal_dir) until the server
-    has it. A session that was killed, or ended while the server was away, leaves its journal
-    behind: sync sends it to the configured store, without duplicates, and ends the run with
-    the status the session recorded (KILLED if it was killed). A session starting against
-    the same server does this in the background too.
-
-    Offline runs (server.offline) in the project's local store mlruns/ tagged for the
-    configured server are uploaded to it, parents before children: name, start and end
-    time, status, tags, params, every metric point, artifacts, and the MLflow models each
-    run logged (files, params, tags, metrics, registered versions). The uploaded run is tagged
-    trackcfg.sync.source_run, the local run trackcfg.sync.uploaded_to: a second sync
-    uploads nothing, a sync killed half-way is finished by the next without duplicates.
-    Runs still RUNNING and runs for another server are reported and left.
-
-    Journals a running session is writing are reported "in use" and left alone; journals
-    written for another store are reported and left alone. Exit 0 when everything else was
-    sent and uploaded (or there was nothing to do), 1 with the reason otherwise (an offline
-    run failed or left RUNNING included).
-
-    \b
-    --json prints:
-      {"tracking_uri": "http://...", "journal_dir": "/abs/.trackcfg/journal",
-       "dry_run": false, "ok": true,
-       "results": [{"journal": "/abs/.../<run_id>.journal", "run_id": "...",
-                    "records": 12, "points": 36, "end": "KILLED",
-                    "state": "sent", "detail": ""}],
-                    # state: sent | would send | in use | other server | failed
-       "local_store": "sqlite:///abs/mlruns/mlflow.db",
-       "uploads": [{"run_id": "<local id>", "name": "train", "experiment": "proj",
-                    "parent_run_id": null, "destination": "http://...",
-                    "destination_run_id": "<server id>", "status": "FINISHED",
-                    "points": 5000, "artifacts": 2, "models": 1,
-                    "state": "uploaded", "detail": ""}]}
-                    # state: uploaded | would upload | running | other destination
-                    #        | failed
-    """
-    config = load_config(path, env=env)
-    sync_project(config, dry_run=dry_run, as_json=as_json)

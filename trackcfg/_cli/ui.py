@@ -31,7 +31,6 @@ import click
 from trackcfg._backend import ExperimentRef
 from trackcfg._config import TrackingConfig
 from trackcfg._connect import plan_store
-from trackcfg._loading import load_config
 from trackcfg._store import StoreLocation
 
 from ._common import (
@@ -39,22 +38,20 @@ from ._common import (
     CheckItem,
     Status,
     display_path,
-    env_option,
     experiment_name,
     mask_uri,
-    path_argument,
     project_root,
 )
+from .commands import UI_PROBE_TIMEOUT
 from .probes import backend_lookup, http_lookup, sqlite_tables, tcp_reachable
 
 if TYPE_CHECKING:
     import subprocess
 
-__all__ = ["serve_ui", "ui"]
+__all__ = ["serve_ui"]
 
 UI_START_TIMEOUT = 180.0
 UI_STOP_TIMEOUT = 15.0
-UI_PROBE_TIMEOUT = 5.0
 DEFAULT_UI_HOST = "127.0.0.1"
 HOME_PAGE_NOTE = "so the URL below is MLflow's home page"
 
@@ -333,51 +330,6 @@ def _show_server(
     click.echo(f"MLflow UI: {mask_uri(base)}{page}")
     if browser:
         _open_browser(base + page)
-
-
-@click.command()
-@path_argument
-@env_option
-@click.option(
-    "--port",
-    type=click.IntRange(0, 65535),
-    default=None,
-    help="[default: ui.port, else a free port]",
-)
-@click.option(
-    "--host", default=None, help="Address to listen on [default: ui.host, else 127.0.0.1]."
-)
-@click.option("--no-browser", is_flag=True, help="Do not open a web browser.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1),
-    default=UI_PROBE_TIMEOUT,
-    show_default=True,
-    metavar="S",
-    help="Seconds to wait for an http(s) tracking server or a database to answer.",
-)
-def ui(
-    path: Path | None,
-    env: str | None,
-    port: int | None,
-    host: str | None,
-    no_browser: bool,
-    timeout: float,
-) -> None:
-    """Open the MLflow UI of the configured tracking store, on the experiment's runs.
-
-    Local stores (a folder such as mlruns, sqlite:///...) and databases: runs
-    `mlflow server` on the store and its artifact folder, prints the URL once the server
-    answers, opens a browser unless --no-browser, and serves until Ctrl-C, SIGTERM or
-    SIGHUP (exit 0). http(s) tracking servers: prints their URL once the server answers
-    (exit 1 with the reason if it does not) and opens a browser.
-
-    The URL is the configured experiment's runs page when the store holds the experiment,
-    else MLflow's home page (a note on stderr says why).
-    """
-    serve_ui(
-        load_config(path, env=env), port=port, host=host, browser=not no_browser, timeout=timeout
-    )
 
 
 def serve_ui(
