@@ -10,14 +10,10 @@ import contextlib
 import io
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,15 +26,11 @@ QUICK = os.environ.get("TRACKCFG_BENCH_QUICK") == "1"
 CACHED_BYTECODE_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def mlflow_server(workers: int | None = None) -> Iterator[str]:
-    """A real `mlflow server` on 127.0.0.1 with a SQLite store; yields its URL.
+    """A real `mlflow server` on 127.0.0.1 with a SQLite store (``trackcfg.testing``'s, the
+    project's one way to run one); yields its URL.  ``workers``: ``None`` is MLflow's default
+    number of workers (a "default mlflow server", as the figures say).
 
     ``TRACKCFG_BENCH_SERVER`` names a running server to reuse instead, whatever ``workers``
     asks for (the test suite's smoke run)."""
@@ -46,49 +38,10 @@ def mlflow_server(workers: int | None = None) -> Iterator[str]:
     if shared:
         yield shared
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        cmd = [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp}/server.db",
-            "--artifacts-destination",
-            f"{tmp}/artifacts",
-        ]
-        if workers is not None:
-            cmd += ["--workers", str(workers)]
-        log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115 - closed below
-        proc = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 240
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((Path(tmp) / "server.log").read_text()[-2000:])
-                time.sleep(0.3)
-            yield url
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            log.close()
+    from trackcfg.testing import mlflow_server as kit_server
+
+    with kit_server(workers=workers, timeout=240) as url:
+        yield url
 
 
 def interleaved(

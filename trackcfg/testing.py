@@ -5,7 +5,9 @@
   folder say;
 - :func:`mlflow_server` runs a real ``mlflow server`` on a free port of 127.0.0.1 for a
   ``with`` block (a session-scoped fixture is the usual home), and stops it, with every
-  process it started, on the way out.
+  process it started, on the way out; ``workers`` sets its number of worker processes (one
+  by default; ``None``: MLflow's own default, four in MLflow 3, as ``mlflow server`` run by
+  hand: for benchmarks against a default server).
 
 Importing this module imports neither mlflow nor pytest.
 """
@@ -107,9 +109,11 @@ class MlflowServer:
         *,
         port: int | None = None,
         tls: tuple[Path, Path] | None = None,
+        workers: int | None = 1,
     ) -> MlflowServer:
-        """Start ``mlflow server --workers 1`` on 127.0.0.1 (``port``: a free one) without
-        waiting for it.  ``tls=(certificate, key)``: serve https with them."""
+        """Start ``mlflow server`` on 127.0.0.1 (``port``: a free one) without waiting for
+        it.  ``tls=(certificate, key)``: serve https with them.  ``workers``: its worker
+        processes (one by default); ``None`` leaves ``--workers`` out (MLflow's default)."""
         logs = Path(tempfile.mkdtemp(prefix="trackcfg-mlflow-server-logs-"))
         port = port or _free_port()
         # The caller's MLflow/trackcfg settings must not reach the server.  Job execution
@@ -122,7 +126,7 @@ class MlflowServer:
             sys.executable, "-m", "mlflow", "server",
             "--host", "127.0.0.1",
             "--port", str(port),
-            "--workers", "1",
+            *(["--workers", str(workers)] if workers is not None else []),
             "--backend-store-uri", backend_store_uri,
             "--artifacts-destination", str(artifacts_destination),
         ]  # fmt: skip
@@ -196,7 +200,10 @@ class MlflowServer:
 
 @contextlib.contextmanager
 def mlflow_server(
-    path: str | os.PathLike[str] | None = None, *, timeout: float = _SERVER_START_TIMEOUT
+    path: str | os.PathLike[str] | None = None,
+    *,
+    timeout: float = _SERVER_START_TIMEOUT,
+    workers: int | None = 1,
 ) -> Iterator[str]:
     """Run a real ``mlflow server`` for the ``with`` block; yields its URL
     (``http://127.0.0.1:PORT``) once it answers.
@@ -205,12 +212,17 @@ def mlflow_server(
     created if missing; kept afterwards); without ``path``, a temporary folder removed on
     exit.  On exit the server and every process it started are stopped (by process group,
     from its PID).  ``timeout``: seconds to wait for it to answer (``RuntimeError`` then).
+    ``workers``: the server's worker processes, one by default (a test's requests are few,
+    and each worker is a Python process importing MLflow); ``None`` runs MLflow's default
+    number (four in MLflow 3), as a server started by hand has.
     """
     own_folder = path is None
     folder = Path(tempfile.mkdtemp(prefix="trackcfg-mlflow-server-") if path is None else path)
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    server = MlflowServer.start(f"sqlite:///{folder / 'mlflow.db'}", folder / "artifacts")
+    server = MlflowServer.start(
+        f"sqlite:///{folder / 'mlflow.db'}", folder / "artifacts", workers=workers
+    )
     try:
         server.wait_healthy(timeout)
         yield server.url

@@ -13,7 +13,7 @@ import pytest
 from helpers import copy_store, read_runs, run_python, store_uri
 
 from trackcfg import ConfigError, TrackingSession
-from trackcfg.testing import local_config, mlflow_server
+from trackcfg.testing import MlflowServer, local_config, mlflow_server
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -117,13 +117,28 @@ def test_mlflow_server_serves_a_store_in_the_folder_and_leaves_no_process(
     assert artifact.read_text() == "hello"
 
 
+def _workers_of(server_pid: int) -> list[int]:
+    """The uvicorn worker processes (multiprocessing children) in the server's group."""
+    found = []
+    for pid in _processes_mentioning("spawn_main"):
+        try:
+            if os.getpgid(pid) == server_pid:
+                found.append(pid)
+        except ProcessLookupError:
+            continue
+    return found
+
+
 @pytest.mark.slow
 def test_mlflow_server_without_a_folder_removes_its_temporary_store() -> None:
-    with mlflow_server() as url:
+    """... and runs the number of workers asked for (benchmarks ask for several)."""
+    with mlflow_server(workers=2) as url:
         port = urllib.parse.urlsplit(url).port
         pids = _processes_mentioning(f"--port {port} ")  # mlflow server and its uvicorn
-        (pid,) = _processes_mentioning(f"--port {port} --workers 1 --backend-store-uri")
+        (pid,) = _processes_mentioning(f"--port {port} --workers 2 --backend-store-uri")
         assert pid in pids
+        assert len(_workers_of(pid)) == 2
+        pids += _workers_of(pid)
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         store = Path(cmdline[cmdline.index(b"--backend-store-uri") + 1].decode()[10:])
         with urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/search?max_results=5") as r:
@@ -132,3 +147,21 @@ def test_mlflow_server_without_a_folder_removes_its_temporary_store() -> None:
     assert [p for p in pids if Path(f"/proc/{p}").exists()] == []
     assert _processes_mentioning(f"--port {port} ") == []
     assert not store.parent.exists()
+
+
+@pytest.mark.slow
+def test_workers_none_starts_mlflows_own_default(tmp_path: Path) -> None:
+    """``workers=None``: no ``--workers`` on the command line, as ``mlflow server`` by hand."""
+    server = MlflowServer.start(
+        f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", workers=None
+    )
+    try:
+        cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"--workers" not in cmdline
+        assert (
+            cmdline[cmdline.index(b"--port") + 1]
+            == str(urllib.parse.urlsplit(server.url).port).encode()
+        )
+    finally:
+        server.stop()
+    assert not Path(f"/proc/{server.pid}").exists()
