@@ -6,10 +6,19 @@ init | show | check | ui | sync`` only in where the configuration comes from: Ke
 loader and credentials (``trackcfg.kedro.read_config``) for the project Kedro found, in the
 environment ``--env`` names.  Importing this module (every ``kedro`` command in a project) imports
 neither mlflow nor Kedro's session machinery.
+
+Their output is stdout's alone: what Kedro and the project log or print while the project
+loads goes to stderr (``kedro trackcfg show --json | jq`` reads one JSON document).  Kedro
+logs one line before any plugin runs, when its own CLI starts ("Using ... as logging
+configuration"): where it goes is the project's logging configuration's choice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,19 +37,46 @@ __all__ = ["commands"]
 ENV_HELP = "Kedro configuration environment."
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """For the block, what would reach stdout goes to stderr: log handlers writing to
+    stdout (Kedro's ``logging.yml`` with ``ext://sys.stdout``), and ``print`` and Rich's
+    console (Kedro's default ``RichHandler``), which write to ``sys.stdout`` as it is then."""
+    loggers = [logging.getLogger()] + [
+        logger
+        for logger in logging.Logger.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]
+    moved: list[tuple[logging.StreamHandler[Any], Any]] = []
+    for handler in {h for logger in loggers for h in logger.handlers}:
+        if isinstance(handler, logging.StreamHandler) and handler.stream in (
+            sys.stdout,
+            sys.__stdout__,
+        ):
+            moved.append((handler, handler.setStream(sys.stderr)))
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for handler, stream in moved:
+            handler.setStream(stream)
+
+
 def _through_kedro(metadata: Any, env: str | None) -> tuple[TrackingConfig, KedroContext]:
-    """The project's config as a ``kedro run`` in ``env`` reads it, and the context."""
+    """The project's config as a ``kedro run`` in ``env`` reads it, and the context; what
+    loading the project logs or prints goes to stderr (stdout is the command's output)."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
     from .kedro import read_config
 
     root = Path(metadata.project_path)
-    bootstrap_project(root)
-    session = KedroSession.create(project_path=root, env=env)
-    with session:
-        context = session.load_context()
-        return read_config(context), context
+    with _stdout_to_stderr():
+        bootstrap_project(root)
+        session = KedroSession.create(project_path=root, env=env)
+        with session:
+            context = session.load_context()
+            return read_config(context), context
 
 
 @click.group(name="trackcfg-plugin")

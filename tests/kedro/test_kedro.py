@@ -370,6 +370,11 @@ def test_kedro_trackcfg_show_and_check_read_through_kedros_loader_and_env(
     )
     shown = kedro_cli(project, "trackcfg", "show", "--env", "prod", "--json")
     assert shown.returncode == 0, shown.stdout + shown.stderr
+    # Before the JSON, only Kedro's start-up line (logged by its CLI before any plugin runs;
+    # Kedro's default logging writes to stdout): nothing the command's loading logged.
+    before = shown.stdout[: shown.stdout.index("{")]
+    assert "as logging configuration" in before
+    assert "WARNING" not in before
     data = json.loads(shown.stdout[shown.stdout.index("{") :])
     assert data["env"] == "prod"
     assert data["files"] == [str(prod)]
@@ -395,6 +400,61 @@ def test_kedro_trackcfg_show_and_check_read_through_kedros_loader_and_env(
         "and line named above"
     ]
     assert not (project / "prod-runs").exists()  # nothing created
+
+
+def test_kedro_trackcfg_show_json_is_all_that_stdout_holds(project: Path) -> None:
+    """``kedro trackcfg show --json | jq``: what the project logs or prints while it loads
+    goes to stderr.  Its logging.yml writes to stdout (Kedro's own start-up line, logged
+    before any plugin runs, is kept out by its ``kedro: WARNING``), and a project hook prints
+    and logs a warning while the context is made."""
+    write(
+        project / "conf" / "logging.yml",
+        """\
+        version: 1
+        disable_existing_loggers: false
+        formatters:
+          plain: {format: "%(levelname)s %(name)s: %(message)s"}
+        handlers:
+          console: {class: logging.StreamHandler, formatter: plain, stream: ext://sys.stdout}
+        loggers:
+          kedro: {level: WARNING}
+        root: {level: INFO, handlers: [console]}
+        """,
+    )
+    write(
+        project / "src" / PACKAGE / "loud_hooks.py",
+        """\
+        import logging
+
+        from kedro.framework.hooks import hook_impl
+
+
+        class LoudHooks:
+            @hook_impl
+            def after_context_created(self, context):
+                print("a project hook prints while the project loads")
+                logging.getLogger(__name__).warning("a project hook logs a warning")
+        """,
+    )
+    settings = project / "src" / PACKAGE / "settings.py"
+    settings.write_text(
+        settings.read_text()
+        + f"\nfrom {PACKAGE}.loud_hooks import LoudHooks\n\nHOOKS = (LoudHooks(),)\n"
+    )
+    prod = write(project / "conf" / "prod" / "mlflow.yml", "tracking:\n  run:\n    name: x\n")
+
+    shown = kedro_cli(project, "trackcfg", "show", "--env", "prod", "--json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    data = json.loads(shown.stdout)
+    assert (data["env"], data["files"]) == ("prod", [str(prod)])
+    assert "a project hook prints while the project loads" in shown.stderr
+    assert f"WARNING {PACKAGE}.loud_hooks: a project hook logs a warning" in shown.stderr
+
+    # The same project's text report: the lines on stdout are show's own.
+    text = kedro_cli(project, "trackcfg", "show", "--env", "prod")
+    assert text.returncode == 0, text.stdout + text.stderr
+    assert "a project hook" not in text.stdout
+    assert "a project hook prints while the project loads" in text.stderr
 
 
 def test_without_kedro_the_import_names_the_extra_to_install() -> None:

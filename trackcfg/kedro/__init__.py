@@ -149,10 +149,10 @@ def _register_random_name() -> None:
 
     if OmegaConf.has_resolver(RANDOM_NAME_RESOLVER):
         return
-    # register_resolver from OmegaConf 2.4 on; register_new_resolver before (deprecated after).
-    register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
+    # register_new_resolver (OmegaConf 2.1 on, as Kedro requires): OmegaConf's own
+    # ``register_resolver`` is its deprecated legacy API, which warned on every command.
     with contextlib.suppress(ValueError):  # registered by another thread meanwhile
-        register(RANDOM_NAME_RESOLVER, random_run_name)
+        OmegaConf.register_new_resolver(RANDOM_NAME_RESOLVER, random_run_name)
 
 
 class KedroConfigError(ConfigError, click.ClickException):
