@@ -1,9 +1,10 @@
 """What more than one command of the ``trackcfg`` CLI uses.
 
-Display helpers (paths shown relative to the current
-folder, ``mask_uri`` and ``MASK`` for secrets), the experiment name and project root a
-configuration stands for, the database schemes trackcfg knows the ports of, and the line of
-``trackcfg check``'s report (``CheckItem``), which its probes produce too.
+Display helpers (paths shown relative to the current folder, ``mask_uri`` and ``MASK`` for
+secrets), the experiment name and project root a configuration stands for, the database
+schemes trackcfg knows the ports of, and the line of ``trackcfg check``'s report
+(``CheckItem``), which its probes produce too.  The PATH argument and ``--env`` option are
+declared with the commands, in ``commands``.
 """
 
 from __future__ import annotations
