@@ -151,17 +151,18 @@ def test_mlflow_server_without_a_folder_removes_its_temporary_store() -> None:
 
 @pytest.mark.slow
 def test_workers_none_starts_mlflows_own_default(tmp_path: Path) -> None:
-    """``workers=None``: no ``--workers`` on the command line, as ``mlflow server`` by hand."""
-    server = MlflowServer.start(
-        f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", workers=None
-    )
-    try:
-        cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")
-        assert b"--workers" not in cmdline
-        assert (
-            cmdline[cmdline.index(b"--port") + 1]
-            == str(urllib.parse.urlsplit(server.url).port).encode()
+    """``workers=None``: the command has no ``--workers``, as ``mlflow server`` by hand; 3
+    gives ``--workers 3``."""
+    for workers, expected in ((None, []), (3, ["--workers", "3"])):
+        server = MlflowServer.start(
+            f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", workers=workers
         )
-    finally:
-        server.stop()
-    assert not Path(f"/proc/{server.pid}").exists()
+        try:
+            command = list(server.process.args)  # type: ignore[arg-type]
+        finally:
+            server.stop()
+        assert not Path(f"/proc/{server.pid}").exists()
+        port = command.index("--port")
+        assert command[port + 1] == str(urllib.parse.urlsplit(server.url).port)
+        assert command[port + 2 : port + 2 + len(expected)] == expected
+        assert ("--workers" in command) is (workers is not None)
