@@ -127,7 +127,7 @@ def run() -> str:
         profile = _kedro(tracked, "run", env={"PYTHONPROFILEIMPORTTIME": "1"})
         phases = _phases(_case(tracked, "--timeline").stdout)
     base_wall, base_cpu = measured["no tracking plugin"]
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for name, (wall, cpu) in measured.items():
         extra = "" if name == "no tracking plugin" else f"+{ms(wall - base_wall)}"
         extra_cpu = "" if name == "no tracking plugin" else f"+{ms(cpu - base_cpu)}"
@@ -154,7 +154,7 @@ def _phases(stdout: str) -> str:
     marks = json.loads(stdout.strip().splitlines()[-1])
     if not marks:
         return "(no /proc/<pid>/task/<tid>/schedstat here: no phase split)\n"
-    rows = []
+    rows: list[tuple[str, ...]] = []
     spans = []  # (name, wall, on CPU, blocked) in order
     for (first, a), (second, b) in itertools.pairwise(marks):
         wall, cpu, queued = b[0] - a[0], b[1] - a[1], b[2] - a[2]
