@@ -617,17 +617,40 @@ def inside_blobs(journal: Path, file: str) -> bool:
 def claimed(path: Path) -> Iterator[bool]:
     """Hold the journal's lock for the block; yields False (and holds nothing) when a live
     writer holds it, or the file is gone."""
+    handle = _locked_as_named(path)
     try:
-        # Read-only: "a" would create again a journal its session has just deleted.
-        handle = open(path, "rb")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        yield False
-        return
-    try:
-        got = _lock(handle, blocking=False)
-        yield got
+        yield handle is not None
     finally:
-        handle.close()
+        if handle is not None:
+            handle.close()
+
+
+def _locked_as_named(path: Path) -> IO[bytes] | None:
+    """An open handle of the file ``path`` names now, its lock held; None when a live
+    writer holds it or the file is gone.
+
+    The lock is taken on what was opened, the contents read by name: a writer that compacts
+    its journal puts a new, locked file in place and then closes (unlocks) the old one, so a
+    lock won on the old file between the two says nothing of the new one.  Held locks are
+    checked against the file the name leads to, and taken again when it changed."""
+    while True:
+        try:
+            # Read-only: "a" would create again a journal its session has just deleted.
+            handle = open(path, "rb")  # noqa: SIM115 - the caller closes it
+        except FileNotFoundError:
+            return None
+        if not _lock(handle, blocking=False):
+            handle.close()
+            return None
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            handle.close()
+            return None
+        held = os.fstat(handle.fileno())
+        if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+            return handle
+        handle.close()  # replaced since it was opened: lock what the name leads to now
 
 
 def read_header(path: Path) -> Mapping[str, Any] | None:

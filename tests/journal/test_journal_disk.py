@@ -16,6 +16,7 @@ import subprocess
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -482,3 +483,40 @@ def test_sync_to_postgresql_isolates_a_value_answered_500_every_time_and_sends_t
     assert run.data.tags["fine"] == "yes"
     assert "poison" not in run.data.tags
     assert loss_steps(client, run_id) == list(range(300))
+
+
+# ---------------------------------------------------------------------------------------------
+# A reader racing the writer's compaction.
+
+
+def test_a_journal_compacted_while_a_reader_takes_its_lock_stays_in_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compaction puts a new, locked file in place, then closes (unlocks) the old one.  A
+    reader (a session's background sync of earlier journals, ``trackcfg sync``) that opened
+    the old file just before and locks it just after must still find the journal in use, not
+    replay a live session's records (a resumed job's 200 points arrived twice, 1 CI run in
+    a few)."""
+    import trackcfg._journal as journal_module
+
+    journal = open_journal(
+        tmp_path, run_id="r" * 32, experiment_id="0", tracking_uri="sqlite:///x.db"
+    )
+    seqs = [journal.append(metrics=[point(step)] * 3).seq for step in range(200)]
+    journal.ack(seqs[-1])
+    real_lock = journal_module._lock
+    compacted: list[object] = []
+
+    def lock_after_a_compaction(handle: Any, *, blocking: bool) -> bool:
+        if not compacted and handle.name == str(journal.path):  # the reader's first lock
+            compacted.append(journal.compact(seqs[-1]))
+        return real_lock(handle, blocking=blocking)
+
+    monkeypatch.setattr(journal_module, "_lock", lock_after_a_compaction)
+    with journal_module.claimed(journal.path) as ours:
+        assert compacted, "the reader never took a lock"
+        assert compacted[0] is not None, "the journal was not compacted"
+        assert not ours, "a reader took the lock of a journal its writer still holds"
+    journal.close()
+    with journal_module.claimed(journal.path) as ours:
+        assert ours, "a closed journal stays locked"
