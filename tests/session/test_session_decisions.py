@@ -1157,12 +1157,16 @@ def test_buffered_end_with_the_store_away_keeps_the_journal_for_sync(
             store.fail("log_batch", TrackingUnavailableError("server away"))
         store.fail("end_run", TrackingUnavailableError("server away"))
         s.log_metrics({"loss": 0.25}, step=2)
-    # Leaving did not raise; the warning names the command that sends the rest.
-    assert "trackcfg sync" in caplog.text
     assert session.run_id is not None
     assert store.runs[session.run_id].status is RunStatus.RUNNING
     journals = list((project.root / ".trackcfg" / "journal").glob("*.journal"))
     assert [j.name.split(".")[0] for j in journals] == [session.run_id]
+    # Leaving did not raise; the warning says what is left, where, and the command.
+    assert (
+        f"1 logging call(s) (1 metric point(s)) and the end of run {session.run_id} "
+        f"(FINISHED) are kept in the journal {journals[0]}; send them with: "
+        f"trackcfg sync {project.root}"
+    ) in caplog.text
 
     store.clear_failures()
     results = sync_journals(
