@@ -241,6 +241,9 @@ class Sender:
                 return
             flight, taken = job
             delivered = False
+            if self.stopped:  # taken before the session stopped: the journal keeps it
+                self._land(flight, delivered)
+                continue
             try:
                 records = [expand(item) for item in taken]
                 del taken
