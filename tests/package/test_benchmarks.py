@@ -22,6 +22,7 @@ BENCHMARKS = {
         ("Buffered logging: time the loop is blocked", "points logged while the server is down"),
     ),
     "bench_loop": (("run()",), ("Training loop",)),
+    "bench_drain": (("run()",), ("Draining a tracking server",)),
     "bench_offline_upload": (("run()",), ("Uploading an offline run",)),
     "bench_kedro": (("run()",), ("kedro run, one node",)),
 }
