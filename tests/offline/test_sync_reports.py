@@ -354,7 +354,9 @@ def test_a_value_the_server_refuses_is_named_the_rest_goes_up_and_the_run_stays_
     again = sync(project, "--json")
 
     assert again.exit_code == 1, again.output
-    (upload,) = json.loads(again.stdout)["uploads"]
+    # From its first line: where Kedro was imported in this process, its logging config (a
+    # rich handler on stdout) prints the refusal's ERROR record there first.
+    (upload,) = json.loads(again.stdout[again.stdout.index("{\n") :])["uploads"]
     assert upload["state"] == "failed"
     assert upload["destination_run_id"] == target
     assert "the store refused param 'huge!'" in upload["detail"]
