@@ -306,7 +306,7 @@ class Connection:
             destination,
             why,
             run_id=self.config.tracking.run.id or None,
-            named_run=None if parent else os.environ.get("MLFLOW_RUN_ID") or None,
+            named_run=None if parent else _state.orchestrator_run_id(),
             online_parent=parent if plan.inherited_destination is None else None,
             always=always,
         )

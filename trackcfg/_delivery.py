@@ -1,6 +1,6 @@
-"""Sending journal records to a run: the one routine the live sender (``_buffer``) and the
-replay of a journal by ``trackcfg sync`` (``_sync``) both use, so that a rule for retries,
-refusals and reporting exists once.
+"""Sending journal records to a run: the one routine the live sender (``_buffer``), the
+replay of a journal by ``trackcfg sync`` (``_sync``) and the upload of an offline run
+(``_upload``) use, so that a rule for retries, refusals and reporting exists once.
 
 A call's records are merged (params and tags by key, metric points in order), cut into as few
 ``log_batch`` requests as MLflow's limits allow, then their artifacts are uploaded in order.
@@ -35,7 +35,15 @@ from ._params import Batch, Limits, MetricPoint, plan_batches
 from ._store import mask_text, one_line
 from .exceptions import CredentialsError, ServerError, TrackcfgError, TrackingUnavailableError
 
-__all__ = ["Delivery", "SenderState", "Waiter", "give_up", "point_key", "store_message"]
+__all__ = [
+    "Delivery",
+    "SenderState",
+    "Waiter",
+    "give_up",
+    "point_key",
+    "refusal_text",
+    "store_message",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +226,11 @@ def give_up(exc: BaseException, delay: float) -> bool:
         raise exc
     time.sleep(delay)
     return True
+
+
+def refusal_text(refused: Sequence[str]) -> str:
+    """What a report says of ``Delivery.refused`` (empty when nothing was refused)."""
+    return "the store refused " + "; ".join(refused) + " (the rest was sent)" if refused else ""
 
 
 def _halves(batch: Batch) -> tuple[Batch, Batch] | None:

@@ -41,6 +41,11 @@ class EnvSnapshot:
         self.remember(name)
         os.environ[name] = value
 
+    def unset(self, name: str) -> None:
+        self.remember(name)
+        if name in os.environ:
+            del os.environ[name]
+
     def restore(self) -> None:
         for name, value in self.saved.items():
             if value is None:

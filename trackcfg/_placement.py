@@ -30,6 +30,7 @@ from ._rules import (
     placement,
     resume_refusal,
 )
+from ._state import orchestrator_run_id
 from ._store import mask_uri
 from ._sync import journal_folder
 from ._takeover import keyed_run_to_continue, mark_continued, no_keyed_experiment, take_over
@@ -167,7 +168,7 @@ class RunPlacer:
         if parent:
             self._check_named_run(backend, parent, PARENT_RUN_ENV, nest=True)
             return parent, True
-        named = os.environ.get("MLFLOW_RUN_ID") or None
+        named = orchestrator_run_id()
         if named:
             nest = self.config.tracking.run.nested
             self._check_named_run(backend, named, "MLFLOW_RUN_ID", nest=nest)

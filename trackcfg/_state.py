@@ -70,6 +70,7 @@ __all__ = [
     "join_settings",
     "leave_settings",
     "let_go_of_run",
+    "orchestrator_run_id",
     "quickack_lock",
     "quickack_slots",
     "raised_on_sigterm",
@@ -166,6 +167,13 @@ def join_settings(
                 remove_provider = remove_header_provider
             saved = EnvSnapshot()
             saved.remember(*MLFLOW_ENV)
+            # With MLFLOW_RUN_ID set, mlflow.start_run() reopens that run instead of starting
+            # one (and mlflow.end_run() deletes it): out of the environment while sessions
+            # are open, taken out once here rather than by each run's start (another
+            # thread iterating os.environ died with a KeyError, and sessions opening
+            # meanwhile in other threads no longer saw it); sessions read it from
+            # ``orchestrator_run_id``.
+            saved.unset("MLFLOW_RUN_ID")
             for key, value in env.items():
                 saved.set(key, value)
             retries_filter = _MlflowRetries()
@@ -198,6 +206,18 @@ def join_settings(
             )
         _settings.users += 1
         return _settings
+
+
+def orchestrator_run_id() -> str | None:
+    """``MLFLOW_RUN_ID`` as the process had it before its open sessions took it out of the
+    environment (``join_settings``): the run an orchestrator started, which a session opening
+    in any thread nests under or attaches to."""
+    with _settings_lock:
+        if _settings is not None:
+            value = _settings.saved.saved.get("MLFLOW_RUN_ID")
+        else:
+            value = os.environ.get("MLFLOW_RUN_ID")
+    return value or None
 
 
 def share_store(shared: SharedSettings, backend: Backend, experiment_id: str | None) -> None:

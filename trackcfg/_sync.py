@@ -27,7 +27,7 @@ from pathlib import Path
 import attrs
 
 from ._backend import Backend, BackendFactory, RunStatus
-from ._delivery import Delivery, PointKey, give_up, point_key
+from ._delivery import Delivery, PointKey, give_up, point_key, refusal_text
 from ._journal import (
     JournalContents,
     JournalRecord,
@@ -286,7 +286,7 @@ def _with_refused(summary: SyncResult, refused: Sequence[str]) -> SyncResult:
     """What the store refused (by name, with its own message), said in the result."""
     if not refused:
         return summary
-    said = "the store refused " + "; ".join(refused) + " (the rest was sent)"
+    said = refusal_text(refused)
     return attrs.evolve(summary, detail="; ".join(d for d in (said, summary.detail) if d))
 
 

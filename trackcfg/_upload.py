@@ -14,6 +14,11 @@ twice when asked twice):
   params, every metric point (step and timestamp kept) in full-size ``log_batch`` requests,
   every artifact file (bytes equal), the MLflow 3 models the run logged (``_models``), then
   its status and end time;
+- tags, params, points and files go through ``_delivery.Delivery``, as the live sender's and
+  the journal replay's records do: a value the server refuses (a 400, the same 5xx again and
+  again) is isolated and reported by name, the rest is sent, and the run is ``failed`` and
+  left unmarked (its children go into it all the same); the server away fails the run at
+  once (``give_up``) and the runs after it without asking again;
 - "the configured server" is told by ``_store.same_store`` (however either URI is written);
 - artifacts are read from the local store's folder, found under ``<root>/mlruns`` where the
   project is now (``artifact_folder``: the store records absolute paths, and projects move);
@@ -51,6 +56,8 @@ import attrs
 from ._backend import ArtifactFile, Backend, BackendFactory, RunDetails, RunStatus
 from ._config import TrackingConfig
 from ._connect import offline_store
+from ._delivery import Delivery, give_up, refusal_text
+from ._journal import JournalRecord
 from ._params import Batch, Limits, MetricPoint, plan_batches
 from ._rules import OFFLINE_DESTINATION_TAG, ExperimentAction, experiment_plan
 from ._store import (
@@ -86,6 +93,7 @@ UPLOADED_TO_TAG = "trackcfg.sync.uploaded_to"
 SOURCE_MODEL_TAG = "trackcfg.sync.source_model"
 _PARENT_TAG = "mlflow.parentRunId"
 _NAME_TAG = "mlflow.runName"
+_USER_TAG = "mlflow.user"
 #: The lock two syncs of one project take, under the project root.
 LOCK_FILE = ".trackcfg/upload.lock"
 
@@ -93,6 +101,7 @@ _LIVE = (
     "still RUNNING: a running session is logging to it (its journal is in use); sync again "
     "after it ends"
 )
+_UNMARKED = "not marked uploaded: the next sync sends it again"
 _NO_END = (
     "still RUNNING and no journal says how it ended: a session in tracking.logging.mode: sync "
     "may be logging to it (sync again after it ends), or its process was killed"
@@ -244,7 +253,8 @@ class _Uploader:
                     continue
                 experiment = names.get(run.experiment_id, "?")
                 result = self._one(run, experiment, by_id, uploaded, dry_run=dry_run)
-                if result.destination_run_id is not None and result.state == "uploaded":
+                # A run with a refused value is made all the same: its children go in it.
+                if result.destination_run_id is not None and not dry_run:
                     uploaded[run.id] = result.destination_run_id
                 results.append(result)
         finally:
@@ -358,48 +368,60 @@ class _Uploader:
         if found:  # a sync cut short made it
             target = min(found, key=lambda r: (r.start_time or 0, r.id)).id
         else:
-            tags = {
-                k: v
-                for k, v in run.tags.items()
-                if not k.startswith(SYNC_TAG_PREFIX) and k not in (_PARENT_TAG, _NAME_TAG)
-            }
+            # Made with the tags that say where it comes from (how a later sync finds it) and
+            # its user (the run's own field); the run's other tags go through the delivery.
+            tags = {SOURCE_RUN_TAG: run.id, SOURCE_STORE_TAG: self.source_uri}
             if parent_id is not None:
                 tags[_PARENT_TAG] = parent_id
-            tags[SOURCE_RUN_TAG] = run.id
-            tags[SOURCE_STORE_TAG] = self.source_uri
+            if _USER_TAG in run.tags:
+                tags[_USER_TAG] = run.tags[_USER_TAG]
             target = backend.create_run(
                 experiment_id=experiment_id, name=run.name, start_time=run.start_time, tags=tags
             ).id
-        for batch in plan_batches(params=run.params, limits=limits):
-            backend.log_batch(target, batch)
-        points = self._metrics(run, backend, target, limits, resumed=resumed)
-        files = self._artifacts(run, backend, target, resumed=resumed)
+        # What the journal replay sends with (retries, a refused entity found and named, the
+        # server away given up on at once: ``_delivery.give_up``); params and tags again on a
+        # resumed upload (idempotent).
+        delivery = Delivery(backend=backend, run_id=target, limits=limits, wait=give_up)
+        tags = {
+            k: v
+            for k, v in run.tags.items()
+            if not k.startswith(SYNC_TAG_PREFIX) and k not in (_PARENT_TAG, _NAME_TAG, _USER_TAG)
+        }
+        delivery.send([JournalRecord(seq=0, params=run.params, tags=tags)])
+        points = self._metrics(run, delivery, limits, resumed=resumed)
+        files = self._artifacts(run, delivery, resumed=resumed)
         models = self._models(run, backend, experiment_id, target)
         if run.status is not RunStatus.RUNNING:
             backend.terminate(target, run.status, run.end_time)
-        self.source.log_batch(run.id, Batch(tags=((UPLOADED_TO_TAG, target),)))
-        detail = "finished an upload that was cut short" if resumed else ""
-        return attrs.evolve(
+        done = attrs.evolve(
             result,
             points=points,
             artifacts=files,
             models=models,
             destination_run_id=target,
-            detail=detail,
+            detail="finished an upload that was cut short" if resumed else "",
         )
+        if delivery.refused:  # not marked: each sync tries it again, and says so
+            detail = "; ".join(
+                d for d in (refusal_text(delivery.refused), _UNMARKED, done.detail) if d
+            )
+            return attrs.evolve(done, state="failed", detail=detail)
+        self.source.log_batch(run.id, Batch(tags=((UPLOADED_TO_TAG, target),)))
+        return done
 
     def _metrics(
-        self, run: RunDetails, backend: Backend, target: str, limits: Limits, *, resumed: bool
+        self, run: RunDetails, delivery: Delivery, limits: Limits, *, resumed: bool
     ) -> int:
         sent = 0
         held: list[MetricPoint] = []
+        backend, target = delivery.backend, delivery.run_id
 
         def send(points: Sequence[MetricPoint], *, all_of_them: bool) -> list[MetricPoint]:
             nonlocal sent
             batches = plan_batches(metrics=points, limits=limits)
             kept = [] if all_of_them or not batches else list(batches.pop().metrics)
-            for batch in batches:
-                backend.log_batch(target, batch)
+            for batch in batches:  # one request each (full-size: a partial one is kept back)
+                delivery.send([JournalRecord(seq=0, metrics=batch.metrics)])
                 sent += len(batch.metrics)
                 if self.progress is not None:
                     self.progress(len(batch.metrics))
@@ -427,7 +449,8 @@ class _Uploader:
         folder = artifact_folder(run.artifact_uri, local_store(self.root))
         return self.source.artifact_files(run.id) if folder is None else local_files(folder)
 
-    def _artifacts(self, run: RunDetails, backend: Backend, target: str, *, resumed: bool) -> int:
+    def _artifacts(self, run: RunDetails, delivery: Delivery, *, resumed: bool) -> int:
+        backend, target = delivery.backend, delivery.run_id
         folder = artifact_folder(run.artifact_uri, local_store(self.root))
         files = self.source.artifact_files(run.id) if folder is None else local_files(folder)
         there = {f.path: f.size for f in backend.artifact_files(target)} if resumed else {}
@@ -440,7 +463,8 @@ class _Uploader:
                     local = self.source.download_artifact(run.id, file.path, downloads)
                 else:
                     local = str(folder.joinpath(*file.path.split("/")))
-                backend.log_artifact(target, local, posixpath.dirname(file.path) or None)
+                folder_there = posixpath.dirname(file.path) or None
+                delivery.send([JournalRecord(seq=0, artifacts=((local, folder_there),))])
                 if folder is None:
                     os.remove(local)
                 sent += 1

@@ -99,3 +99,101 @@ def test_a_forked_child_leaving_the_block_leaves_its_parents_run_running(
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [0, 1]
+
+
+SLOW_IMPORT_PROVIDER = '''
+"""A header provider that, once ``flag`` exists, imports a module whose import takes seconds."""
+import os
+
+from mlflow.tracking.request_header.abstract_request_header_provider import RequestHeaderProvider
+
+
+class SlowImport(RequestHeaderProvider):
+    def __init__(self, flag=""):
+        self.flag = flag
+
+    def in_context(self):
+        return True
+
+    def request_headers(self):
+        if os.path.exists(self.flag):
+            import trackcfg_test_slow_import  # noqa: F401
+        return {}
+'''
+
+SLOW_IMPORT = '''
+"""Says it is being imported (``{entered}``), then takes {seconds} s to finish."""
+import pathlib
+import time
+
+pathlib.Path({entered!r}).write_text("importing")
+time.sleep({seconds})
+'''
+
+INSIDE_IMPORT = 6.0
+"""Seconds the sender sits inside an import: the fork comes at once, well within them."""
+FORKED_BOUND = 40.0
+"""A child's one call, after the import it waited for: seconds; past them it is deadlocked."""
+
+
+def test_a_fork_while_the_sender_sits_inside_an_import_never_deadlocks_the_child(
+    mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender is made to sit inside an import (a request header provider imports a module
+    that takes seconds) and the process forks at that moment: the import's lock is held by a
+    thread the child does not have, so a child importing that module waits for ever, unless
+    fork waits for the sender's call to end (``_state.guard_against_fork``).  The child's own
+    logging call imports the module too: it must return, and its metric reach the server."""
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    entered, flag = tmp_path / "entered", tmp_path / "flag"
+    (modules / "trackcfg_test_forkheaders.py").write_text(SLOW_IMPORT_PROVIDER)
+    (modules / "trackcfg_test_slow_import.py").write_text(
+        SLOW_IMPORT.format(entered=str(entered), seconds=INSIDE_IMPORT)
+    )
+    monkeypatch.syspath_prepend(str(modules))
+    provider = (
+        "  request_header_provider:\n    type: trackcfg_test_forkheaders.SlowImport\n"
+        f"    init_kwargs:\n      flag: {flag}\n"
+    )
+    project = project_folder(
+        tmp_path / "proj",
+        config=config_text(mlflow_server).replace("tracking:\n", provider + "tracking:\n", 1),
+    )
+    client = MlflowClient(tracking_uri=mlflow_server)
+    with TrackingSession(load_config(project), name="import-fork") as session:
+        run_id = session.run_id or ""
+        flag.write_text("")  # from now on each request imports the slow module
+        session.log_metric("loss", 1.0, step=0)  # the sender's request: into the import
+        deadline = time.monotonic() + CHILD_BOUND
+        while not entered.exists():
+            assert time.monotonic() < deadline, "the sender never started the slow import"
+            time.sleep(0.005)
+        pid = os.fork()
+        if pid == 0:  # the child: never back into pytest
+            code = 1
+            try:
+                session.log_metric("child", 1.0)
+                session.flush(30)
+                code = 0
+            except BaseException as exc:
+                print(f"child: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + FORKED_BOUND
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail(
+                    f"the forked child was still in its first logging call after "
+                    f"{FORKED_BOUND:.0f} s (killed): deadlocked on the import lock the "
+                    "sender held when the process forked"
+                )
+            time.sleep(0.01)
+        assert os.waitstatus_to_exitcode(status) == 0
+    run = client.get_run(run_id)
+    assert run.data.metrics == {"loss": 1.0, "child": 1.0}

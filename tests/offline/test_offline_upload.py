@@ -44,7 +44,7 @@ def make_project(root: Path, destination: str, experiment: str) -> Path:
         f"""\
         server:
           mlflow_tracking_uri: {destination}
-          request_timeout: 2
+          request_timeout: 10
           max_retries: 1
         tracking:
           experiment:

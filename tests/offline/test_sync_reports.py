@@ -8,13 +8,27 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
+import subprocess
+import sys
 import textwrap
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from click.testing import CliRunner, Result
-from helpers import TRACKING_SETTINGS, project_folder, run_python, store_uri, subprocess_env
+from helpers import (
+    TRACKING_SETTINGS,
+    copy_store,
+    project_folder,
+    run_python,
+    store_uri,
+    subprocess_env,
+)
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 
 from trackcfg import TrackingSession, load_config
 from trackcfg._cli import cli
@@ -247,8 +261,9 @@ def test_a_run_the_server_fails_again_and_again_is_a_refusal_and_the_next_run_go
     tmp_path: Path, pg_mlflow_server: str, migrated_sqlite_db: Path
 ) -> None:
     """A tag holding NUL: SQLite keeps it, a PostgreSQL-backed server answers 500 to every
-    try.  Sync says the server answered with an error (not "could not be reached"), never
-    shows the password, and uploads the other run."""
+    try.  Sync names the tag and says the server answered with an error (not "could not be
+    reached"), sends the rest of the run, leaves it unmarked, never shows the password, and
+    uploads the other run."""
     experiment = f"refused-{uuid.uuid4().hex[:8]}"
     destination = pg_mlflow_server.replace("http://", f"http://alice:{PASSWORD}@")
     project = project_folder(
@@ -274,11 +289,173 @@ def test_a_run_the_server_fails_again_and_again_is_a_refusal_and_the_next_run_go
     assert PASSWORD not in result.output
     assert "could not be reached" not in result.output
     assert (
-        f"failed: run {ids['poisoned']} 'poisoned' (experiment '{experiment}'): tracking "
+        f"failed: run {ids['poisoned']} 'poisoned' (experiment '{experiment}'): "
+        "the store refused tag 'note' = 'a\\x00b': tracking "
         f"server {shown} answered every try with an error status (too many 500 error "
         "responses)"
     ) in result.output
+    assert "not marked uploaded: the next sync sends it again" in result.output
     assert f"uploaded: run {ids['fine']} 'fine'" in result.output
+    assert upload_target(project, ids["poisoned"]) is None
+    server = MlflowClient(tracking_uri=pg_mlflow_server)
+    there = server.get_run(uploaded_run(pg_mlflow_server, experiment, ids["poisoned"]))
+    assert "note" not in there.data.tags
+    assert there.data.metrics == {"loss": 0.5}  # the rest was sent
+
+
+def test_a_value_the_server_refuses_is_named_the_rest_goes_up_and_the_run_stays_unmarked(
+    tmp_path: Path, mlflow_server: str, migrated_sqlite_db: Path
+) -> None:
+    """A param name the server refuses (``!`` in it), written straight into the local store
+    (MLflow's client would refuse it there): sync names the param and the store's message,
+    sends everything else (params, tags, every point, the file), exits 1 and leaves the local
+    run unmarked; a second sync makes nothing twice and says the same."""
+    experiment = f"refused-param-{uuid.uuid4().hex[:8]}"
+    project = project_folder(
+        tmp_path / "proj", config=config(mlflow_server, experiment), store=migrated_sqlite_db
+    )
+    client = MlflowClient(tracking_uri=store_uri(project))
+    experiment_id = client.create_experiment(
+        experiment, artifact_location=(project / "mlruns" / "artifacts").as_uri()
+    )
+    run_id = client.create_run(
+        experiment_id, run_name="huge", tags={OFFLINE_DESTINATION_TAG: mlflow_server, "a": "b"}
+    ).info.run_id
+    client.log_param(run_id, "lr", "0.1")
+    client.log_batch(
+        run_id, metrics=[Metric("loss", 1.0 / (s + 1), 1000 + s, s) for s in range(50)]
+    )
+    (tmp_path / "notes.txt").write_text("notes")
+    client.log_artifact(run_id, str(tmp_path / "notes.txt"))
+    client.set_terminated(run_id, "FINISHED")
+    with sqlite3.connect(project / "mlruns" / "mlflow.db") as db:
+        db.execute(
+            "INSERT INTO params (key, value, run_uuid) VALUES (?, ?, ?)",
+            ("huge!", "7", run_id),
+        )
+
+    first = sync(project)
+
+    assert first.exit_code == 1, first.output
+    assert f"failed: run {run_id} 'huge'" in first.output
+    assert "the store refused param 'huge!' = '7'" in first.output
+    assert "Names may only contain alphanumerics" in first.output  # the store's own words
+    assert upload_target(project, run_id) is None
+    target = uploaded_run(mlflow_server, experiment, run_id)
+    server = MlflowClient(tracking_uri=mlflow_server)
+    there = server.get_run(target)
+    assert there.data.params == {"lr": "0.1"}
+    assert there.data.tags["a"] == "b"
+    assert there.info.status == "FINISHED"
+    history = [(m.step, m.value) for m in server.get_metric_history(target, "loss")]
+    assert sorted(history) == [(s, 1.0 / (s + 1)) for s in range(50)]
+    assert server_files(mlflow_server, target, tmp_path / "d1") == {"notes.txt": b"notes"}
+
+    again = sync(project, "--json")
+
+    assert again.exit_code == 1, again.output
+    # From its first line: where Kedro was imported in this process, its logging config (a
+    # rich handler on stdout) prints the refusal's ERROR record there first.
+    (upload,) = json.loads(again.stdout[again.stdout.index("{\n") :])["uploads"]
+    assert upload["state"] == "failed"
+    assert upload["destination_run_id"] == target
+    assert "the store refused param 'huge!'" in upload["detail"]
+    assert (upload["points"], upload["artifacts"]) == (0, 0)  # all there already
+    assert uploaded_run(mlflow_server, experiment, run_id) == target  # still one run
+    assert upload_target(project, run_id) is None
+
+
+def test_a_server_stopped_mid_upload_is_unreachable_and_the_next_sync_finishes_exactly_once(
+    tmp_path: Path, migrated_sqlite_db: Path, mlflow_server_launcher: Callable[..., Any]
+) -> None:
+    """The server goes away while ``trackcfg sync`` uploads a long history: sync says it
+    could not be reached, exits 1, marks nothing; with the server back, the next sync sends
+    exactly the points the server lacks (counted from what it reports) and marks the run."""
+    folder = tmp_path / "server"
+    backend = f"sqlite:///{copy_store(migrated_sqlite_db, folder)}"
+    server = mlflow_server_launcher(backend, folder / "artifacts")
+    port = int(server.url.rpartition(":")[2])
+    experiment = f"stopped-{uuid.uuid4().hex[:8]}"
+    project = project_folder(
+        tmp_path / "proj", config=config(server.url, experiment), store=migrated_sqlite_db
+    )
+    local = MlflowClient(tracking_uri=store_uri(project))
+    experiment_id = local.create_experiment(
+        experiment, artifact_location=(project / "mlruns" / "artifacts").as_uri()
+    )
+    run_id = local.create_run(
+        experiment_id, run_name="long", tags={OFFLINE_DESTINATION_TAG: server.url}
+    ).info.run_id
+    for key in range(4):
+        metrics = [Metric(f"m{key}", float(s), 1_700_000_000_000 + s, s) for s in range(10_000)]
+        for start in range(0, len(metrics), 1000):
+            local.log_batch(run_id, metrics=metrics[start : start + 1000])
+    local.set_terminated(run_id, "FINISHED", 1_700_000_900_000)
+    expected = sorted(
+        (m.key, m.step, m.timestamp, m.value)
+        for key in range(4)
+        for m in local.get_metric_history(run_id, f"m{key}")
+    )
+    server.wait_healthy()
+    client = MlflowClient(tracking_uri=server.url)
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trackcfg", "sync", str(project), "--json"],
+        cwd=project,
+        env=subprocess_env(drop=TRACKING_SETTINGS),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + WATCHDOG
+        while True:  # until the upload has sent some points, not all
+            assert process.poll() is None, "the sync ended before the server could be stopped"
+            assert time.monotonic() < deadline, "no point reached the server"
+            found = client.get_experiment_by_name(experiment)
+            runs = client.search_runs([found.experiment_id]) if found is not None else []
+            if runs and client.get_metric_history(runs[0].info.run_id, "m0"):
+                break
+            time.sleep(0.05)
+        server.stop()
+        out, err = process.communicate(timeout=WATCHDOG)
+    finally:
+        process.kill()
+        process.wait(timeout=WATCHDOG)
+    assert process.returncode == 1, (out, err)
+    assert "Traceback" not in out + err
+    (upload,) = json.loads(out)["uploads"]
+    assert upload["state"] == "failed", upload
+    assert (
+        "could not be reached" in upload["detail"] or "refused the connection" in upload["detail"]
+    ), upload
+    assert upload_target(project, run_id) is None
+
+    restarted = mlflow_server_launcher(backend, folder / "artifacts", port=port)
+    restarted.wait_healthy()
+    made = client.get_experiment_by_name(experiment)
+    assert made is not None
+    (half,) = client.search_runs([made.experiment_id])
+    there_before = sum(
+        len(client.get_metric_history(half.info.run_id, f"m{key}")) for key in range(4)
+    )
+    assert 0 < there_before < len(expected)
+
+    done = sync(project, "--json")
+
+    assert done.exit_code == 0, done.output
+    (upload,) = json.loads(done.stdout)["uploads"]
+    assert upload["state"] == "uploaded", upload
+    assert upload["destination_run_id"] == half.info.run_id
+    assert upload["points"] == len(expected) - there_before  # each missing point, once
+    got = sorted(
+        (m.key, m.step, m.timestamp, m.value)
+        for key in range(4)
+        for m in client.get_metric_history(half.info.run_id, f"m{key}")
+    )
+    assert got == expected
+    assert client.get_run(half.info.run_id).info.status == "FINISHED"
+    assert upload_target(project, run_id) == half.info.run_id
 
 
 # ---------------------------------------------------------------------------- logged models

@@ -1146,6 +1146,66 @@ def test_overlapping_sessions_in_threads_each_finish_their_run(
     assert _tracking_service.utils._tracking_uri is None
 
 
+def test_sessions_opening_in_threads_under_mlflow_run_id_all_nest_under_that_run(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An orchestrator's ``MLFLOW_RUN_ID`` with ``run.nested: true``: a session opening in a
+    second thread while the first is open is a child of that run too (the first session's
+    start took the variable out of ``os.environ``, and the second then made a top-level
+    run).  The open sessions take it out once (``_state.join_settings``), not each run's
+    start; it is there again afterwards."""
+    client = MlflowClient(tracking_uri=project.store_uri)
+    outer = client.create_run("0", run_name="orchestrator").info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", outer)
+    config = project.config("tracking:\n  run:\n    nested: true\n")
+    first_in, second_done = threading.Event(), threading.Event()
+    run_ids: dict[str, str] = {}
+    errors: list[BaseException] = []
+    seen_inside: list[str | None] = []
+
+    def first() -> None:
+        try:
+            with TrackingSession(config, name="first") as s:
+                first_in.set()
+                assert second_done.wait(60)
+                s.log_metric("m", 1.0)
+            run_ids["first"] = s.run_id or ""
+        except BaseException as exc:
+            errors.append(exc)
+            first_in.set()
+
+    def second() -> None:
+        try:
+            assert first_in.wait(60)
+            with TrackingSession(config, name="second") as s:
+                s.log_metric("m", 2.0)
+                seen_inside.append(os.environ.get("MLFLOW_RUN_ID"))
+            run_ids["second"] = s.run_id or ""
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            second_done.set()
+
+    threads = [threading.Thread(target=f) for f in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+
+    assert not errors, errors
+    for name in ("first", "second"):
+        run = client.get_run(run_ids[name])
+        assert run.data.tags.get("mlflow.parentRunId") == outer, name
+        assert (run.info.status, run.data.metrics) == (
+            "FINISHED",
+            {"m": 1.0 if name == "first" else 2.0},
+        )
+    # Plain MLflow inside the sessions does not reopen the orchestrator's run.
+    assert seen_inside == [None]
+    assert client.get_run(outer).info.status == "RUNNING"
+    assert os.environ["MLFLOW_RUN_ID"] == outer
+
+
 @pytest.mark.parametrize(
     ("other", "named"),
     [

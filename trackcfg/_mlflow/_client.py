@@ -235,8 +235,10 @@ class MlflowBackend:
         tags: Mapping[str, str],
     ) -> RunRef:
         # With MLFLOW_RUN_ID set, mlflow.start_run() would reopen that run instead of starting
-        # one; the session decided already what it means and restores the variable on exit.
-        os.environ.pop("MLFLOW_RUN_ID", None)
+        # one: the open sessions took it out of the environment (``_state.join_settings``)
+        # and put it back when the last one ends.  Set again since (by the program): out.
+        if "MLFLOW_RUN_ID" in os.environ:
+            os.environ.pop("MLFLOW_RUN_ID", None)
         take_own_stack()
         top = self.active_run_id()
         if parent_run_id is not None and top == parent_run_id:
