@@ -137,12 +137,15 @@ class Delivery:
             for file, artifact_path in record.artifacts:
                 if self.allowed is not None and not self.allowed(file):
                     self._refuse(
-                        f"artifact {file} named by the journal is not a file inside the "
-                        "journal's own blobs folder; not uploaded"
+                        f"artifact {file} named by the journal: not a file inside the "
+                        "journal's own blobs folder; not uploaded",
+                        by="trackcfg",
                     )
                     continue
                 if not Path(file).exists():
-                    self._refuse(f"artifact {Path(file).name!r}: its copy {file} is missing")
+                    self._refuse(
+                        f"artifact {Path(file).name!r}: its copy {file} is missing", by="trackcfg"
+                    )
                     continue
                 try:
                     if not self._trying(
@@ -203,12 +206,15 @@ class Delivery:
                 return True
             delay = min(delay * 2, _MAX_BACKOFF)
 
-    def _refuse(self, what: str) -> None:
-        logger.error("the store refused %s (run %s)", what, self.run_id)
+    def _refuse(self, what: str, *, by: str = "the store") -> None:
+        """``what`` was not sent and will not be (``by``: who refused it, the store or
+        trackcfg itself: a journal naming a file it may not send)."""
+        said = f"{by} refused {what}"
+        logger.error("%s (run %s)", said, self.run_id)
         if self.on_refused is not None:
             self.on_refused(what)
         else:
-            self.refused.append(what)
+            self.refused.append(said)
 
 
 def _away(exc: BaseException) -> bool:
@@ -230,7 +236,7 @@ def give_up(exc: BaseException, delay: float) -> bool:
 
 def refusal_text(refused: Sequence[str]) -> str:
     """What a report says of ``Delivery.refused`` (empty when nothing was refused)."""
-    return "the store refused " + "; ".join(refused) + " (the rest was sent)" if refused else ""
+    return "; ".join(refused) + " (the rest was sent)" if refused else ""
 
 
 def _halves(batch: Batch) -> tuple[Batch, Batch] | None:

@@ -83,10 +83,13 @@ class SyncResult:
     end: str | None  # the status the run is (or would be) ended with
     state: str  # "sent", "would send", "in use", "other server", "failed"
     detail: str = ""
+    refused: int = 0  # values the store refused (named in ``detail``): sent, but not whole
 
     @property
     def ok(self) -> bool:
-        return self.state in ("sent", "would send", "in use", "other server")
+        """Nothing left to do and nothing refused (a refusal makes ``trackcfg sync`` exit 1,
+        as for an offline run's upload)."""
+        return self.state in ("sent", "would send", "in use", "other server") and not self.refused
 
 
 def sync_journals(
@@ -287,7 +290,8 @@ def _with_refused(summary: SyncResult, refused: Sequence[str]) -> SyncResult:
     if not refused:
         return summary
     said = refusal_text(refused)
-    return attrs.evolve(summary, detail="; ".join(d for d in (said, summary.detail) if d))
+    detail = "; ".join(d for d in (said, summary.detail) if d)
+    return attrs.evolve(summary, detail=detail, refused=len(refused))
 
 
 _Point = PointKey

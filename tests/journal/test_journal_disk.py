@@ -266,9 +266,12 @@ def killed_session(project: Path, steps: int) -> str:
     return done.stdout.split()[-1]
 
 
-def sync(project: Path) -> str:
+def sync(project: Path, *, fails: bool = False) -> str:
+    """``trackcfg sync``'s output; it exits 1 when (and only when) the store refused a value
+    or trackcfg refused a file, or a journal could not be sent)."""
     result = CliRunner().invoke(cli, ["sync", str(project)], catch_exceptions=False)
     assert "Traceback" not in result.output
+    assert result.exit_code == (1 if fails else 0), result.output
     return str(result.output)
 
 
@@ -345,9 +348,13 @@ def test_sync_uploads_no_file_from_outside_the_journals_blobs_folder(
         handle.write(json.dumps({"s": 1000, "a": [[str(secret), None]]}) + "\n")
         handle.write(json.dumps({"s": 1001, "a": [[str(link_folder / "link"), "x"]]}) + "\n")
 
-    said = sync(project)
+    said = sync(project, fails=True)
 
-    assert said.count("not a file inside the journal's own blobs folder") == 2, said
+    report, *_, error = said.splitlines()
+    assert error.startswith("Error: 1 journal(s) not sent whole: "), said
+    assert report.count("not a file inside the journal's own blobs folder") == 2, said
+    assert report.count("trackcfg refused artifact ") == 2, said
+    assert "the store refused" not in said, said
     client = store_client(project)
     assert [a.path for a in client.list_artifacts(run_id)] == ["hello.txt"]
     assert loss_steps(client, run_id) == [0, 1, 2]
@@ -366,7 +373,7 @@ def test_a_journal_whose_header_names_another_run_than_its_file_is_refused(
     lines[0] = json.dumps(header)
     journal_a.write_text("\n".join(lines))
 
-    said = sync(project)
+    said = sync(project, fails=True)
 
     assert f"names run '{run_b}' in its header but run '{run_a}'" in said, said
     client = store_client(project)
@@ -474,9 +481,10 @@ def test_sync_to_postgresql_isolates_a_value_answered_500_every_time_and_sends_t
     lines.insert(3, json.dumps({"s": 100_000, "t": {"poison": "a\x00b"}}))
     journal.write_text("\n".join(lines))
 
-    said = sync(project)
+    said = sync(project, fails=True)
 
     assert "the store refused tag 'poison'" in said, said
+    assert "1 journal(s) not sent whole: run " in said, said
     client = MlflowClient(tracking_uri=pg_mlflow_server)
     run = client.get_run(run_id)
     assert run.info.status == "KILLED"

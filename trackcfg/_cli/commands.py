@@ -220,7 +220,8 @@ def sync(path: Path | None, env: str | None, dry_run: bool, as_json: bool) -> No
     Journals a running session is writing are reported "in use" and left alone; journals
     written for another store are reported and left alone. Exit 0 when everything else was
     sent and uploaded (or there was nothing to do), 1 with the reason otherwise (an offline
-    run failed or left RUNNING included).
+    run failed or left RUNNING, or a value the store refused, included: the rest is sent, the
+    refused values are named).
 
     \b
     --json prints:
@@ -228,7 +229,7 @@ def sync(path: Path | None, env: str | None, dry_run: bool, as_json: bool) -> No
        "dry_run": false, "ok": true,
        "results": [{"journal": "/abs/.../<run_id>.journal", "run_id": "...",
                     "records": 12, "points": 36, "end": "KILLED",
-                    "state": "sent", "detail": ""}],
+                    "state": "sent", "detail": "", "refused": 0}],
                     # state: sent | would send | in use | other server | failed
        "local_store": "sqlite:///abs/mlruns/mlflow.db",
        "uploads": [{"run_id": "<local id>", "name": "train", "experiment": "proj",

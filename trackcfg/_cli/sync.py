@@ -185,7 +185,7 @@ def sync_project(
             click.echo(f"{verb} {len(done)} offline run(s) to {shown}{tail}")
     reasons = [f"run {r.run_id}: {r.detail}" for r in failed]
     if failed:
-        reasons = [f"{len(failed)} journal(s) not sent: " + "; ".join(reasons)]
+        reasons = [f"{len(failed)} journal(s) not sent whole: " + "; ".join(reasons)]
     if left:
         why: dict[tuple[str, str], list[str]] = {}  # one reason, the runs it stopped
         for r in left:
