@@ -1,6 +1,6 @@
-"""Sending journal records to a run: the one routine the live sender (``_buffer``) and the
-replay of a journal by ``trackcfg sync`` (``_sync``) both use, so that a rule for retries,
-refusals and reporting exists once.
+"""Sending journal records to a run: the one routine the live sender (``_buffer``), the
+replay of a journal by ``trackcfg sync`` (``_sync``) and a ``mode: sync`` session's calls
+(``_writer``) use, so that a rule for retries, refusals and reporting exists once.
 
 A call's records are merged (params and tags by key, metric points in order), cut into as few
 ``log_batch`` requests as MLflow's limits allow, then their artifacts are uploaded in order.
@@ -13,6 +13,9 @@ What a request meets decides what happens next:
   keeps coming back* (a 5xx MLflow gave up on, ``_PERSISTENT_AFTER`` times in a row): the batch
   is halved until the refused entities are found (each half tried ``_HALF_TRIES`` times); the
   rest lands, and each refused entity is reported by name with the store's own message.
+
+With ``isolate=False`` (``mode: sync``: the caller waits for the store) nothing is retried
+or halved: the first failure of a request is raised, as the backend raised it, to the caller.
 """
 
 from __future__ import annotations
@@ -33,7 +36,13 @@ from ._backend import Backend
 from ._journal import JournalRecord
 from ._params import Batch, Limits, MetricPoint, plan_batches
 from ._store import mask_text, one_line
-from .exceptions import CredentialsError, ServerError, TrackcfgError, TrackingUnavailableError
+from .exceptions import (
+    CredentialsError,
+    RunError,
+    ServerError,
+    TrackcfgError,
+    TrackingUnavailableError,
+)
 
 __all__ = ["Delivery", "SenderState", "Waiter", "give_up", "point_key", "store_message"]
 
@@ -109,6 +118,8 @@ class Delivery:
     #: Told each refusal as it is found (the live sender: the next logging call raises it,
     #: even while the rest of the records are still being sent).
     on_refused: Callable[[str], None] | None = None
+    #: False (``mode: sync``): a failed request raises at once, as the backend raised it.
+    isolate: bool = True
     refused: list[str] = attrs.field(factory=list)
 
     def send(self, records: Sequence[JournalRecord], known: Iterable[object] = ()) -> bool:
@@ -170,6 +181,8 @@ class Delivery:
                 with self.guard:
                     send()
             except Exception as exc:
+                if not self.isolate:
+                    raise
                 if _away(exc):
                     self.on_state(SenderState.WAITING)
                     if not self.wait(exc, delay):
@@ -196,6 +209,8 @@ class Delivery:
             delay = min(delay * 2, _MAX_BACKOFF)
 
     def _refuse(self, what: str) -> None:
+        if not self.isolate:
+            raise RunError(what)
         logger.error("the store refused %s (run %s)", what, self.run_id)
         if self.on_refused is not None:
             self.on_refused(what)

@@ -1,0 +1,233 @@
+"""A session's logging calls, from the call to the store: the one path for both modes.
+
+``RunWriter`` takes what a ``TrackingSession`` logs, checks it (the param policy, params
+being immutable, metric keys, steps), keeps the run's bookkeeping (params logged, metric keys
+as written, the last value of each metric, tables) and hands the call on as one record:
+
+- ``tracking.logging.mode: buffered``: to the run's ``BufferedRun`` (``_buffer``), which
+  journals it and returns; its sender thread delivers it;
+- ``mode: sync``: through ``_delivery.Delivery`` at once, with ``isolate=False``: the call
+  waits for the store and raises what the store's first failure was (``TrackingUnavailableError``
+  when it is away, its refusal as it is), as the README says of ``sync`` mode.
+
+Artifacts travel as files in both modes: a text (``log_text``, ``log_dict``, a long param
+under ``long_params_strategy: artifact``) is written to a file first (the journal's blobs in
+buffered mode, a scratch folder in sync mode).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from . import _state
+from ._artifacts import (
+    LOGGED_ARTIFACTS_TAG,
+    artifact_places,
+    check_artifact_path,
+    dict_text,
+    logged_tables_tag,
+    scratch_artifact,
+    table_frame,
+    write_figure,
+    write_table,
+)
+from ._backend import Backend, RunStatus
+from ._buffer import BufferedRun
+from ._config import ParamsConfig
+from ._delivery import Delivery, give_up
+from ._journal import JournalRecord
+from ._leaving import RunEnding
+from ._params import (
+    Limits,
+    MetricPoint,
+    checked_step,
+    prepare_metrics,
+    prepare_params,
+    prepare_tags,
+)
+from ._rules import changed_params
+from .exceptions import RunError
+
+__all__ = ["RunWriter"]
+
+
+@attrs.define(eq=False)
+class RunWriter:
+    """The logging calls of one session's run (``buffer``: buffered logging, else sync)."""
+
+    backend: Backend
+    run_id: str
+    limits: Limits
+    policy: ParamsConfig
+    buffer: BufferedRun | None = None  # None: sync mode, or a forked child's copy
+    logged_params: dict[str, str] = attrs.field(factory=dict)
+    metric_keys: dict[str, str] = attrs.field(factory=dict)  # final key -> key as written
+    last_metrics: dict[str, tuple[float, int]] = attrs.field(factory=dict)  # the summary's
+    tables: dict[str, Any] = attrs.field(factory=dict)  # log_table's file -> rows so far
+
+    def __attrs_post_init__(self) -> None:
+        if self.buffer is not None:  # a forked child never uses its parent's sender
+            _state.reset_in_forked_child(self, RunWriter.leave_to_parent)
+
+    # ------------------------------------------------------------------ the calls
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        prepared = prepare_params(params, self.policy, self.limits)
+        self.send(params=prepared.params, tags=prepared.tags, texts=prepared.artifacts)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self.send(tags=prepare_tags(tags, self.limits))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None) -> None:
+        at = checked_step(step)
+        prepared = prepare_metrics(metrics, self.limits, earlier=self.metric_keys)
+        now = int(time.time() * 1000)
+        points = [
+            MetricPoint(key=key, value=value, step=at, timestamp=now)
+            for key, value in prepared.values.items()
+        ]
+        if self.buffer is not None:
+            # A training loop's every step: metrics need none of send's param bookkeeping.
+            self.buffer.submit(metrics=points)
+        else:
+            self._deliver(JournalRecord(seq=0, metrics=points))
+        self.metric_keys.update(prepared.origins)
+        self.last_metrics.update({p.key: (p.value, p.step) for p in points})
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None) -> None:
+        if artifact_path:
+            check_artifact_path("log_artifact", "artifact_path", artifact_path)
+        self._log_files("log_artifact", [Path(path)], artifact_path or None)
+
+    def log_artifacts(self, local_dir: str | os.PathLike[str], artifact_path: str | None) -> None:
+        if artifact_path:
+            check_artifact_path("log_artifacts", "artifact_path", artifact_path)
+        folder = Path(local_dir)
+        if not folder.is_dir():
+            raise RunError(f"log_artifacts: {folder} is not a folder")
+        # Each entry as log_artifact logs it: a file by name, a subfolder with its content.
+        self._log_files("log_artifacts", sorted(folder.iterdir()), artifact_path or None)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        check_artifact_path("log_text", "artifact_file", artifact_file)
+        self.send(texts={artifact_file: text})
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        check_artifact_path("log_dict", "artifact_file", artifact_file)
+        self.send(texts={artifact_file: dict_text(data, artifact_file)})
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        check_artifact_path("log_figure", "artifact_file", artifact_file)
+        self._log_written(artifact_file, lambda target: write_figure(figure, target))
+
+    def log_table(self, data: Any, artifact_file: str) -> None:
+        check_artifact_path("log_table", "artifact_file", artifact_file)
+        frame = table_frame(data, artifact_file, self.tables.get(artifact_file))
+        self._log_written(artifact_file, lambda target: write_table(frame, target))
+        self.tables[artifact_file] = frame
+        self.set_tags({LOGGED_ARTIFACTS_TAG: logged_tables_tag(self.tables)})
+
+    def _log_written(self, artifact_file: str, write: Callable[[Path], None]) -> None:
+        """The artifact ``artifact_file``, as ``write`` writes it now (``_artifacts``)."""
+        with scratch_artifact(artifact_file, write) as (target, folder):
+            self._log_files("log_artifact", [target], folder)
+
+    def _log_files(self, call: str, sources: Sequence[Path], artifact_path: str | None) -> None:
+        """Files or folders into the run's folder ``artifact_path``, in one logging call."""
+        for source in sources:
+            if not source.exists():
+                raise RunError(f"{call}: {source} does not exist")
+        if self.buffer is not None:
+            # A copy now: the caller may change or delete its file before the upload.
+            kept = [(str(self.buffer.keep_file(s, s.name)), artifact_path) for s in sources]
+            self.buffer.submit(artifacts=kept)
+            return
+        self._deliver(
+            JournalRecord(seq=0, artifacts=[(os.fspath(s), artifact_path) for s in sources])
+        )
+
+    def send(
+        self,
+        *,
+        params: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+        texts: Mapping[str, str] | None = None,
+    ) -> None:
+        """One call's params, tags and texts (``{artifact_file: text}``), already through
+        the policy: a param logged before with another value is refused before anything is
+        kept or sent, one logged with the same value is left out (a request saved)."""
+        params = dict(params or {})
+        changed = changed_params(self.logged_params, params)
+        if changed:
+            raise RunError(f"params are immutable in MLflow and these differ: {changed}")
+        params = {k: v for k, v in params.items() if k not in self.logged_params}
+        places = artifact_places(texts or {})
+        if self.buffer is not None:
+            kept = [
+                (str(self.buffer.keep_text(text, name)), folder) for name, folder, text in places
+            ]
+            self.buffer.submit(params=params, tags=dict(tags or {}), artifacts=kept)
+        else:
+            with tempfile.TemporaryDirectory(prefix="trackcfg-") as scratch:
+                files = []
+                for number, (name, folder, text) in enumerate(places):
+                    (Path(scratch) / str(number)).mkdir()
+                    target = Path(scratch) / str(number) / name
+                    target.write_text(text, encoding="utf-8")
+                    files.append((str(target), folder))
+                self._deliver(
+                    JournalRecord(seq=0, params=params, tags=dict(tags or {}), artifacts=files)
+                )
+        self.logged_params.update(params)
+
+    def _deliver(self, record: JournalRecord) -> None:
+        """``mode: sync``: the record on the store before the call returns (``_delivery``)."""
+        Delivery(
+            backend=self.backend,
+            run_id=self.run_id,
+            limits=self.limits,
+            wait=give_up,
+            isolate=False,
+        ).send([record])
+
+    # ------------------------------------------------------------------ waiting, the end
+
+    def flush(self, timeout: float | None) -> None:
+        if self.buffer is not None:
+            self.buffer.flush(timeout)
+
+    def sent_within(self, timeout: float) -> None:
+        if self.buffer is not None:
+            self.buffer.sent_within(timeout)
+
+    def end(self, status: RunStatus, ending: RunEnding | None, *, root: Path) -> None:
+        """Leave the run: ``ending`` (None: no run of the session's own) once what is
+        pending is on the store (buffered: within ``exit_timeout``, else the journal keeps
+        it and the run's end, ``BufferedRun.end``)."""
+        if self.buffer is None:
+            if ending is not None:
+                ending.end(status)
+            return
+        self.buffer.end(
+            status,
+            end_run=(lambda: ending.end(status)) if ending is not None else None,
+            let_go=ending.let_go if ending is not None else lambda: None,
+            ends_run=ending is not None and ending.started,
+            root=root,
+        )
+
+    def leave_to_parent(self) -> None:
+        """In a forked child's copy: the buffer (its sender thread, the calls it holds, its
+        journal) is the parent's, which sends it.  The child's own calls through this copy go
+        out as in ``sync`` mode; its journal descriptor is closed (the parent's lock on the
+        file stays: the parent has it open too)."""
+        buffer, self.buffer = self.buffer, None
+        if buffer is not None:
+            buffer.leave_to_parent()
