@@ -16,6 +16,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import attrs
 
@@ -65,6 +66,15 @@ def encloses(session: object, other: object) -> bool:
     return False
 
 
+class Placed(Protocol):
+    """Where a session's run was placed (``_placement.RunPlacer``), as leaving needs it."""
+
+    @property
+    def started_run(self) -> str | None: ...
+    @property
+    def pushed_run(self) -> str | None: ...
+
+
 @attrs.frozen(kw_only=True)
 class RunEnding:
     """The end of ``session``'s run ``own`` (``started``: the session started or reopened
@@ -75,6 +85,19 @@ class RunEnding:
     name: str  # the session's, for messages
     own: str
     started: bool
+
+    @classmethod
+    def of(
+        cls, backend: Backend | None, session: object, name: str, placed: Placed | None
+    ) -> RunEnding | None:
+        """The end of the run ``placed`` says the session started, else of the one it made
+        active; None without either, or without a backend (a forked child's copy of a
+        session: the run is its parent's to end)."""
+        own = (placed.started_run or placed.pushed_run) if placed is not None else None
+        if backend is None or own is None:
+            return None
+        started = placed is not None and placed.started_run is not None
+        return cls(backend=backend, session=session, name=name, own=own, started=started)
 
     def leftovers(self) -> list[str]:
         """The one walk over runs left open above ``own`` on this context's stack that are

@@ -49,32 +49,30 @@ the logging calls in ``_writer`` (one path to the store for both modes: the buff
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 from . import _leaving, _state
 from ._backend import Backend, BackendFactory, RunStatus, open_backend
-from ._buffer import BufferedRun
-from ._config import LoggingMode, RankPolicy, TrackingConfig
+from ._config import TrackingConfig
 from ._connect import Connection, StorePlan, plan_store
 from ._endnote import end_notes
 from ._env import EnvSnapshot
 from ._leaving import RunEnding
 from ._loading import load_config
 from ._offline import unavailable_cause
-from ._params import Limits, PreparedParams, prepare_params, prepare_tags
+from ._params import Limits
 from ._placement import RunPlacer
 from ._rules import disabled_reason
 from ._store import StoreLocation
-from ._workers import activate_inherited_run, process_rank, run_active, worker_env
-from ._writer import RunWriter
+from ._workers import process_rank, session_run_active, worker_env
+from ._writer import Inputs, RunWriter, checked_inputs, logging_call
 from .exceptions import RunError, TrackingUnavailableError
 
 if TYPE_CHECKING:
@@ -88,15 +86,6 @@ logger = logging.getLogger(__name__)
 def _default_session_name() -> str:
     script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] not in ("", "-c") else ""
     return script or "session"
-
-
-@attrs.frozen
-class _Inputs:
-    """What step 2 checked: the params, tags and limits a run will be given."""
-
-    limits: Limits
-    prepared: PreparedParams
-    tags: dict[str, str]
 
 
 class TrackingSession:
@@ -133,15 +122,11 @@ class TrackingSession:
         self._backend_factory = _backend_factory or open_backend
         self._parent: TrackingSession | None = None
         self._entered = self._enabled = self._closed = False
-        self._resumed = False  # it continued an existing run (run.id or run.key)
         self._conn: Connection | None = None  # its place (a child: its parent's)
         self._plan: StorePlan | None = None
         self._backend: Backend | None = None
         self._limits: Limits | None = None
-        self._experiment_id: str | None = None
-        self._run_id: str | None = None
-        self._started_run: str | None = None
-        self._pushed_run: str | None = None
+        self._placed: RunPlacer | None = None  # where its run is (steps 4-5)
         self._env = EnvSnapshot()  # its own exports (share_with_subprocesses)
         self._share = _leaving.ProcessShare()  # its part of process-wide state (_state)
         self._writer: RunWriter | None = None  # its logging calls' way to the store
@@ -183,17 +168,17 @@ class TrackingSession:
 
     @property
     def run_id(self) -> str | None:
-        return self._run_id
+        return self._placed.run_id if self._placed else None
 
     @property
     def experiment_id(self) -> str | None:
-        return self._experiment_id
+        return self._placed.experiment_id if self._placed else None
 
     @property
     def resumed(self) -> bool:
         """Whether the session continued an existing run (``tracking.run.id``, or
         ``tracking.run.resume`` found the run of ``tracking.run.key``)."""
-        return self._resumed
+        return self._placed is not None and self._placed.resumed
 
     @property
     def project_root(self) -> Path:
@@ -209,14 +194,14 @@ class TrackingSession:
     def registry_uri(self) -> str | None:
         """The model registry MLflow uses in this session (None: the tracking URI; an offline
         session's registry is its offline store)."""
-        return self._store_plan().registry_for(offline=self._offline is not None)
+        return self._store_plan().registry_for(offline=self.offline_destination is not None)
 
     @property
     def offline_destination(self) -> str | None:
         """For an offline session (``server.offline``), the tracking server its run is for,
         password masked (the run's ``trackcfg.offline.destination`` tag; ``trackcfg sync``
         uploads it there); else None."""
-        return self._offline
+        return self._conn.offline if self._conn is not None else None
 
     @property
     def experiment_name(self) -> str:
@@ -226,13 +211,10 @@ class TrackingSession:
         return self._config.default_experiment_name or self.project_root.name
 
     def __repr__(self) -> str:
-        state = (
-            "disabled"
-            if self._entered and not self._enabled
-            else (f"run_id={self._run_id!r}" if self._run_id else "not started")
-        )
-        if self._conn is not None and self._offline is not None:
-            state += f" offline in {self._conn.offline_store} for {self._offline}"
+        run = f"run_id={self.run_id!r}" if self.run_id else "not started"
+        state = "disabled" if self._entered and not self._enabled else run
+        if self._conn is not None and self.offline_destination is not None:
+            state += f" offline in {self._conn.offline_store} for {self.offline_destination}"
         return f"<TrackingSession {self._name!r} {state}>"
 
     # ------------------------------------------------------------------ lifecycle
@@ -278,47 +260,32 @@ class TrackingSession:
         inputs = self._check_inputs()  # 2
         conn, backend = self._connect()  # 3
         try:
-            tags, logged = self._place_run(backend, inputs)  # 4-5
+            tags = self._place_run(backend, inputs)  # 4-5
         except TrackingUnavailableError as exc:
             if self._parent is not None or not conn.may_fall_back:  # auto, and no run yet
                 raise
             self._backend = None
             backend = self._backend = conn.fall_back(unavailable_cause(exc))
-            tags, logged = self._place_run(backend, inputs)
+            tags = self._place_run(backend, inputs)
         if self._parent is None:
             conn.may_fall_back = False
         # Other open sessions must not end its run (_leaving.RunEnding).
-        self._share.take(self, self._started_run or self._pushed_run, trap=self._parent is None)
-        assert self._run_id is not None
-        writer = self._writer = RunWriter(
+        placed = self._placed
+        assert placed is not None
+        self._share.take(self, placed.started_run or placed.pushed_run, trap=self._parent is None)
+        writer = self._writer = RunWriter.for_run(
             backend,
-            self._run_id,
-            inputs.limits,
-            self._config.tracking.params,
-            self._buffer(backend, inputs.limits),
+            placed,
+            inputs,
+            self._config,
+            root=self.project_root,
+            tracking_uri=self.tracking_uri,
+            send_earlier=self._backend_factory if self._parent is None else None,
         )
-        writer.logged_params.update(logged)
         writer.send(params=inputs.prepared.params, tags=tags, texts=inputs.prepared.artifacts)
         # 6, and on the server before the block runs: MLflow copies the run's params into a
         # model logged in it (docs/architecture.md, "Buffered logging").
         writer.sent_within(self._config.server.request_timeout)
-
-    def _buffer(self, backend: Backend, limits: Limits) -> BufferedRun | None:
-        """Buffered logging (``tracking.logging.mode``): the run's buffer (``_buffer``)."""
-        settings = self._config.tracking.logging
-        if settings.mode is not LoggingMode.BUFFERED or self._run_id is None:
-            return None
-        return BufferedRun.for_run(
-            backend,
-            self._run_id,
-            experiment_id=self._experiment_id,
-            limits=limits,
-            config=settings,
-            root=self.project_root,
-            tracking_uri=self.tracking_uri,
-            ends_run=self._started_run is not None,
-            send_earlier=self._backend_factory if self._parent is None else None,
-        )
 
     def flush(self, timeout: float | None = None) -> None:
         """Return when everything logged so far is on the server; else raise: a
@@ -329,19 +296,15 @@ class TrackingSession:
         if self._writer is not None and not self._closed:
             self._writer.flush(timeout)
 
-    def _check_inputs(self) -> _Inputs:
+    def _check_inputs(self) -> Inputs:
         """Step 2: everything that can be checked before touching the store."""
         parent = self._parent
         limits = parent._limits if parent is not None else self._backend_factory.limits()
         assert limits is not None
         self._limits = limits
-        prepared = prepare_params(self._params, self._config.tracking.params, limits)
-        tags = prepare_tags(self._tags, limits)
-        tags.update(prepared.tags)
-        if self._config.tracking.run.ranks is RankPolicy.ALL and parent is None:
-            tags.setdefault("trackcfg.rank", str(process_rank()))
-        BufferedRun.check_journal_dir(self._config.tracking.logging, self.project_root)
-        return _Inputs(limits=limits, prepared=prepared, tags=tags)
+        return checked_inputs(
+            self._config, self._params, self._tags, limits, self.project_root, top=parent is None
+        )
 
     def _connect(self) -> tuple[Connection, Backend]:
         """Step 3 (``_connect.Connection``); a child uses its parent's connection."""
@@ -361,13 +324,11 @@ class TrackingSession:
         self._backend = self._conn.open()
         return self._conn, self._backend
 
-    def _place_run(
-        self, backend: Backend, inputs: _Inputs
-    ) -> tuple[dict[str, str], dict[str, str]]:
-        """Steps 4-5 (``_placement``).  Returns the tags still to log (a new run was given
-        them when it started) and the params the run holds already."""
+    def _place_run(self, backend: Backend, inputs: Inputs) -> dict[str, str]:
+        """Steps 4-5 (``_placement``; what it did is ``_placed``'s, also when it failed
+        half-way).  Returns the tags still to log (a new run was given them when it started)."""
         parent, conn = self._parent, self._conn
-        placer = RunPlacer(
+        self._placed = RunPlacer(
             config=self._config,
             name=self._name,
             experiment_name=self.experiment_name,
@@ -376,17 +337,11 @@ class TrackingSession:
             factory=self._backend_factory,
             # A top-level session points MLflow's process-wide state at its store (_state).
             share_store=conn.share_store if parent is None and conn else lambda _: None,
-            parent=None if parent is None else (parent._run_id, parent._experiment_id),
-            offline=self._offline,
+            parent=None if parent is None else (parent.run_id, parent.experiment_id),
+            offline=self.offline_destination,
             artifact_root=self._store_location().artifact_root,
         )
-        try:
-            return placer.place(backend, inputs.prepared, inputs.tags), placer.logged_params
-        finally:  # what it did, also when it failed half-way
-            self._experiment_id = placer.experiment_id
-            self._run_id = placer.run_id
-            self._started_run, self._pushed_run = placer.started_run, placer.pushed_run
-            self._resumed = placer.resumed
+        return self._placed.place(backend, inputs.prepared, inputs.tags)
 
     def _close(self, status: RunStatus, *, raising: bool) -> None:
         if self._closed:
@@ -394,49 +349,31 @@ class TrackingSession:
         self._closed = True
         # A forked child leaving its copy of the block: the run is its parent's to end.
         backend = self._backend if self._owner_pid == os.getpid() else None
-        own = self._started_run or self._pushed_run
-        ending = None
-        if backend is not None and own is not None:
-            started = self._started_run is not None
-            ending = RunEnding(
-                backend=backend, session=self, name=self._name, own=own, started=started
-            )
-        writer = self._writer
-
-        def end() -> None:
-            if writer is not None and backend is not None:
-                writer.end(status, ending, root=self.project_root)
-            elif ending is not None:
-                ending.end(status)
-
+        ending = RunEnding.of(backend, self, self._name, self._placed)
+        writer, root = self._writer, self.project_root
+        if writer is not None and backend is not None:
+            end: Callable[[], None] = functools.partial(writer.end, status, ending, root=root)
+        else:
+            end = functools.partial(ending.end, status) if ending else lambda: None
         conn = self._conn if self._parent is None else None
         give_back = [self._env.restore, lambda: self._share.release(self)]
         if conn is not None:  # the process settings, then the backend (not a forked child's)
             give_back.append(lambda: conn.close(close_backend=backend is not None))
-        _leaving.leave(end, give_back, run_id=self._run_id, name=self._name, raising=raising)
+        _leaving.leave(end, give_back, run_id=self.run_id, name=self._name, raising=raising)
 
     def _end_notes(self, status: RunStatus) -> None:
         """The run it started is over: where an offline run waits for ``trackcfg sync``, and
         on a terminal, the run's summary (``_endnote``).  Only from the last session open
         (not a sweep's every trial), never in a worker of an offline parent (it says it)."""
-        if self._parent is not None or self._started_run is None or _state.runs_held():
-            return
         conn, writer = self._conn, self._writer
-        reminder = None
-        if (
-            conn is not None
-            and conn.offline is not None
-            and conn.plan.inherited_destination is None
-        ):
-            reminder = (conn.offline_store, conn.offline, self._sync_command())
-        end_notes(
-            self._started_run,
-            self._name,
-            status.value,
-            offline=reminder,
-            params=len(writer.logged_params) if writer is not None else 0,
-            last=writer.last_metrics if writer is not None else {},
-        )
+        run_id = self._placed.started_run if self._placed else None
+        if self._parent or run_id is None or writer is None or _state.runs_held():
+            return
+        offline = None
+        if conn and conn.offline is not None and conn.plan.inherited_destination is None:
+            offline = (conn.offline_store, conn.offline, self._sync_command())
+        last, params = writer.last_metrics, len(writer.logged_params)
+        end_notes(run_id, self._name, status.value, offline=offline, params=params, last=last)
 
     def _disabled_reason(self) -> str | None:
         return disabled_reason(
@@ -459,11 +396,6 @@ class TrackingSession:
         plan = self._store_plan()
         return plan.destination if self._parent is not None else plan.location
 
-    @property
-    def _offline(self) -> str | None:
-        """server.offline: the destination (masked) of an offline session's run."""
-        return self._conn.offline if self._conn is not None else None
-
     def _sync_command(self) -> str:
         if self._kedro_context is not None:
             return f"kedro trackcfg sync (in {self.project_root})"
@@ -481,74 +413,20 @@ class TrackingSession:
             raise RunError(f"session {self._name!r} has ended; log inside the with block")
         return self._writer
 
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log params through the param policy (flatten, sanitize, long values), batched."""
-        if (writer := self._live()) is not None:
-            writer.log_params(params)
-
-    def log_param(self, key: str, value: Any) -> None:
-        """Log one param, as ``log_params({key: value})``."""
-        self.log_params({key: value})
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log metric values (one point each) at ``step`` (default 0), batched.
-
-        Keys go through the param key policy: a key MLflow refuses is logged sanitized with a
-        warning (once per run), and two keys that would become one series are refused with a
-        ``ConfigError`` naming both.  A step that is not an integer within 64 bits is a
-        ``RunError`` before anything is sent."""
-        if (writer := self._live()) is not None:
-            writer.log_metrics(metrics, step)
-
-    def log_metric(self, key: str, value: float, step: int | None = None) -> None:
-        self.log_metrics({key: value}, step=step)
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        if (writer := self._live()) is not None:
-            writer.set_tags(tags)
-
-    def set_tag(self, key: str, value: Any) -> None:
-        """Set one tag, as ``set_tags({key: value})``."""
-        self.set_tags({key: value})
-
-    def log_artifact(self, path: str | _os.PathLike[str], artifact_path: str | None = None) -> None:
-        """Copy the local file or folder ``path`` into the run's artifacts, under the folder
-        ``artifact_path`` (a relative path; default: the top)."""
-        if (writer := self._live()) is not None:
-            writer.log_artifact(path, artifact_path)
-
-    def log_artifacts(
-        self, local_dir: str | _os.PathLike[str], artifact_path: str | None = None
-    ) -> None:
-        """Copy everything in the local folder ``local_dir`` (subfolders included) into the
-        run's artifacts, under the folder ``artifact_path`` (default: the top)."""
-        if (writer := self._live()) is not None:
-            writer.log_artifacts(local_dir, artifact_path)
-
-    def log_text(self, text: str, artifact_file: str) -> None:
-        """Write ``text`` as the artifact ``artifact_file`` (no temporary file to manage)."""
-        if (writer := self._live()) is not None:
-            writer.log_text(text, artifact_file)
-
-    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        """Write ``data`` as JSON (``.json``) or YAML (``.yml``/``.yaml``) artifact."""
-        if (writer := self._live()) is not None:
-            writer.log_dict(data, artifact_file)
-
-    def log_figure(self, figure: Any, artifact_file: str) -> None:
-        """Save a matplotlib or plotly ``figure`` as the artifact ``artifact_file`` (its
-        format from the name: ``.png``, ``.svg``, ``.html`` for plotly...), as MLflow's
-        ``log_figure`` does.  It is rendered now: drawing on it afterwards changes nothing."""
-        if (writer := self._live()) is not None:
-            writer.log_figure(figure, artifact_file)
-
-    def log_table(self, data: Mapping[str, Any] | Any, artifact_file: str) -> None:
-        """Log a table (a dict of columns or a pandas DataFrame) as MLflow's ``log_table``
-        does: the artifact ``artifact_file`` (``.json`` or ``.parquet``), which
-        ``mlflow.load_table`` reads; logged again under the same name in this session, its
-        rows are added to the table's."""
-        if (writer := self._live()) is not None:
-            writer.log_table(data, artifact_file)
+    # Each a ``RunWriter`` call (``_writer``, where they are documented), made by the session
+    # while it is open: before the block a ``RunError``, in a session logging nothing a no-op.
+    log_params = logging_call(RunWriter.log_params)
+    log_param = logging_call(RunWriter.log_param)
+    log_metrics = logging_call(RunWriter.log_metrics)
+    log_metric = logging_call(RunWriter.log_metric)
+    set_tags = logging_call(RunWriter.set_tags)
+    set_tag = logging_call(RunWriter.set_tag)
+    log_artifact = logging_call(RunWriter.log_artifact)
+    log_artifacts = logging_call(RunWriter.log_artifacts)
+    log_text = logging_call(RunWriter.log_text)
+    log_dict = logging_call(RunWriter.log_dict)
+    log_figure = logging_call(RunWriter.log_figure)
+    log_table = logging_call(RunWriter.log_table)
 
     # ------------------------------------------------------------------ workers, threads
 
@@ -558,9 +436,11 @@ class TrackingSession:
         ``TRACKCFG_PARENT_RUN_ID`` and ``MLFLOW_EXPERIMENT_ID``.  Credentials are not included:
         the worker's own config exports them.  Empty for a disabled session, and the worker
         gets ``TRACKCFG_DISABLE=1`` so it stays quiet too."""
-        if not self._enabled or self._run_id is None:
+        if not self._enabled or self.run_id is None:
             return {"TRACKCFG_DISABLE": "1"} if self._entered else {}
-        return worker_env(self.tracking_uri, self._run_id, self._experiment_id, self._offline)
+        return worker_env(
+            self.tracking_uri, self.run_id, self.experiment_id, self.offline_destination
+        )
 
     def share_with_subprocesses(self) -> None:
         """Export ``child_env()`` into this process's environment until the session ends, for
@@ -569,7 +449,7 @@ class TrackingSession:
         sessions there become its children.  Not ``MLFLOW_RUN_ID``: ``mlflow.start_run(
         nested=True)`` would reopen that run instead of starting a child.  A no-op for a
         session that logs nothing."""
-        if not self._enabled or self._run_id is None or self._parent is not None:
+        if not self._enabled or self.run_id is None or self._parent is not None:
             return
         for key, value in self.child_env().items():
             self._env.set(key, value)
@@ -584,16 +464,13 @@ class TrackingSession:
         nothing; afterwards the run is taken off this thread's stack again, never ended.  In a
         forked copy of the session (a worker process), it is ``activate_inherited_run()``.
         """
-        if os.getpid() != self._owner_pid:
-            with activate_inherited_run(_backend_factory=self._backend_factory):
-                yield
-            return
-        backend, run_id = self._backend, self._run_id
-        if not self._enabled or self._closed or backend is None or run_id is None:
-            yield
-            return
-        # Only the run: the store is the process-wide one the session shares (_connect).
-        with run_active(backend, run_id):
+        live = self._enabled and not self._closed
+        with session_run_active(
+            self._backend if live else None,
+            self.run_id,
+            forked=os.getpid() != self._owner_pid,
+            factory=self._backend_factory,
+        ):
             yield
 
     def child(
