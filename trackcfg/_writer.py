@@ -17,11 +17,11 @@ buffered mode, a scratch folder in sync mode).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec
 
@@ -282,16 +282,9 @@ class RunWriter:
             ]
             self.buffer.submit(params=params, tags=dict(tags or {}), artifacts=kept)
         else:
-            with tempfile.TemporaryDirectory(prefix="trackcfg-") as scratch:
-                files = []
-                for number, (name, folder, text) in enumerate(places):
-                    (Path(scratch) / str(number)).mkdir()
-                    target = Path(scratch) / str(number) / name
-                    target.write_text(text, encoding="utf-8")
-                    files.append((str(target), folder))
-                self._deliver(
-                    JournalRecord(seq=0, params=params, tags=dict(tags or {}), artifacts=files)
-                )
+            with _as_files(places) as files:
+                record = JournalRecord(seq=0, params=params, tags=dict(tags or {}), artifacts=files)
+                self._deliver(record)
         self.logged_params.update(params)
 
     def _deliver(self, record: JournalRecord) -> None:
@@ -338,6 +331,25 @@ class RunWriter:
         buffer, self.buffer = self.buffer, None
         if buffer is not None:
             buffer.leave_to_parent()
+
+
+@contextlib.contextmanager
+def _as_files(places: list[tuple[str, str | None, str]]) -> Iterator[list[tuple[str, str | None]]]:
+    """``mode: sync``: texts (``artifact_places``) as files in a scratch folder for the block,
+    as ``(file, artifact folder)`` (``Delivery`` sends files)."""
+    if not places:
+        yield []
+        return
+    import tempfile  # here: `trackcfg --help` imports no temporary-file module
+
+    with tempfile.TemporaryDirectory(prefix="trackcfg-") as scratch:
+        files = []
+        for number, (name, folder, text) in enumerate(places):
+            target = Path(scratch, str(number), name)
+            target.parent.mkdir()
+            target.write_text(text, encoding="utf-8")
+            files.append((str(target), folder))
+        yield files
 
 
 def logging_call(
