@@ -42,7 +42,8 @@ def check_artifact_path(call: str, argument: str, path: str) -> None:
 
 
 def dict_text(data: Mapping[str, Any], artifact_file: str) -> str:
-    """What MLflow's ``log_dict`` writes: YAML for ``.yml``/``.yaml``, else JSON."""
+    """What MLflow's ``log_dict`` writes: YAML for ``.yml``/``.yaml``, else JSON (a value
+    JSON has no type for, such as a date or a path, as its ``str``)."""
     if PurePosixPath(artifact_file).suffix in (".yml", ".yaml"):
         from io import StringIO
 
@@ -53,7 +54,7 @@ def dict_text(data: Mapping[str, Any], artifact_file: str) -> str:
         out = StringIO()
         yaml.dump(dict(data), out)
         return out.getvalue()
-    return json.dumps(dict(data), indent=2)
+    return json.dumps(dict(data), indent=2, default=str)  # what MLflow cannot, as a string
 
 
 def artifact_places(texts: Mapping[str, str]) -> list[tuple[str, str | None, str]]:

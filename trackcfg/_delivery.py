@@ -1,6 +1,7 @@
 """Sending journal records to a run: the one routine the live sender (``_buffer``), the
-replay of a journal by ``trackcfg sync`` (``_sync``) and the upload of an offline run
-(``_upload``) use, so that a rule for retries, refusals and reporting exists once.
+replay of a journal by ``trackcfg sync`` (``_sync``), the upload of an offline run
+(``_upload``) and a ``mode: sync`` session's calls (``_writer``) use, so that a rule for
+retries, refusals and reporting exists once.
 
 A call's records are merged (params and tags by key, metric points in order), cut into as few
 ``log_batch`` requests as MLflow's limits allow, then their artifacts are uploaded in order.
@@ -13,6 +14,9 @@ What a request meets decides what happens next:
   keeps coming back* (a 5xx MLflow gave up on, ``_PERSISTENT_AFTER`` times in a row): the batch
   is halved until the refused entities are found (each half tried ``_HALF_TRIES`` times); the
   rest lands, and each refused entity is reported by name with the store's own message.
+
+With ``isolate=False`` (``mode: sync``: the caller waits for the store) nothing is retried
+or halved: the first failure of a request is raised, as the backend raised it, to the caller.
 """
 
 from __future__ import annotations
@@ -33,7 +37,13 @@ from ._backend import Backend
 from ._journal import JournalRecord
 from ._params import Batch, Limits, MetricPoint, plan_batches
 from ._store import mask_text, one_line
-from .exceptions import CredentialsError, ServerError, TrackcfgError, TrackingUnavailableError
+from .exceptions import (
+    CredentialsError,
+    RunError,
+    ServerError,
+    TrackcfgError,
+    TrackingUnavailableError,
+)
 
 __all__ = [
     "Delivery",
@@ -117,6 +127,8 @@ class Delivery:
     #: Told each refusal as it is found (the live sender: the next logging call raises it,
     #: even while the rest of the records are still being sent).
     on_refused: Callable[[str], None] | None = None
+    #: False (``mode: sync``): a failed request raises at once, as the backend raised it.
+    isolate: bool = True
     refused: list[str] = attrs.field(factory=list)
 
     def send(self, records: Sequence[JournalRecord], known: Iterable[object] = ()) -> bool:
@@ -181,6 +193,8 @@ class Delivery:
                 with self.guard:
                     send()
             except Exception as exc:
+                if not self.isolate:
+                    raise
                 if _away(exc):
                     self.on_state(SenderState.WAITING)
                     if not self.wait(exc, delay):
@@ -208,7 +222,10 @@ class Delivery:
 
     def _refuse(self, what: str, *, by: str = "the store") -> None:
         """``what`` was not sent and will not be (``by``: who refused it, the store or
-        trackcfg itself: a journal naming a file it may not send)."""
+        trackcfg itself: a journal naming a file it may not send); raised at once when
+        not isolating (``mode: sync``: the call raises)."""
+        if not self.isolate:
+            raise RunError(what)
         said = f"{by} refused {what}"
         logger.error("%s (run %s)", said, self.run_id)
         if self.on_refused is not None:

@@ -15,13 +15,16 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import attrs
 
 from . import _state
 from ._backend import Backend, RunStatus
+from .exceptions import RunError, TrackcfgError
 
-__all__ = ["RunEnding", "hand_on_sigterm", "status_for"]
+__all__ = ["ProcessShare", "RunEnding", "hand_on_sigterm", "leave", "status_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,15 @@ def encloses(session: object, other: object) -> bool:
     return False
 
 
+class Placed(Protocol):
+    """Where a session's run was placed (``_placement.RunPlacer``), as leaving needs it."""
+
+    @property
+    def started_run(self) -> str | None: ...
+    @property
+    def pushed_run(self) -> str | None: ...
+
+
 @attrs.frozen(kw_only=True)
 class RunEnding:
     """The end of ``session``'s run ``own`` (``started``: the session started or reopened
@@ -73,6 +85,19 @@ class RunEnding:
     name: str  # the session's, for messages
     own: str
     started: bool
+
+    @classmethod
+    def of(
+        cls, backend: Backend | None, session: object, name: str, placed: Placed | None
+    ) -> RunEnding | None:
+        """The end of the run ``placed`` says the session started, else of the one it made
+        active; None without either, or without a backend (a forked child's copy of a
+        session: the run is its parent's to end)."""
+        own = (placed.started_run or placed.pushed_run) if placed is not None else None
+        if backend is None or own is None:
+            return None
+        started = placed is not None and placed.started_run is not None
+        return cls(backend=backend, session=session, name=name, own=own, started=started)
 
     def leftovers(self) -> list[str]:
         """The one walk over runs left open above ``own`` on this context's stack that are
@@ -111,3 +136,75 @@ class RunEnding:
         for leftover in self.leftovers():
             self.backend.pop_active(leftover)
         self.backend.pop_active(self.own)
+
+
+@attrs.define(eq=False)
+class ProcessShare:
+    """A session's share of process-wide state (``_state``) while it is open: its run among
+    the open sessions' runs (others never end it), the SIGTERM trap (a top-level session's),
+    and how many SIGTERMs the trap had seen when the session was entered."""
+
+    sigterms_before: int = attrs.field(factory=_state.sigterms_received)
+    held_run: str | None = None
+    trapped: bool = False
+    hand_on: bool = False  # it let go of the trap last: a SIGTERM goes on from it
+
+    def take(self, owner: object, run_id: str | None, *, trap: bool) -> None:
+        if run_id is not None:
+            self.held_run = run_id
+            _state.hold_run(run_id, owner)
+        if trap:
+            self.trapped = _state.trap_sigterm()
+
+    def status_for(self, exc: BaseException | None) -> RunStatus:
+        return status_for(exc, after_sigterm=_state.sigterms_received() > self.sigterms_before)
+
+    def hand_on_signal(self, exc: BaseException | None) -> None:
+        """After the last session let go of the SIGTERM trap: a SIGTERM that ended this one
+        goes on to whoever handled it before (by default: the process terminates)."""
+        hand_on_sigterm(exc, hand_on=self.hand_on)
+
+    def release(self, owner: object) -> None:
+        """Give the share back, whatever the order sessions end in (the last one out of the
+        trap restores the handler; the shared settings: ``Connection.close``)."""
+        try:
+            if self.held_run is not None:
+                held, self.held_run = self.held_run, None
+                _state.let_go_of_run(held, owner)
+        finally:
+            if self.trapped:
+                self.trapped = False
+                self.hand_on = _state.release_sigterm()
+
+
+def leave(
+    end: Callable[[], None],
+    give_back: Sequence[Callable[[], None]],
+    *,
+    run_id: str | None,
+    name: str,
+    raising: bool,
+) -> None:
+    """``end()`` (the runs' end), then each step of ``give_back`` whatever the others did: a
+    SIGTERM trap or shared settings left held would outlive every session.  With ``raising``,
+    the first error is raised afterwards (a ``RunError`` unless it is trackcfg's own)."""
+    errors: list[Exception] = []
+    try:
+        end()
+    except Exception as exc:
+        errors.append(exc)
+        if isinstance(exc, TrackcfgError):  # already says what happened and what to do
+            logger.warning("could not end run %s of session %r: %s", run_id, name, exc)
+        else:
+            logger.exception("could not end run %s of session %r", run_id, name)
+    finally:
+        for step in give_back:
+            try:
+                step()
+            except Exception as exc:
+                errors.append(exc)
+    if errors and raising:
+        first = errors[0]
+        if isinstance(first, TrackcfgError):
+            raise first
+        raise RunError(f"could not end run {run_id!r} cleanly: {first}") from first

@@ -39,62 +39,41 @@ given back as they were, by the last session open, whatever order they end in.
 The rules behind steps 1, 4 and 5 are pure functions in ``_rules`` (``trackcfg check`` shows
 the same decisions).  Each step's work lives with its concept: step 3 in ``_connect``
 (``plan_store`` decides, ``Connection`` connects and falls back), steps 4-5 in ``_placement``,
-the buffer in ``_buffer`` (``BufferedRun.for_run``/``end``), leaving in ``_leaving``;
-process-wide state is ``_state``'s; the worker contract is ``_workers``'; MLflow is reached
-only through a ``Backend`` (``_backend``).  What remains here is the lifecycle's order and
-the logging API (docs/architecture.md).
+the logging calls in ``_writer`` (one path to the store for both modes: the buffer of
+``_buffer``, or ``_delivery`` at the call), leaving in ``_leaving``; process-wide state is
+``_state``'s; the worker contract is ``_workers``'; MLflow is reached only through a
+``Backend`` (``_backend``).  What remains here is the lifecycle's order and the logging API
+(docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
-from . import _state
-from ._artifacts import (
-    LOGGED_ARTIFACTS_TAG,
-    artifact_places,
-    check_artifact_path,
-    dict_text,
-    logged_tables_tag,
-    scratch_artifact,
-    table_frame,
-    write_figure,
-    write_table,
-)
+from . import _leaving, _state
 from ._backend import Backend, BackendFactory, RunStatus, open_backend
-from ._buffer import BufferedRun
-from ._config import LoggingMode, RankPolicy, TrackingConfig
+from ._config import TrackingConfig
 from ._connect import Connection, StorePlan, plan_store
 from ._endnote import end_notes
 from ._env import EnvSnapshot
-from ._leaving import RunEnding, hand_on_sigterm, status_for
+from ._leaving import RunEnding
 from ._loading import load_config
 from ._offline import unavailable_cause
-from ._params import (
-    Limits,
-    MetricPoint,
-    PreparedParams,
-    checked_step,
-    plan_batches,
-    prepare_metrics,
-    prepare_params,
-    prepare_tags,
-)
+from ._params import Limits
 from ._placement import RunPlacer
-from ._rules import changed_params, disabled_reason
-from ._store import StoreLocation, mask_uri
-from ._workers import activate_inherited_run, process_rank, run_active, worker_env
-from .exceptions import RunError, TrackcfgError, TrackingUnavailableError
+from ._rules import disabled_reason
+from ._store import StoreLocation
+from ._workers import process_rank, session_run_active, worker_env
+from ._writer import Inputs, RunWriter, checked_inputs, logging_call
+from .exceptions import RunError, TrackingUnavailableError
 
 if TYPE_CHECKING:
     import os as _os
@@ -107,15 +86,6 @@ logger = logging.getLogger(__name__)
 def _default_session_name() -> str:
     script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] not in ("", "-c") else ""
     return script or "session"
-
-
-@attrs.frozen
-class _Inputs:
-    """What step 2 checked: the params, tags and limits a run will be given."""
-
-    limits: Limits
-    prepared: PreparedParams
-    tags: dict[str, str]
 
 
 class TrackingSession:
@@ -151,29 +121,15 @@ class TrackingSession:
         # The seam for tests of the session's decisions (tests/fakes.py); MLflow otherwise.
         self._backend_factory = _backend_factory or open_backend
         self._parent: TrackingSession | None = None
-
-        self._entered = False
-        self._enabled = False
-        self._closed = False
+        self._entered = self._enabled = self._closed = False
         self._conn: Connection | None = None  # its place (a child: its parent's)
         self._plan: StorePlan | None = None
         self._backend: Backend | None = None
         self._limits: Limits | None = None
-        self._experiment_id: str | None = None
-        self._run_id: str | None = None
-        self._started_run: str | None = None
-        self._pushed_run: str | None = None
+        self._placed: RunPlacer | None = None  # where its run is (steps 4-5)
         self._env = EnvSnapshot()  # its own exports (share_with_subprocesses)
-        self._trapped_sigterm = False
-        self._hand_on_sigterm = False
-        self._sigterms_before = 0  # SIGTERMs the trap had seen when the session was entered
-        self._held_run: str | None = None  # the run it owns among the open sessions' runs
-        self._resumed = False  # it continued an existing run (run.id or run.key)
-        self._logged_params: dict[str, str] = {}
-        self._metric_keys: dict[str, str] = {}  # final metric key -> key as written
-        self._tables: dict[str, Any] = {}  # log_table's file -> its rows so far (DataFrame)
-        self._last_metrics: dict[str, tuple[float, int]] = {}  # key -> (value, step): summary
-        self._buffer: BufferedRun | None = None  # tracking.logging.mode: buffered
+        self._share = _leaving.ProcessShare()  # its part of process-wide state (_state)
+        self._writer: RunWriter | None = None  # its logging calls' way to the store
         # activate() in a forked copy of this object must not use the parent's backend.
         self._owner_pid = os.getpid()
 
@@ -212,17 +168,17 @@ class TrackingSession:
 
     @property
     def run_id(self) -> str | None:
-        return self._run_id
+        return self._placed.run_id if self._placed else None
 
     @property
     def experiment_id(self) -> str | None:
-        return self._experiment_id
+        return self._placed.experiment_id if self._placed else None
 
     @property
     def resumed(self) -> bool:
         """Whether the session continued an existing run (``tracking.run.id``, or
         ``tracking.run.resume`` found the run of ``tracking.run.key``)."""
-        return self._resumed
+        return self._placed is not None and self._placed.resumed
 
     @property
     def project_root(self) -> Path:
@@ -238,14 +194,14 @@ class TrackingSession:
     def registry_uri(self) -> str | None:
         """The model registry MLflow uses in this session (None: the tracking URI; an offline
         session's registry is its offline store)."""
-        return self._store_plan().registry_for(offline=self._offline is not None)
+        return self._store_plan().registry_for(offline=self.offline_destination is not None)
 
     @property
     def offline_destination(self) -> str | None:
         """For an offline session (``server.offline``), the tracking server its run is for,
         password masked (the run's ``trackcfg.offline.destination`` tag; ``trackcfg sync``
         uploads it there); else None."""
-        return self._offline
+        return self._conn.offline if self._conn is not None else None
 
     @property
     def experiment_name(self) -> str:
@@ -255,13 +211,10 @@ class TrackingSession:
         return self._config.default_experiment_name or self.project_root.name
 
     def __repr__(self) -> str:
-        state = (
-            "disabled"
-            if self._entered and not self._enabled
-            else (f"run_id={self._run_id!r}" if self._run_id else "not started")
-        )
-        if self._offline is not None:
-            state += f" offline in {self._offline_store()} for {self._offline}"
+        run = f"run_id={self.run_id!r}" if self.run_id else "not started"
+        state = "disabled" if self._entered and not self._enabled else run
+        if self._conn is not None and self.offline_destination is not None:
+            state += f" offline in {self._conn.offline_store} for {self.offline_destination}"
         return f"<TrackingSession {self._name!r} {state}>"
 
     # ------------------------------------------------------------------ lifecycle
@@ -275,12 +228,12 @@ class TrackingSession:
         if reason is not None:
             logger.info("tracking disabled for %r: %s", self._name, reason)
             return self
-        self._sigterms_before = _state.sigterms_received()
+        self._share = _leaving.ProcessShare()  # the SIGTERMs seen before it, counted now
         try:
             self._open()
         except BaseException as exc:
-            self._close(self._status_for(exc), raising=False)
-            self._hand_on(exc)
+            self._close(self._share.status_for(exc), raising=False)
+            self._share.hand_on_signal(exc)
             raise
         return self
 
@@ -292,42 +245,135 @@ class TrackingSession:
     ) -> None:
         if not self._enabled:
             return
-        status = self._status_for(exc)
+        status = self._share.status_for(exc)
         try:
             self._close(status, raising=exc is None)
         except _state.Terminated as again:  # SIGTERM again while leaving: die by it too
-            self._hand_on(again)
+            self._share.hand_on_signal(again)
             raise
         self._end_notes(status)
-        self._hand_on(exc)
+        self._share.hand_on_signal(exc)
+
+    def _open(self) -> None:
+        """Steps 2-6 of the module docstring (step 1 was ``_disabled_reason``)."""
+        self._enabled = True
+        inputs = self._check_inputs()  # 2
+        conn, backend = self._connect()  # 3
+        try:
+            tags = self._place_run(backend, inputs)  # 4-5
+        except TrackingUnavailableError as exc:
+            if self._parent is not None or not conn.may_fall_back:  # auto, and no run yet
+                raise
+            self._backend = None
+            backend = self._backend = conn.fall_back(unavailable_cause(exc))
+            tags = self._place_run(backend, inputs)
+        if self._parent is None:
+            conn.may_fall_back = False
+        # Other open sessions must not end its run (_leaving.RunEnding).
+        placed = self._placed
+        assert placed is not None
+        self._share.take(self, placed.started_run or placed.pushed_run, trap=self._parent is None)
+        writer = self._writer = RunWriter.for_run(
+            backend,
+            placed,
+            inputs,
+            self._config,
+            root=self.project_root,
+            tracking_uri=self.tracking_uri,
+            send_earlier=self._backend_factory if self._parent is None else None,
+        )
+        writer.send(params=inputs.prepared.params, tags=tags, texts=inputs.prepared.artifacts)
+        # 6, and on the server before the block runs: MLflow copies the run's params into a
+        # model logged in it (docs/architecture.md, "Buffered logging").
+        writer.sent_within(self._config.server.request_timeout)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Return when everything logged so far is on the server; else raise: a
+        ``TrackingUnavailableError`` after ``timeout`` seconds (nothing is lost: it is still
+        sent later), a ``RunError`` when something was refused or dropped, or the sender
+        stopped (the journal keeps what it did not send).  A no-op in ``sync`` mode and for a
+        session that logs nothing."""
+        if self._writer is not None and not self._closed:
+            self._writer.flush(timeout)
+
+    def _check_inputs(self) -> Inputs:
+        """Step 2: everything that can be checked before touching the store."""
+        parent = self._parent
+        limits = parent._limits if parent is not None else self._backend_factory.limits()
+        assert limits is not None
+        self._limits = limits
+        return checked_inputs(
+            self._config, self._params, self._tags, limits, self.project_root, top=parent is None
+        )
+
+    def _connect(self) -> tuple[Connection, Backend]:
+        """Step 3 (``_connect.Connection``); a child uses its parent's connection."""
+        if self._parent is not None:
+            assert self._parent._conn is not None
+            assert self._parent._backend is not None
+            self._conn, self._backend = self._parent._conn, self._parent._backend
+            return self._conn, self._backend
+        self._conn = Connection(
+            self._config,
+            self._store_plan(),
+            self._backend_factory,
+            name=self._name,
+            sync_command=self._sync_command(),
+            kedro_context=self._kedro_context,
+        )
+        self._backend = self._conn.open()
+        return self._conn, self._backend
+
+    def _place_run(self, backend: Backend, inputs: Inputs) -> dict[str, str]:
+        """Steps 4-5 (``_placement``; what it did is ``_placed``'s, also when it failed
+        half-way).  Returns the tags still to log (a new run was given them when it started)."""
+        parent, conn = self._parent, self._conn
+        self._placed = RunPlacer(
+            config=self._config,
+            name=self._name,
+            experiment_name=self.experiment_name,
+            root=self.project_root,
+            tracking_uri=self.tracking_uri,
+            factory=self._backend_factory,
+            # A top-level session points MLflow's process-wide state at its store (_state).
+            share_store=conn.share_store if parent is None and conn else lambda _: None,
+            parent=None if parent is None else (parent.run_id, parent.experiment_id),
+            offline=self.offline_destination,
+            artifact_root=self._store_location().artifact_root,
+        )
+        return self._placed.place(backend, inputs.prepared, inputs.tags)
+
+    def _close(self, status: RunStatus, *, raising: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # A forked child leaving its copy of the block: the run is its parent's to end.
+        backend = self._backend if self._owner_pid == os.getpid() else None
+        ending = RunEnding.of(backend, self, self._name, self._placed)
+        writer, root = self._writer, self.project_root
+        if writer is not None and backend is not None:
+            end: Callable[[], None] = functools.partial(writer.end, status, ending, root=root)
+        else:
+            end = functools.partial(ending.end, status) if ending else lambda: None
+        conn = self._conn if self._parent is None else None
+        give_back = [self._env.restore, lambda: self._share.release(self)]
+        if conn is not None:  # the process settings, then the backend (not a forked child's)
+            give_back.append(lambda: conn.close(close_backend=backend is not None))
+        _leaving.leave(end, give_back, run_id=self.run_id, name=self._name, raising=raising)
 
     def _end_notes(self, status: RunStatus) -> None:
         """The run it started is over: where an offline run waits for ``trackcfg sync``, and
         on a terminal, the run's summary (``_endnote``).  Only from the last session open
         (not a sweep's every trial), never in a worker of an offline parent (it says it)."""
-        if self._parent is not None or self._started_run is None or _state.runs_held():
+        conn, writer = self._conn, self._writer
+        run_id = self._placed.started_run if self._placed else None
+        if self._parent or run_id is None or writer is None or _state.runs_held():
             return
-        offline = self._offline
-        if offline is not None and self._store_plan().inherited_destination is None:
-            reminder = (self._offline_store(), offline, self._sync_command())
-        else:
-            reminder = None
-        end_notes(
-            self._started_run,
-            self._name,
-            status.value,
-            offline=reminder,
-            params=len(self._logged_params),
-            last=self._last_metrics,
-        )
-
-    def _status_for(self, exc: BaseException | None) -> RunStatus:
-        return status_for(exc, after_sigterm=_state.sigterms_received() > self._sigterms_before)
-
-    def _hand_on(self, exc: BaseException | None) -> None:
-        """After the last session let go of the SIGTERM trap: a SIGTERM that ended this one
-        goes on to whoever handled it before (by default: the process terminates)."""
-        hand_on_sigterm(exc, hand_on=self._hand_on_sigterm)
+        offline = None
+        if conn and conn.offline is not None and conn.plan.inherited_destination is None:
+            offline = (conn.offline_store, conn.offline, self._sync_command())
+        last, params = writer.last_metrics, len(writer.logged_params)
+        end_notes(run_id, self._name, status.value, offline=offline, params=params, last=last)
 
     def _disabled_reason(self) -> str | None:
         return disabled_reason(
@@ -350,411 +396,37 @@ class TrackingSession:
         plan = self._store_plan()
         return plan.destination if self._parent is not None else plan.location
 
-    @property
-    def _offline(self) -> str | None:
-        """server.offline: the destination (masked) of an offline session's run."""
-        return self._conn.offline if self._conn is not None else None
-
-    def _offline_store(self) -> str:
-        """The offline store as messages name it: its folder (``<root>/mlruns``)."""
-        location = self._store_location()
-        return str(location.local_folder or self._shown_store())
-
     def _sync_command(self) -> str:
         if self._kedro_context is not None:
             return f"kedro trackcfg sync (in {self.project_root})"
         return f"trackcfg sync {self.project_root}"
 
-    def _open(self) -> None:
-        """Steps 2-6 of the module docstring (step 1 was ``_disabled_reason``)."""
-        self._enabled = True
-        inputs = self._check_inputs()  # 2
-        conn, backend = self._connect()  # 3
-        try:
-            tags = self._place_run(backend, inputs)  # 4-5
-        except TrackingUnavailableError as exc:
-            if self._parent is not None or not conn.may_fall_back:  # auto, and no run yet
-                raise
-            self._backend = None
-            backend = self._backend = conn.fall_back(unavailable_cause(exc))
-            tags = self._place_run(backend, inputs)
-        if self._parent is None:
-            conn.may_fall_back = False
-        self._held_run = self._started_run or self._pushed_run
-        if self._held_run is not None:  # other open sessions must not end it (_end_own_run)
-            _state.hold_run(self._held_run, self)
-        if self._parent is None:
-            self._trapped_sigterm = _state.trap_sigterm()
-        self._start_buffer(backend, inputs.limits)
-        self._send(  # 6
-            params=inputs.prepared.params, tags=tags, artifacts=inputs.prepared.artifacts
-        )
-        if self._buffer is not None:
-            # On the server before the block runs: MLflow copies the run's params into a
-            # model logged in it (docs/architecture.md, "Buffered logging").
-            self._buffer.sent_within(self._config.server.request_timeout)
-
-    def _start_buffer(self, backend: Backend, limits: Limits) -> None:
-        """Buffered logging (``tracking.logging.mode``): the run's buffer (``_buffer``)."""
-        settings = self._config.tracking.logging
-        if settings.mode is not LoggingMode.BUFFERED or self._run_id is None:
-            return
-        self._buffer = BufferedRun.for_run(
-            backend,
-            self._run_id,
-            experiment_id=self._experiment_id,
-            limits=limits,
-            config=settings,
-            root=self.project_root,
-            tracking_uri=self.tracking_uri,
-            ends_run=self._started_run is not None,
-            send_earlier=self._backend_factory if self._parent is None else None,
-        )
-        _state.reset_in_forked_child(self, TrackingSession._leave_buffer_to_parent)
-
-    def _leave_buffer_to_parent(self) -> None:
-        """In a forked child's copy of the session: the buffer (its sender thread, the calls
-        it holds, its journal) is the parent's, which sends it.  The child's own calls through
-        this copy go out as in ``sync`` mode; its journal descriptor is closed (the parent's
-        lock on the file stays: the parent has it open too)."""
-        buffer, self._buffer = self._buffer, None
-        if buffer is not None:
-            buffer.leave_to_parent()
-
-    def flush(self, timeout: float | None = None) -> None:
-        """Return when everything logged so far is on the server; else raise: a
-        ``TrackingUnavailableError`` after ``timeout`` seconds (nothing is lost: it is still
-        sent later), a ``RunError`` when something was refused or dropped, or the sender
-        stopped (the journal keeps what it did not send).  A no-op in ``sync`` mode and for a
-        session that logs nothing."""
-        if self._buffer is not None and not self._closed:
-            self._buffer.flush(timeout)
-
-    def _check_inputs(self) -> _Inputs:
-        """Step 2: everything that can be checked before touching the store."""
-        parent = self._parent
-        if parent is not None:
-            assert parent._limits is not None
-            limits = parent._limits
-        else:
-            limits = self._backend_factory.limits()
-        self._limits = limits
-        prepared = prepare_params(self._params, self._config.tracking.params, limits)
-        tags = prepare_tags(self._tags, limits)
-        tags.update(prepared.tags)
-        if self._config.tracking.run.ranks is RankPolicy.ALL and parent is None:
-            tags.setdefault("trackcfg.rank", str(process_rank()))
-        BufferedRun.check_journal_dir(self._config.tracking.logging, self.project_root)
-        return _Inputs(limits=limits, prepared=prepared, tags=tags)
-
-    def _connect(self) -> tuple[Connection, Backend]:
-        """Step 3 (``_connect.Connection``); a child uses its parent's connection."""
-        if self._parent is not None:
-            assert self._parent._conn is not None
-            assert self._parent._backend is not None
-            self._conn, self._backend = self._parent._conn, self._parent._backend
-            return self._conn, self._backend
-        self._conn = Connection(
-            self._config,
-            self._store_plan(),
-            self._backend_factory,
-            name=self._name,
-            sync_command=self._sync_command(),
-            kedro_context=self._kedro_context,
-        )
-        self._backend = self._conn.open()
-        return self._conn, self._backend
-
-    def _place_run(self, backend: Backend, inputs: _Inputs) -> dict[str, str]:
-        """Steps 4-5 (``_placement``).  Returns the tags still to log (a new run was given
-        them when it started)."""
-        parent = self._parent
-        placer = RunPlacer(
-            config=self._config,
-            name=self._name,
-            experiment_name=self.experiment_name,
-            root=self.project_root,
-            tracking_uri=self.tracking_uri,
-            factory=self._backend_factory,
-            share_store=self._share_store,
-            parent=None if parent is None else (parent._run_id, parent._experiment_id),
-            offline=self._offline,
-            artifact_root=self._store_location().artifact_root,
-        )
-        try:
-            return placer.place(backend, inputs.prepared, inputs.tags)
-        finally:  # what it did, also when it failed half-way
-            self._experiment_id = placer.experiment_id
-            self._run_id = placer.run_id
-            self._started_run, self._pushed_run = placer.started_run, placer.pushed_run
-            self._resumed = placer.resumed
-            self._logged_params.update(placer.logged_params)
-
-    def _share_store(self, experiment_id: str | None) -> None:
-        """A top-level session points MLflow's process-wide state at its store (``_state``)."""
-        if self._parent is None and self._conn is not None:
-            self._conn.share_store(experiment_id)
-
-    def _shown_store(self) -> str:
-        return mask_uri(self.tracking_uri)
-
-    def _close(self, status: RunStatus, *, raising: bool) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        backend = self._backend
-        if self._owner_pid != os.getpid():
-            # A forked child leaving its copy of the block: the run is its parent's to end.
-            backend = None
-        errors: list[BaseException] = []
-        try:
-            own = self._started_run or self._pushed_run
-            ending = None
-            if backend is not None and own is not None:
-                ending = RunEnding(
-                    backend=backend,
-                    session=self,
-                    name=self._name,
-                    own=own,
-                    started=self._started_run is not None,
-                )
-            if self._buffer is not None and backend is not None:
-                self._buffer.end(
-                    status,
-                    end_run=(lambda: ending.end(status)) if ending is not None else None,
-                    let_go=ending.let_go if ending is not None else lambda: None,
-                    ends_run=self._started_run is not None,
-                    root=self.project_root,
-                )
-            elif ending is not None:
-                ending.end(status)
-        except Exception as exc:
-            errors.append(exc)
-            if isinstance(exc, TrackcfgError):  # already says what happened and what to do
-                logger.warning(
-                    "could not end run %s of session %r: %s", self._run_id, self._name, exc
-                )
-            else:
-                logger.exception("could not end run %s of session %r", self._run_id, self._name)
-        finally:
-            # Each step whatever the others did: a SIGTERM trap or shared settings left held
-            # would outlive every session.
-            for step in (self._env.restore, self._leave_process_state):
-                try:
-                    step()
-                except Exception as exc:
-                    errors.append(exc)
-            if self._conn is not None and self._parent is None:
-                try:  # the process settings, then the backend (not a forked child's)
-                    self._conn.close(close_backend=backend is not None)
-                except Exception as exc:
-                    errors.append(exc)
-        if errors and raising:
-            first = errors[0]
-            if isinstance(first, TrackcfgError):
-                raise first
-            raise RunError(f"could not end run {self._run_id!r} cleanly: {first}") from first
-
-    def _leave_process_state(self) -> None:
-        """Give back the session's share of process-wide state: its run among the open
-        sessions' runs and the SIGTERM trap (the last one out restores it), whatever the order
-        sessions end in (the shared settings: ``Connection.close``)."""
-        try:
-            if self._held_run is not None:
-                held, self._held_run = self._held_run, None
-                _state.let_go_of_run(held, self)
-        finally:
-            if self._trapped_sigterm:
-                self._trapped_sigterm = False
-                self._hand_on_sigterm = _state.release_sigterm()
-
     # ------------------------------------------------------------------ logging
 
-    def _live(self) -> tuple[Backend, str] | None:
+    def _live(self) -> RunWriter | None:
+        """Where a logging call goes now (None: the session logs nothing)."""
         if not self._entered:
             raise RunError(f"session {self._name!r} has not started; log inside the with block")
-        if not self._enabled or self._backend is None or self._run_id is None:
+        if not self._enabled or self._writer is None:
             return None
         if self._closed:
             raise RunError(f"session {self._name!r} has ended; log inside the with block")
-        return self._backend, self._run_id
+        return self._writer
 
-    def _send(
-        self,
-        *,
-        params: Mapping[str, str] | None = None,
-        tags: Mapping[str, str] | None = None,
-        metrics: list[MetricPoint] | None = None,
-        artifacts: Mapping[str, str] | None = None,
-    ) -> None:
-        live = self._live()
-        if live is None:
-            return
-        backend, run_id = live
-        params = dict(params or {})
-        changed = changed_params(self._logged_params, params)
-        if changed:
-            raise RunError(f"params are immutable in MLflow and these differ: {changed}")
-        # Re-sending an identical param is harmless but costs a request: skip it.
-        params = {k: v for k, v in params.items() if k not in self._logged_params}
-        if self._buffer is not None:
-            kept = [
-                (str(self._buffer.keep_text(text, name)), folder)
-                for name, folder, text in artifact_places(artifacts or {})
-            ]
-            self._buffer.submit(
-                params=params, tags=dict(tags or {}), metrics=metrics or (), artifacts=kept
-            )
-            self._logged_params.update(params)
-            return
-        assert self._limits is not None
-        for batch in plan_batches(
-            params=params, tags=dict(tags or {}), metrics=metrics or [], limits=self._limits
-        ):
-            backend.log_batch(run_id, batch)
-        self._logged_params.update(params)
-        for artifact_file, text in (artifacts or {}).items():
-            backend.log_text(run_id, text, artifact_file)
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log params through the param policy (flatten, sanitize, long values), batched."""
-        if self._live() is None:
-            return
-        assert self._limits is not None
-        prepared = prepare_params(params, self._config.tracking.params, self._limits)
-        self._send(params=prepared.params, tags=prepared.tags, artifacts=prepared.artifacts)
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log metric values (one point each) at ``step`` (default 0), batched.
-
-        Keys go through the param key policy: a key MLflow refuses is logged sanitized with a
-        warning (once per run), and two keys that would become one series are refused with a
-        ``ConfigError`` naming both.  A step that is not an integer within 64 bits is a
-        ``RunError`` before anything is sent."""
-        if self._live() is None:
-            return
-        assert self._limits is not None
-        at = checked_step(step)
-        prepared = prepare_metrics(metrics, self._limits, earlier=self._metric_keys)
-        now = int(time.time() * 1000)
-        points = [
-            MetricPoint(key=key, value=value, step=at, timestamp=now)
-            for key, value in prepared.values.items()
-        ]
-        if self._buffer is not None:
-            # A training loop's every step: metrics need none of _send's param bookkeeping.
-            self._buffer.submit(metrics=points)
-        else:
-            self._send(metrics=points)
-        self._metric_keys.update(prepared.origins)
-        self._last_metrics.update({p.key: (p.value, p.step) for p in points})
-
-    def log_metric(self, key: str, value: float, step: int | None = None) -> None:
-        self.log_metrics({key: value}, step=step)
-
-    def log_param(self, key: str, value: Any) -> None:
-        """Log one param, as ``log_params({key: value})``."""
-        self.log_params({key: value})
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        if self._live() is None:
-            return
-        assert self._limits is not None
-        self._send(tags=prepare_tags(tags, self._limits))
-
-    def set_tag(self, key: str, value: Any) -> None:
-        """Set one tag, as ``set_tags({key: value})``."""
-        self.set_tags({key: value})
-
-    def log_artifact(self, path: str | _os.PathLike[str], artifact_path: str | None = None) -> None:
-        """Copy the local file or folder ``path`` into the run's artifacts, under the folder
-        ``artifact_path`` (a relative path; default: the top)."""
-        live = self._live()
-        if live is None:
-            return
-        if artifact_path:
-            check_artifact_path("log_artifact", "artifact_path", artifact_path)
-        source = Path(path)
-        if self._buffer is not None and not source.exists():
-            raise RunError(f"log_artifact: {source} does not exist")
-        self._log_files([source], artifact_path or None)
-
-    def log_artifacts(
-        self, local_dir: str | _os.PathLike[str], artifact_path: str | None = None
-    ) -> None:
-        """Copy everything in the local folder ``local_dir`` (subfolders included) into the
-        run's artifacts, under the folder ``artifact_path`` (default: the top)."""
-        if self._live() is None:
-            return
-        if artifact_path:
-            check_artifact_path("log_artifacts", "artifact_path", artifact_path)
-        folder = Path(local_dir)
-        if not folder.is_dir():
-            raise RunError(f"log_artifacts: {folder} is not a folder")
-        # Each entry as log_artifact logs it: a file by name, a subfolder with its content.
-        self._log_files(sorted(folder.iterdir()), artifact_path or None)
-
-    def _log_files(self, sources: list[Path], artifact_path: str | None) -> None:
-        """Files or folders into the run's folder ``artifact_path``, in one logging call."""
-        live = self._live()
-        if live is None:
-            return
-        if self._buffer is not None:
-            # A copy now: the caller may change or delete its file before the upload.
-            kept = [(str(self._buffer.keep_file(s, s.name)), artifact_path) for s in sources]
-            self._buffer.submit(artifacts=kept)
-            return
-        for source in sources:
-            live[0].log_artifact(live[1], os.fspath(source), artifact_path)
-
-    def _log_written(self, artifact_file: str, write: Callable[[Path], None]) -> None:
-        """The artifact ``artifact_file``, as ``write`` writes it now (``_artifacts``)."""
-        with scratch_artifact(artifact_file, write) as (target, folder):
-            self._log_files([target], folder)
-
-    def log_text(self, text: str, artifact_file: str) -> None:
-        """Write ``text`` as the artifact ``artifact_file`` (no temporary file to manage)."""
-        live = self._live()
-        if live is None:
-            return
-        check_artifact_path("log_text", "artifact_file", artifact_file)
-        if self._buffer is not None:
-            self._send(artifacts={artifact_file: text})
-            return
-        live[0].log_text(live[1], text, artifact_file)
-
-    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        """Write ``data`` as JSON (``.json``) or YAML (``.yml``/``.yaml``) artifact."""
-        live = self._live()
-        if live is None:
-            return
-        check_artifact_path("log_dict", "artifact_file", artifact_file)
-        if self._buffer is not None:
-            self._send(artifacts={artifact_file: dict_text(data, artifact_file)})
-            return
-        live[0].log_dict(live[1], data, artifact_file)
-
-    def log_figure(self, figure: Any, artifact_file: str) -> None:
-        """Save a matplotlib or plotly ``figure`` as the artifact ``artifact_file`` (its
-        format from the name: ``.png``, ``.svg``, ``.html`` for plotly...), as MLflow's
-        ``log_figure`` does.  It is rendered now: drawing on it afterwards changes nothing."""
-        if self._live() is None:
-            return
-        check_artifact_path("log_figure", "artifact_file", artifact_file)
-        self._log_written(artifact_file, lambda target: write_figure(figure, target))
-
-    def log_table(self, data: Mapping[str, Any] | Any, artifact_file: str) -> None:
-        """Log a table (a dict of columns or a pandas DataFrame) as MLflow's ``log_table``
-        does: the artifact ``artifact_file`` (``.json`` or ``.parquet``), which
-        ``mlflow.load_table`` reads; logged again under the same name in this session, its
-        rows are added to the table's."""
-        if self._live() is None:
-            return
-        check_artifact_path("log_table", "artifact_file", artifact_file)
-        frame = table_frame(data, artifact_file, self._tables.get(artifact_file))
-        self._log_written(artifact_file, lambda target: write_table(frame, target))
-        self._tables[artifact_file] = frame
-        self.set_tags({LOGGED_ARTIFACTS_TAG: logged_tables_tag(self._tables)})
+    # Each a ``RunWriter`` call (``_writer``, where they are documented), made by the session
+    # while it is open: before the block a ``RunError``, in a session logging nothing a no-op.
+    log_params = logging_call(RunWriter.log_params)
+    log_param = logging_call(RunWriter.log_param)
+    log_metrics = logging_call(RunWriter.log_metrics)
+    log_metric = logging_call(RunWriter.log_metric)
+    set_tags = logging_call(RunWriter.set_tags)
+    set_tag = logging_call(RunWriter.set_tag)
+    log_artifact = logging_call(RunWriter.log_artifact)
+    log_artifacts = logging_call(RunWriter.log_artifacts)
+    log_text = logging_call(RunWriter.log_text)
+    log_dict = logging_call(RunWriter.log_dict)
+    log_figure = logging_call(RunWriter.log_figure)
+    log_table = logging_call(RunWriter.log_table)
 
     # ------------------------------------------------------------------ workers, threads
 
@@ -764,9 +436,11 @@ class TrackingSession:
         ``TRACKCFG_PARENT_RUN_ID`` and ``MLFLOW_EXPERIMENT_ID``.  Credentials are not included:
         the worker's own config exports them.  Empty for a disabled session, and the worker
         gets ``TRACKCFG_DISABLE=1`` so it stays quiet too."""
-        if not self._enabled or self._run_id is None:
+        if not self._enabled or self.run_id is None:
             return {"TRACKCFG_DISABLE": "1"} if self._entered else {}
-        return worker_env(self.tracking_uri, self._run_id, self._experiment_id, self._offline)
+        return worker_env(
+            self.tracking_uri, self.run_id, self.experiment_id, self.offline_destination
+        )
 
     def share_with_subprocesses(self) -> None:
         """Export ``child_env()`` into this process's environment until the session ends, for
@@ -775,7 +449,7 @@ class TrackingSession:
         sessions there become its children.  Not ``MLFLOW_RUN_ID``: ``mlflow.start_run(
         nested=True)`` would reopen that run instead of starting a child.  A no-op for a
         session that logs nothing."""
-        if not self._enabled or self._run_id is None or self._parent is not None:
+        if not self._enabled or self.run_id is None or self._parent is not None:
             return
         for key, value in self.child_env().items():
             self._env.set(key, value)
@@ -790,16 +464,13 @@ class TrackingSession:
         nothing; afterwards the run is taken off this thread's stack again, never ended.  In a
         forked copy of the session (a worker process), it is ``activate_inherited_run()``.
         """
-        if os.getpid() != self._owner_pid:
-            with activate_inherited_run(_backend_factory=self._backend_factory):
-                yield
-            return
-        backend, run_id = self._backend, self._run_id
-        if not self._enabled or self._closed or backend is None or run_id is None:
-            yield
-            return
-        # Only the run: the store is the process-wide one the session shares (_connect).
-        with run_active(backend, run_id):
+        live = self._enabled and not self._closed
+        with session_run_active(
+            self._backend if live else None,
+            self.run_id,
+            forked=os.getpid() != self._owner_pid,
+            factory=self._backend_factory,
+        ):
             yield
 
     def child(

@@ -30,6 +30,7 @@ __all__ = [
     "pointed_at",
     "process_rank",
     "run_active",
+    "session_run_active",
     "worker_env",
 ]
 
@@ -147,3 +148,20 @@ def run_active(backend: Backend, run_id: str | None) -> Iterator[None]:
         if pushed:
             assert run_id is not None
             backend.pop_active(run_id)
+
+
+@contextlib.contextmanager
+def session_run_active(
+    backend: Backend | None, run_id: str | None, *, forked: bool, factory: BackendFactory
+) -> Iterator[None]:
+    """A session's ``activate()``: its run active in this thread for the block (a no-op
+    without one, ``run_active``); in a forked copy of the session (a worker process) the
+    backend is its parent's, so it is ``activate_inherited_run()``."""
+    if forked:
+        with activate_inherited_run(_backend_factory=factory):
+            yield
+    elif backend is None or run_id is None:
+        yield
+    else:  # only the run: the store is the process-wide one the session shares (_connect)
+        with run_active(backend, run_id):
+            yield

@@ -1289,6 +1289,85 @@ def test_a_nul_character_in_a_param_or_tag_is_refused_at_the_call(
 
 
 # ---------------------------------------------------------------------------------------------
+# mode: sync goes through the same delivery routine as the sender (_writer -> _delivery), but
+# nothing is retried or halved there: the first failure reaches the call, as it is.
+
+
+def batches_holding(store: FakeStore, key: str) -> int:
+    return sum(
+        1
+        for batch in store.batches()
+        if key in {k for k, _ in (*batch.params, *batch.tags)} | {m.key for m in batch.metrics}
+    )
+
+
+def test_sync_a_batch_failing_with_a_5xx_raises_it_at_the_call_tried_once(
+    project: Project, store: FakeStore
+) -> None:
+    store.fail_batches_holding("poison", lambda: ServerError("INTERNAL_ERROR: invalid byte"))
+    with open_session(project.config(), store) as s:
+        with pytest.raises(ServerError, match="INTERNAL_ERROR: invalid byte"):
+            s.set_tags({"poison": "x", "fine": "y"})
+        s.log_metrics({"loss": 0.5}, step=1)  # the next call goes on as usual
+        run_id = s.run_id
+    assert run_id is not None
+    assert batches_holding(store, "poison") == 1  # not tried again, not halved
+    run = store.runs[run_id]
+    assert "fine" not in run.tags  # the call failed whole, as MLflow's log_batch does
+    assert [(m.key, m.step) for m in run.metrics] == [("loss", 1)]
+    assert run.status is RunStatus.FINISHED
+
+
+def test_sync_a_refused_value_raises_the_stores_error_and_logs_none_of_the_call(
+    project: Project, store: FakeStore
+) -> None:
+    store.refuse_metric("bad")
+    with open_session(project.config(), store) as s:
+        with pytest.raises(RunError, match="Invalid value for metric 'bad'"):
+            s.log_metrics({"good": 1.0, "bad": 2.0}, step=0)
+        run_id = s.run_id
+    assert run_id is not None
+    assert batches_holding(store, "bad") == 1
+    assert store.runs[run_id].metrics == []
+
+
+def test_sync_an_unreachable_store_raises_at_the_call(project: Project, store: FakeStore) -> None:
+    with open_session(project.config(), store) as s:
+        store.fail("log_batch", TrackingUnavailableError("tracking server refused the connection"))
+        with pytest.raises(TrackingUnavailableError, match="refused the connection"):
+            s.log_metrics({"loss": 0.5}, step=1)
+        store.fail("log_artifact", TrackingUnavailableError("tracking server refused it"))
+        with pytest.raises(TrackingUnavailableError, match="refused it"):
+            s.log_text("hello", "notes/a.txt")
+        s.log_text("again", "notes/a.txt")
+        run_id = s.run_id
+    assert run_id is not None
+    assert store.runs[run_id].artifacts == {"notes/a.txt": "again"}
+
+
+@pytest.mark.parametrize("mode", ["sync", "buffered"])
+def test_artifact_calls_do_the_same_in_both_modes(
+    project: Project, store: FakeStore, mode: str, tmp_path: Path
+) -> None:
+    """A missing file is a ``RunError`` naming it at the call; ``log_dict`` writes what MLflow's
+    own writes (a value JSON has no type for as its string), long params under ``artifact``
+    land as files: the same store content whichever mode."""
+    config = buffered(project) if mode == "buffered" else project.config()
+    missing = tmp_path / "gone.txt"
+    with open_session(config, store) as s:
+        with pytest.raises(RunError, match=f"log_artifact: {missing} does not exist"):
+            s.log_artifact(missing)
+        s.log_dict({"when": Path("/data/x"), "n": 1}, "cfg/params.json")
+        s.log_text("hi", "a.txt")
+        run_id = s.run_id
+    assert run_id is not None
+    assert store.runs[run_id].artifacts == {
+        "cfg/params.json": '{\n  "when": "/data/x",\n  "n": 1\n}',
+        "a.txt": "hi",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # Offline runs (server.offline): where the session logs, what it refuses, what it gives back.
 # The quick reachability check of `auto` is the real backend's (it asks a real server); here
 # the server's silence is a TrackingUnavailableError from the fake, at its opening or at the
