@@ -433,6 +433,23 @@ def moto_s3() -> Iterator[MotoS3]:
 
 
 @pytest.fixture
+def refused_port() -> int:
+    """A port nobody listens on (bound, then released): the kernel refuses connections to it
+    at once."""
+    return _free_port()
+
+
+@pytest.fixture
+def silent_uri() -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` of a server that accepts connections (the kernel does) and
+    never answers: only the request timeout ends the wait."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project folder named ``proj`` (``[project].name = "proj"``), the current folder.
     (Modules with a project of another shape define their own ``project``.)"""
