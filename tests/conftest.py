@@ -504,7 +504,6 @@ SLOW_MODULES = frozenset(
         "test_local_store_artifacts",
         "test_optuna_example",
         "test_many_processes",
-        "test_session_notes",
         "test_signals",
         "test_ui_browser",
     }
@@ -515,9 +514,12 @@ SLOW_TESTS = frozenset(
         # generate hundreds of hypothesis examples: seconds each (measured with --durations).
         "test_a_50_mb_config_file_is_refused_unread",
         "test_a_local_run_says_how_to_view_it_and_the_command_runs_as_printed",
+        "test_a_run_ends_with_its_summary_on_a_terminal",
+        "test_a_run_on_its_server_has_no_offline_reminder",
         "test_a_script_in_a_bare_folder_is_told_once_where_its_runs_go",
         "test_a_script_on_a_refused_server_ends_with_a_short_traceback_and_the_cause",
         "test_an_alias_bomb_fails_show_and_check_quickly",
+        "test_an_offline_run_ends_with_one_line_naming_trackcfg_sync",
         "test_check_as_a_subprocess_passes_on_a_fresh_project",
         "test_check_fails_within_its_timeout_on_a_database_that_hangs_after_its_first_answer",
         "test_check_fails_within_its_timeout_on_a_database_that_never_answers",
@@ -527,6 +529,7 @@ SLOW_TESTS = frozenset(
         "test_help_is_fast_and_does_not_import_mlflow",
         "test_init_as_a_subprocess_writes_mlflow_yml_in_the_current_folder",
         "test_mutated_valid_documents_are_a_config_or_a_config_error",
+        "test_no_summary_in_a_pipe_or_when_mlflows_link_is_off",
         "test_offline_parent_child_session_and_worker_process_all_go_beside_it",
         "test_random_env_vars_are_a_config_or_a_config_error",
         "test_random_overrides_are_a_config_or_a_config_error",

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from helpers import project_folder, read_runs, run_python, store_uri, subprocess_env, write
+from mlflow import MlflowClient
 
 from trackcfg import RunError, TrackingSession, TrackingUnavailableError, _state, load_config
 from trackcfg._rules import OFFLINE_DESTINATION_TAG
@@ -428,3 +429,56 @@ def test_kedro_run_with_offline_always_logs_into_the_projects_mlruns(
     assert run.info.status == "FINISHED"
     assert run.data.tags[OFFLINE_DESTINATION_TAG] == uri
     assert listener.connections() == 0
+
+
+TRACKCFG = "trackcfg"
+
+
+def trackcfg_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith(TRACKCFG) and r.levelno >= logging.WARNING
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The offline reminder.
+
+
+@pytest.mark.parametrize("mode", ["always", "auto"])
+def test_an_offline_run_ends_with_one_line_naming_trackcfg_sync(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str, refused_port: int
+) -> None:
+    """``always``, and ``auto`` falling back (nothing listens on the port): the last thing
+    said is where the run is and the command that sends it."""
+    caplog.set_level(logging.WARNING)
+    port = refused_port
+    root = project_folder(
+        tmp_path / "proj",
+        config=f"server:\n  mlflow_tracking_uri: http://127.0.0.1:{port}\n"
+        f"  offline: {mode}\n  request_timeout: 2\n",
+    )
+    with TrackingSession(load_config(root), name="notes") as s:
+        s.log_metric("loss", 0.5)
+    assert s.run_id is not None
+    run = MlflowClient(tracking_uri=s.tracking_uri).get_run(s.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics == {"loss": 0.5}
+    said = trackcfg_warnings(caplog)
+    assert said[-1] == (
+        f"run {s.run_id} of session 'notes' is in the offline store {root / 'mlruns'}, not yet "
+        f"on http://127.0.0.1:{port}; send it there with: trackcfg sync {root}"
+    )
+    # auto: the start's warning says the server did not answer; always: nothing else.
+    assert len(said) == (2 if mode == "auto" else 1)
+
+
+def test_a_run_on_its_server_has_no_offline_reminder(
+    tmp_path: Path, migrated_sqlite_db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    root = project_folder(tmp_path / "proj", config="", store=migrated_sqlite_db)
+    with TrackingSession(load_config(root), name="notes") as s, s.child("trial"):
+        s.log_metric("loss", 0.5)
+    assert trackcfg_warnings(caplog) == []

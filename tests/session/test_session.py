@@ -9,6 +9,8 @@ import http.server
 import json
 import logging
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -47,10 +49,10 @@ from trackcfg import (
     RunError,
     TrackingConfig,
     TrackingSession,
+    TrackingUnavailableError,
     load_config,
     tracked,
 )
-from trackcfg.exceptions import TrackingUnavailableError
 
 PROJECT_NAME = "demo-project"
 """The default experiment name of the test project (its ``[project].name``)."""
@@ -1728,3 +1730,90 @@ def test_trackcfg_check_on_a_refused_server_prints_no_traceback(
     assert done.returncode == 1
     assert "Traceback" not in done.stderr + done.stdout
     assert "refused" in (done.stderr + done.stdout).lower()
+
+
+# ---------------------------------------------------------------------------------------------
+# The summary on a terminal.
+
+SUMMARY_SCRIPT = """
+    from trackcfg import TrackingSession, load_config, tracked
+
+    @tracked(load_config("."))
+    def trial(x: float) -> float:
+        return x
+
+    with TrackingSession(load_config("."), name="train", params={"lr": 0.1, "depth": 3}) as s:
+        for step in range(3):
+            s.log_metrics({"loss": 1.0 / (step + 1), "acc": 0.5 + step / 10}, step=step)
+        s.log_metric("score", 0.75)
+        with s.child("fold") as fold:
+            fold.log_metric("inner", 1.0)
+        trial(0.5)
+    print("done")
+"""
+
+
+def run_on_terminal(cwd: Path, env: dict[str, str]) -> str:
+    """SUMMARY_SCRIPT's stdout when stdout is a (pseudo-)terminal."""
+    main, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(SUMMARY_SCRIPT)],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=secondary,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(secondary)
+    chunks = []
+    try:
+        while True:
+            ready, _, _ = select.select([main], [], [], 180)
+            assert ready, "no output for 180 s"
+            try:
+                data = os.read(main, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(main)
+        process.wait(timeout=180)
+    return b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+@pytest.fixture
+def script_project(tmp_path: Path, migrated_sqlite_db: Path) -> Path:
+    return project_folder(tmp_path / "proj", config="", store=migrated_sqlite_db)
+
+
+def test_a_run_ends_with_its_summary_on_a_terminal(script_project: Path) -> None:
+    output = run_on_terminal(script_project, subprocess_env())
+    summary = [line for line in output.splitlines() if not line.startswith(("\N{RUNNER}", " "))]
+    # One summary: the child and the tracked trial inside the session print none.
+    assert summary == ["run 'train' FINISHED: 2 params, 3 metrics", "done"]
+    assert "  loss   0.333333  (step 2)\n  acc    0.7  (step 2)\n  score  0.75\n" in output
+
+
+@pytest.mark.parametrize("how", ["a pipe", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"])
+def test_no_summary_in_a_pipe_or_when_mlflows_link_is_off(script_project: Path, how: str) -> None:
+    env: dict[str, Any] = subprocess_env()
+    if how == "a pipe":
+        result = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(SUMMARY_SCRIPT)],
+            cwd=script_project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=True,
+        )
+        output = result.stdout
+        assert "View run train" in output  # MLflow's link is there
+    else:
+        env["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+        output = run_on_terminal(script_project, env)
+    assert "done" in output
+    assert "FINISHED" not in output
+    assert "score" not in output
