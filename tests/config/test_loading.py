@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import tempfile
 import textwrap
@@ -12,7 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import line_of, project_folder, run_python, write
+from helpers import (
+    TRACKING_SETTINGS,
+    copy_store,
+    line_of,
+    project_folder,
+    read_runs,
+    run_python,
+    store_uri,
+    subprocess_env,
+    write,
+)
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -1075,6 +1086,110 @@ def test_discovery_stops_at_the_project_root(
     assert config.tracking.run.name is None
     assert config.files == ()
     assert config.project_root == inner
+
+
+# --------------------------------------------------------------------------------------------
+# A relative config path
+
+
+def test_a_relative_path_from_a_subfolder_names_the_folder_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = project_folder(tmp_path / "proj", config="tracking:\n  run:\n    name: nightly\n")
+    sub = root / "notebooks"
+    sub.mkdir()
+    monkeypatch.chdir(sub)
+
+    with pytest.raises(ConfigError) as from_yaml:
+        TrackingSession.from_yaml("mlflow.yml")
+    with pytest.raises(ConfigError) as loaded:
+        load_config("mlflow.yml")
+
+    message = str(from_yaml.value)
+    assert message == str(loaded.value)
+    here = sub.resolve()
+    assert f"no such file or folder: {here / 'mlflow.yml'}" in message
+    assert f"a relative path is taken from the current folder, {here}," in message
+    assert "TrackingSession.from_yaml(None)" in message
+    assert "load_config()" in message
+    assert 'Path(__file__).parent / "mlflow.yml"' in message
+    # The fixes it names work.
+    assert TrackingSession.from_yaml(None).config.files == (root.resolve() / "mlflow.yml",)
+    assert load_config(sub.parent / "mlflow.yml").tracking.run.name == "nightly"
+
+
+# --------------------------------------------------------------------------------------------
+# No config, no pyproject.toml, no .git
+
+
+@pytest.fixture
+def bare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder with nothing at or above it marking a project, the current folder."""
+    if find_project_root(tmp_path) is not None:
+        pytest.skip(f"{find_project_root(tmp_path)} marks a project above the test's folders")
+    folder = tmp_path / "bare"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder.resolve()
+
+
+def notices(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "it is the project root" in r.getMessage()
+    ]
+
+
+def test_a_root_chosen_by_the_current_folder_is_said_once(
+    bare: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trackcfg")
+    first, second = load_config(), load_config()
+    assert first.project_root == second.project_root == bare
+    (said,) = notices(caplog)
+    assert said == (
+        f"no mlflow.yml, pyproject.toml or .git in {bare} or above: it is the project root, so "
+        f"runs go to {bare / 'mlruns'}, which depends on the folder the program starts in; to "
+        "pin it, add a pyproject.toml, .git or mlflow.yml to the project folder, or set "
+        "server.mlflow_tracking_uri to an absolute path"
+    )
+
+
+def test_no_notice_where_the_store_does_not_depend_on_the_current_folder(
+    bare: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trackcfg")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'runs.db'}")
+    assert load_config().project_root == bare
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    project = project_folder(tmp_path / "proj")
+    assert load_config(cwd=project).project_root == project.resolve()
+    assert notices(caplog) == []
+
+
+def test_a_script_in_a_bare_folder_is_told_once_where_its_runs_go(
+    bare: Path, migrated_sqlite_db: Path
+) -> None:
+    """As a user runs it: no logging set up, a session from discovery and one from a config
+    built in code; the notice reaches stderr once, and the runs are where it says."""
+    copy_store(migrated_sqlite_db, bare / "mlruns")
+    script = write(
+        bare / "train.py",
+        """
+        from trackcfg import TrackingConfig, TrackingSession
+
+        with TrackingSession.from_yaml(None, name="first"):
+            pass
+        with TrackingSession(TrackingConfig(), name="second"):
+            pass
+        """,
+    )
+    done = run_python(str(script), cwd=bare, env=subprocess_env(drop=TRACKING_SETTINGS))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("it is the project root") == 1, done.stderr
+    assert f"runs go to {bare / 'mlruns'}," in done.stderr
+    assert sorted(r.info.run_name for r in read_runs(store_uri(bare))) == ["first", "second"]
 
 
 # --------------------------------------------------------------------------------------------
