@@ -28,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FAKE_PROJECT_NAME, FakeProject, FakeStore
 from helpers import TELEMETRY_OFF
 
+from trackcfg import _state
+from trackcfg._workers import RANK_VARIABLES
 from trackcfg.testing import MlflowServer
 
 # The test folders (by part: config/, session/, kedro/, ...) on the import path, so that a
@@ -467,6 +470,48 @@ def store_with_db(project: Path, migrated_sqlite_db: Path) -> Path:
 
     copy_store(migrated_sqlite_db, project / "mlruns")
     return project
+
+
+# --- the fake store's tests (tests/fakes.py) -------------------------------------------------
+
+
+@pytest.fixture
+def fake_store() -> FakeStore:
+    return FakeStore()
+
+
+@pytest.fixture
+def _rank_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No launcher's rank variable from the machine running the tests (a CI job on SLURM)."""
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def _nothing_left_open() -> Iterator[None]:
+    """After each test: no process-wide settings held and the SIGTERM handler as before, put
+    back by force when a test left them (so one failure does not cascade)."""
+    handler = signal.getsignal(signal.SIGTERM)
+    yield
+    settings_held = _state._settings is not None
+    trap_held = _state._sigterm is not None
+    handler_after = signal.getsignal(signal.SIGTERM)
+    _state._settings = None
+    _state._sigterm = None
+    signal.signal(signal.SIGTERM, handler)
+    assert not settings_held, "a session left the process-wide settings held"
+    assert not trap_held, "a session left the SIGTERM trap held"
+    assert handler_after == handler, "the SIGTERM handler was not given back"
+
+
+@pytest.fixture
+def fake_project(tmp_path: Path, _rank_zero: None, _nothing_left_open: None) -> FakeProject:
+    """A project of the fake store's tests; with no launcher's rank variable set, and checked
+    to leave nothing open (``_rank_zero``, ``_nothing_left_open``)."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "pyproject.toml").write_text(f'[project]\nname = "{FAKE_PROJECT_NAME}"\n')
+    return FakeProject(root)
 
 
 # --- markers and parallel workers ------------------------------------------------------------

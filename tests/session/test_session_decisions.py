@@ -24,15 +24,15 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import pytest
-from fakes import MLFLOW3_LIMITS, FakeStore
-from helpers import use_every_method
+from fakes import FAKE_PROJECT_NAME, FAKE_URI, MLFLOW3_LIMITS, FakeProject, FakeStore, open_session
+from helpers import HTTP_SETTINGS, use_every_method
 
 from trackcfg import (
     CredentialsError,
@@ -43,91 +43,13 @@ from trackcfg import (
     TrackingConfig,
     TrackingSession,
     TrackingUnavailableError,
-    _state,
-    load_config,
 )
 from trackcfg._backend import RunStatus
 from trackcfg._params import DEFAULT_LIMITS
 from trackcfg._rules import CONTINUED_TAG
-from trackcfg._workers import RANK_VARIABLES
-
-PROJECT = "decisions-project"
-"""The test project's ``[project].name``: its default experiment name."""
-FAKE_URI = "http://fake.invalid"
-"""Not a local path, so no store folder is created; the fake never connects anywhere."""
-HTTP_SETTINGS = (
-    "MLFLOW_HTTP_REQUEST_TIMEOUT",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
-)
-
 
 # ---------------------------------------------------------------------------------------------
 # A project, its config, the fake store, and a guard that nothing is left open.
-
-
-@dataclasses.dataclass(frozen=True)
-class Project:
-    root: Path
-
-    def config(
-        self,
-        overrides: Mapping[str, Any] | None = None,
-        *,
-        extra_yaml: str = "",
-        mode: str = "sync",
-    ) -> TrackingConfig:
-        """``mlflow.yml`` pointing at ``FAKE_URI`` (plus ``extra_yaml``), loaded with the real
-        loader and ``overrides``.  ``tracking.logging.mode`` is ``sync`` unless said: most
-        tests here are about when a call reaches the store; buffered logging has its own
-        section at the end."""
-        file = self.root / "mlflow.yml"
-        file.write_text(f"server:\n  mlflow_tracking_uri: {FAKE_URI}\n{extra_yaml}")
-        return load_config(file, overrides={"tracking.logging.mode": mode, **(overrides or {})})
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Project:
-    root = tmp_path / "proj"
-    root.mkdir()
-    (root / "pyproject.toml").write_text(f'[project]\nname = "{PROJECT}"\n')
-    return Project(root)
-
-
-@pytest.fixture
-def store() -> FakeStore:
-    return FakeStore()
-
-
-def open_session(
-    config: TrackingConfig, store: FakeStore, name: str = "train", **kwargs: Any
-) -> TrackingSession:
-    return TrackingSession(config, name=name, _backend_factory=store, **kwargs)
-
-
-@pytest.fixture(autouse=True)
-def _rank_zero(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No launcher's rank variable from the machine running the tests (a CI job on SLURM)."""
-    for name in RANK_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(autouse=True)
-def _nothing_left_open() -> Iterator[None]:
-    """After each test: no process-wide settings held and the SIGTERM handler as before, put
-    back by force when a test left them (so one failure does not cascade)."""
-    handler = signal.getsignal(signal.SIGTERM)
-    yield
-    settings_held = _state._settings is not None
-    trap_held = _state._sigterm is not None
-    handler_after = signal.getsignal(signal.SIGTERM)
-    _state._settings = None
-    _state._sigterm = None
-    signal.signal(signal.SIGTERM, handler)
-    assert not settings_held, "a session left the process-wide settings held"
-    assert not trap_held, "a session left the SIGTERM trap held"
-    assert handler_after == handler, "the SIGTERM handler was not given back"
 
 
 @dataclasses.dataclass
@@ -176,15 +98,17 @@ def in_thread(target: Callable[[], object]) -> BaseException | None:
 
 
 def test_success_ends_a_new_top_level_run_finished_with_what_was_logged(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    with open_session(project.config(), store, params={"lr": 0.1}, tags={"team": "a"}) as s:
-        assert store.stack() == [s.run_id]
-        assert store.run(s.run_id).status is RunStatus.RUNNING
+    with open_session(
+        fake_project.config(), fake_store, params={"lr": 0.1}, tags={"team": "a"}
+    ) as s:
+        assert fake_store.stack() == [s.run_id]
+        assert fake_store.run(s.run_id).status is RunStatus.RUNNING
         s.log_metrics({"loss": 0.5}, step=3)
         s.log_text("notes", "notes.txt")
 
-    run = store.run(s.run_id)
+    run = fake_store.run(s.run_id)
     assert run.status is RunStatus.FINISHED
     assert run.name == "train"
     assert run.parent_id is None
@@ -192,15 +116,17 @@ def test_success_ends_a_new_top_level_run_finished_with_what_was_logged(
     assert run.user_tags == {"team": "a"}
     assert [(m.key, m.value, m.step) for m in run.metrics] == [("loss", 0.5, 3)]
     assert run.artifacts == {"notes.txt": "notes"}
-    experiment = store.experiment_named(PROJECT)
+    experiment = fake_store.experiment_named(FAKE_PROJECT_NAME)
     assert experiment is not None
     assert run.experiment_id == experiment.id == s.experiment_id
-    assert store.stack() == []
+    assert fake_store.stack() == []
     # MLflow's current store was set once and given back; the backend was closed.
-    assert store.methods().count("use_store") == store.methods().count("restore_store") == 1
-    assert store.current_tracking_uri is None
-    assert store.active_experiment_id is None
-    assert [b.closed for b in store.backends] == [True]
+    assert (
+        fake_store.methods().count("use_store") == fake_store.methods().count("restore_store") == 1
+    )
+    assert fake_store.current_tracking_uri is None
+    assert fake_store.active_experiment_id is None
+    assert [b.closed for b in fake_store.backends] == [True]
 
 
 @pytest.mark.parametrize(
@@ -216,36 +142,36 @@ def test_success_ends_a_new_top_level_run_finished_with_what_was_logged(
     ids=repr,
 )
 def test_status_on_leaving_the_block_by_an_exception(
-    project: Project, store: FakeStore, error: BaseException, status: RunStatus
+    fake_project: FakeProject, fake_store: FakeStore, error: BaseException, status: RunStatus
 ) -> None:
-    session = open_session(project.config(), store)
+    session = open_session(fake_project.config(), fake_store)
 
     with pytest.raises(type(error)) as raised, session:
         raise error
 
     assert raised.value is error  # propagated unchanged
-    assert store.run(session.run_id).status is status
-    assert store.stack() == []
+    assert fake_store.run(session.run_id).status is status
+    assert fake_store.stack() == []
 
 
 def test_generator_closed_while_holding_a_session_ends_its_run_finished(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    config = project.config()
+    config = fake_project.config()
 
     def steps() -> Generator[str | None, None, None]:
-        with open_session(config, store) as s:
+        with open_session(config, fake_store) as s:
             yield s.run_id
             yield "never reached"
 
     generator = steps()
     run_id = next(generator)
-    assert store.run(run_id).status is RunStatus.RUNNING
+    assert fake_store.run(run_id).status is RunStatus.RUNNING
 
     generator.close()  # GeneratorExit at the yield
 
-    assert store.run(run_id).status is RunStatus.FINISHED
-    assert store.stack() == []
+    assert fake_store.run(run_id).status is RunStatus.FINISHED
+    assert fake_store.stack() == []
 
 
 @pytest.mark.parametrize(
@@ -258,49 +184,49 @@ def test_generator_closed_while_holding_a_session_ends_its_run_finished(
     ids=["success", "exception", "interrupt"],
 )
 def test_runs_left_open_above_the_session_run_end_with_its_status(
-    project: Project, store: FakeStore, error: BaseException | None, status: RunStatus
+    fake_project: FakeProject, fake_store: FakeStore, error: BaseException | None, status: RunStatus
 ) -> None:
-    session = open_session(project.config(), store)
+    session = open_session(fake_project.config(), fake_store)
     left: list[str] = []
 
     with raises_if(error), session:
         # What plain mlflow.start_run(nested=True) calls inside the block do, never ended.
-        left.append(store.mlflow_start_run(name="left-1"))
-        left.append(store.mlflow_start_run(name="left-2"))
+        left.append(fake_store.mlflow_start_run(name="left-1"))
+        left.append(fake_store.mlflow_start_run(name="left-2"))
         if error is not None:
             raise error
 
     own = session.run_id
-    assert store.run(left[0]).parent_id == own
-    assert store.run(left[1]).parent_id == left[0]
-    assert [store.run(r).status for r in (own, *left)] == [status] * 3
+    assert fake_store.run(left[0]).parent_id == own
+    assert fake_store.run(left[1]).parent_id == left[0]
+    assert [fake_store.run(r).status for r in (own, *left)] == [status] * 3
     # Ended from the top of the stack down, the session's own run last.
-    assert [call.args[0] for call in store.called("end_run")] == [left[1], left[0], own]
-    assert store.stack() == []
+    assert [call.args[0] for call in fake_store.called("end_run")] == [left[1], left[0], own]
+    assert fake_store.stack() == []
 
 
 def test_a_failure_while_entering_ends_the_new_run_failed_and_gives_everything_back(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    store.fail("log_batch", RunError("the store refused the batch"))
+    fake_store.fail("log_batch", RunError("the store refused the batch"))
     handler = signal.getsignal(signal.SIGTERM)
 
-    session = open_session(project.config(), store, params={"lr": 0.1})
+    session = open_session(fake_project.config(), fake_store, params={"lr": 0.1})
     with pytest.raises(RunError, match="the store refused the batch"):
         session.__enter__()
 
-    [run] = store.runs.values()
+    [run] = fake_store.runs.values()
     assert run.status is RunStatus.FAILED
-    assert store.stack() == []
+    assert fake_store.stack() == []
     assert signal.getsignal(signal.SIGTERM) == handler
     assert not any(name in os.environ for name in HTTP_SETTINGS)
-    assert store.current_tracking_uri is None
+    assert fake_store.current_tracking_uri is None
 
 
 def test_logging_after_the_block_or_entering_twice_raises(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    session = open_session(project.config(), store)
+    session = open_session(fake_project.config(), fake_store)
     with session:
         pass
 
@@ -308,7 +234,7 @@ def test_logging_after_the_block_or_entering_twice_raises(
         session.log_metrics({"loss": 1.0})
     with pytest.raises(RunError, match="was entered already"):
         session.__enter__()
-    assert len(store.runs) == 1
+    assert len(fake_store.runs) == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -316,56 +242,58 @@ def test_logging_after_the_block_or_entering_twice_raises(
 
 
 def test_child_session_is_a_child_run_of_the_session_run(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    with open_session(project.config(), store) as parent:
+    with open_session(fake_project.config(), fake_store) as parent:
         with parent.child("fold-1", params={"fold": 1}) as child:
-            assert store.stack() == [parent.run_id, child.run_id]
-        assert store.stack() == [parent.run_id]
+            assert fake_store.stack() == [parent.run_id, child.run_id]
+        assert fake_store.stack() == [parent.run_id]
 
-    run = store.run(child.run_id)
+    run = fake_store.run(child.run_id)
     assert run.parent_id == parent.run_id
     assert run.name == "fold-1"
     assert run.experiment_id == parent.experiment_id
     assert run.params == {"fold": "1"}
     assert run.status is RunStatus.FINISHED
-    assert store.run(parent.run_id).status is RunStatus.FINISHED
-    assert len(store.opened) == 1  # the child uses its parent's backend
+    assert fake_store.run(parent.run_id).status is RunStatus.FINISHED
+    assert len(fake_store.opened) == 1  # the child uses its parent's backend
 
 
 def test_a_failed_child_caught_inside_the_parent_leaves_the_parent_finished(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    with open_session(project.config(), store) as parent:
+    with open_session(fake_project.config(), fake_store) as parent:
         child = parent.child("step")
         with pytest.raises(ValueError, match="step failed"), child:
             raise ValueError("step failed")
 
-    assert store.run(child.run_id).status is RunStatus.FAILED
-    assert store.run(parent.run_id).status is RunStatus.FINISHED
+    assert fake_store.run(child.run_id).status is RunStatus.FAILED
+    assert fake_store.run(parent.run_id).status is RunStatus.FINISHED
 
 
 def test_an_active_run_in_the_thread_with_nested_true_gets_a_child_run_and_stays_open(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    outer = store.mlflow_start_run(store.add_experiment("outer"), name="outer")
+    outer = fake_store.mlflow_start_run(fake_store.add_experiment("outer"), name="outer")
 
-    with open_session(project.config({"tracking.run.nested": True}), store) as s:
-        assert store.stack() == [outer, s.run_id]
+    with open_session(fake_project.config({"tracking.run.nested": True}), fake_store) as s:
+        assert fake_store.stack() == [outer, s.run_id]
 
-    run = store.run(s.run_id)
+    run = fake_store.run(s.run_id)
     assert run.parent_id == outer
     assert run.status is RunStatus.FINISHED
-    assert store.run(outer).status is RunStatus.RUNNING
-    assert store.stack() == [outer]
+    assert fake_store.run(outer).status is RunStatus.RUNNING
+    assert fake_store.stack() == [outer]
 
 
 @pytest.mark.parametrize("error", [None, ValueError("x")], ids=["success", "exception"])
 def test_an_active_run_in_the_thread_with_nested_false_is_attached_and_never_ended(
-    project: Project, store: FakeStore, error: Exception | None
+    fake_project: FakeProject, fake_store: FakeStore, error: Exception | None
 ) -> None:
-    outer = store.mlflow_start_run(store.add_experiment("outer"), name="outer")
-    session = open_session(project.config({"tracking.run.nested": False}), store, params={"a": 1})
+    outer = fake_store.mlflow_start_run(fake_store.add_experiment("outer"), name="outer")
+    session = open_session(
+        fake_project.config({"tracking.run.nested": False}), fake_store, params={"a": 1}
+    )
 
     with raises_if(error), session:
         assert session.run_id == outer
@@ -373,117 +301,123 @@ def test_an_active_run_in_the_thread_with_nested_false_is_attached_and_never_end
         if error is not None:
             raise error
 
-    run = store.run(outer)
+    run = fake_store.run(outer)
     assert run.status is RunStatus.RUNNING
     assert run.params == {"a": "1"}
     assert [m.key for m in run.metrics] == ["loss"]
-    assert store.stack() == [outer]  # still the thread's active run, as before
-    assert store.called("start_run") == store.called("end_run") == []
+    assert fake_store.stack() == [outer]  # still the thread's active run, as before
+    assert fake_store.called("start_run") == fake_store.called("end_run") == []
 
 
 def test_mlflow_run_id_with_nested_false_is_attached_then_popped_and_never_ended(
-    project: Project, store: FakeStore, monkeypatch: pytest.MonkeyPatch
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_id = store.add_run(store.add_experiment("orchestrator"), status=RunStatus.RUNNING)
+    run_id = fake_store.add_run(fake_store.add_experiment("orchestrator"), status=RunStatus.RUNNING)
     monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
 
-    with open_session(project.config({"tracking.run.nested": False}), store) as s:
+    with open_session(fake_project.config({"tracking.run.nested": False}), fake_store) as s:
         assert s.run_id == run_id
-        assert store.stack() == [run_id]
-        left = store.mlflow_start_run(name="left open")
+        assert fake_store.stack() == [run_id]
+        left = fake_store.mlflow_start_run(name="left open")
         s.log_params({"lr": 0.1})
 
-    assert store.stack() == []
-    assert store.run(run_id).status is RunStatus.RUNNING
-    assert store.run(run_id).params == {"lr": "0.1"}
-    assert store.run(left).status is RunStatus.FINISHED  # left open above it: ended
+    assert fake_store.stack() == []
+    assert fake_store.run(run_id).status is RunStatus.RUNNING
+    assert fake_store.run(run_id).params == {"lr": "0.1"}
+    assert fake_store.run(left).status is RunStatus.FINISHED  # left open above it: ended
     assert os.environ["MLFLOW_RUN_ID"] == run_id
 
 
 def test_mlflow_run_id_with_nested_true_gets_a_child_run(
-    project: Project, store: FakeStore, monkeypatch: pytest.MonkeyPatch
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_id = store.add_run(store.add_experiment("orchestrator"), status=RunStatus.RUNNING)
+    run_id = fake_store.add_run(fake_store.add_experiment("orchestrator"), status=RunStatus.RUNNING)
     monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
 
-    with open_session(project.config(), store) as s:
+    with open_session(fake_project.config(), fake_store) as s:
         pass
 
-    assert store.run(s.run_id).parent_id == run_id
-    assert store.run(s.run_id).status is RunStatus.FINISHED
-    assert store.run(run_id).status is RunStatus.RUNNING
-    assert store.stack() == []
+    assert fake_store.run(s.run_id).parent_id == run_id
+    assert fake_store.run(s.run_id).status is RunStatus.FINISHED
+    assert fake_store.run(run_id).status is RunStatus.RUNNING
+    assert fake_store.stack() == []
 
 
 @pytest.mark.parametrize("with_experiment", [True, False], ids=["child_env", "parent-only"])
 def test_trackcfg_parent_run_id_forces_a_child_run_even_with_nested_false(
-    project: Project, store: FakeStore, monkeypatch: pytest.MonkeyPatch, with_experiment: bool
+    fake_project: FakeProject,
+    fake_store: FakeStore,
+    monkeypatch: pytest.MonkeyPatch,
+    with_experiment: bool,
 ) -> None:
-    parent_config = project.config({"tracking.experiment.name": "parent-exp"})
-    with open_session(parent_config, store, name="parent") as parent:
+    parent_config = fake_project.config({"tracking.experiment.name": "parent-exp"})
+    with open_session(parent_config, fake_store, name="parent") as parent:
         worker_env = parent.child_env()
     assert worker_env["TRACKCFG_PARENT_RUN_ID"] == parent.run_id
     if not with_experiment:
         del worker_env["MLFLOW_EXPERIMENT_ID"]
     for key, value in worker_env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv("MLFLOW_RUN_ID", store.add_run(store.add_experiment("other")))
-    lookups = len(store.called("get_experiment"))
+    monkeypatch.setenv("MLFLOW_RUN_ID", fake_store.add_run(fake_store.add_experiment("other")))
+    lookups = len(fake_store.called("get_experiment"))
 
-    worker_config = project.config({"tracking.run.nested": False})
-    with open_session(worker_config, store, name="worker") as worker:
+    worker_config = fake_project.config({"tracking.run.nested": False})
+    with open_session(worker_config, fake_store, name="worker") as worker:
         pass
 
-    run = store.run(worker.run_id)
+    run = fake_store.run(worker.run_id)
     assert run.parent_id == parent.run_id
     assert run.status is RunStatus.FINISHED
     if with_experiment:  # beside its parent, without a lookup request
         assert run.experiment_id == parent.experiment_id
-        assert len(store.called("get_experiment")) == lookups
+        assert len(fake_store.called("get_experiment")) == lookups
     else:  # the worker's own configured experiment
-        experiment = store.experiment_named(PROJECT)
+        experiment = fake_store.experiment_named(FAKE_PROJECT_NAME)
         assert experiment is not None
         assert run.experiment_id == experiment.id
 
 
 def test_attaching_to_a_missing_run_raises_naming_mlflow_run_id_and_creates_no_run(
-    project: Project, store: FakeStore, monkeypatch: pytest.MonkeyPatch
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     missing = "0123456789abcdef0123456789abcdef"
     monkeypatch.setenv("MLFLOW_RUN_ID", missing)
 
-    session = open_session(project.config({"tracking.run.nested": False}), store)
+    session = open_session(fake_project.config({"tracking.run.nested": False}), fake_store)
     with pytest.raises(RunError, match="MLFLOW_RUN_ID") as raised, session:
         pass
 
     assert missing in str(raised.value)
-    assert store.runs == {}
-    assert store.stack() == []
-    assert not {"start_run", "push_active", "log_batch"} & set(store.methods())
+    assert fake_store.runs == {}
+    assert fake_store.stack() == []
+    assert not {"start_run", "push_active", "log_batch"} & set(fake_store.methods())
     assert os.environ["MLFLOW_RUN_ID"] == missing
 
 
 def test_attaching_to_a_missing_run_creates_no_experiment_either(
-    project: Project, store: FakeStore, monkeypatch: pytest.MonkeyPatch
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MLFLOW_RUN_ID", "0123456789abcdef0123456789abcdef")
 
-    session = open_session(project.config({"tracking.run.nested": False}), store)
+    session = open_session(fake_project.config({"tracking.run.nested": False}), fake_store)
     with pytest.raises(RunError, match="MLFLOW_RUN_ID"), session:
         pass
 
-    assert store.experiments == {}
+    assert fake_store.experiments == {}
 
 
 def test_mlflow_run_id_naming_a_missing_run_with_nested_true_is_refused_naming_it(
-    project: Project, store: FakeStore, monkeypatch: pytest.MonkeyPatch
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MLFLOW_RUN_ID", "0123456789abcdef0123456789abcdef")
 
-    with pytest.raises(RunError, match="MLFLOW_RUN_ID"), open_session(project.config(), store):
+    with (
+        pytest.raises(RunError, match="MLFLOW_RUN_ID"),
+        open_session(fake_project.config(), fake_store),
+    ):
         pass
 
-    assert store.runs == {}
+    assert fake_store.runs == {}
 
 
 @pytest.mark.xfail(
@@ -494,22 +428,22 @@ def test_mlflow_run_id_naming_a_missing_run_with_nested_true_is_refused_naming_i
     "MLflow 3.17 with a SQLite store)",
 )
 def test_attached_to_the_threads_run_a_run_left_open_inside_ends_with_the_status(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    outer = store.mlflow_start_run(store.add_experiment("outer"), name="outer")
-    session = open_session(project.config({"tracking.run.nested": False}), store)
+    outer = fake_store.mlflow_start_run(fake_store.add_experiment("outer"), name="outer")
+    session = open_session(fake_project.config({"tracking.run.nested": False}), fake_store)
 
     left: list[str] = []
 
     def body() -> None:
-        left.append(store.mlflow_start_run(name="left open"))
+        left.append(fake_store.mlflow_start_run(name="left open"))
         raise ValueError("x")
 
     with pytest.raises(ValueError, match="x"), session:
         body()
 
-    assert store.run(left[0]).status is RunStatus.FAILED
-    assert store.stack() == [outer]
+    assert fake_store.run(left[0]).status is RunStatus.FAILED
+    assert fake_store.stack() == [outer]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -522,71 +456,77 @@ def test_attached_to_the_threads_run_a_run_left_open_inside_ends_with_the_status
     ids=["success", "exception"],
 )
 def test_resume_reopens_the_run_ends_it_with_the_status_and_never_renames_it(
-    project: Project, store: FakeStore, error: Exception | None, status: RunStatus
+    fake_project: FakeProject, fake_store: FakeStore, error: Exception | None, status: RunStatus
 ) -> None:
-    elsewhere = store.add_experiment("elsewhere")
-    run_id = store.add_run(elsewhere, name="original", params={"lr": "0.1"})
-    config = project.config({"tracking.run.id": run_id, "tracking.run.name": "renamed"})
-    session = open_session(config, store, params={"lr": 0.1})
+    elsewhere = fake_store.add_experiment("elsewhere")
+    run_id = fake_store.add_run(elsewhere, name="original", params={"lr": "0.1"})
+    config = fake_project.config({"tracking.run.id": run_id, "tracking.run.name": "renamed"})
+    session = open_session(config, fake_store, params={"lr": 0.1})
 
     with raises_if(error), session:
         assert session.run_id == run_id
         assert session.experiment_id == elsewhere  # the run's own experiment
-        assert store.run(run_id).status is RunStatus.RUNNING
-        assert store.stack() == [run_id]
+        assert fake_store.run(run_id).status is RunStatus.RUNNING
+        assert fake_store.stack() == [run_id]
         session.log_metric("loss", 0.1)
         if error is not None:
             raise error
 
-    run = store.run(run_id)
+    run = fake_store.run(run_id)
     assert run.status is status
     assert run.name == "original"
     assert run.params == {"lr": "0.1"}
-    assert list(store.runs) == [run_id]
-    assert store.experiment_named(PROJECT) is None  # the configured one is not looked up
+    assert list(fake_store.runs) == [run_id]
+    assert (
+        fake_store.experiment_named(FAKE_PROJECT_NAME) is None
+    )  # the configured one is not looked up
     # The same param value is not sent again: only the continuation's tag and the metric.
-    assert [batch.params for batch in store.batches()] == [(), ()]
-    assert [key for key, _ in store.batches()[0].tags] == [CONTINUED_TAG]
+    assert [batch.params for batch in fake_store.batches()] == [(), ()]
+    assert [key for key, _ in fake_store.batches()[0].tags] == [CONTINUED_TAG]
 
 
 def test_resume_with_a_conflicting_param_raises_before_the_run_is_touched(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    run_id = store.add_run(store.add_experiment("exp"), name="original", params={"lr": "0.1"})
-    session = open_session(project.config({"tracking.run.id": run_id}), store, params={"lr": 0.2})
+    run_id = fake_store.add_run(
+        fake_store.add_experiment("exp"), name="original", params={"lr": "0.1"}
+    )
+    session = open_session(
+        fake_project.config({"tracking.run.id": run_id}), fake_store, params={"lr": 0.2}
+    )
 
     with pytest.raises(RunError, match="params differ") as raised, session:
         pass
 
     assert "'lr': logged '0.1', now '0.2'" in str(raised.value)
-    run = store.run(run_id)
+    run = fake_store.run(run_id)
     assert run.status is RunStatus.FINISHED
     assert run.params == {"lr": "0.1"}
-    assert not {"resume_run", "log_batch", "end_run", "start_run"} & set(store.methods())
-    assert store.stack() == []
+    assert not {"resume_run", "log_batch", "end_run", "start_run"} & set(fake_store.methods())
+    assert fake_store.stack() == []
 
 
 @pytest.mark.parametrize("state", ["missing", "deleted"])
 def test_resume_of_a_missing_or_deleted_run_raises_and_creates_nothing(
-    project: Project, store: FakeStore, state: str
+    fake_project: FakeProject, fake_store: FakeStore, state: str
 ) -> None:
-    experiment = store.add_experiment("exp")
+    experiment = fake_store.add_experiment("exp")
     if state == "deleted":
-        run_id = store.add_run(experiment, deleted=True)
+        run_id = fake_store.add_run(experiment, deleted=True)
     else:
         run_id = "0123456789abcdef0123456789abcdef"
-    runs_before = set(store.runs)
+    runs_before = set(fake_store.runs)
 
-    session = open_session(project.config({"tracking.run.id": run_id}), store)
+    session = open_session(fake_project.config({"tracking.run.id": run_id}), fake_store)
     with pytest.raises(RunError, match=r"\(tracking\.run\.id\)") as raised, session:
         pass
 
     assert ("is deleted" if state == "deleted" else "does not exist") in str(raised.value)
-    assert set(store.runs) == runs_before
-    assert list(store.experiments) == [experiment]
+    assert set(fake_store.runs) == runs_before
+    assert list(fake_store.experiments) == [experiment]
     if state == "deleted":
-        assert store.run(run_id).deleted
-    assert not {"resume_run", "start_run", "create_experiment"} & set(store.methods())
+        assert fake_store.run(run_id).deleted
+    assert not {"resume_run", "start_run", "create_experiment"} & set(fake_store.methods())
 
 
 @pytest.mark.xfail(
@@ -597,16 +537,18 @@ def test_resume_of_a_missing_or_deleted_run_raises_and_creates_nothing(
     "experiment ID does not match environment run ID' (reproduced on MLflow 3.17)",
 )
 def test_resume_while_another_session_is_open_reopens_the_run(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    run_id = store.add_run(store.add_experiment("elsewhere"), name="original")
+    run_id = fake_store.add_run(fake_store.add_experiment("elsewhere"), name="original")
 
-    with open_session(project.config(), store, name="outer"):
-        resume = open_session(project.config({"tracking.run.id": run_id}), store, name="again")
+    with open_session(fake_project.config(), fake_store, name="outer"):
+        resume = open_session(
+            fake_project.config({"tracking.run.id": run_id}), fake_store, name="again"
+        )
         with resume:
-            assert store.run(run_id).status is RunStatus.RUNNING
+            assert fake_store.run(run_id).status is RunStatus.RUNNING
 
-    assert store.run(run_id).status is RunStatus.FINISHED
+    assert fake_store.run(run_id).status is RunStatus.FINISHED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -614,59 +556,64 @@ def test_resume_while_another_session_is_open_reopens_the_run(
 
 
 def test_a_missing_experiment_is_created_and_an_existing_one_used_as_it_is(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    config = project.config({"tracking.experiment.name": "my-exp"})
+    config = fake_project.config({"tracking.experiment.name": "my-exp"})
 
-    with open_session(config, store) as first:
+    with open_session(config, fake_store) as first:
         pass
-    with open_session(config, store) as second:
+    with open_session(config, fake_store) as second:
         pass
 
-    experiment = store.experiment_named("my-exp")
+    experiment = fake_store.experiment_named("my-exp")
     assert experiment is not None
     assert not experiment.deleted
     assert experiment.artifact_location is None  # a server store picks it
-    assert store.run(first.run_id).experiment_id == experiment.id
-    assert store.run(second.run_id).experiment_id == experiment.id
-    assert [call.args[0] for call in store.called("create_experiment")] == ["my-exp"]
+    assert fake_store.run(first.run_id).experiment_id == experiment.id
+    assert fake_store.run(second.run_id).experiment_id == experiment.id
+    assert [call.args[0] for call in fake_store.called("create_experiment")] == ["my-exp"]
 
 
 def test_a_missing_experiment_with_create_false_raises_naming_the_setting(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    session = open_session(project.config({"tracking.experiment.create": False}), store)
+    session = open_session(fake_project.config({"tracking.experiment.create": False}), fake_store)
 
     with pytest.raises(ExperimentError, match=r"tracking\.experiment\.create") as raised, session:
         pass
 
-    assert repr(PROJECT) in str(raised.value)
-    assert store.experiments == {}
-    assert store.runs == {}
+    assert repr(FAKE_PROJECT_NAME) in str(raised.value)
+    assert fake_store.experiments == {}
+    assert fake_store.runs == {}
 
 
-def test_a_deleted_experiment_is_restored_and_used(project: Project, store: FakeStore) -> None:
-    experiment_id = store.add_experiment(PROJECT, deleted=True)
+def test_a_deleted_experiment_is_restored_and_used(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    experiment_id = fake_store.add_experiment(FAKE_PROJECT_NAME, deleted=True)
 
-    with open_session(project.config(), store) as s:
+    with open_session(fake_project.config(), fake_store) as s:
         pass
 
-    assert not store.experiments[experiment_id].deleted
-    assert store.run(s.run_id).experiment_id == experiment_id
-    assert [call.args for call in store.called("restore_experiment")] == [(experiment_id,)]
+    assert not fake_store.experiments[experiment_id].deleted
+    assert fake_store.run(s.run_id).experiment_id == experiment_id
+    assert [call.args for call in fake_store.called("restore_experiment")] == [(experiment_id,)]
 
 
 def test_a_deleted_experiment_with_restore_false_raises_naming_the_setting(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    experiment_id = store.add_experiment(PROJECT, deleted=True)
-    config = project.config({"tracking.experiment.restore_if_deleted": False})
+    experiment_id = fake_store.add_experiment(FAKE_PROJECT_NAME, deleted=True)
+    config = fake_project.config({"tracking.experiment.restore_if_deleted": False})
 
-    with pytest.raises(ExperimentError, match="restore_if_deleted"), open_session(config, store):
+    with (
+        pytest.raises(ExperimentError, match="restore_if_deleted"),
+        open_session(config, fake_store),
+    ):
         pass
 
-    assert store.experiments[experiment_id].deleted
-    assert store.runs == {}
+    assert fake_store.experiments[experiment_id].deleted
+    assert fake_store.runs == {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -684,8 +631,8 @@ def test_a_deleted_experiment_with_restore_false_raises_naming_the_setting(
     ids=["whole-name", "last-dotted-part", "TRACKCFG_DISABLE", "rank-1-under-ranks-zero"],
 )
 def test_a_disabled_session_opens_nothing_and_logs_nothing(
-    project: Project,
-    store: FakeStore,
+    fake_project: FakeProject,
+    fake_store: FakeStore,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     overrides: dict[str, Any],
@@ -694,7 +641,9 @@ def test_a_disabled_session_opens_nothing_and_logs_nothing(
 ) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    session = open_session(project.config(overrides), store, name=name, params={"lr": 0.1})
+    session = open_session(
+        fake_project.config(overrides), fake_store, name=name, params={"lr": 0.1}
+    )
     assert not session.enabled
     environ_before = dict(os.environ)
     handler = signal.getsignal(signal.SIGTERM)
@@ -710,44 +659,47 @@ def test_a_disabled_session_opens_nothing_and_logs_nothing(
 
     assert not session.enabled
     assert session.run_id is None
-    assert store.calls == []  # the factory was never called, not even for its limits
+    assert fake_store.calls == []  # the factory was never called, not even for its limits
     assert dict(os.environ) == environ_before
 
 
 def test_a_disabled_session_lets_an_exception_through_unchanged(
-    project: Project, store: FakeStore, monkeypatch: pytest.MonkeyPatch
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TRACKCFG_DISABLE", "1")
     error = ValueError("x")
 
-    with pytest.raises(ValueError, match="x") as raised, open_session(project.config(), store):
+    with (
+        pytest.raises(ValueError, match="x") as raised,
+        open_session(fake_project.config(), fake_store),
+    ):
         raise error
 
     assert raised.value is error
-    assert store.calls == []
+    assert fake_store.calls == []
 
 
 @pytest.mark.parametrize("name", ["fitness", "fit.Trainer", "refit"])
 def test_disable_tracking_matches_only_the_whole_name_or_its_last_dotted_part(
-    project: Project, store: FakeStore, name: str
+    fake_project: FakeProject, fake_store: FakeStore, name: str
 ) -> None:
-    config = project.config({"tracking.disable_tracking.pipelines": ["fit"]})
+    config = fake_project.config({"tracking.disable_tracking.pipelines": ["fit"]})
 
-    with open_session(config, store, name=name) as s:
+    with open_session(config, fake_store, name=name) as s:
         assert s.enabled
 
-    assert store.run(s.run_id).status is RunStatus.FINISHED
+    assert fake_store.run(s.run_id).status is RunStatus.FINISHED
 
 
 def test_a_rank_other_than_zero_logs_under_ranks_all_tagged_with_its_rank(
-    project: Project, store: FakeStore, monkeypatch: pytest.MonkeyPatch
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RANK", "1")
 
-    with open_session(project.config({"tracking.run.ranks": "all"}), store) as s:
+    with open_session(fake_project.config({"tracking.run.ranks": "all"}), fake_store) as s:
         pass
 
-    assert store.run(s.run_id).user_tags == {"trackcfg.rank": "1"}
+    assert fake_store.run(s.run_id).user_tags == {"trackcfg.rank": "1"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -755,88 +707,93 @@ def test_a_rank_other_than_zero_logs_under_ranks_all_tagged_with_its_rank(
 
 
 def test_a_too_long_param_under_fail_raises_before_any_backend_call(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    session = open_session(project.config(), store, params={"lr": 0.1, "prompt": "x" * 6001})
+    session = open_session(
+        fake_project.config(), fake_store, params={"lr": 0.1, "prompt": "x" * 6001}
+    )
 
     with pytest.raises(ParamValueTooLongError, match="long_params_strategy") as raised, session:
         pass
 
     assert (raised.value.key, raised.value.length, raised.value.limit) == ("prompt", 6001, 6000)
-    assert store.methods() == ["limits"]  # asked the factory its limits, opened nothing
-    assert store.opened == []
+    assert fake_store.methods() == ["limits"]  # asked the factory its limits, opened nothing
+    assert fake_store.opened == []
     assert not any(name in os.environ for name in HTTP_SETTINGS)
 
 
 def test_a_too_long_param_logged_inside_the_block_raises_and_logs_none_of_the_call(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    with open_session(project.config(), store) as s:
+    with open_session(fake_project.config(), fake_store) as s:
         with pytest.raises(ParamValueTooLongError):
             s.log_params({"short": 1, "prompt": "x" * 6001})
         s.log_params({"other": 2})
 
-    run = store.run(s.run_id)
+    run = fake_store.run(s.run_id)
     assert run.params == {"other": "2"}
     assert run.status is RunStatus.FINISHED
 
 
 def test_a_param_logged_again_with_another_value_raises_and_keeps_the_first(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    with open_session(project.config(), store, params={"lr": 0.1}) as s:
-        batches = len(store.called("log_batch"))
+    with open_session(fake_project.config(), fake_store, params={"lr": 0.1}) as s:
+        batches = len(fake_store.called("log_batch"))
         with pytest.raises(RunError, match="params are immutable") as raised:
             s.log_params({"lr": 0.2})
-        assert len(store.called("log_batch")) == batches  # refused before any request
+        assert len(fake_store.called("log_batch")) == batches  # refused before any request
 
     assert "'lr': logged '0.1', now '0.2'" in str(raised.value)
-    assert store.run(s.run_id).params == {"lr": "0.1"}
-    assert store.run(s.run_id).status is RunStatus.FINISHED
+    assert fake_store.run(s.run_id).params == {"lr": "0.1"}
+    assert fake_store.run(s.run_id).status is RunStatus.FINISHED
 
 
 def test_a_param_logged_again_with_the_same_value_sends_no_request(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    with open_session(project.config(), store, params={"lr": 0.1}) as s:
-        batches = len(store.called("log_batch"))
+    with open_session(fake_project.config(), fake_store, params={"lr": 0.1}) as s:
+        batches = len(fake_store.called("log_batch"))
         s.log_params({"lr": 0.1})
-        assert len(store.called("log_batch")) == batches
+        assert len(fake_store.called("log_batch")) == batches
         s.log_params({"lr": 0.1, "epochs": 3})
 
-    sent = [batch.params for batch in store.batches()]
+    sent = [batch.params for batch in fake_store.batches()]
     assert sent == [(("lr", "0.1"),), (("epochs", "3"),)]
 
 
 def test_many_params_go_out_in_few_batches_within_mlflow_limits(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
     params = {f"p{i:03d}": i for i in range(250)}
 
-    with open_session(project.config(), store, params=params) as s:
+    with open_session(fake_project.config(), fake_store, params=params) as s:
         pass
 
     # The fake refuses any batch past MLflow's limits, like MLflow.
-    assert [len(batch.params) for batch in store.batches()] == [100, 100, 50]
-    assert store.run(s.run_id).params == {k: str(v) for k, v in params.items()}
+    assert [len(batch.params) for batch in fake_store.batches()] == [100, 100, 50]
+    assert fake_store.run(s.run_id).params == {k: str(v) for k, v in params.items()}
 
 
 def test_attaching_with_a_param_the_run_logged_differently_raises_and_leaves_it_running(
-    project: Project, store: FakeStore, monkeypatch: pytest.MonkeyPatch
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_id = store.add_run(
-        store.add_experiment("orchestrator"), status=RunStatus.RUNNING, params={"lr": "0.1"}
+    run_id = fake_store.add_run(
+        fake_store.add_experiment("orchestrator"), status=RunStatus.RUNNING, params={"lr": "0.1"}
     )
     monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
-    config = project.config({"tracking.run.nested": False})
+    config = fake_project.config({"tracking.run.nested": False})
 
-    with pytest.raises(RunError, match="immutable"), open_session(config, store, params={"lr": 2}):
+    with (
+        pytest.raises(RunError, match="immutable"),
+        open_session(config, fake_store, params={"lr": 2}),
+    ):
         pass
 
-    assert store.run(run_id).params == {"lr": "0.1"}
-    assert store.run(run_id).status is RunStatus.RUNNING
-    assert store.stack() == []
-    assert store.called("log_batch") == []
+    assert fake_store.run(run_id).params == {"lr": "0.1"}
+    assert fake_store.run(run_id).status is RunStatus.RUNNING
+    assert fake_store.stack() == []
+    assert fake_store.called("log_batch") == []
 
 
 def test_the_fakes_limits_are_mlflow_3s() -> None:
@@ -848,17 +805,17 @@ def test_the_fakes_limits_are_mlflow_3s() -> None:
 
 
 def test_two_top_level_sessions_in_two_threads_share_the_settings_and_both_finish(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    config = project.config()
+    config = fake_project.config()
     both_open = threading.Barrier(2, timeout=10)
     seen: dict[str, tuple[str | None, list[str]]] = {}
     handler = signal.getsignal(signal.SIGTERM)
 
     def work(name: str) -> None:
-        with open_session(config, store, name=name) as s:
+        with open_session(config, fake_store, name=name) as s:
             both_open.wait()
-            seen[name] = (s.run_id, list(store.stack()))
+            seen[name] = (s.run_id, list(fake_store.stack()))
             s.log_metric("loss", 1.0)
             both_open.wait()
 
@@ -871,49 +828,51 @@ def test_two_top_level_sessions_in_two_threads_share_the_settings_and_both_finis
     assert set(seen) == {"a", "b"}
     for name, (run_id, stack) in seen.items():
         assert stack == [run_id]  # each thread's own active run
-        run = store.run(run_id)
+        run = fake_store.run(run_id)
         assert (run.name, run.status, run.parent_id) == (name, RunStatus.FINISHED, None)
-    experiment = store.experiment_named(PROJECT)
+    experiment = fake_store.experiment_named(FAKE_PROJECT_NAME)
     assert experiment is not None
-    assert {store.run(run_id).experiment_id for run_id, _ in seen.values()} == {experiment.id}
-    assert store.methods().count("use_store") == store.methods().count("restore_store") == 1
-    assert store.current_tracking_uri is None
+    assert {fake_store.run(run_id).experiment_id for run_id, _ in seen.values()} == {experiment.id}
+    assert (
+        fake_store.methods().count("use_store") == fake_store.methods().count("restore_store") == 1
+    )
+    assert fake_store.current_tracking_uri is None
     assert not any(name in os.environ for name in HTTP_SETTINGS)
     assert signal.getsignal(signal.SIGTERM) == handler  # only the main thread traps it
 
 
 def test_a_session_needing_another_tracking_uri_is_refused_while_one_is_open(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    other = project.config({"server.mlflow_tracking_uri": "http://other.invalid"})
+    other = fake_project.config({"server.mlflow_tracking_uri": "http://other.invalid"})
 
-    with open_session(project.config(), store, name="a") as a:
-        error = in_thread(lambda: open_session(other, store, name="b").__enter__())
+    with open_session(fake_project.config(), fake_store, name="a") as a:
+        error = in_thread(lambda: open_session(other, fake_store, name="b").__enter__())
         assert isinstance(error, RunError)
         assert "another trackcfg session is open" in str(error)
         assert "the tracking/registry URI" in str(error)
-        assert store.opened == [(FAKE_URI, None)]
-        assert list(store.runs) == [a.run_id]
+        assert fake_store.opened == [(FAKE_URI, None)]
+        assert list(fake_store.runs) == [a.run_id]
 
-    assert store.run(a.run_id).status is RunStatus.FINISHED
-    with open_session(other, store, name="b") as b:  # once nothing is open, it may
+    assert fake_store.run(a.run_id).status is RunStatus.FINISHED
+    with open_session(other, fake_store, name="b") as b:  # once nothing is open, it may
         pass
-    assert store.opened[-1] == ("http://other.invalid", None)
-    assert store.run(b.run_id).status is RunStatus.FINISHED
+    assert fake_store.opened[-1] == ("http://other.invalid", None)
+    assert fake_store.run(b.run_id).status is RunStatus.FINISHED
 
 
 @pytest.mark.parametrize("ending", ["success", "exception", "refused-while-entering"])
 def test_credentials_and_http_settings_are_exported_only_during_the_session(
-    project: Project, store: FakeStore, monkeypatch: pytest.MonkeyPatch, ending: str
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch, ending: str
 ) -> None:
-    (project.root / "credentials.yml").write_text(
+    (fake_project.root / "credentials.yml").write_text(
         "tracking_creds:\n  FAKE_SERVICE_TOKEN: s3cret\n  FAKE_SERVICE_USER: alice\n"
     )
     monkeypatch.delenv("FAKE_SERVICE_TOKEN", raising=False)
     monkeypatch.setenv("FAKE_SERVICE_USER", "before")
     overrides = {"tracking.experiment.create": ending != "refused-while-entering"}
-    config = project.config(overrides, extra_yaml="  credentials: tracking_creds\n")
-    session = open_session(config, store)
+    config = fake_project.config(overrides, extra_yaml="  credentials: tracking_creds\n")
+    session = open_session(config, fake_store)
     during: dict[str, str | None] = {}
 
     def look() -> None:
@@ -921,14 +880,14 @@ def test_credentials_and_http_settings_are_exported_only_during_the_session(
         during.update({name: os.environ.get(name) for name in names})
 
     if ending == "refused-while-entering":  # create: false, and the experiment is missing
-        record = store.record
+        record = fake_store.record
 
         def look_at_lookup(method: str, *args: object) -> None:
             if method == "get_experiment":
                 look()
             record(method, *args)
 
-        monkeypatch.setattr(store, "record", look_at_lookup)
+        monkeypatch.setattr(fake_store, "record", look_at_lookup)
         with pytest.raises(ExperimentError), session:
             pass
     else:
@@ -949,11 +908,11 @@ def test_credentials_and_http_settings_are_exported_only_during_the_session(
 
 @pytest.mark.parametrize("order", ["a-first", "b-first"])
 def test_the_sigterm_handler_is_given_back_whatever_order_sessions_end_in(
-    project: Project, store: FakeStore, previous_sigterm: RecordingHandler, order: str
+    fake_project: FakeProject, fake_store: FakeStore, previous_sigterm: RecordingHandler, order: str
 ) -> None:
-    config = project.config()
-    a = open_session(config, store, name="a")
-    b = open_session(config, store, name="b")  # top-level too: a child run of a's by nesting
+    config = fake_project.config()
+    a = open_session(config, fake_store, name="a")
+    b = open_session(config, fake_store, name="b")  # top-level too: a child run of a's by nesting
 
     a.__enter__()
     b.__enter__()
@@ -962,29 +921,29 @@ def test_the_sigterm_handler_is_given_back_whatever_order_sessions_end_in(
         session.__exit__(None, None, None)
 
     assert previous_sigterm.received == []
-    assert store.run(b.run_id).parent_id == a.run_id
-    assert store.run(a.run_id).status is store.run(b.run_id).status is RunStatus.FINISHED
-    assert store.stack() == []
+    assert fake_store.run(b.run_id).parent_id == a.run_id
+    assert fake_store.run(a.run_id).status is fake_store.run(b.run_id).status is RunStatus.FINISHED
+    assert fake_store.stack() == []
     assert signal.getsignal(signal.SIGTERM) is previous_sigterm
 
 
 def test_sigterm_runs_the_programs_handler_at_once_and_a_handled_one_finishes_the_runs(
-    project: Project, store: FakeStore, previous_sigterm: RecordingHandler
+    fake_project: FakeProject, fake_store: FakeStore, previous_sigterm: RecordingHandler
 ) -> None:
-    session = open_session(project.config(), store)
+    session = open_session(fake_project.config(), fake_store)
 
     with session, session.child("step") as child:
         signal.raise_signal(signal.SIGTERM)
         assert previous_sigterm.received == [signal.SIGTERM]  # at the signal, in the block
 
-    assert store.run(session.run_id).status is RunStatus.FINISHED
-    assert store.run(child.run_id).status is RunStatus.FINISHED
+    assert fake_store.run(session.run_id).status is RunStatus.FINISHED
+    assert fake_store.run(child.run_id).status is RunStatus.FINISHED
     assert previous_sigterm.received == [signal.SIGTERM]  # once
     assert signal.getsignal(signal.SIGTERM) is previous_sigterm
 
 
 def test_sigterm_handler_that_exits_ends_the_runs_killed(
-    project: Project, store: FakeStore, previous_sigterm: RecordingHandler
+    fake_project: FakeProject, fake_store: FakeStore, previous_sigterm: RecordingHandler
 ) -> None:
     """The program's handler ends the process (``sys.exit(0)``): the runs end KILLED, not
     FINISHED; where SIGTERM has no handler of the program's, ``Terminated`` does the same
@@ -995,33 +954,33 @@ def test_sigterm_handler_that_exits_ends_the_runs_killed(
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, exits)
-    session = open_session(project.config(), store)
+    session = open_session(fake_project.config(), fake_store)
 
     with pytest.raises(SystemExit), session, session.child("step") as child:
         signal.raise_signal(signal.SIGTERM)
 
-    assert store.run(session.run_id).status is RunStatus.KILLED
-    assert store.run(child.run_id).status is RunStatus.KILLED
+    assert fake_store.run(session.run_id).status is RunStatus.KILLED
+    assert fake_store.run(child.run_id).status is RunStatus.KILLED
     assert previous_sigterm.received == [signal.SIGTERM]
     assert signal.getsignal(signal.SIGTERM) is exits
 
 
 def test_activate_makes_the_run_active_in_another_thread_only_for_the_block(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
     stacks: list[list[str]] = []
 
     def worker(session: TrackingSession) -> None:
         with session.activate():
-            stacks.append(list(store.stack()))
-        stacks.append(list(store.stack()))
+            stacks.append(list(fake_store.stack()))
+        stacks.append(list(fake_store.stack()))
 
-    with open_session(project.config(), store) as s:
+    with open_session(fake_project.config(), fake_store) as s:
         assert in_thread(lambda: worker(s)) is None
-        assert store.stack() == [s.run_id]
+        assert fake_store.stack() == [s.run_id]
 
     assert stacks == [[s.run_id], []]
-    assert store.run(s.run_id).status is RunStatus.FINISHED
+    assert fake_store.run(s.run_id).status is RunStatus.FINISHED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1066,127 +1025,127 @@ def test_the_fake_and_this_module_import_no_mlflow(tmp_path: Path) -> None:
 # Buffered logging (tracking.logging.mode: buffered, the default): what the session decides.
 
 
-def buffered(project: Project, **logging: Any) -> TrackingConfig:
+def buffered(fake_project: FakeProject, **logging: Any) -> TrackingConfig:
     settings = {"flush_seconds": 0.05, "exit_timeout": 2.0, **logging}
-    return project.config(
+    return fake_project.config(
         {f"tracking.logging.{key}": value for key, value in settings.items()}, mode="buffered"
     )
 
 
 def test_buffered_calls_land_in_order_and_the_journal_is_gone_after_a_clean_end(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    with open_session(buffered(project), store, params={"lr": 0.1}) as s:
+    with open_session(buffered(fake_project), fake_store, params={"lr": 0.1}) as s:
         for step in range(50):
             s.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
         s.set_tags({"stage": "dev"})
         run_id = s.run_id
     assert run_id is not None
-    run = store.runs[run_id]
+    run = fake_store.runs[run_id]
     assert run.status is RunStatus.FINISHED
     assert run.params == {"lr": "0.1"}
     assert run.tags["stage"] == "dev"
     assert [m.step for m in run.metrics] == list(range(50))
-    assert not list((project.root / ".trackcfg" / "journal").glob("*.journal"))
+    assert not list((fake_project.root / ".trackcfg" / "journal").glob("*.journal"))
 
 
 def test_buffered_flush_returns_once_everything_is_in_the_store(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    with open_session(buffered(project, flush_seconds=60), store) as s:
+    with open_session(buffered(fake_project, flush_seconds=60), fake_store) as s:
         s.log_metrics({"loss": 0.5}, step=1)
         s.flush(timeout=5)
-        assert run_id_metrics(store, s) == [("loss", 1)]
+        assert run_id_metrics(fake_store, s) == [("loss", 1)]
 
 
-def run_id_metrics(store: FakeStore, s: TrackingSession) -> list[tuple[str, int]]:
+def run_id_metrics(fake_store: FakeStore, s: TrackingSession) -> list[tuple[str, int]]:
     assert s.run_id is not None
-    return [(m.key, m.step) for m in store.runs[s.run_id].metrics]
+    return [(m.key, m.step) for m in fake_store.runs[s.run_id].metrics]
 
 
 def test_buffered_calls_never_raise_while_the_store_is_unreachable(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    with open_session(buffered(project), store) as s:
+    with open_session(buffered(fake_project), fake_store) as s:
         for _ in range(2):
-            store.fail("log_batch", TrackingUnavailableError("server away"))
+            fake_store.fail("log_batch", TrackingUnavailableError("server away"))
         for step in range(5):
             s.log_metrics({"loss": float(step)}, step=step)
         s.flush(timeout=10)  # retried after the failures: everything lands
-        assert [step for _, step in run_id_metrics(store, s)] == [0, 1, 2, 3, 4]
+        assert [step for _, step in run_id_metrics(fake_store, s)] == [0, 1, 2, 3, 4]
 
 
 def test_buffered_flush_timeout_raises_unavailable_and_loses_nothing(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    with open_session(buffered(project), store) as s:
+    with open_session(buffered(fake_project), fake_store) as s:
         for _ in range(2):
-            store.fail("log_batch", TrackingUnavailableError("server away"))
+            fake_store.fail("log_batch", TrackingUnavailableError("server away"))
         s.log_metrics({"loss": 0.5}, step=1)
         with pytest.raises(TrackingUnavailableError, match="not yet on"):
             s.flush(timeout=0.2)
         s.flush(timeout=30)
-        assert run_id_metrics(store, s) == [("loss", 1)]
+        assert run_id_metrics(fake_store, s) == [("loss", 1)]
 
 
 def test_buffered_rejection_raises_naming_the_key_and_the_rest_lands(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    session = open_session(buffered(project), store)
+    session = open_session(buffered(fake_project), fake_store)
     # The store refuses any batch holding "bad", like MLflow refuses an invalid value.
-    store.refuse_metric("bad")
+    fake_store.refuse_metric("bad")
     with pytest.raises(RunError, match="'bad'"):  # noqa: SIM117
         with session as s:
             s.log_metrics({"good": 1.0, "bad": 2.0, "fine": 3.0}, step=0)
     assert session.run_id is not None
-    run = store.runs[session.run_id]
+    run = fake_store.runs[session.run_id]
     assert sorted(m.key for m in run.metrics) == ["fine", "good"]
     assert run.status is RunStatus.FINISHED
 
 
 def test_buffered_end_with_the_store_away_keeps_the_journal_for_sync(
-    project: Project, store: FakeStore, caplog: pytest.LogCaptureFixture
+    fake_project: FakeProject, fake_store: FakeStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     from trackcfg._sync import sync_journals
 
-    session = open_session(buffered(project, exit_timeout=0.3), store)
+    session = open_session(buffered(fake_project, exit_timeout=0.3), fake_store)
     with session as s:
         s.log_metrics({"loss": 0.5}, step=1)
         s.flush(timeout=5)
         for _ in range(1000):
-            store.fail("log_batch", TrackingUnavailableError("server away"))
-        store.fail("end_run", TrackingUnavailableError("server away"))
+            fake_store.fail("log_batch", TrackingUnavailableError("server away"))
+        fake_store.fail("end_run", TrackingUnavailableError("server away"))
         s.log_metrics({"loss": 0.25}, step=2)
     # Leaving did not raise; the warning names the command that sends the rest.
     assert "trackcfg sync" in caplog.text
     assert session.run_id is not None
-    assert store.runs[session.run_id].status is RunStatus.RUNNING
-    journals = list((project.root / ".trackcfg" / "journal").glob("*.journal"))
+    assert fake_store.runs[session.run_id].status is RunStatus.RUNNING
+    journals = list((fake_project.root / ".trackcfg" / "journal").glob("*.journal"))
     assert [j.name.split(".")[0] for j in journals] == [session.run_id]
 
-    store.clear_failures()
+    fake_store.clear_failures()
     results = sync_journals(
         journals[0].parent,
         tracking_uri=FAKE_URI,
         shown_uri=FAKE_URI,
-        factory=store,
+        factory=fake_store,
     )
     assert [(r.state, r.end) for r in results] == [("sent", "FINISHED")]
-    run = store.runs[session.run_id]
+    run = fake_store.runs[session.run_id]
     assert run.status is RunStatus.FINISHED
     assert [(m.key, m.step) for m in run.metrics] == [("loss", 1), ("loss", 2)]
     assert not journals[0].exists()
 
 
 def test_buffered_a_batch_failing_with_the_same_5xx_again_and_again_is_isolated_as_refused(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
     """One tag the server answers 500 to every time: after a bounded number of tries it is
     treated as a refusal, found by halving, named with the server's own message; every step
     logged after it lands, and the run ends."""
     # What the backend raises for an HTTP 500 that urllib3 gave up retrying (not "away").
-    store.fail_batches_holding("poison", lambda: ServerError("INTERNAL_ERROR: invalid byte"))
-    session = open_session(buffered(project), store)
+    fake_store.fail_batches_holding("poison", lambda: ServerError("INTERNAL_ERROR: invalid byte"))
+    session = open_session(buffered(fake_project), fake_store)
     with session as s:
         s.set_tags({"poison": "x", "fine": "y"})
         for step in range(300):
@@ -1196,7 +1155,7 @@ def test_buffered_a_batch_failing_with_the_same_5xx_again_and_again_is_isolated_
     assert "tag 'poison'" in str(refused.value)
     assert "INTERNAL_ERROR: invalid byte" in str(refused.value)
     assert session.run_id is not None
-    run = store.runs[session.run_id]
+    run = fake_store.runs[session.run_id]
     assert [m.step for m in run.metrics] == list(range(300))
     assert run.tags["fine"] == "y"
     assert "poison" not in run.tags
@@ -1204,40 +1163,40 @@ def test_buffered_a_batch_failing_with_the_same_5xx_again_and_again_is_isolated_
 
 
 def test_sync_isolates_a_batch_failing_with_the_same_5xx_and_reports_it_by_name(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
     """The same rule in ``trackcfg sync``: the journal's other records are sent, the run
     ended, and the result says what the server refused, in its own words."""
     from trackcfg._sync import sync_journals
 
-    session = open_session(buffered(project, exit_timeout=0.3), store)
+    session = open_session(buffered(fake_project, exit_timeout=0.3), fake_store)
     with session as s:
         for _ in range(1000):
-            store.fail("log_batch", TrackingUnavailableError("server away"))
-        store.fail("end_run", TrackingUnavailableError("server away"))
+            fake_store.fail("log_batch", TrackingUnavailableError("server away"))
+        fake_store.fail("end_run", TrackingUnavailableError("server away"))
         s.log_metrics({"loss": 0.5, "poisoned": 1.0}, step=1)
         s.log_metrics({"loss": 0.25}, step=2)
-    store.clear_failures()
-    store.fail_batches_holding("poisoned", lambda: ServerError("INTERNAL_ERROR: no"))
-    folder = project.root / ".trackcfg" / "journal"
-    (result,) = sync_journals(folder, tracking_uri=FAKE_URI, shown_uri=FAKE_URI, factory=store)
+    fake_store.clear_failures()
+    fake_store.fail_batches_holding("poisoned", lambda: ServerError("INTERNAL_ERROR: no"))
+    folder = fake_project.root / ".trackcfg" / "journal"
+    (result,) = sync_journals(folder, tracking_uri=FAKE_URI, shown_uri=FAKE_URI, factory=fake_store)
 
     assert result.state == "sent"
     assert "metric 'poisoned'" in result.detail
     assert "INTERNAL_ERROR: no" in result.detail
     assert session.run_id is not None
-    run = store.runs[session.run_id]
+    run = fake_store.runs[session.run_id]
     assert [(m.key, m.step) for m in run.metrics] == [("loss", 1), ("loss", 2)]
     assert run.status is RunStatus.FINISHED
 
 
 def test_buffered_flush_raises_when_the_sender_stopped_with_calls_not_sent(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
     """Whatever stops the sender thread, ``flush`` does not return as if all was sent."""
-    session = open_session(buffered(project, exit_timeout=0.5), store)
+    session = open_session(buffered(fake_project, exit_timeout=0.5), fake_store)
     with session as s:
-        store.fail("log_batch", SystemExit(3))  # not an Exception: ends the sender thread
+        fake_store.fail("log_batch", SystemExit(3))  # not an Exception: ends the sender thread
         s.log_metrics({"loss": 0.5}, step=1)
         with pytest.raises(RunError, match=r"sender for run .* stopped") as stopped:
             s.flush(timeout=30)
@@ -1245,12 +1204,12 @@ def test_buffered_flush_raises_when_the_sender_stopped_with_calls_not_sent(
 
 
 def test_buffered_without_a_journal_a_full_memory_makes_the_sender_send_at_once(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
     """``journal: false`` and ``max_buffered`` reached: the call waits for the sender, which
     sends at once (not after ``flush_seconds``, an hour here)."""
-    config = buffered(project, journal=False, max_buffered=5, flush_seconds=3600)
-    with open_session(config, store) as s:
+    config = buffered(fake_project, journal=False, max_buffered=5, flush_seconds=3600)
+    with open_session(config, fake_store) as s:
 
         def loop() -> None:
             for step in range(20):
@@ -1260,22 +1219,22 @@ def test_buffered_without_a_journal_a_full_memory_makes_the_sender_send_at_once(
         logging_thread.start()
         logging_thread.join(timeout=120)
         assert not logging_thread.is_alive(), "the loop waited for the sender for good"
-        assert len(run_id_metrics(store, s)) >= 15
+        assert len(run_id_metrics(fake_store, s)) >= 15
 
 
 @pytest.mark.parametrize("mode", ["sync", "buffered"])
 def test_a_nul_character_in_a_param_or_tag_is_refused_at_the_call(
-    project: Project, store: FakeStore, mode: str
+    fake_project: FakeProject, fake_store: FakeStore, mode: str
 ) -> None:
-    config = buffered(project) if mode == "buffered" else project.config()
-    with open_session(config, store) as s:
+    config = buffered(fake_project) if mode == "buffered" else fake_project.config()
+    with open_session(config, fake_store) as s:
         with pytest.raises(RunError, match="tag 'note': its value holds a NUL"):
             s.set_tags({"note": "a\x00b"})
         with pytest.raises(RunError, match="param 'name': its value holds a NUL"):
             s.log_params({"name": "a\x00b"})
         run_id = s.run_id
     assert run_id is not None
-    assert "note" not in store.runs[run_id].tags
+    assert "note" not in fake_store.runs[run_id].tags
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1287,99 +1246,99 @@ def test_a_nul_character_in_a_param_or_tag_is_refused_at_the_call(
 OFFLINE_TAG = "trackcfg.offline.destination"
 
 
-def offline_store(project: Project) -> str:
-    return f"sqlite:///{project.root / 'mlruns' / 'mlflow.db'}"
+def offline_store(fake_project: FakeProject) -> str:
+    return f"sqlite:///{fake_project.root / 'mlruns' / 'mlflow.db'}"
 
 
-def tried(store: FakeStore) -> list[object]:
+def tried(fake_store: FakeStore) -> list[object]:
     """The URIs backends were opened on, or tried (an opening that failed included)."""
-    return [call.args[0] for call in store.called("open")]
+    return [call.args[0] for call in fake_store.called("open")]
 
 
 def test_offline_always_opens_only_the_offline_store_and_tags_the_runs(
-    project: Project, store: FakeStore, caplog: pytest.LogCaptureFixture
+    fake_project: FakeProject, fake_store: FakeStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = project.config({"server.offline": "always"})
-    session = open_session(config, store, params={"lr": 0.1})
-    assert session.tracking_uri == offline_store(project)  # known before the session starts
+    config = fake_project.config({"server.offline": "always"})
+    session = open_session(config, fake_store, params={"lr": 0.1})
+    assert session.tracking_uri == offline_store(fake_project)  # known before the session starts
     during: dict[str, str | None] = {}
     with session as s, s.child("fold") as child:
         during.update({name: os.environ.get(name) for name in HTTP_SETTINGS})
         child.log_metrics({"loss": 0.5})
         env = s.child_env()
-    assert store.opened == [(offline_store(project), None)]
+    assert fake_store.opened == [(offline_store(fake_project), None)]
     assert during == dict.fromkeys(HTTP_SETTINGS)  # a local store: no HTTP budget
-    parent, fold = store.runs[session.run_id or ""], store.runs[child.run_id or ""]
+    parent, fold = fake_store.runs[session.run_id or ""], fake_store.runs[child.run_id or ""]
     assert parent.tags[OFFLINE_TAG] == fold.tags[OFFLINE_TAG] == FAKE_URI
     assert parent.params == {"lr": "0.1"}
     assert fold.parent_id == parent.id
     assert parent.status is fold.status is RunStatus.FINISHED
     assert env["TRACKCFG_OFFLINE_DESTINATION"] == FAKE_URI
-    assert env["MLFLOW_TRACKING_URI"] == offline_store(project)
+    assert env["MLFLOW_TRACKING_URI"] == offline_store(fake_project)
     assert session.offline_destination == FAKE_URI
-    assert f"offline in {project.root / 'mlruns'} for {FAKE_URI}" in repr(session)
+    assert f"offline in {fake_project.root / 'mlruns'} for {FAKE_URI}" in repr(session)
     # Chosen, so not a warning at the start; at the end, where the run waits (once: not for
     # the child run).
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
         f"run {session.run_id} of session 'train' is in the offline store "
-        f"{project.root / 'mlruns'}, not yet on {FAKE_URI}; send it there with: "
-        f"trackcfg sync {project.root}"
+        f"{fake_project.root / 'mlruns'}, not yet on {FAKE_URI}; send it there with: "
+        f"trackcfg sync {fake_project.root}"
     ]
 
 
 @pytest.mark.parametrize("where", ["open", "get_experiment"])
 def test_offline_auto_falls_back_when_the_server_does_not_answer_and_gives_back_its_settings(
-    project: Project, store: FakeStore, caplog: pytest.LogCaptureFixture, where: str
+    fake_project: FakeProject, fake_store: FakeStore, caplog: pytest.LogCaptureFixture, where: str
 ) -> None:
-    config = project.config({"server.offline": "auto"})
-    store.fail(where, TrackingUnavailableError("tracking server refused the connection"))
+    config = fake_project.config({"server.offline": "auto"})
+    fake_store.fail(where, TrackingUnavailableError("tracking server refused the connection"))
     during: dict[str, str | None] = {}
-    with open_session(config, store) as s:
+    with open_session(config, fake_store) as s:
         during.update({name: os.environ.get(name) for name in HTTP_SETTINGS})
         s.log_metrics({"loss": 0.5}, step=1)
-    assert tried(store) == [FAKE_URI, offline_store(project)]
+    assert tried(fake_store) == [FAKE_URI, offline_store(fake_project)]
     if where == "get_experiment":  # the destination's backend was opened, then given back
-        assert store.backends[0].closed
+        assert fake_store.backends[0].closed
     assert during == dict.fromkeys(HTTP_SETTINGS)  # the destination's budget was taken back
     assert not any(name in os.environ for name in HTTP_SETTINGS)
-    run = store.runs[s.run_id or ""]
+    run = fake_store.runs[s.run_id or ""]
     assert run.tags[OFFLINE_TAG] == FAKE_URI
     assert run.status is RunStatus.FINISHED
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 2  # falling back, at the start; where the run waits, at the end
     assert FAKE_URI in warnings[0]
     assert "server.offline: auto" in warnings[0]
-    assert f"trackcfg sync {project.root}" in warnings[0]
+    assert f"trackcfg sync {fake_project.root}" in warnings[0]
     assert warnings[1].endswith(
-        f"not yet on {FAKE_URI}; send it there with: trackcfg sync {project.root}"
+        f"not yet on {FAKE_URI}; send it there with: trackcfg sync {fake_project.root}"
     )
 
 
 def test_offline_experiment_keeps_its_artifacts_in_the_offline_store(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    config = project.config(
+    config = fake_project.config(
         {
             "server.offline": "always",
             "tracking.experiment.create_experiment_kwargs.artifact_location": "s3://team/x",
         }
     )
-    with open_session(config, store):
+    with open_session(config, fake_store):
         pass
-    (call,) = store.called("create_experiment")
-    assert call.args[1] == (project.root / "mlruns" / "artifacts").as_uri()
+    (call,) = fake_store.called("create_experiment")
+    assert call.args[1] == (fake_project.root / "mlruns" / "artifacts").as_uri()
 
 
 def test_offline_auto_under_kedro_names_kedro_trackcfg_sync(
-    project: Project, store: FakeStore, caplog: pytest.LogCaptureFixture
+    fake_project: FakeProject, fake_store: FakeStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = project.config({"server.offline": "auto"})
-    store.fail("get_experiment", TrackingUnavailableError("tracking server refused"))
-    with open_session(config, store, kedro_context=object()):
+    config = fake_project.config({"server.offline": "auto"})
+    fake_store.fail("get_experiment", TrackingUnavailableError("tracking server refused"))
+    with open_session(config, fake_store, kedro_context=object()):
         pass
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 2  # the start's, and the end's reminder
-    assert all(f"kedro trackcfg sync (in {project.root})" in warning for warning in warnings)
+    assert all(f"kedro trackcfg sync (in {fake_project.root})" in warning for warning in warnings)
 
 
 @pytest.mark.parametrize(
@@ -1390,29 +1349,31 @@ def test_offline_auto_under_kedro_names_kedro_trackcfg_sync(
     ],
 )
 def test_offline_auto_does_not_fall_back_on_other_errors(
-    project: Project, store: FakeStore, error: Exception
+    fake_project: FakeProject, fake_store: FakeStore, error: Exception
 ) -> None:
-    config = project.config({"server.offline": "auto"})
-    store.fail("get_experiment", error)
-    with pytest.raises(type(error)), open_session(config, store):
+    config = fake_project.config({"server.offline": "auto"})
+    fake_store.fail("get_experiment", error)
+    with pytest.raises(type(error)), open_session(config, fake_store):
         pass
-    assert [uri for uri, _ in store.opened] == [FAKE_URI]
-    assert store.runs == {}
+    assert [uri for uri, _ in fake_store.opened] == [FAKE_URI]
+    assert fake_store.runs == {}
 
 
-def test_offline_never_is_todays_behaviour(project: Project, store: FakeStore) -> None:
-    store.fail("get_experiment", TrackingUnavailableError("tracking server refused"))
-    with pytest.raises(TrackingUnavailableError), open_session(project.config(), store):
+def test_offline_never_is_todays_behaviour(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    fake_store.fail("get_experiment", TrackingUnavailableError("tracking server refused"))
+    with pytest.raises(TrackingUnavailableError), open_session(fake_project.config(), fake_store):
         pass
-    assert [uri for uri, _ in store.opened] == [FAKE_URI]
-    assert not (project.root / "mlruns").exists()
+    assert [uri for uri, _ in fake_store.opened] == [FAKE_URI]
+    assert not (fake_project.root / "mlruns").exists()
 
 
 @pytest.mark.parametrize("mode", ["always", "auto"])
 @pytest.mark.parametrize("source", ["tracking.run.id", "MLFLOW_RUN_ID"])
 def test_offline_resume_is_refused_before_anything_is_created(
-    project: Project,
-    store: FakeStore,
+    fake_project: FakeProject,
+    fake_store: FakeStore,
     monkeypatch: pytest.MonkeyPatch,
     mode: str,
     source: str,
@@ -1423,8 +1384,11 @@ def test_offline_resume_is_refused_before_anything_is_created(
     else:
         monkeypatch.setenv("MLFLOW_RUN_ID", "abc123")
     if mode == "auto":
-        store.fail("open", TrackingUnavailableError("tracking server refused the connection"))
-    with pytest.raises(RunError) as caught, open_session(project.config(overrides), store):
+        fake_store.fail("open", TrackingUnavailableError("tracking server refused the connection"))
+    with (
+        pytest.raises(RunError) as caught,
+        open_session(fake_project.config(overrides), fake_store),
+    ):
         pass
     message = str(caught.value)
     assert "'abc123'" in message
@@ -1433,47 +1397,47 @@ def test_offline_resume_is_refused_before_anything_is_created(
     assert f"server.offline: {mode}" in message or "did not answer" in message
     fix = "set server.offline: auto or never" if mode == "always" else "start the server"
     assert fix in message
-    assert tried(store) == ([] if mode == "always" else [FAKE_URI])
-    assert store.runs == {}
-    assert store.experiments == {}
-    assert not (project.root / "mlruns").exists()
+    assert tried(fake_store) == ([] if mode == "always" else [FAKE_URI])
+    assert fake_store.runs == {}
+    assert fake_store.experiments == {}
+    assert not (fake_project.root / "mlruns").exists()
 
 
 def test_offline_worker_of_an_offline_parent_logs_beside_it_whatever_its_mode(
-    project: Project, store: FakeStore, monkeypatch: pytest.MonkeyPatch
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with open_session(project.config({"server.offline": "always"}), store) as parent:
+    with open_session(fake_project.config({"server.offline": "always"}), fake_store) as parent:
         env = parent.child_env()
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     for mode in ("never", "auto"):
-        with open_session(project.config({"server.offline": mode}), store, "worker") as w:
+        with open_session(fake_project.config({"server.offline": mode}), fake_store, "worker") as w:
             pass
-        run = store.runs[w.run_id or ""]
+        run = fake_store.runs[w.run_id or ""]
         assert run.parent_id == parent.run_id
         assert run.tags[OFFLINE_TAG] == FAKE_URI
-    assert {uri for uri, _ in store.opened} == {offline_store(project)}
+    assert {uri for uri, _ in fake_store.opened} == {offline_store(fake_project)}
 
 
 def test_offline_worker_of_an_online_parent_is_refused_offline(
-    project: Project, store: FakeStore, monkeypatch: pytest.MonkeyPatch
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TRACKCFG_PARENT_RUN_ID", "serverrun")
-    config = project.config({"server.offline": "always"})
+    config = fake_project.config({"server.offline": "always"})
     refused = pytest.raises(RunError, match="TRACKCFG_PARENT_RUN_ID='serverrun'")
-    with refused, open_session(config, store, "worker"):
+    with refused, open_session(config, fake_store, "worker"):
         pass
-    assert store.opened == []
+    assert fake_store.opened == []
 
 
 def test_offline_has_nothing_to_do_for_a_local_destination(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    config = project.config({"server.offline": "always", "server.mlflow_tracking_uri": "runs"})
-    with open_session(config, store) as s:
+    config = fake_project.config({"server.offline": "always", "server.mlflow_tracking_uri": "runs"})
+    with open_session(config, fake_store) as s:
         pass
-    assert store.opened == [(f"sqlite:///{project.root / 'runs' / 'mlflow.db'}", None)]
-    assert OFFLINE_TAG not in store.runs[s.run_id or ""].tags
+    assert fake_store.opened == [(f"sqlite:///{fake_project.root / 'runs' / 'mlflow.db'}", None)]
+    assert OFFLINE_TAG not in fake_store.runs[s.run_id or ""].tags
     assert s.offline_destination is None
 
 
@@ -1496,30 +1460,30 @@ def test_offline_decision_rule() -> None:
 
 
 def test_auto_logs_offline_when_the_factory_finds_the_server_silent(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    store.silent = "nothing listens"
-    config = project.config({"server.offline": "auto"})
-    with open_session(config, store) as session:
+    fake_store.silent = "nothing listens"
+    config = fake_project.config({"server.offline": "auto"})
+    with open_session(config, fake_store) as session:
         session.log_params({"lr": 0.1})
-    offline_uri = f"sqlite:///{project.root.resolve()}/mlruns/mlflow.db"
+    offline_uri = f"sqlite:///{fake_project.root.resolve()}/mlruns/mlflow.db"
     assert session.tracking_uri == offline_uri
     assert session.offline_destination == FAKE_URI
     assert session.registry_uri is None  # the offline store is the registry too
-    assert [uri for uri, _ in store.opened] == [offline_uri]  # the server is never opened
-    (run,) = store.runs.values()
+    assert [uri for uri, _ in fake_store.opened] == [offline_uri]  # the server is never opened
+    (run,) = fake_store.runs.values()
     assert run.status is RunStatus.FINISHED
     assert run.params == {"lr": "0.1"}
     assert run.tags["trackcfg.offline.destination"] == FAKE_URI
 
 
 def test_auto_uses_the_server_when_the_factory_finds_it_answering(
-    project: Project, store: FakeStore
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    config = project.config({"server.offline": "auto"})
-    with open_session(config, store) as session:
+    config = fake_project.config({"server.offline": "auto"})
+    with open_session(config, fake_store) as session:
         pass
     assert session.tracking_uri == FAKE_URI
     assert session.offline_destination is None
-    assert [uri for uri, _ in store.opened] == [FAKE_URI]
-    assert [c.args for c in store.calls if c.method == "silence"] == [(FAKE_URI,)]
+    assert [uri for uri, _ in fake_store.opened] == [FAKE_URI]
+    assert [c.args for c in fake_store.calls if c.method == "silence"] == [(FAKE_URI,)]
