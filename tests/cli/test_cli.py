@@ -1144,8 +1144,9 @@ def _ui_launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiProcess
 @pytest.fixture(scope="module", autouse=True)
 def _start_ui_early(request: pytest.FixtureRequest) -> None:
     """The server takes 13-60 s to start: launch it with this file's first test, so that
-    the start overlaps the other tests."""
-    if any(
+    the start overlaps the other tests.  Under pytest-xdist at the first test that needs it
+    (only those run on one worker: ``ONE_WORKER_FIXTURES`` in conftest.py)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ and any(
         "ui_process" in getattr(item, "fixturenames", ())
         for item in request.session.items
         if getattr(item, "module", None) is request.module

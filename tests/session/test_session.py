@@ -1,5 +1,9 @@
-"""TrackingSession on real stores: a SQLite store in a temporary project, and a real
-``mlflow server`` over HTTP.  Every test reads what it asserts back from the store."""
+"""TrackingSession: each behaviour on real stores (a SQLite store in a temporary project, a real
+``mlflow server`` over HTTP), and where a section says so, the same decisions on the in-memory
+fake store of ``tests/fakes.py`` (``fake_project``/``fake_store``), which covers every branch
+in milliseconds; the fake's MLflow behaviours are checked against MLflow in
+``tests/backend/test_mlflow_backend.py``.  Every test reads what it asserts back from the store
+(or the fake), or from the process (environment, signal handlers, exact errors)."""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import textwrap
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import FrameType
@@ -26,7 +30,9 @@ from typing import Any
 
 import mlflow
 import pytest
+from fakes import FAKE_PROJECT_NAME, FAKE_URI, MLFLOW3_LIMITS, FakeProject, FakeStore, open_session
 from helpers import (
+    HTTP_SETTINGS,
     REPO,
     TRACKING_SETTINGS,
     project_folder,
@@ -53,6 +59,8 @@ from trackcfg import (
     load_config,
     tracked,
 )
+from trackcfg._backend import RunStatus
+from trackcfg._params import DEFAULT_LIMITS
 
 PROJECT_NAME = "demo-project"
 """The default experiment name of the test project (its ``[project].name``)."""
@@ -127,6 +135,22 @@ def outer_run(project: Project) -> Iterator[str]:
         mlflow.end_run()
 
 
+SECRET = "s3cr3t-Pa55"
+
+
+STALE_RUN = "0123456789abcdef0123456789abcdef"
+
+
+def experiment_names(store: str) -> set[str]:
+    return {e.name for e in MlflowClient(tracking_uri=store).search_experiments()}
+
+
+def printed(error: BaseException) -> str:
+    """What Python prints for ``error`` when nobody catches it: the traceback, with every
+    exception chained to it that is shown."""
+    return "".join(traceback.format_exception(error))
+
+
 # ---------------------------------------------------------------------------------------------
 # 1. Disabled sessions.
 
@@ -178,6 +202,92 @@ def test_disabled_session_never_imports_mlflow(bare_project: Project, tmp_path: 
     """
     assert _run_python(script, cwd=tmp_path).strip() == "[]"
     assert not (bare_project.root / "mlruns").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Disabled sessions, on the fake store.
+
+
+@pytest.mark.parametrize(
+    ("overrides", "env", "name"),
+    [
+        ({"tracking.disable_tracking.pipelines": ["train"]}, {}, "train"),
+        ({"tracking.disable_tracking.pipelines": ["fit"]}, {}, "Trainer.fit"),
+        ({}, {"TRACKCFG_DISABLE": "1"}, "train"),
+        ({}, {"RANK": "1"}, "train"),
+    ],
+    ids=["whole-name", "last-dotted-part", "TRACKCFG_DISABLE", "rank-1-under-ranks-zero"],
+)
+def test_a_disabled_session_opens_nothing_and_logs_nothing(
+    fake_project: FakeProject,
+    fake_store: FakeStore,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    overrides: dict[str, Any],
+    env: dict[str, str],
+    name: str,
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    session = open_session(
+        fake_project.config(overrides), fake_store, name=name, params={"lr": 0.1}
+    )
+    assert not session.enabled
+    environ_before = dict(os.environ)
+    handler = signal.getsignal(signal.SIGTERM)
+
+    with session as s:
+        assert signal.getsignal(signal.SIGTERM) == handler
+        use_every_method(s, tmp_path)
+        with s.child("step", params={"x": 1}) as child:
+            assert not child.enabled
+            use_every_method(child, tmp_path)
+        assert s.child_env() == {"TRACKCFG_DISABLE": "1"}
+        assert dict(os.environ) == environ_before
+
+    assert not session.enabled
+    assert session.run_id is None
+    assert fake_store.calls == []  # the factory was never called, not even for its limits
+    assert dict(os.environ) == environ_before
+
+
+def test_a_disabled_session_lets_an_exception_through_unchanged(
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRACKCFG_DISABLE", "1")
+    error = ValueError("x")
+
+    with (
+        pytest.raises(ValueError, match="x") as raised,
+        open_session(fake_project.config(), fake_store),
+    ):
+        raise error
+
+    assert raised.value is error
+    assert fake_store.calls == []
+
+
+@pytest.mark.parametrize("name", ["fitness", "fit.Trainer", "refit"])
+def test_disable_tracking_matches_only_the_whole_name_or_its_last_dotted_part(
+    fake_project: FakeProject, fake_store: FakeStore, name: str
+) -> None:
+    config = fake_project.config({"tracking.disable_tracking.pipelines": ["fit"]})
+
+    with open_session(config, fake_store, name=name) as s:
+        assert s.enabled
+
+    assert fake_store.run(s.run_id).status is RunStatus.FINISHED
+
+
+def test_a_rank_other_than_zero_logs_under_ranks_all_tagged_with_its_rank(
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RANK", "1")
+
+    with open_session(fake_project.config({"tracking.run.ranks": "all"}), fake_store) as s:
+        pass
+
+    assert fake_store.run(s.run_id).user_tags == {"trackcfg.rank": "1"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,6 +477,71 @@ def test_create_experiment_kwargs_tags_are_set_on_the_new_experiment(project: Pr
 
 
 # ---------------------------------------------------------------------------------------------
+# The experiment, on the fake store.
+
+
+def test_a_missing_experiment_is_created_and_an_existing_one_used_as_it_is(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    config = fake_project.config({"tracking.experiment.name": "my-exp"})
+
+    with open_session(config, fake_store) as first:
+        pass
+    with open_session(config, fake_store) as second:
+        pass
+
+    experiment = fake_store.experiment_named("my-exp")
+    assert experiment is not None
+    assert not experiment.deleted
+    assert experiment.artifact_location is None  # a server store picks it
+    assert fake_store.run(first.run_id).experiment_id == experiment.id
+    assert fake_store.run(second.run_id).experiment_id == experiment.id
+    assert [call.args[0] for call in fake_store.called("create_experiment")] == ["my-exp"]
+
+
+def test_a_missing_experiment_with_create_false_raises_naming_the_setting(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    session = open_session(fake_project.config({"tracking.experiment.create": False}), fake_store)
+
+    with pytest.raises(ExperimentError, match=r"tracking\.experiment\.create") as raised, session:
+        pass
+
+    assert repr(FAKE_PROJECT_NAME) in str(raised.value)
+    assert fake_store.experiments == {}
+    assert fake_store.runs == {}
+
+
+def test_a_deleted_experiment_is_restored_and_used(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    experiment_id = fake_store.add_experiment(FAKE_PROJECT_NAME, deleted=True)
+
+    with open_session(fake_project.config(), fake_store) as s:
+        pass
+
+    assert not fake_store.experiments[experiment_id].deleted
+    assert fake_store.run(s.run_id).experiment_id == experiment_id
+    assert [call.args for call in fake_store.called("restore_experiment")] == [(experiment_id,)]
+
+
+def test_a_deleted_experiment_with_restore_false_raises_naming_the_setting(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    experiment_id = fake_store.add_experiment(FAKE_PROJECT_NAME, deleted=True)
+    config = fake_project.config({"tracking.experiment.restore_if_deleted": False})
+
+    with (
+        pytest.raises(ExperimentError, match="restore_if_deleted"),
+        open_session(config, fake_store),
+    ):
+        pass
+
+    assert fake_store.experiments[experiment_id].deleted
+    assert fake_store.runs == {}
+
+
+# ---------------------------------------------------------------------------------------------
 # 4. Run: new, resumed, nested, attached, child.
 
 
@@ -385,97 +560,6 @@ def test_new_run_is_named_by_run_name_else_the_session_name(
     assert run.info.run_name == expected
     assert run.data.params == {"lr": "0.1"}
     assert [r.info.run_id for r in all_runs(client_of(s))] == [s.run_id]
-
-
-def _first_run(project: Project) -> str:
-    with TrackingSession(project.config(), name="first", params={"lr": 0.1}) as s:
-        s.log_metrics({"loss": 0.9}, step=0)
-    assert s.run_id is not None
-    return s.run_id
-
-
-def test_resume_with_same_params_reopens_the_run_without_renaming_it(project: Project) -> None:
-    run_id = _first_run(project)
-    config = project.config(overrides={"tracking.run.id": run_id, "tracking.run.name": "new"})
-    client = MlflowClient(tracking_uri=project.store_uri)
-    first_end = client.get_run(run_id).info.end_time
-
-    with TrackingSession(config, name="second", params={"lr": 0.1, "epochs": 3}) as s:
-        assert s.run_id == run_id
-        assert client.get_run(run_id).info.status == "RUNNING"
-        s.log_metrics({"loss": 0.5}, step=1)
-
-    run = client.get_run(run_id)
-    assert run.info.run_name == "first"
-    assert run.info.status == "FINISHED"
-    assert run.info.end_time >= first_end
-    assert run.data.params == {"lr": "0.1", "epochs": "3"}
-    history = client.get_metric_history(run_id, "loss")
-    assert sorted((m.step, m.value) for m in history) == [(0, 0.9), (1, 0.5)]
-    assert len(all_runs(client)) == 1
-
-
-def test_resume_with_a_changed_param_raises_before_reopening(project: Project) -> None:
-    run_id = _first_run(project)
-    client = MlflowClient(tracking_uri=project.store_uri)
-    before = client.get_run(run_id)
-    config = project.config(overrides={"tracking.run.id": run_id})
-
-    with pytest.raises(RunError, match="'lr'"):  # noqa: SIM117
-        with TrackingSession(config, name="second", params={"lr": 0.2}):
-            pytest.fail("the block must not run")
-
-    after = client.get_run(run_id)
-    assert after.info.status == before.info.status == "FINISHED"
-    assert after.info.end_time == before.info.end_time
-    assert after.info.run_name == before.info.run_name
-    assert after.data.params == before.data.params == {"lr": "0.1"}
-    assert after.data.tags == before.data.tags
-    assert len(all_runs(client)) == 1
-    assert mlflow.active_run() is None
-
-
-def test_resume_of_an_unknown_run_id_raises_and_creates_nothing(project: Project) -> None:
-    missing = "0123456789abcdef0123456789abcdef"
-    config = project.config(overrides={"tracking.run.id": missing})
-
-    with pytest.raises(RunError, match=missing):  # noqa: SIM117
-        with TrackingSession(config, name="train"):
-            pytest.fail("the block must not run")
-
-    assert all_runs(MlflowClient(tracking_uri=project.store_uri)) == []
-
-
-def test_resume_of_a_deleted_run_raises_and_leaves_it_deleted(project: Project) -> None:
-    run_id = _first_run(project)
-    client = MlflowClient(tracking_uri=project.store_uri)
-    client.delete_run(run_id)
-    config = project.config(overrides={"tracking.run.id": run_id})
-
-    with pytest.raises(RunError, match="deleted"):  # noqa: SIM117
-        with TrackingSession(config, name="train"):
-            pytest.fail("the block must not run")
-
-    run = client.get_run(run_id)
-    assert run.info.lifecycle_stage == "deleted"
-    assert run.info.status == "FINISHED"
-    assert len(all_runs(client)) == 1
-
-
-def test_resume_uses_the_runs_own_experiment_not_the_configured_one(project: Project) -> None:
-    run_id = _first_run(project)
-    config = project.config(
-        "tracking:\n  experiment:\n    name: configured\n    create: false\n",
-        overrides={"tracking.run.id": run_id},
-    )
-
-    with TrackingSession(config, name="train") as s:
-        mlflow.log_metric("plain", 1.0)
-
-    client = client_of(s)
-    assert client.get_experiment_by_name("configured") is None
-    assert s.experiment_id == client.get_run(run_id).info.experiment_id
-    assert client.get_run(run_id).data.metrics["plain"] == 1.0
 
 
 def test_inside_an_active_run_nested_true_starts_a_child_run(
@@ -719,6 +803,215 @@ def test_run_left_open_inside_the_block_ends_with_the_session_status(project: Pr
 
 
 # ---------------------------------------------------------------------------------------------
+# Where the run goes (new, child, attached), on the fake store.
+
+
+def test_child_session_is_a_child_run_of_the_session_run(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    with open_session(fake_project.config(), fake_store) as parent:
+        with parent.child("fold-1", params={"fold": 1}) as child:
+            assert fake_store.stack() == [parent.run_id, child.run_id]
+        assert fake_store.stack() == [parent.run_id]
+
+    run = fake_store.run(child.run_id)
+    assert run.parent_id == parent.run_id
+    assert run.name == "fold-1"
+    assert run.experiment_id == parent.experiment_id
+    assert run.params == {"fold": "1"}
+    assert run.status is RunStatus.FINISHED
+    assert fake_store.run(parent.run_id).status is RunStatus.FINISHED
+    assert len(fake_store.opened) == 1  # the child uses its parent's backend
+
+
+def test_a_failed_child_caught_inside_the_parent_leaves_the_parent_finished(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    with open_session(fake_project.config(), fake_store) as parent:
+        child = parent.child("step")
+        with pytest.raises(ValueError, match="step failed"), child:
+            raise ValueError("step failed")
+
+    assert fake_store.run(child.run_id).status is RunStatus.FAILED
+    assert fake_store.run(parent.run_id).status is RunStatus.FINISHED
+
+
+def test_an_active_run_in_the_thread_with_nested_true_gets_a_child_run_and_stays_open(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    outer = fake_store.mlflow_start_run(fake_store.add_experiment("outer"), name="outer")
+
+    with open_session(fake_project.config({"tracking.run.nested": True}), fake_store) as s:
+        assert fake_store.stack() == [outer, s.run_id]
+
+    run = fake_store.run(s.run_id)
+    assert run.parent_id == outer
+    assert run.status is RunStatus.FINISHED
+    assert fake_store.run(outer).status is RunStatus.RUNNING
+    assert fake_store.stack() == [outer]
+
+
+@pytest.mark.parametrize("error", [None, ValueError("x")], ids=["success", "exception"])
+def test_an_active_run_in_the_thread_with_nested_false_is_attached_and_never_ended(
+    fake_project: FakeProject, fake_store: FakeStore, error: Exception | None
+) -> None:
+    outer = fake_store.mlflow_start_run(fake_store.add_experiment("outer"), name="outer")
+    session = open_session(
+        fake_project.config({"tracking.run.nested": False}), fake_store, params={"a": 1}
+    )
+
+    with raises_if(error), session:
+        assert session.run_id == outer
+        session.log_metric("loss", 0.25)
+        if error is not None:
+            raise error
+
+    run = fake_store.run(outer)
+    assert run.status is RunStatus.RUNNING
+    assert run.params == {"a": "1"}
+    assert [m.key for m in run.metrics] == ["loss"]
+    assert fake_store.stack() == [outer]  # still the thread's active run, as before
+    assert fake_store.called("start_run") == fake_store.called("end_run") == []
+
+
+def test_mlflow_run_id_with_nested_false_is_attached_then_popped_and_never_ended(
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = fake_store.add_run(fake_store.add_experiment("orchestrator"), status=RunStatus.RUNNING)
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+
+    with open_session(fake_project.config({"tracking.run.nested": False}), fake_store) as s:
+        assert s.run_id == run_id
+        assert fake_store.stack() == [run_id]
+        left = fake_store.mlflow_start_run(name="left open")
+        s.log_params({"lr": 0.1})
+
+    assert fake_store.stack() == []
+    assert fake_store.run(run_id).status is RunStatus.RUNNING
+    assert fake_store.run(run_id).params == {"lr": "0.1"}
+    assert fake_store.run(left).status is RunStatus.FINISHED  # left open above it: ended
+    assert os.environ["MLFLOW_RUN_ID"] == run_id
+
+
+def test_mlflow_run_id_with_nested_true_gets_a_child_run(
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = fake_store.add_run(fake_store.add_experiment("orchestrator"), status=RunStatus.RUNNING)
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+
+    with open_session(fake_project.config(), fake_store) as s:
+        pass
+
+    assert fake_store.run(s.run_id).parent_id == run_id
+    assert fake_store.run(s.run_id).status is RunStatus.FINISHED
+    assert fake_store.run(run_id).status is RunStatus.RUNNING
+    assert fake_store.stack() == []
+
+
+@pytest.mark.parametrize("with_experiment", [True, False], ids=["child_env", "parent-only"])
+def test_trackcfg_parent_run_id_forces_a_child_run_even_with_nested_false(
+    fake_project: FakeProject,
+    fake_store: FakeStore,
+    monkeypatch: pytest.MonkeyPatch,
+    with_experiment: bool,
+) -> None:
+    parent_config = fake_project.config({"tracking.experiment.name": "parent-exp"})
+    with open_session(parent_config, fake_store, name="parent") as parent:
+        worker_env = parent.child_env()
+    assert worker_env["TRACKCFG_PARENT_RUN_ID"] == parent.run_id
+    if not with_experiment:
+        del worker_env["MLFLOW_EXPERIMENT_ID"]
+    for key, value in worker_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLFLOW_RUN_ID", fake_store.add_run(fake_store.add_experiment("other")))
+    lookups = len(fake_store.called("get_experiment"))
+
+    worker_config = fake_project.config({"tracking.run.nested": False})
+    with open_session(worker_config, fake_store, name="worker") as worker:
+        pass
+
+    run = fake_store.run(worker.run_id)
+    assert run.parent_id == parent.run_id
+    assert run.status is RunStatus.FINISHED
+    if with_experiment:  # beside its parent, without a lookup request
+        assert run.experiment_id == parent.experiment_id
+        assert len(fake_store.called("get_experiment")) == lookups
+    else:  # the worker's own configured experiment
+        experiment = fake_store.experiment_named(FAKE_PROJECT_NAME)
+        assert experiment is not None
+        assert run.experiment_id == experiment.id
+
+
+def test_attaching_to_a_missing_run_raises_naming_mlflow_run_id_and_creates_no_run(
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = "0123456789abcdef0123456789abcdef"
+    monkeypatch.setenv("MLFLOW_RUN_ID", missing)
+
+    session = open_session(fake_project.config({"tracking.run.nested": False}), fake_store)
+    with pytest.raises(RunError, match="MLFLOW_RUN_ID") as raised, session:
+        pass
+
+    assert missing in str(raised.value)
+    assert fake_store.runs == {}
+    assert fake_store.stack() == []
+    assert not {"start_run", "push_active", "log_batch"} & set(fake_store.methods())
+    assert os.environ["MLFLOW_RUN_ID"] == missing
+
+
+def test_attaching_to_a_missing_run_creates_no_experiment_either(
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0123456789abcdef0123456789abcdef")
+
+    session = open_session(fake_project.config({"tracking.run.nested": False}), fake_store)
+    with pytest.raises(RunError, match="MLFLOW_RUN_ID"), session:
+        pass
+
+    assert fake_store.experiments == {}
+
+
+def test_mlflow_run_id_naming_a_missing_run_with_nested_true_is_refused_naming_it(
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0123456789abcdef0123456789abcdef")
+
+    with (
+        pytest.raises(RunError, match="MLFLOW_RUN_ID"),
+        open_session(fake_project.config(), fake_store),
+    ):
+        pass
+
+    assert fake_store.runs == {}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="with nested: false and the thread's own active run, the session never takes "
+    "part in ending runs (_close only acts on a run it started or pushed), so a run left "
+    "open inside the block stays open and active, unlike under MLFLOW_RUN_ID (reproduced on "
+    "MLflow 3.17 with a SQLite store)",
+)
+def test_attached_to_the_threads_run_a_run_left_open_inside_ends_with_the_status(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    outer = fake_store.mlflow_start_run(fake_store.add_experiment("outer"), name="outer")
+    session = open_session(fake_project.config({"tracking.run.nested": False}), fake_store)
+
+    left: list[str] = []
+
+    def body() -> None:
+        left.append(fake_store.mlflow_start_run(name="left open"))
+        raise ValueError("x")
+
+    with pytest.raises(ValueError, match="x"), session:
+        body()
+
+    assert fake_store.run(left[0]).status is RunStatus.FAILED
+    assert fake_store.stack() == [outer]
+
+
+# ---------------------------------------------------------------------------------------------
 # 5. Statuses.
 
 
@@ -894,6 +1187,155 @@ def test_sigterm_while_entering_runs_the_programs_handler_and_its_exit_kills_the
     assert received == [signal.SIGTERM]
 
 
+def raises_if(error: BaseException | None) -> AbstractContextManager[object]:
+    """``pytest.raises`` of ``error``'s type, or nothing expected when ``error`` is None."""
+    return pytest.raises(type(error)) if error is not None else contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------
+# Statuses on every way out of the block, on the fake store.
+
+
+def test_success_ends_a_new_top_level_run_finished_with_what_was_logged(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    with open_session(
+        fake_project.config(), fake_store, params={"lr": 0.1}, tags={"team": "a"}
+    ) as s:
+        assert fake_store.stack() == [s.run_id]
+        assert fake_store.run(s.run_id).status is RunStatus.RUNNING
+        s.log_metrics({"loss": 0.5}, step=3)
+        s.log_text("notes", "notes.txt")
+
+    run = fake_store.run(s.run_id)
+    assert run.status is RunStatus.FINISHED
+    assert run.name == "train"
+    assert run.parent_id is None
+    assert run.params == {"lr": "0.1"}
+    assert run.user_tags == {"team": "a"}
+    assert [(m.key, m.value, m.step) for m in run.metrics] == [("loss", 0.5, 3)]
+    assert run.artifacts == {"notes.txt": "notes"}
+    experiment = fake_store.experiment_named(FAKE_PROJECT_NAME)
+    assert experiment is not None
+    assert run.experiment_id == experiment.id == s.experiment_id
+    assert fake_store.stack() == []
+    # MLflow's current store was set once and given back; the backend was closed.
+    assert (
+        fake_store.methods().count("use_store") == fake_store.methods().count("restore_store") == 1
+    )
+    assert fake_store.current_tracking_uri is None
+    assert fake_store.active_experiment_id is None
+    assert [b.closed for b in fake_store.backends] == [True]
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (ValueError("bad input"), RunStatus.FAILED),
+        (KeyboardInterrupt(), RunStatus.KILLED),
+        (SystemExit(0), RunStatus.FINISHED),
+        (SystemExit(None), RunStatus.FINISHED),
+        (SystemExit(1), RunStatus.FAILED),
+        (SystemExit("fatal: no data"), RunStatus.FAILED),
+    ],
+    ids=repr,
+)
+def test_status_on_leaving_the_block_by_an_exception(
+    fake_project: FakeProject, fake_store: FakeStore, error: BaseException, status: RunStatus
+) -> None:
+    session = open_session(fake_project.config(), fake_store)
+
+    with pytest.raises(type(error)) as raised, session:
+        raise error
+
+    assert raised.value is error  # propagated unchanged
+    assert fake_store.run(session.run_id).status is status
+    assert fake_store.stack() == []
+
+
+def test_generator_closed_while_holding_a_session_ends_its_run_finished(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    config = fake_project.config()
+
+    def steps() -> Generator[str | None, None, None]:
+        with open_session(config, fake_store) as s:
+            yield s.run_id
+            yield "never reached"
+
+    generator = steps()
+    run_id = next(generator)
+    assert fake_store.run(run_id).status is RunStatus.RUNNING
+
+    generator.close()  # GeneratorExit at the yield
+
+    assert fake_store.run(run_id).status is RunStatus.FINISHED
+    assert fake_store.stack() == []
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (None, RunStatus.FINISHED),
+        (ValueError("x"), RunStatus.FAILED),
+        (KeyboardInterrupt(), RunStatus.KILLED),
+    ],
+    ids=["success", "exception", "interrupt"],
+)
+def test_runs_left_open_above_the_session_run_end_with_its_status(
+    fake_project: FakeProject, fake_store: FakeStore, error: BaseException | None, status: RunStatus
+) -> None:
+    session = open_session(fake_project.config(), fake_store)
+    left: list[str] = []
+
+    with raises_if(error), session:
+        # What plain mlflow.start_run(nested=True) calls inside the block do, never ended.
+        left.append(fake_store.mlflow_start_run(name="left-1"))
+        left.append(fake_store.mlflow_start_run(name="left-2"))
+        if error is not None:
+            raise error
+
+    own = session.run_id
+    assert fake_store.run(left[0]).parent_id == own
+    assert fake_store.run(left[1]).parent_id == left[0]
+    assert [fake_store.run(r).status for r in (own, *left)] == [status] * 3
+    # Ended from the top of the stack down, the session's own run last.
+    assert [call.args[0] for call in fake_store.called("end_run")] == [left[1], left[0], own]
+    assert fake_store.stack() == []
+
+
+def test_a_failure_while_entering_ends_the_new_run_failed_and_gives_everything_back(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    fake_store.fail("log_batch", RunError("the store refused the batch"))
+    handler = signal.getsignal(signal.SIGTERM)
+
+    session = open_session(fake_project.config(), fake_store, params={"lr": 0.1})
+    with pytest.raises(RunError, match="the store refused the batch"):
+        session.__enter__()
+
+    [run] = fake_store.runs.values()
+    assert run.status is RunStatus.FAILED
+    assert fake_store.stack() == []
+    assert signal.getsignal(signal.SIGTERM) == handler
+    assert not any(name in os.environ for name in HTTP_SETTINGS)
+    assert fake_store.current_tracking_uri is None
+
+
+def test_logging_after_the_block_or_entering_twice_raises_on_the_fake(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    session = open_session(fake_project.config(), fake_store)
+    with session:
+        pass
+
+    with pytest.raises(RunError, match="has ended; log inside the with block"):
+        session.log_metrics({"loss": 1.0})
+    with pytest.raises(RunError, match="was entered already"):
+        session.__enter__()
+    assert len(fake_store.runs) == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # 6. Long params, each strategy, on the real store.
 
@@ -954,6 +1396,104 @@ def test_param_past_the_tag_limit_under_tag_is_a_cut_tag_and_an_artifact(
 
 
 # ---------------------------------------------------------------------------------------------
+# Params, on the fake store.
+
+
+def test_a_too_long_param_under_fail_raises_before_any_backend_call(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    session = open_session(
+        fake_project.config(), fake_store, params={"lr": 0.1, "prompt": "x" * 6001}
+    )
+
+    with pytest.raises(ParamValueTooLongError, match="long_params_strategy") as raised, session:
+        pass
+
+    assert (raised.value.key, raised.value.length, raised.value.limit) == ("prompt", 6001, 6000)
+    assert fake_store.methods() == ["limits"]  # asked the factory its limits, opened nothing
+    assert fake_store.opened == []
+    assert not any(name in os.environ for name in HTTP_SETTINGS)
+
+
+def test_a_too_long_param_logged_inside_the_block_raises_and_logs_none_of_the_call(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    with open_session(fake_project.config(), fake_store) as s:
+        with pytest.raises(ParamValueTooLongError):
+            s.log_params({"short": 1, "prompt": "x" * 6001})
+        s.log_params({"other": 2})
+
+    run = fake_store.run(s.run_id)
+    assert run.params == {"other": "2"}
+    assert run.status is RunStatus.FINISHED
+
+
+def test_a_param_logged_again_with_another_value_raises_and_keeps_the_first_on_the_fake(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    with open_session(fake_project.config(), fake_store, params={"lr": 0.1}) as s:
+        batches = len(fake_store.called("log_batch"))
+        with pytest.raises(RunError, match="params are immutable") as raised:
+            s.log_params({"lr": 0.2})
+        assert len(fake_store.called("log_batch")) == batches  # refused before any request
+
+    assert "'lr': logged '0.1', now '0.2'" in str(raised.value)
+    assert fake_store.run(s.run_id).params == {"lr": "0.1"}
+    assert fake_store.run(s.run_id).status is RunStatus.FINISHED
+
+
+def test_a_param_logged_again_with_the_same_value_sends_no_request(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    with open_session(fake_project.config(), fake_store, params={"lr": 0.1}) as s:
+        batches = len(fake_store.called("log_batch"))
+        s.log_params({"lr": 0.1})
+        assert len(fake_store.called("log_batch")) == batches
+        s.log_params({"lr": 0.1, "epochs": 3})
+
+    sent = [batch.params for batch in fake_store.batches()]
+    assert sent == [(("lr", "0.1"),), (("epochs", "3"),)]
+
+
+def test_many_params_go_out_in_few_batches_within_mlflow_limits(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    params = {f"p{i:03d}": i for i in range(250)}
+
+    with open_session(fake_project.config(), fake_store, params=params) as s:
+        pass
+
+    # The fake refuses any batch past MLflow's limits, like MLflow.
+    assert [len(batch.params) for batch in fake_store.batches()] == [100, 100, 50]
+    assert fake_store.run(s.run_id).params == {k: str(v) for k, v in params.items()}
+
+
+def test_attaching_with_a_param_the_run_logged_differently_raises_and_leaves_it_running(
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = fake_store.add_run(
+        fake_store.add_experiment("orchestrator"), status=RunStatus.RUNNING, params={"lr": "0.1"}
+    )
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    config = fake_project.config({"tracking.run.nested": False})
+
+    with (
+        pytest.raises(RunError, match="immutable"),
+        open_session(config, fake_store, params={"lr": 2}),
+    ):
+        pass
+
+    assert fake_store.run(run_id).params == {"lr": "0.1"}
+    assert fake_store.run(run_id).status is RunStatus.RUNNING
+    assert fake_store.stack() == []
+    assert fake_store.called("log_batch") == []
+
+
+def test_the_fakes_limits_are_mlflow_3s() -> None:
+    assert FakeStore().limits() == MLFLOW3_LIMITS == DEFAULT_LIMITS
+
+
+# ---------------------------------------------------------------------------------------------
 # 9-10. The current directory never matters; importing trackcfg imports no mlflow.
 
 
@@ -1001,6 +1541,45 @@ def test_import_trackcfg_imports_no_mlflow(tmp_path: Path) -> None:
     location, modules = out.splitlines()
     assert Path(location).resolve().parent == REPO / "trackcfg"
     assert modules == "[]"
+
+
+# ---------------------------------------------------------------------------------------------
+# The fake store needs no mlflow.
+
+
+def test_the_fake_and_a_session_on_it_import_no_mlflow(tmp_path: Path) -> None:
+    """The fake-store tests' promise: the fake and a session driven by it never need mlflow."""
+    tests = Path(__file__).resolve().parent
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        sys.path[:0] = [{str(tests)!r}, {str(tests.parent)!r}]
+        import fakes
+        from trackcfg import TrackingConfig, TrackingSession
+        from trackcfg._config import ServerConfig
+
+        store = fakes.FakeStore()
+        config = TrackingConfig(
+            server=ServerConfig(mlflow_tracking_uri={FAKE_URI!r}), project_root=Path.cwd()
+        )
+        with TrackingSession(config, name="x", params={{"a": 1}}, _backend_factory=store) as s:
+            s.log_metric("m", 1.0)
+        assert store.run(s.run_id).params == {{"a": "1"}}
+        print("mlflow imported:", "mlflow" in sys.modules)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "mlflow imported: False" in result.stdout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1197,127 +1776,223 @@ def test_a_session_needing_other_process_settings_than_an_open_one_is_refused(
     assert run_of(open_session).info.status == "FINISHED"
 
 
+@dataclasses.dataclass
+class RecordingHandler:
+    received: list[int] = dataclasses.field(default_factory=list)
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signum)
+
+
+@pytest.fixture
+def previous_sigterm() -> Iterator[RecordingHandler]:
+    """A SIGTERM handler of the application's own, installed before the sessions."""
+    handler = RecordingHandler()
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def in_thread(target: Callable[[], object]) -> BaseException | None:
+    """Run ``target`` in a new thread; what it raised, if anything."""
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    return raised[0] if raised else None
+
+
 # ---------------------------------------------------------------------------------------------
-# Resuming a run by id (tracking.run.id): a RUNNING run is refused unless
-# tracking.run.resume_running; an ended one ends again with the new session's status.
+# Threads, environment variables, SIGTERM, on the fake store.
 
 
-def _run_in_state(project: Project, status: str) -> str:
-    """A run of the project's store, left in ``status`` (RUNNING: as a live process has it)."""
-    client = MlflowClient(tracking_uri=project.store_uri)
-    experiment_id = client.create_experiment(f"elsewhere-{status.lower()}")
-    run_id: str = client.create_run(experiment_id, run_name="earlier").info.run_id
-    client.log_param(run_id, "lr", "0.1")
-    if status != "RUNNING":
-        client.set_terminated(run_id, status)
-    return run_id
+def test_two_top_level_sessions_in_two_threads_share_the_settings_and_both_finish(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    config = fake_project.config()
+    both_open = threading.Barrier(2, timeout=10)
+    seen: dict[str, tuple[str | None, list[str]]] = {}
+    handler = signal.getsignal(signal.SIGTERM)
 
+    def work(name: str) -> None:
+        with open_session(config, fake_store, name=name) as s:
+            both_open.wait()
+            seen[name] = (s.run_id, list(fake_store.stack()))
+            s.log_metric("loss", 1.0)
+            both_open.wait()
 
-def test_resume_of_a_running_run_is_refused_and_leaves_it_untouched(project: Project) -> None:
-    run_id = _run_in_state(project, "RUNNING")
-    client = MlflowClient(tracking_uri=project.store_uri)
-    before = client.get_run(run_id)
-    config = project.config(f"tracking:\n  run:\n    id: {run_id}\n")
+    threads = {name: threading.Thread(target=work, args=(name,)) for name in ("a", "b")}
+    for thread in threads.values():
+        thread.start()
+    for thread in threads.values():
+        thread.join(timeout=10)
 
-    with pytest.raises(RunError) as raised:  # noqa: SIM117
-        with TrackingSession(config, name="second", params={"epochs": 3}):
-            pytest.fail("the block must not run")
-
-    assert str(raised.value) == (
-        f"run {run_id!r} (tracking.run.id) is RUNNING: another process may be logging to it, "
-        f"and this session would end it (store: {project.store_uri}); let it end first, start "
-        "a new run (tracking.run.id: null), or set tracking.run.resume_running: true to "
-        "continue it anyway"
+    assert set(seen) == {"a", "b"}
+    for name, (run_id, stack) in seen.items():
+        assert stack == [run_id]  # each thread's own active run
+        run = fake_store.run(run_id)
+        assert (run.name, run.status, run.parent_id) == (name, RunStatus.FINISHED, None)
+    experiment = fake_store.experiment_named(FAKE_PROJECT_NAME)
+    assert experiment is not None
+    assert {fake_store.run(run_id).experiment_id for run_id, _ in seen.values()} == {experiment.id}
+    assert (
+        fake_store.methods().count("use_store") == fake_store.methods().count("restore_store") == 1
     )
-    after = client.get_run(run_id)
-    assert after.info.status == "RUNNING"
-    assert after.info.end_time == before.info.end_time
-    assert after.data.params == {"lr": "0.1"}
-    assert after.data.tags == before.data.tags
-    assert len(all_runs(client)) == 1
-    assert mlflow.active_run() is None
+    assert fake_store.current_tracking_uri is None
+    assert not any(name in os.environ for name in HTTP_SETTINGS)
+    assert signal.getsignal(signal.SIGTERM) == handler  # only the main thread traps it
 
 
-def test_resume_of_a_running_run_with_resume_running_continues_and_ends_it(
-    project: Project,
+def test_a_session_needing_another_tracking_uri_is_refused_while_one_is_open(
+    fake_project: FakeProject, fake_store: FakeStore
 ) -> None:
-    run_id = _run_in_state(project, "RUNNING")
-    config = project.config(f"tracking:\n  run:\n    id: {run_id}\n    resume_running: true\n")
+    other = fake_project.config({"server.mlflow_tracking_uri": "http://other.invalid"})
 
-    with TrackingSession(config, name="second", params={"epochs": 3}) as s:
-        s.log_metrics({"loss": 0.5})
+    with open_session(fake_project.config(), fake_store, name="a") as a:
+        error = in_thread(lambda: open_session(other, fake_store, name="b").__enter__())
+        assert isinstance(error, RunError)
+        assert "another trackcfg session is open" in str(error)
+        assert "the tracking/registry URI" in str(error)
+        assert fake_store.opened == [(FAKE_URI, None)]
+        assert list(fake_store.runs) == [a.run_id]
 
-    run = run_of(s)
-    assert run.info.run_id == run_id
-    assert run.info.status == "FINISHED"
-    assert run.data.params == {"lr": "0.1", "epochs": "3"}
-    assert run.data.metrics == {"loss": 0.5}
+    assert fake_store.run(a.run_id).status is RunStatus.FINISHED
+    with open_session(other, fake_store, name="b") as b:  # once nothing is open, it may
+        pass
+    assert fake_store.opened[-1] == ("http://other.invalid", None)
+    assert fake_store.run(b.run_id).status is RunStatus.FINISHED
 
 
-@pytest.mark.parametrize(
-    ("before", "error", "after"),
-    [
-        ("FAILED", None, "FINISHED"),
-        ("KILLED", None, "FINISHED"),
-        ("FINISHED", ValueError("boom"), "FAILED"),
-        ("FAILED", KeyboardInterrupt(), "KILLED"),
-    ],
-)
-def test_resumed_ended_run_ends_with_the_new_sessions_status(
-    project: Project, before: str, error: BaseException | None, after: str
+@pytest.mark.parametrize("ending", ["success", "exception", "refused-while-entering"])
+def test_credentials_and_http_settings_are_exported_only_during_the_session(
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch, ending: str
 ) -> None:
-    run_id = _run_in_state(project, before)
-    config = project.config(overrides={"tracking.run.id": run_id})
-    session = TrackingSession(config, name="second")
-
-    with _raises_if(error is not None, type(error) if error else Exception), session as s:
-        assert run_of(s).info.status == "RUNNING"
-        if error is not None:
-            raise error
-
-    assert run_of(session).info.status == after
-    assert run_of(session).info.run_name == "earlier"
-
-
-@pytest.mark.parametrize("resume_running", [False, True])
-def test_check_agrees_with_the_session_about_resuming_a_running_run(
-    project: Project, resume_running: bool
-) -> None:
-    from trackcfg._cli import run_checks
-
-    run_id = _run_in_state(project, "RUNNING")
-    project.config(
-        f"tracking:\n  run:\n    id: {run_id}\n    resume_running: {str(resume_running).lower()}\n"
+    (fake_project.root / "credentials.yml").write_text(
+        "tracking_creds:\n  FAKE_SERVICE_TOKEN: s3cret\n  FAKE_SERVICE_USER: alice\n"
     )
+    monkeypatch.delenv("FAKE_SERVICE_TOKEN", raising=False)
+    monkeypatch.setenv("FAKE_SERVICE_USER", "before")
+    overrides = {"tracking.experiment.create": ending != "refused-while-entering"}
+    config = fake_project.config(overrides, extra_yaml="  credentials: tracking_creds\n")
+    session = open_session(config, fake_store)
+    during: dict[str, str | None] = {}
 
-    items = run_checks(project.root / "mlflow.yml", None, 10.0, lambda item: None)
+    def look() -> None:
+        names = ("FAKE_SERVICE_TOKEN", "FAKE_SERVICE_USER", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+        during.update({name: os.environ.get(name) for name in names})
 
-    (run_item,) = [item for item in items if item.what == "run"]
-    if resume_running:
-        assert run_item.status.name == "OK", run_item
+    if ending == "refused-while-entering":  # create: false, and the experiment is missing
+        record = fake_store.record
+
+        def look_at_lookup(method: str, *args: object) -> None:
+            if method == "get_experiment":
+                look()
+            record(method, *args)
+
+        monkeypatch.setattr(fake_store, "record", look_at_lookup)
+        with pytest.raises(ExperimentError), session:
+            pass
     else:
-        assert run_item.status.name == "FAIL"
-        assert run_item.detail == (
-            f"run {run_id!r} (tracking.run.id) is RUNNING: another process may be logging to "
-            "it, and this session would end it"
-        )
-        assert "tracking.run.resume_running: true" in str(run_item.fix)
+        with raises_if(ValueError("x") if ending == "exception" else None), session:
+            look()
+            if ending == "exception":
+                raise ValueError("x")
+
+    assert during == {
+        "FAKE_SERVICE_TOKEN": "s3cret",
+        "FAKE_SERVICE_USER": "alice",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    }
+    assert "FAKE_SERVICE_TOKEN" not in os.environ
+    assert os.environ["FAKE_SERVICE_USER"] == "before"
+    assert not any(name in os.environ for name in HTTP_SETTINGS)
 
 
-SECRET = "s3cr3t-Pa55"
+@pytest.mark.parametrize("order", ["a-first", "b-first"])
+def test_the_sigterm_handler_is_given_back_whatever_order_sessions_end_in(
+    fake_project: FakeProject, fake_store: FakeStore, previous_sigterm: RecordingHandler, order: str
+) -> None:
+    config = fake_project.config()
+    a = open_session(config, fake_store, name="a")
+    b = open_session(config, fake_store, name="b")  # top-level too: a child run of a's by nesting
+
+    a.__enter__()
+    b.__enter__()
+    assert signal.getsignal(signal.SIGTERM) is not previous_sigterm  # the sessions' trap
+    for session in (a, b) if order == "a-first" else (b, a):
+        session.__exit__(None, None, None)
+
+    assert previous_sigterm.received == []
+    assert fake_store.run(b.run_id).parent_id == a.run_id
+    assert fake_store.run(a.run_id).status is fake_store.run(b.run_id).status is RunStatus.FINISHED
+    assert fake_store.stack() == []
+    assert signal.getsignal(signal.SIGTERM) is previous_sigterm
 
 
-STALE_RUN = "0123456789abcdef0123456789abcdef"
+def test_sigterm_runs_the_programs_handler_at_once_and_a_handled_one_finishes_the_runs(
+    fake_project: FakeProject, fake_store: FakeStore, previous_sigterm: RecordingHandler
+) -> None:
+    session = open_session(fake_project.config(), fake_store)
+
+    with session, session.child("step") as child:
+        signal.raise_signal(signal.SIGTERM)
+        assert previous_sigterm.received == [signal.SIGTERM]  # at the signal, in the block
+
+    assert fake_store.run(session.run_id).status is RunStatus.FINISHED
+    assert fake_store.run(child.run_id).status is RunStatus.FINISHED
+    assert previous_sigterm.received == [signal.SIGTERM]  # once
+    assert signal.getsignal(signal.SIGTERM) is previous_sigterm
 
 
-def experiment_names(store: str) -> set[str]:
-    return {e.name for e in MlflowClient(tracking_uri=store).search_experiments()}
+def test_sigterm_handler_that_exits_ends_the_runs_killed(
+    fake_project: FakeProject, fake_store: FakeStore, previous_sigterm: RecordingHandler
+) -> None:
+    """The program's handler ends the process (``sys.exit(0)``): the runs end KILLED, not
+    FINISHED; where SIGTERM has no handler of the program's, ``Terminated`` does the same
+    (test_session.py, with a real process)."""
+
+    def exits(signum: int, frame: FrameType | None) -> None:
+        previous_sigterm(signum, frame)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, exits)
+    session = open_session(fake_project.config(), fake_store)
+
+    with pytest.raises(SystemExit), session, session.child("step") as child:
+        signal.raise_signal(signal.SIGTERM)
+
+    assert fake_store.run(session.run_id).status is RunStatus.KILLED
+    assert fake_store.run(child.run_id).status is RunStatus.KILLED
+    assert previous_sigterm.received == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGTERM) is exits
 
 
-def printed(error: BaseException) -> str:
-    """What Python prints for ``error`` when nobody catches it: the traceback, with every
-    exception chained to it that is shown."""
-    return "".join(traceback.format_exception(error))
+def test_activate_makes_the_run_active_in_another_thread_only_for_the_block(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    stacks: list[list[str]] = []
+
+    def worker(session: TrackingSession) -> None:
+        with session.activate():
+            stacks.append(list(fake_store.stack()))
+        stacks.append(list(fake_store.stack()))
+
+    with open_session(fake_project.config(), fake_store) as s:
+        assert in_thread(lambda: worker(s)) is None
+        assert fake_store.stack() == [s.run_id]
+
+    assert stacks == [[s.run_id], []]
+    assert fake_store.run(s.run_id).status is RunStatus.FINISHED
 
 
 # ---------------------------------------------------------------------------------------------
