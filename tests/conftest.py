@@ -601,11 +601,14 @@ SLOW_TESTS = frozenset(
 ONE_WORKER_FIXTURES = {
     "test_buffered": "server",
     "test_cli": "_ui_launched",
+    "test_kedro_pipeline_ml": "ours",
     "test_server_outages": "outage",
     "test_ui_browser": "browsed_ui",
 }
-"""A module's own server (a module-scoped fixture): the module's tests that use it run on one
-worker, so it starts once; the module's other tests go to any worker.  Such a module starts
+"""A module's own server or other costly module-scoped fixture (``ours``: a Kedro project run
+with ParallelRunner, minutes under load, built once per worker that needs it): the module's
+tests that use it run on one worker, so it is made once; the module's other tests go to any
+worker.  Such a module starts
 its server early (at its first test) only without pytest-xdist: under xdist every worker sees
 every selected test and cannot tell whether it will run one that needs the server."""
 POSTGRES_FIXTURES = frozenset({"pg_mlflow_server", "postgres_database"})
