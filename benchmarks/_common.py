@@ -96,11 +96,7 @@ def interleaved(
 ) -> dict[str, float]:
     """Median seconds of each case, run in turns A B C A B C ... ``repeats`` times.
 
-    What the cases print (MLflow's "View run" links) is kept out of the report.  Under
-    ``TRACKCFG_BENCH_QUICK`` (the test suite's smoke run: it checks that every case runs, not
-    its time) each case runs once."""
-    if QUICK:
-        repeats = 1
+    What the cases print (MLflow's "View run" links) is kept out of the report."""
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, case in cases.items():
