@@ -28,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FAKE_PROJECT_NAME, FakeProject, FakeStore
 from helpers import TELEMETRY_OFF
 
+from trackcfg import _state
+from trackcfg._workers import RANK_VARIABLES
 from trackcfg.testing import MlflowServer
 
 # The test folders (by part: config/, session/, kedro/, ...) on the import path, so that a
@@ -433,6 +436,23 @@ def moto_s3() -> Iterator[MotoS3]:
 
 
 @pytest.fixture
+def refused_port() -> int:
+    """A port nobody listens on (bound, then released): the kernel refuses connections to it
+    at once."""
+    return _free_port()
+
+
+@pytest.fixture
+def silent_uri() -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` of a server that accepts connections (the kernel does) and
+    never answers: only the request timeout ends the wait."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A project folder named ``proj`` (``[project].name = "proj"``), the current folder.
     (Modules with a project of another shape define their own ``project``.)"""
@@ -450,6 +470,48 @@ def store_with_db(project: Path, migrated_sqlite_db: Path) -> Path:
 
     copy_store(migrated_sqlite_db, project / "mlruns")
     return project
+
+
+# --- the fake store's tests (tests/fakes.py) -------------------------------------------------
+
+
+@pytest.fixture
+def fake_store() -> FakeStore:
+    return FakeStore()
+
+
+@pytest.fixture
+def _rank_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No launcher's rank variable from the machine running the tests (a CI job on SLURM)."""
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def _nothing_left_open() -> Iterator[None]:
+    """After each test: no process-wide settings held and the SIGTERM handler as before, put
+    back by force when a test left them (so one failure does not cascade)."""
+    handler = signal.getsignal(signal.SIGTERM)
+    yield
+    settings_held = _state._settings is not None
+    trap_held = _state._sigterm is not None
+    handler_after = signal.getsignal(signal.SIGTERM)
+    _state._settings = None
+    _state._sigterm = None
+    signal.signal(signal.SIGTERM, handler)
+    assert not settings_held, "a session left the process-wide settings held"
+    assert not trap_held, "a session left the SIGTERM trap held"
+    assert handler_after == handler, "the SIGTERM handler was not given back"
+
+
+@pytest.fixture
+def fake_project(tmp_path: Path, _rank_zero: None, _nothing_left_open: None) -> FakeProject:
+    """A project of the fake store's tests; with no launcher's rank variable set, and checked
+    to leave nothing open (``_rank_zero``, ``_nothing_left_open``)."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "pyproject.toml").write_text(f'[project]\nname = "{FAKE_PROJECT_NAME}"\n')
+    return FakeProject(root)
 
 
 # --- markers and parallel workers ------------------------------------------------------------
@@ -472,8 +534,6 @@ SLOW_FIXTURES = frozenset(
 )
 SLOW_MODULES = frozenset(
     {
-        "test_buffered",
-        "test_continue_by_key",
         "test_server_outages",
         "test_hydra",
         "test_journal_disk",
@@ -487,7 +547,6 @@ SLOW_MODULES = frozenset(
         "test_local_store_artifacts",
         "test_optuna_example",
         "test_many_processes",
-        "test_session_notes",
         "test_signals",
         "test_ui_browser",
     }
@@ -497,10 +556,18 @@ SLOW_TESTS = frozenset(
         # They run child Pythons (scripts, the CLI, kedro) or a server of their own, or
         # generate hundreds of hypothesis examples: seconds each (measured with --durations).
         "test_a_50_mb_config_file_is_refused_unread",
+        "test_a_job_killed_at_step_500_and_started_again_with_its_key_is_one_finished_run",
+        "test_a_journal_of_another_format_version_is_a_clear_error_not_a_traceback",
         "test_a_local_run_says_how_to_view_it_and_the_command_runs_as_printed",
+        "test_a_resumed_run_sends_what_its_killed_session_left_in_the_journal",
+        "test_a_run_ends_with_its_summary_on_a_terminal",
+        "test_a_run_on_its_server_has_no_offline_reminder",
         "test_a_script_in_a_bare_folder_is_told_once_where_its_runs_go",
         "test_a_script_on_a_refused_server_ends_with_a_short_traceback_and_the_cause",
+        "test_a_torn_journal_tail_is_reported_and_the_valid_prefix_sent",
         "test_an_alias_bomb_fails_show_and_check_quickly",
+        "test_an_offline_run_ends_with_one_line_naming_trackcfg_sync",
+        "test_buffered_calls_leave_the_store_as_the_same_calls_in_sync_mode",
         "test_check_as_a_subprocess_passes_on_a_fresh_project",
         "test_check_fails_within_its_timeout_on_a_database_that_hangs_after_its_first_answer",
         "test_check_fails_within_its_timeout_on_a_database_that_never_answers",
@@ -510,29 +577,40 @@ SLOW_TESTS = frozenset(
         "test_help_is_fast_and_does_not_import_mlflow",
         "test_init_as_a_subprocess_writes_mlflow_yml_in_the_current_folder",
         "test_mutated_valid_documents_are_a_config_or_a_config_error",
+        "test_no_summary_in_a_pipe_or_when_mlflows_link_is_off",
         "test_offline_parent_child_session_and_worker_process_all_go_beside_it",
         "test_random_env_vars_are_a_config_or_a_config_error",
         "test_random_overrides_are_a_config_or_a_config_error",
         "test_random_text_is_a_config_or_a_config_error",
+        "test_replaying_a_journal_twice_or_after_a_sync_killed_half_way_duplicates_nothing",
+        "test_resume_running_by_id_sends_the_killed_journal_and_a_later_sync_keeps_it_finished",
         "test_script_quickstart_example_creates_a_finished_run",
         "test_session_from_another_cwd_writes_into_the_project_store",
         "test_show_and_check_agree_with_a_run_on_km_random_name",
+        "test_show_and_check_say_which_run_a_start_would_continue",
         "test_show_as_a_subprocess_masks_credentials",
         "test_sigterm_ends_the_run_killed_and_the_process_by_sigterm",
+        "test_sql_store_drops_identical_points_file_store_keeps_them",
+        "test_sync_leaves_a_journal_a_live_session_writes_alone",
         "test_the_cli_prints_one_error_line_never_a_traceback",
         "test_trackcfg_check_on_a_refused_server_prints_no_traceback",
+        "test_tracked_calls_with_a_key_continue_one_run",
     }
 )
 """Tests marked ``slow`` by name (parameters left out): add one that takes seconds."""
-ONE_WORKER_MODULES = frozenset(
-    {
-        "test_buffered",
-        "test_cli",
-        "test_server_outages",
-        "test_ui_browser",
-    }
-)
-"""Modules with a module-scoped server started early by an autouse fixture."""
+ONE_WORKER_FIXTURES = {
+    "test_buffered": "server",
+    "test_cli": "_ui_launched",
+    "test_kedro_pipeline_ml": "ours",
+    "test_server_outages": "outage",
+    "test_ui_browser": "browsed_ui",
+}
+"""A module's own server or other costly module-scoped fixture (``ours``: a Kedro project run
+with ParallelRunner, minutes under load, built once per worker that needs it): the module's
+tests that use it run on one worker, so it is made once; the module's other tests go to any
+worker.  Such a module starts
+its server early (at its first test) only without pytest-xdist: under xdist every worker sees
+every selected test and cannot tell whether it will run one that needs the server."""
 POSTGRES_FIXTURES = frozenset({"pg_mlflow_server", "postgres_database"})
 """One PostgreSQL-backed server and database for their few users, on one worker."""
 
@@ -547,7 +625,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))
         ):
             item.add_marker(pytest.mark.slow)
-        if module in ONE_WORKER_MODULES:
+        if ONE_WORKER_FIXTURES.get(module) in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group(module))
         if POSTGRES_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.xdist_group("postgres"))

@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trackcfg import TrackingConfig, TrackingSession, load_config
 from trackcfg._backend import (
     ArtifactFile,
     ExperimentRef,
@@ -715,3 +716,39 @@ if TYPE_CHECKING:
     # mypy checks here that the fakes satisfy the protocols the session types them as.
     def _conforms(store: FakeStore) -> tuple[BackendFactory, Backend]:
         return store, store("http://fake.invalid")
+
+
+# ---------------------------------------------------------------------------------------------
+# A project whose mlflow.yml points at the fake (fixtures ``fake_project`` and ``fake_store`` in
+# conftest.py), and a session on the fake.
+
+FAKE_PROJECT_NAME = "decisions-project"
+"""A fake test project's ``[project].name``: its default experiment name."""
+FAKE_URI = "http://fake.invalid"
+"""Not a local path, so no store folder is created; the fake never connects anywhere."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeProject:
+    root: Path
+
+    def config(
+        self,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        extra_yaml: str = "",
+        mode: str = "sync",
+    ) -> TrackingConfig:
+        """``mlflow.yml`` pointing at ``FAKE_URI`` (plus ``extra_yaml``), loaded with the real
+        loader and ``overrides``.  ``tracking.logging.mode`` is ``sync`` unless said: most
+        tests here are about when a call reaches the store; buffered logging has its own
+        section at the end."""
+        file = self.root / "mlflow.yml"
+        file.write_text(f"server:\n  mlflow_tracking_uri: {FAKE_URI}\n{extra_yaml}")
+        return load_config(file, overrides={"tracking.logging.mode": mode, **(overrides or {})})
+
+
+def open_session(
+    config: TrackingConfig, store: FakeStore, name: str = "train", **kwargs: Any
+) -> TrackingSession:
+    return TrackingSession(config, name=name, _backend_factory=store, **kwargs)

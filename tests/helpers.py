@@ -27,6 +27,13 @@ TELEMETRY_OFF: Final[Mapping[str, str]] = {"DO_NOT_TRACK": "true"}
 TRACKING_SETTINGS: Final = ("MLFLOW_", "TRACKCFG_")
 """Prefixes of MLflow's and trackcfg's own environment variables: ``subprocess_env(drop=...)``
 for a child process that must not inherit the settings of the test's process."""
+HTTP_SETTINGS: Final = (
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
+)
+"""MLflow's HTTP budget variables, which a session exports for a server and gives back."""
 
 
 def write(path: Path, text: str) -> Path:

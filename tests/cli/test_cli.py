@@ -8,12 +8,15 @@ the HTTP ``check`` tests reuse.  The details run in-process through click's ``Cl
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -23,21 +26,31 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import mlflow
 import pytest
 from click.testing import CliRunner, Result
 from helpers import (
     REPO,
     TRACKING_SETTINGS,
+    copy_store,
     line_of,
     project_folder,
+    read_runs,
     run_python,
+    store_uri,
     subprocess_env,
     write,
 )
 
-from trackcfg import TrackingConfig, load_config
+from trackcfg import (
+    TrackingConfig,
+    TrackingSession,
+    load_config,
+)
 from trackcfg._cli import cli
+from trackcfg._cli.init import render_template
 from trackcfg._loading import SCHEMA, SECTIONS
+from trackcfg.exceptions import ConfigError
 
 TEMPLATE = REPO / "trackcfg" / "templates" / "mlflow.yml"
 SECRET = "s3cr3t-Zq9-do-not-print"
@@ -235,6 +248,90 @@ def test_init_force_overwrites(project: Path) -> None:
     assert load_config(project / "mlflow.yml").tracking.run.name is None
 
 
+FLATTEN_BASE = """
+tracking:
+  params:
+    dict_params:
+      flatten: true
+"""
+
+
+def effective(config: TrackingConfig) -> list[tuple[str, Any, str]]:
+    """Every key's value and where it came from."""
+    return [(key, value, str(source)) for key, value, source in config.provenance()]
+
+
+# --------------------------------------------------------------------------------------------
+# init over other files
+
+
+def test_init_in_an_environment_over_a_base_file_keeps_the_effective_config(
+    project: Path,
+) -> None:
+    base = write(project / "conf" / "base" / "mlflow.yml", FLATTEN_BASE)
+    before = load_config()
+
+    result = invoke("init")
+
+    assert result.exit_code == 0, result.output
+    target = project / "conf" / "local" / "mlflow.yml"
+    assert result.stdout.splitlines()[0] == (
+        f"wrote {Path('conf/local/mlflow.yml')}: every key commented out, so "
+        f"{Path('conf/base/mlflow.yml')} keeps its values (uncomment a key to change it here)"
+    )
+    after = load_config()
+    assert after.files == (base, target)
+    assert effective(after) == effective(before)
+    assert after.tracking.params.dict_params.flatten is True
+
+
+def test_the_commented_file_is_the_template_with_each_key_line_commented(project: Path) -> None:
+    """Deleting the "# " of a key line gives back the template's line: every key is there to
+    uncomment, none is active."""
+    write(project / "conf" / "base" / "mlflow.yml", FLATTEN_BASE)
+    assert invoke("init").exit_code == 0
+    target = project / "conf" / "local" / "mlflow.yml"
+    written = target.read_text(encoding="utf-8").splitlines()
+    template = render_template("proj").splitlines()
+    assert written[0] == template[0]
+    note = written[1 : len(written) - len(template) + 1]
+    assert all(line.startswith("#") for line in note)
+    assert "conf/base/mlflow.yml" in " ".join(note)
+    body = written[1 + len(note) :]
+    commented = [(w, t) for w, t in zip(body, template[1:], strict=True) if w != t]
+    assert all(w == f"# {t}" for w, t in commented)
+    keys = [t for t in template[1:] if t.strip() and not t.lstrip().startswith("#")]
+    assert [t for _w, t in commented] == keys  # every key and section line, and only those
+    assert all(source.kind == "default" for _k, _v, source in load_config(target).provenance())
+
+
+def test_init_over_a_user_file_keeps_its_values(project: Path, user_config_dir: Path) -> None:
+    user = write(user_config_dir / "mlflow.yml", "server:\n  request_timeout: 30\n")
+    before = load_config()
+
+    result = invoke("init")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == (
+        f"wrote mlflow.yml: every key commented out, so {user} keeps its values "
+        "(uncomment a key to change it here)"
+    )
+    after = load_config()
+    assert after.files == (user, project / "mlflow.yml")
+    assert effective(after) == effective(before)
+    assert after.server.request_timeout == 30
+
+
+def test_init_with_nothing_below_writes_active_keys_and_says_so(project: Path) -> None:
+    result = invoke("init")
+    assert result.exit_code == 0, result.output
+    assert (
+        result.stdout.splitlines()[0] == "wrote mlflow.yml: every key active, at its default value"
+    )
+    config = load_config()
+    assert config.sources["tracking.params.dict_params.flatten"].kind == "file"
+
+
 # --------------------------------------------------------------------------------------------
 # show
 
@@ -418,7 +515,6 @@ def test_check_as_a_subprocess_passes_on_a_fresh_project(project: Path) -> None:
 
 
 def test_check_existing_experiment_in_a_local_store(store_with_db: Path) -> None:
-    import mlflow
 
     db = store_with_db / "mlruns" / "mlflow.db"
     experiment_id = mlflow.MlflowClient(f"sqlite:///{db}").create_experiment("proj")
@@ -446,7 +542,6 @@ def test_check_create_false_and_missing_experiment_fails_naming_the_setting(
 def test_check_deleted_experiment_follows_restore_if_deleted(
     store_with_db: Path, restore: bool
 ) -> None:
-    import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{store_with_db / 'mlruns' / 'mlflow.db'}")
     experiment_id = client.create_experiment("proj")
@@ -508,6 +603,173 @@ def test_check_lists_credentials_masked(configured: Path) -> None:
         "[ ok ] credentials: entry 'my_store' in "
         f"{Path('conf/local/credentials.yml')}: AWS_ACCESS_KEY_ID=***, AWS_SECRET_ACCESS_KEY=***"
     ) in result.stdout
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# check and show: every problem at once, each with the fix it needs
+
+
+def test_check_with_several_problems_lists_them_all_on_stderr(project: Path) -> None:
+    config = write(
+        project / "mlflow.yml",
+        """
+        server:
+          max_retries: -1
+        tracking:
+          run:
+            nestd: true
+          params:
+            long_params_strategy: truncat
+        """,
+    )
+    result = invoke("check")
+    assert result.exit_code == 1
+    errors = result.stderr.splitlines()
+    assert errors[0] == (
+        "Error: a run would not start: config: invalid trackcfg configuration (3 problems):"
+    )
+    expected = {
+        f"{config.resolve()}:{line_of(config, 'nestd')}: 'tracking.run.nestd': unknown key; "
+        "did you mean 'nested'?",
+        f"{config.resolve()}:{line_of(config, 'max_retries')}: 'server.max_retries': "
+        "must be 0 or more, got -1",
+        f"{config.resolve()}:{line_of(config, 'truncat')}: "
+        "'tracking.params.long_params_strategy': must be one of 'fail', 'truncate', 'tag', "
+        "got 'truncat'",
+    }
+    assert {line.removeprefix("  - ") for line in errors[1:4]} == expected
+    assert errors[4:] == ["fix: fix each file and line named above"]
+
+
+def test_check_of_a_missing_file_says_to_create_it(project: Path) -> None:
+    result = invoke("check", "nowhere.yml")
+    assert result.exit_code == 1
+    assert "file and line" not in result.output
+    error = result.stderr.strip()
+    assert len(error.splitlines()) == 1
+    assert f"no such file or folder: {project.resolve() / 'nowhere.yml'}" in error
+    assert error.endswith("; fix: create it with `trackcfg init`, or pass the right path")
+
+
+def test_check_of_a_folder_without_config_names_no_file_and_line(project: Path) -> None:
+    (project / "empty").mkdir()
+    result = invoke("check", "empty")
+    assert result.exit_code == 1
+    assert "file and line" not in result.output
+    assert f"no conf/ folder or mlflow.yml in {project.resolve() / 'empty'}" in result.stderr
+    assert "write one with `trackcfg init` there, or pass the right path" in result.stderr
+
+
+def _psycopg2_note() -> str:
+    return (
+        ", or write the URI as postgresql+psycopg2:// (installed)" if installed("psycopg2") else ""
+    )
+
+
+DRIVER_CASES = [
+    pytest.param(
+        "mysql",
+        "SQLAlchemy's default mysql driver, mysqldb (Python module MySQLdb)",
+        "pip install mysqlclient, or write the URI as mysql+pymysql:// and pip install pymysql",
+        marks=pytest.mark.skipif(
+            installed("MySQLdb") or installed("pymysql"), reason="a MySQL driver is installed"
+        ),
+        id="mysql",
+    ),
+    pytest.param(
+        "mssql+pymssql",
+        "the driver it names, pymssql (Python module pymssql)",
+        "pip install pymssql",
+        marks=pytest.mark.skipif(
+            installed("pymssql") or installed("pyodbc"), reason="an MSSQL driver is installed"
+        ),
+        id="mssql+pymssql",
+    ),
+    pytest.param(
+        "postgresql+psycopg",
+        "the driver it names, psycopg (Python module psycopg)",
+        f"pip install 'psycopg[binary]'{_psycopg2_note()}",
+        marks=pytest.mark.skipif(installed("psycopg"), reason="psycopg is installed"),
+        id="postgresql+psycopg",
+    ),
+]
+
+
+@pytest.mark.parametrize(("scheme", "needs", "fix"), DRIVER_CASES)
+def test_a_database_uri_without_its_driver_names_the_package_to_install(
+    project: Path, scheme: str, needs: str, fix: str
+) -> None:
+    config = write(
+        project / "mlflow.yml", f"server:\n  mlflow_tracking_uri: {scheme}://bob:{SECRET}@db/runs\n"
+    )
+    masked = f"{scheme}://bob:***@db/runs"
+    problem = f"{masked} needs {needs}, which is not installed here"
+
+    result = invoke("check")
+    assert result.exit_code == 1
+    assert SECRET not in result.output
+    assert f"[FAIL] store: {problem}" in result.stdout
+    assert result.stderr.strip() == (
+        f"Error: a run would not start: store: {problem}; fix: {fix}; "
+        "set by server.mlflow_tracking_uri (mlflow.yml:2)"
+    )
+
+    with pytest.raises(ConfigError) as caught, TrackingSession.from_yaml(None, name="train"):
+        pass
+    assert str(caught.value) == (
+        f"invalid trackcfg configuration: {config.resolve()}:2: 'server.mlflow_tracking_uri': "
+        f"{problem}: {fix}"
+    )
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+
+
+def test_the_init_template_leaves_the_store_to_mlflow_tracking_uri(
+    project: Path, tmp_path: Path, migrated_sqlite_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The template's comment says null means $MLFLOW_TRACKING_URI, else mlruns: so it is."""
+    assert invoke("init").exit_code == 0
+    text = (project / "mlflow.yml").read_text(encoding="utf-8")
+    assert "  mlflow_tracking_uri: null\n" in text
+    assert "null: $MLFLOW_TRACKING_URI when it is set, else\n  # mlruns." in text
+    assert load_config().server.mlflow_tracking_uri == "mlruns"  # the default store
+
+    elsewhere = copy_store(migrated_sqlite_db, tmp_path / "elsewhere")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{elsewhere}")
+    with TrackingSession.from_yaml(None, name="from-env"):
+        pass
+    assert [r.info.run_name for r in read_runs(f"sqlite:///{elsewhere}")] == ["from-env"]
+    assert not (project / "mlruns").exists()
+
+
+def test_show_help_puts_the_json_shape_where_it_says(project: Path) -> None:
+    result = invoke("show", "--help")
+    assert result.exit_code == 0
+    description, _, options = result.stdout.partition("\nOptions:\n")
+    option = next(line for line in options.splitlines() if line.lstrip().startswith("--json"))
+    assert option.endswith("Print one JSON object (its shape is shown above).")
+    assert '{"env": "local"' in description
+
+
+def test_a_missing_credentials_entry_lists_the_entries_there(project: Path) -> None:
+    write(project / "mlflow.yml", "server:\n  credentials: team_c\n")
+    write(
+        project / "credentials.yml",
+        f"team_a:\n  MLFLOW_TRACKING_TOKEN: {SECRET}\nteam_b:\n  MLFLOW_TRACKING_TOKEN: x\n",
+    )
+    for command in ("check", "show"):
+        result = invoke(command)
+        assert result.exit_code == 1, command
+        assert "'server.credentials'" in result.stderr
+        assert "team_c" in result.stderr
+        assert "entries there: team_a, team_b" in result.stderr, command
+        assert SECRET not in result.output
 
 
 # --------------------------------------------------------------------------------------------
@@ -726,6 +988,93 @@ def test_ui_cannot_serve_databricks(project: Path) -> None:
     assert "cannot serve databricks" in result.stderr
 
 
+RUNNER = "\N{RUNNER}"
+
+
+# --------------------------------------------------------------------------------------------
+# Where a local run went
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_a_local_run_says_how_to_view_it_and_the_command_runs_as_printed(
+    store_with_db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import _MlflowServer
+
+    # This interpreter's mlflow first on PATH (as nox or an IDE does): still printed by the
+    # interpreter's path, since the user's shell may not have that PATH.
+    bin_folder = str(Path(sys.executable).parent)
+    monkeypatch.setenv("PATH", os.pathsep.join([bin_folder, os.environ.get("PATH", "")]))
+    with TrackingSession.from_yaml(None, name="train") as session:
+        session.log_text("notes\n", "notes.md")
+        with session.child("trial"):  # a sweep's trials are found under their parent
+            pass
+    uri = store_uri(store_with_db)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"{RUNNER} View run train with: {shlex.quote(sys.executable)} -m mlflow ui "
+        f"--backend-store-uri {uri}",
+        f"   then open http://127.0.0.1:5000/#/experiments/{session.experiment_id}/runs/"
+        f"{session.run_id}",
+    ]
+
+    # The command as printed (a free port and one worker added: a shared 2-core machine).
+    port = _free_port()
+    command = shlex.split(lines[0].partition(" with: ")[2])
+    logs = Path(tempfile.mkdtemp(prefix="trackcfg-mlflow-ui-logs-"))
+    env = subprocess_env(venv_on_path=True, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    with (logs / "stdout.log").open("wb") as out, (logs / "stderr.log").open("wb") as err:
+        process = subprocess.Popen(
+            [*command, "--port", str(port), "--workers", "1"],
+            cwd=logs,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+    server = _MlflowServer(url=f"http://127.0.0.1:{port}", folder=logs, process=process)
+    try:
+        server.wait_healthy(180)
+        query = urllib.parse.urlencode({"run_id": session.run_id})
+        run = _get(f"{server.url}/api/2.0/mlflow/runs/get?{query}")["run"]
+        assert run["info"]["run_name"] == "train"
+        files = _get(f"{server.url}/ajax-api/2.0/mlflow/artifacts/list?{query}")["files"]
+        assert [f["path"] for f in files] == ["notes.md"]
+    finally:
+        server.stop()
+
+
+def test_the_view_line_without_mlflow_on_path_and_silenced_like_mlflows(
+    store_with_db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PATH", os.defpath)
+    with TrackingSession.from_yaml(None, name="train"):
+        pass
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (
+        f"{RUNNER} View run train with: {shlex.quote(sys.executable)} -m mlflow ui "
+        f"--backend-store-uri {store_uri(store_with_db)}"
+    )
+
+    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    with TrackingSession.from_yaml(None, name="quiet"):
+        pass
+    assert capsys.readouterr().out == ""
+    assert len(read_runs(store_uri(store_with_db))) == 2
+
+
 # --------------------------------------------------------------------------------------------
 # ui with a real mlflow server (the only one this file starts), and check against it over
 # HTTP.  test_ui_stops_on_sigint stops it, so it comes last.
@@ -800,8 +1149,9 @@ def _ui_launched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiProcess
 @pytest.fixture(scope="module", autouse=True)
 def _start_ui_early(request: pytest.FixtureRequest) -> None:
     """The server takes 13-60 s to start: launch it with this file's first test, so that
-    the start overlaps the other tests."""
-    if any(
+    the start overlaps the other tests.  Under pytest-xdist at the first test that needs it
+    (only those run on one worker: ``ONE_WORKER_FIXTURES`` in conftest.py)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ and any(
         "ui_process" in getattr(item, "fixturenames", ())
         for item in request.session.items
         if getattr(item, "module", None) is request.module

@@ -3,17 +3,41 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import tempfile
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import line_of, project_folder, run_python, write
+from helpers import (
+    TRACKING_SETTINGS,
+    copy_store,
+    line_of,
+    project_folder,
+    read_runs,
+    run_python,
+    store_uri,
+    subprocess_env,
+    write,
+)
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
-from trackcfg import ConfigError, LongParamsStrategy, TrackcfgError, TrackingConfig, load_config
+from trackcfg import (
+    ConfigError,
+    LongParamsStrategy,
+    TrackcfgError,
+    TrackingConfig,
+    TrackingSession,
+    load_config,
+)
 from trackcfg._config import LoggingMode, OfflineMode, RankPolicy, ResumePolicy
 from trackcfg._discovery import find_project_root
+from trackcfg._loading import SCHEMA
 
 
 def value_at(config: TrackingConfig, dotted: str) -> Any:
@@ -1065,6 +1089,110 @@ def test_discovery_stops_at_the_project_root(
 
 
 # --------------------------------------------------------------------------------------------
+# A relative config path
+
+
+def test_a_relative_path_from_a_subfolder_names_the_folder_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = project_folder(tmp_path / "proj", config="tracking:\n  run:\n    name: nightly\n")
+    sub = root / "notebooks"
+    sub.mkdir()
+    monkeypatch.chdir(sub)
+
+    with pytest.raises(ConfigError) as from_yaml:
+        TrackingSession.from_yaml("mlflow.yml")
+    with pytest.raises(ConfigError) as loaded:
+        load_config("mlflow.yml")
+
+    message = str(from_yaml.value)
+    assert message == str(loaded.value)
+    here = sub.resolve()
+    assert f"no such file or folder: {here / 'mlflow.yml'}" in message
+    assert f"a relative path is taken from the current folder, {here}," in message
+    assert "TrackingSession.from_yaml(None)" in message
+    assert "load_config()" in message
+    assert 'Path(__file__).parent / "mlflow.yml"' in message
+    # The fixes it names work.
+    assert TrackingSession.from_yaml(None).config.files == (root.resolve() / "mlflow.yml",)
+    assert load_config(sub.parent / "mlflow.yml").tracking.run.name == "nightly"
+
+
+# --------------------------------------------------------------------------------------------
+# No config, no pyproject.toml, no .git
+
+
+@pytest.fixture
+def bare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder with nothing at or above it marking a project, the current folder."""
+    if find_project_root(tmp_path) is not None:
+        pytest.skip(f"{find_project_root(tmp_path)} marks a project above the test's folders")
+    folder = tmp_path / "bare"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder.resolve()
+
+
+def notices(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "it is the project root" in r.getMessage()
+    ]
+
+
+def test_a_root_chosen_by_the_current_folder_is_said_once(
+    bare: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trackcfg")
+    first, second = load_config(), load_config()
+    assert first.project_root == second.project_root == bare
+    (said,) = notices(caplog)
+    assert said == (
+        f"no mlflow.yml, pyproject.toml or .git in {bare} or above: it is the project root, so "
+        f"runs go to {bare / 'mlruns'}, which depends on the folder the program starts in; to "
+        "pin it, add a pyproject.toml, .git or mlflow.yml to the project folder, or set "
+        "server.mlflow_tracking_uri to an absolute path"
+    )
+
+
+def test_no_notice_where_the_store_does_not_depend_on_the_current_folder(
+    bare: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trackcfg")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'runs.db'}")
+    assert load_config().project_root == bare
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    project = project_folder(tmp_path / "proj")
+    assert load_config(cwd=project).project_root == project.resolve()
+    assert notices(caplog) == []
+
+
+def test_a_script_in_a_bare_folder_is_told_once_where_its_runs_go(
+    bare: Path, migrated_sqlite_db: Path
+) -> None:
+    """As a user runs it: no logging set up, a session from discovery and one from a config
+    built in code; the notice reaches stderr once, and the runs are where it says."""
+    copy_store(migrated_sqlite_db, bare / "mlruns")
+    script = write(
+        bare / "train.py",
+        """
+        from trackcfg import TrackingConfig, TrackingSession
+
+        with TrackingSession.from_yaml(None, name="first"):
+            pass
+        with TrackingSession(TrackingConfig(), name="second"):
+            pass
+        """,
+    )
+    done = run_python(str(script), cwd=bare, env=subprocess_env(drop=TRACKING_SETTINGS))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("it is the project root") == 1, done.stderr
+    assert f"runs go to {bare / 'mlruns'}," in done.stderr
+    assert sorted(r.info.run_name for r in read_runs(store_uri(bare))) == ["first", "second"]
+
+
+# --------------------------------------------------------------------------------------------
 # Default experiment name.
 
 
@@ -1105,3 +1233,180 @@ def test_otherwise_the_root_folders_name_is_the_default_experiment_name(
 
     assert config.default_experiment_name == "folder-name"
     assert config.tracking.experiment.name is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile input: whatever the YAML, env vars or overrides, load_config returns a config or
+# raises ConfigError (never another exception, never hangs), and no run comes of it.
+
+
+VALID = """\
+server:
+  mlflow_tracking_uri: mlruns
+  credentials: null
+  request_header_provider:
+    type: null
+    pass_context: false
+    init_kwargs: {}
+tracking:
+  disable_tracking:
+    pipelines: [a, b]
+  experiment:
+    name: exp
+    create_experiment_kwargs:
+      artifact_location: null
+      tags: {team: x}
+  run:
+    id: null
+    name: nightly
+    nested: true
+  params:
+    dict_params:
+      flatten: false
+      recursive: true
+      sep: "."
+    long_params_strategy: fail
+ui:
+  port: "5000"
+  host: 127.0.0.1
+"""
+
+
+FUZZ = settings(
+    max_examples=int(os.environ.get("TRACKCFG_FUZZ_EXAMPLES", "120")),
+    deadline=2000,  # a hang or a pathological slowdown fails the test
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+
+@contextmanager
+def fuzz_project(text: str) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory() as tmp:
+        yield project_folder(Path(tmp), name="fuzz", config=text) / "mlflow.yml"
+
+
+def load_or_config_error(file: Path, **kwargs: Any) -> TrackingConfig | ConfigError:
+    try:
+        return load_config(file, **kwargs)
+    except ConfigError as exc:
+        error = exc
+    assert error.problems, "a ConfigError must name at least one problem"
+    assert all(problem.message for problem in error.problems)
+    return error
+
+
+yaml_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+)
+
+
+yaml_values = st.recursive(
+    yaml_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+env_names = st.sampled_from(
+    ["TRACKCFG_" + "__".join(p.upper().split(".")) for p in sorted(SCHEMA)]
+) | st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ_", min_size=1, max_size=25).map(
+    lambda s: "TRACKCFG_" + s
+)
+
+
+@FUZZ
+@given(st.text(max_size=300))
+def test_random_text_is_a_config_or_a_config_error(text: str) -> None:
+    with fuzz_project(text) as file:
+        load_or_config_error(file)
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_valid_documents_are_a_config_or_a_config_error(data: st.DataObject) -> None:
+    text = VALID
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(text)))
+        action = data.draw(st.sampled_from(["insert", "delete", "replace"]))
+        chunk = data.draw(
+            st.sampled_from(
+                [
+                    ":",
+                    " ",
+                    "\n",
+                    "- ",
+                    "{",
+                    "]",
+                    "'",
+                    '"',
+                    "&a",
+                    "*a",
+                    "!!python/object:os.system",
+                    "\t",
+                    "null",
+                    "yes",
+                    "-1",
+                    "~",
+                    "%",
+                    "@",
+                ]
+            )
+        )
+        if action == "insert":
+            text = text[:at] + chunk + text[at:]
+        elif action == "delete":
+            text = text[:at] + text[at + len(chunk) :]
+        else:
+            text = text[:at] + chunk + text[at + len(chunk) :]
+    with fuzz_project(text) as file:
+        load_or_config_error(file)
+
+
+@FUZZ
+@given(
+    st.dictionaries(
+        st.sampled_from(sorted(SCHEMA)) | st.text(max_size=30),
+        yaml_values,
+        max_size=4,
+    )
+)
+@example({"server": []})  # once crashed the loader with a KeyError
+def test_random_overrides_are_a_config_or_a_config_error(overrides: dict[str, Any]) -> None:
+    with fuzz_project("") as file:
+        load_or_config_error(file, overrides=overrides)
+
+
+@FUZZ
+@given(
+    st.dictionaries(env_names, st.text(max_size=30).filter(lambda s: "\x00" not in s), max_size=4)
+)
+def test_random_env_vars_are_a_config_or_a_config_error(env: dict[str, str]) -> None:
+    with fuzz_project(VALID) as file:
+        load_or_config_error(file, environ={**os.environ, **env})
+
+
+def test_python_tags_in_yaml_are_refused_not_executed(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    file = tmp_path / "mlflow.yml"
+    file.write_text(
+        f"tracking:\n  run:\n    name: !!python/object/apply:os.system ['touch {marker}']\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    assert not marker.exists()
+    assert f"{file}:3" in str(info.value)
+
+
+def test_an_invalid_config_never_creates_a_run_or_a_store(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("")
+    file = tmp_path / "mlflow.yml"
+    file.write_text("tracking:\n  run:\n    nested: maybe\n")
+    with pytest.raises(ConfigError):
+        TrackingSession.from_yaml(file, name="x")
+    assert not (tmp_path / "mlruns").exists()

@@ -3,19 +3,32 @@ the same store (``same_store``): pure functions, then the CLI as a user runs it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import socket
+import textwrap
+import time
+import traceback
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 from click.testing import CliRunner
-from helpers import project_folder
+from helpers import project_folder, store_uri
 from hypothesis import given
 from hypothesis import strategies as st
 
+from trackcfg import (
+    TrackingConfig,
+    TrackingSession,
+    load_config,
+)
 from trackcfg._cli import cli
 from trackcfg._store import mask_text, mask_uri, same_store, store_identity, store_refusal
+from trackcfg.exceptions import ExperimentError, TrackingUnavailableError
 
 MARK = "Zq7"
 """Every generated secret starts with it: nothing else in a generated URI holds it."""
@@ -231,3 +244,116 @@ def test_cli_output_never_shows_a_token_password_or_secret_parameter(
         assert "127.0.0.1" in result.output
     if "--json" in args and result.exit_code == 0:
         json.loads(result.stdout)
+
+
+# ---------------------------------------------------------------------------------------------
+# A password inside the tracking URI never appears: not in the config's repr, nor in what a
+# session says when the server is unreachable or refuses the experiment, nor in the run link.
+
+
+PROJECT_NAME = "demo-project"
+
+
+SECRET = "s3cr3t-Pa55"
+
+
+@dataclasses.dataclass(frozen=True)
+class Project:
+    root: Path
+
+    @property
+    def store_uri(self) -> str:
+        return store_uri(self.root)
+
+    def config(self, yaml: str = "", overrides: Mapping[str, Any] | None = None) -> TrackingConfig:
+        """Write ``mlflow.yml`` and load it with the real loader (root: this project)."""
+        file = self.root / "mlflow.yml"
+        file.write_text(textwrap.dedent(yaml))
+        return load_config(file, overrides=overrides)
+
+
+def printed(error: BaseException) -> str:
+    """What Python prints for ``error`` when nobody catches it: the traceback, with every
+    exception chained to it that is shown."""
+    return "".join(traceback.format_exception(error))
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        f"http://user:{SECRET}@127.0.0.1:9",
+        f"postgresql+psycopg2://u:{SECRET}@db.example:5432/mlflow",
+    ],
+)
+def test_the_password_in_a_uri_is_masked_in_the_config_repr(tmp_path: Path, uri: str) -> None:
+    config = Project(project_folder(tmp_path / "p", name=PROJECT_NAME)).config(
+        f"server:\n  mlflow_tracking_uri: '{uri}'\n  mlflow_registry_uri: '{uri}'\n"
+    )
+    assert config.server.mlflow_tracking_uri == uri  # the value itself is untouched
+    for text in (repr(config), str(config), repr(config.server), str(config.server)):
+        assert SECRET not in text
+        assert text.count(":***@") == 2
+
+
+@pytest.mark.parametrize("kind", ["refused", "silent"])
+def test_the_password_in_a_uri_is_masked_when_the_server_is_unreachable(
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+) -> None:
+    """Refused: reported by the first connect; silent: after MLflow's retries (its retry
+    warnings and its exception, which holds the URI, are in play)."""
+    caplog.set_level(logging.DEBUG)
+    port = (
+        request.getfixturevalue("refused_port")
+        if kind == "refused"
+        else int(request.getfixturevalue("silent_uri").rpartition(":")[2])
+    )
+    uri = f"http://user:{SECRET}@127.0.0.1:{port}"
+    config = Project(project_folder(tmp_path / "p", name=PROJECT_NAME)).config(
+        f"server: {{mlflow_tracking_uri: '{uri}', request_timeout: 1, max_retries: 1}}\n"
+    )
+    with pytest.raises(TrackingUnavailableError) as raised, TrackingSession(config):
+        pytest.fail("the block must not run")
+
+    assert f"http://user:***@127.0.0.1:{port}" in str(raised.value)
+    out = capsys.readouterr()
+    assert SECRET not in printed(raised.value) + caplog.text + out.out + out.err
+
+
+def test_the_password_in_a_uri_is_masked_when_the_experiment_is_refused(
+    mlflow_server: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The test server ignores credentials: the URI reaches it and the experiment is refused."""
+    caplog.set_level(logging.DEBUG)
+    uri = mlflow_server.replace("http://", f"http://user:{SECRET}@")
+    config = Project(project_folder(tmp_path / "p", name=PROJECT_NAME)).config(
+        f"server: {{mlflow_tracking_uri: '{uri}'}}\n"
+        f"tracking: {{experiment: {{name: absent-{time.monotonic_ns()}, create: false}}}}\n"
+    )
+    with pytest.raises(ExperimentError) as raised, TrackingSession(config):
+        pytest.fail("the block must not run")
+
+    assert mlflow_server.replace("http://", "http://user:***@") in str(raised.value)
+    out = capsys.readouterr()
+    assert SECRET not in printed(raised.value) + caplog.text + out.out + out.err
+
+
+def test_the_run_link_printed_for_a_server_run_carries_no_credentials(
+    mlflow_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = mlflow_server.replace("http://", f"http://user:{SECRET}@")
+    config = Project(project_folder(tmp_path / "p", name=PROJECT_NAME)).config(
+        f"server: {{mlflow_tracking_uri: '{uri}'}}\n"
+    )
+    with TrackingSession(config, name="linked") as s:
+        s.log_metrics({"loss": 1.0})
+
+    out = capsys.readouterr().out
+    assert f"{mlflow_server}/#/experiments/{s.experiment_id}/runs/{s.run_id}" in out
+    assert SECRET not in out

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from click.testing import CliRunner
+from fakes import FAKE_URI, FakeProject, FakeStore, open_session
 from helpers import (
     TRACKING_SETTINGS,
     copy_store,
@@ -42,7 +43,14 @@ from hypothesis import strategies as st
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from trackcfg import TrackingSession, load_config
+from trackcfg import (
+    ServerError,
+    TrackingConfig,
+    TrackingSession,
+    TrackingUnavailableError,
+    load_config,
+)
+from trackcfg._backend import RunStatus
 from trackcfg._cli import cli
 from trackcfg.exceptions import RunError
 
@@ -173,8 +181,11 @@ def server(
 @pytest.fixture(scope="module", autouse=True)
 def _start_server_early(request: pytest.FixtureRequest) -> None:
     """The server starts at the module's first test (its 15-60 s start overlaps the local
-    tests) when any selected test here needs it."""
-    if any("server" in getattr(item, "fixturenames", ()) for item in request.session.items):
+    tests) when any selected test here needs it; under pytest-xdist at the first test that
+    needs it (``ONE_WORKER_FIXTURES`` in conftest.py)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ and any(
+        "server" in getattr(item, "fixturenames", ()) for item in request.session.items
+    ):
         request.getfixturevalue("server")
 
 
@@ -834,3 +845,311 @@ def test_buffered_calls_leave_the_store_as_the_same_calls_in_sync_mode(
     assert seen["buffered"][0] == seen["sync"][0]
     assert seen["buffered"][1] == seen["sync"][1]
     assert journals(property_project) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Buffered logging (tracking.logging.mode: buffered, the default): what the session decides.
+
+
+def buffered(fake_project: FakeProject, **logging: Any) -> TrackingConfig:
+    settings = {"flush_seconds": 0.05, "exit_timeout": 2.0, **logging}
+    return fake_project.config(
+        {f"tracking.logging.{key}": value for key, value in settings.items()}, mode="buffered"
+    )
+
+
+def test_buffered_calls_land_in_order_and_the_journal_is_gone_after_a_clean_end(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    with open_session(buffered(fake_project), fake_store, params={"lr": 0.1}) as s:
+        for step in range(50):
+            s.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+        s.set_tags({"stage": "dev"})
+        run_id = s.run_id
+    assert run_id is not None
+    run = fake_store.runs[run_id]
+    assert run.status is RunStatus.FINISHED
+    assert run.params == {"lr": "0.1"}
+    assert run.tags["stage"] == "dev"
+    assert [m.step for m in run.metrics] == list(range(50))
+    assert not list((fake_project.root / ".trackcfg" / "journal").glob("*.journal"))
+
+
+def test_buffered_flush_returns_once_everything_is_in_the_store(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    with open_session(buffered(fake_project, flush_seconds=60), fake_store) as s:
+        s.log_metrics({"loss": 0.5}, step=1)
+        s.flush(timeout=5)
+        assert run_id_metrics(fake_store, s) == [("loss", 1)]
+
+
+def run_id_metrics(fake_store: FakeStore, s: TrackingSession) -> list[tuple[str, int]]:
+    assert s.run_id is not None
+    return [(m.key, m.step) for m in fake_store.runs[s.run_id].metrics]
+
+
+def test_buffered_calls_never_raise_while_the_store_is_unreachable(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    with open_session(buffered(fake_project), fake_store) as s:
+        for _ in range(2):
+            fake_store.fail("log_batch", TrackingUnavailableError("server away"))
+        for step in range(5):
+            s.log_metrics({"loss": float(step)}, step=step)
+        s.flush(timeout=10)  # retried after the failures: everything lands
+        assert [step for _, step in run_id_metrics(fake_store, s)] == [0, 1, 2, 3, 4]
+
+
+def test_buffered_flush_timeout_raises_unavailable_and_loses_nothing(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    with open_session(buffered(fake_project), fake_store) as s:
+        for _ in range(2):
+            fake_store.fail("log_batch", TrackingUnavailableError("server away"))
+        s.log_metrics({"loss": 0.5}, step=1)
+        with pytest.raises(TrackingUnavailableError, match="not yet on"):
+            s.flush(timeout=0.2)
+        s.flush(timeout=30)
+        assert run_id_metrics(fake_store, s) == [("loss", 1)]
+
+
+def test_buffered_rejection_raises_naming_the_key_and_the_rest_lands(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    session = open_session(buffered(fake_project), fake_store)
+    # The store refuses any batch holding "bad", like MLflow refuses an invalid value.
+    fake_store.refuse_metric("bad")
+    with pytest.raises(RunError, match="'bad'"):  # noqa: SIM117
+        with session as s:
+            s.log_metrics({"good": 1.0, "bad": 2.0, "fine": 3.0}, step=0)
+    assert session.run_id is not None
+    run = fake_store.runs[session.run_id]
+    assert sorted(m.key for m in run.metrics) == ["fine", "good"]
+    assert run.status is RunStatus.FINISHED
+
+
+def test_buffered_end_with_the_store_away_keeps_the_journal_for_sync(
+    fake_project: FakeProject, fake_store: FakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    from trackcfg._sync import sync_journals
+
+    session = open_session(buffered(fake_project, exit_timeout=0.3), fake_store)
+    with session as s:
+        s.log_metrics({"loss": 0.5}, step=1)
+        s.flush(timeout=5)
+        for _ in range(1000):
+            fake_store.fail("log_batch", TrackingUnavailableError("server away"))
+        fake_store.fail("end_run", TrackingUnavailableError("server away"))
+        s.log_metrics({"loss": 0.25}, step=2)
+    assert session.run_id is not None
+    assert fake_store.runs[session.run_id].status is RunStatus.RUNNING
+    journals = list((fake_project.root / ".trackcfg" / "journal").glob("*.journal"))
+    assert [j.name.split(".")[0] for j in journals] == [session.run_id]
+    # Leaving did not raise; the warning says what is left, where, and the command.
+    assert (
+        f"1 logging call(s) (1 metric point(s)) and the end of run {session.run_id} "
+        f"(FINISHED) are kept in the journal {journals[0]}; send them with: "
+        f"trackcfg sync {fake_project.root}"
+    ) in caplog.text
+
+    fake_store.clear_failures()
+    results = sync_journals(
+        journals[0].parent,
+        tracking_uri=FAKE_URI,
+        shown_uri=FAKE_URI,
+        factory=fake_store,
+    )
+    assert [(r.state, r.end) for r in results] == [("sent", "FINISHED")]
+    run = fake_store.runs[session.run_id]
+    assert run.status is RunStatus.FINISHED
+    assert [(m.key, m.step) for m in run.metrics] == [("loss", 1), ("loss", 2)]
+    assert not journals[0].exists()
+
+
+def test_buffered_a_batch_failing_with_the_same_5xx_again_and_again_is_isolated_as_refused(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    """One tag the server answers 500 to every time: after a bounded number of tries it is
+    treated as a refusal, found by halving, named with the server's own message; every step
+    logged after it lands, and the run ends."""
+    # What the backend raises for an HTTP 500 that urllib3 gave up retrying (not "away").
+    fake_store.fail_batches_holding("poison", lambda: ServerError("INTERNAL_ERROR: invalid byte"))
+    session = open_session(buffered(fake_project), fake_store)
+    with session as s:
+        s.set_tags({"poison": "x", "fine": "y"})
+        for step in range(300):
+            s.log_metrics({"loss": float(step)}, step=step)
+        with pytest.raises(RunError) as refused:
+            s.flush(timeout=120)
+    assert "tag 'poison'" in str(refused.value)
+    assert "INTERNAL_ERROR: invalid byte" in str(refused.value)
+    assert session.run_id is not None
+    run = fake_store.runs[session.run_id]
+    assert [m.step for m in run.metrics] == list(range(300))
+    assert run.tags["fine"] == "y"
+    assert "poison" not in run.tags
+    assert run.status is RunStatus.FINISHED
+
+
+def test_sync_isolates_a_batch_failing_with_the_same_5xx_and_reports_it_by_name(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    """The same rule in ``trackcfg sync``: the journal's other records are sent, the run
+    ended, and the result says what the server refused, in its own words."""
+    from trackcfg._sync import sync_journals
+
+    session = open_session(buffered(fake_project, exit_timeout=0.3), fake_store)
+    with session as s:
+        for _ in range(1000):
+            fake_store.fail("log_batch", TrackingUnavailableError("server away"))
+        fake_store.fail("end_run", TrackingUnavailableError("server away"))
+        s.log_metrics({"loss": 0.5, "poisoned": 1.0}, step=1)
+        s.log_metrics({"loss": 0.25}, step=2)
+    fake_store.clear_failures()
+    fake_store.fail_batches_holding("poisoned", lambda: ServerError("INTERNAL_ERROR: no"))
+    folder = fake_project.root / ".trackcfg" / "journal"
+    (result,) = sync_journals(folder, tracking_uri=FAKE_URI, shown_uri=FAKE_URI, factory=fake_store)
+
+    assert result.state == "sent"
+    assert "metric 'poisoned'" in result.detail
+    assert "INTERNAL_ERROR: no" in result.detail
+    assert session.run_id is not None
+    run = fake_store.runs[session.run_id]
+    assert [(m.key, m.step) for m in run.metrics] == [("loss", 1), ("loss", 2)]
+    assert run.status is RunStatus.FINISHED
+
+
+def test_buffered_flush_raises_when_the_sender_stopped_with_calls_not_sent(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    """Whatever stops the sender thread, ``flush`` does not return as if all was sent."""
+    session = open_session(buffered(fake_project, exit_timeout=0.5), fake_store)
+    with session as s:
+        fake_store.fail("log_batch", SystemExit(3))  # not an Exception: ends the sender thread
+        s.log_metrics({"loss": 0.5}, step=1)
+        with pytest.raises(RunError, match=r"sender for run .* stopped") as stopped:
+            s.flush(timeout=30)
+        assert "the journal" in str(stopped.value)
+
+
+def test_buffered_without_a_journal_a_full_memory_makes_the_sender_send_at_once(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    """``journal: false`` and ``max_buffered`` reached: the call waits for the sender, which
+    sends at once (not after ``flush_seconds``, an hour here)."""
+    config = buffered(fake_project, journal=False, max_buffered=5, flush_seconds=3600)
+    with open_session(config, fake_store) as s:
+
+        def loop() -> None:
+            for step in range(20):
+                s.log_metrics({"loss": float(step)}, step=step)
+
+        logging_thread = threading.Thread(target=loop, daemon=True)
+        logging_thread.start()
+        logging_thread.join(timeout=120)
+        assert not logging_thread.is_alive(), "the loop waited for the sender for good"
+        # Taken from memory is not yet stored: to a server, batches may still be in flight
+        # (up to _sender.IN_FLIGHT) when the loop returns; they land long before an hour.
+        deadline = time.monotonic() + 60
+        while len(run_id_metrics(fake_store, s)) < 15 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(run_id_metrics(fake_store, s)) >= 15
+
+
+@pytest.mark.parametrize("mode", ["sync", "buffered"])
+def test_a_nul_character_in_a_param_or_tag_is_refused_at_the_call(
+    fake_project: FakeProject, fake_store: FakeStore, mode: str
+) -> None:
+    config = buffered(fake_project) if mode == "buffered" else fake_project.config()
+    with open_session(config, fake_store) as s:
+        with pytest.raises(RunError, match="tag 'note': its value holds a NUL"):
+            s.set_tags({"note": "a\x00b"})
+        with pytest.raises(RunError, match="param 'name': its value holds a NUL"):
+            s.log_params({"name": "a\x00b"})
+        run_id = s.run_id
+    assert run_id is not None
+    assert "note" not in fake_store.runs[run_id].tags
+
+
+# ---------------------------------------------------------------------------------------------
+# mode: sync goes through the same delivery routine as the sender (_writer -> _delivery), but
+# nothing is retried or halved there: the first failure reaches the call, as it is.
+
+
+def batches_holding(store: FakeStore, key: str) -> int:
+    return sum(
+        1
+        for batch in store.batches()
+        if key in {k for k, _ in (*batch.params, *batch.tags)} | {m.key for m in batch.metrics}
+    )
+
+
+def test_sync_a_batch_failing_with_a_5xx_raises_it_at_the_call_tried_once(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    fake_store.fail_batches_holding("poison", lambda: ServerError("INTERNAL_ERROR: invalid byte"))
+    with open_session(fake_project.config(), fake_store) as s:
+        with pytest.raises(ServerError, match="INTERNAL_ERROR: invalid byte"):
+            s.set_tags({"poison": "x", "fine": "y"})
+        s.log_metrics({"loss": 0.5}, step=1)  # the next call goes on as usual
+        run_id = s.run_id
+    assert run_id is not None
+    assert batches_holding(fake_store, "poison") == 1  # not tried again, not halved
+    run = fake_store.runs[run_id]
+    assert "fine" not in run.tags  # the call failed whole, as MLflow's log_batch does
+    assert [(m.key, m.step) for m in run.metrics] == [("loss", 1)]
+    assert run.status is RunStatus.FINISHED
+
+
+def test_sync_a_refused_value_raises_the_stores_error_and_logs_none_of_the_call(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    fake_store.refuse_metric("bad")
+    with open_session(fake_project.config(), fake_store) as s:
+        with pytest.raises(RunError, match="Invalid value for metric 'bad'"):
+            s.log_metrics({"good": 1.0, "bad": 2.0}, step=0)
+        run_id = s.run_id
+    assert run_id is not None
+    assert batches_holding(fake_store, "bad") == 1
+    assert fake_store.runs[run_id].metrics == []
+
+
+def test_sync_an_unreachable_store_raises_at_the_call(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    with open_session(fake_project.config(), fake_store) as s:
+        fake_store.fail(
+            "log_batch", TrackingUnavailableError("tracking server refused the connection")
+        )
+        with pytest.raises(TrackingUnavailableError, match="refused the connection"):
+            s.log_metrics({"loss": 0.5}, step=1)
+        fake_store.fail("log_artifact", TrackingUnavailableError("tracking server refused it"))
+        with pytest.raises(TrackingUnavailableError, match="refused it"):
+            s.log_text("hello", "notes/a.txt")
+        s.log_text("again", "notes/a.txt")
+        run_id = s.run_id
+    assert run_id is not None
+    assert fake_store.runs[run_id].artifacts == {"notes/a.txt": "again"}
+
+
+@pytest.mark.parametrize("mode", ["sync", "buffered"])
+def test_artifact_calls_do_the_same_in_both_modes(
+    fake_project: FakeProject, fake_store: FakeStore, mode: str, tmp_path: Path
+) -> None:
+    """A missing file is a ``RunError`` naming it at the call; ``log_dict`` writes what MLflow's
+    own writes (a value JSON has no type for as its string), long params under ``artifact``
+    land as files: the same store content whichever mode."""
+    config = buffered(fake_project) if mode == "buffered" else fake_project.config()
+    missing = tmp_path / "gone.txt"
+    with open_session(config, fake_store) as s:
+        with pytest.raises(RunError, match=f"log_artifact: {missing} does not exist"):
+            s.log_artifact(missing)
+        s.log_dict({"when": Path("/data/x"), "n": 1}, "cfg/params.json")
+        s.log_text("hi", "a.txt")
+        run_id = s.run_id
+    assert run_id is not None
+    assert fake_store.runs[run_id].artifacts == {
+        "cfg/params.json": '{\n  "when": "/data/x",\n  "n": 1\n}',
+        "a.txt": "hi",
+    }

@@ -10,8 +10,10 @@ tested against the same kind of outage in ``test_buffered.py``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import signal
 import socket
@@ -28,8 +30,8 @@ import pytest
 from helpers import TRACKING_SETTINGS, project_folder, subprocess_env
 from mlflow import MlflowClient
 
-from trackcfg import TrackingConfig, TrackingSession, load_config
-from trackcfg.exceptions import TrackcfgError, TrackingUnavailableError
+from trackcfg import TrackingConfig, TrackingSession, TrackingUnavailableError, load_config
+from trackcfg.exceptions import TrackcfgError
 
 if TYPE_CHECKING:
     from conftest import _MlflowServer
@@ -83,16 +85,6 @@ def refused_uri() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture
-def silent_uri() -> Iterator[str]:
-    """A server that accepts connections (the kernel does) and never answers: only the
-    request timeout ends the wait."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.mark.parametrize("kind", ["refused", "silent"])
@@ -261,3 +253,129 @@ def test_server_killed_mid_run_then_restarted(
     killed = client.get_run(run_id)
     assert killed.info.status == "RUNNING"
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(0, 1.0)]
+
+
+TRACKCFG = "trackcfg"
+
+
+def trackcfg_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith(TRACKCFG) and r.levelno >= logging.WARNING
+    ]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# urllib3's retry warnings during an outage.
+
+
+class Proxy:
+    """A TCP relay to a real server; ``stop()`` closes it and every connection through it,
+    and the port is dead from then on (connections are refused)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self.stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        # shutdown() first: close() alone leaves a socket that another thread waits in
+        # accept() on still listening (Linux).
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+@pytest.fixture
+def proxy(mlflow_server: str) -> Iterator[Proxy]:
+    host, _, port = mlflow_server.removeprefix("http://").partition(":")
+    relay = Proxy((host, int(port.strip("/"))))
+    yield relay
+    relay.stop()
+
+
+def test_an_outage_adds_no_urllib3_retry_warnings_during_the_session(
+    tmp_path: Path,
+    proxy: Proxy,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The program's root logger (``logging.basicConfig()``'s) sees trackcfg's own message
+    about the outage and none of urllib3's; afterwards urllib3 is as it was (its warning for
+    the same dead port shows again)."""
+    caplog.set_level(logging.WARNING)
+    pool_logger = logging.getLogger("urllib3.connectionpool")
+    filters_before = list(pool_logger.filters)
+    root = project_folder(tmp_path / "proj", config="")
+    config = load_config(
+        root,
+        overrides={
+            "server.mlflow_tracking_uri": f"http://127.0.0.1:{proxy.port}",
+            "server.request_timeout": 2,
+            "server.max_retries": 2,
+            "tracking.experiment.name": f"notes-{request.node.name}",
+            "tracking.logging.exit_timeout": 1,
+        },
+    )
+    with TrackingSession(config, name="outage") as s:
+        s.log_metric("loss", 0.5)
+        s.flush(60)
+        proxy.stop()
+        s.log_metric("loss", 0.4, step=1)
+        wait_for(lambda: any("is unreachable" in m for m in trackcfg_warnings(caplog)))
+        # One more failed request, each after urllib3's retries, with the outage known.
+        s.log_metric("loss", 0.3, step=2)
+        with pytest.raises(TrackingUnavailableError, match="not yet on"):
+            s.flush(8)
+        assert [r for r in caplog.records if r.getMessage().startswith("Retrying")] == []
+    assert pool_logger.filters == filters_before
+
+    # urllib3 as before: its warning about the same requests to the same dead port shows.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    with pytest.raises(Exception, match=r"127\.0\.0\.1"):
+        MlflowClient(f"http://127.0.0.1:{proxy.port}").search_experiments()
+    here = threading.current_thread().name  # not the ended session's sender, still retrying
+    assert [
+        r for r in caplog.records if r.getMessage().startswith("Retrying") and r.threadName == here
+    ]

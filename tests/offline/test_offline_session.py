@@ -1,10 +1,12 @@
-"""Offline runs, the session side (``server.offline: never | auto | always``), on real stores.
+"""Offline runs, the session side (``server.offline: never | auto | always``).
 
-The destination is a real ``mlflow server`` (the session's ``mlflow_server`` fixture), a port
-nobody listens on (refused at once), or ``Listener``: a socket on 127.0.0.1 that takes TCP
-connections and never answers, and counts them (``always`` must open none).  The offline store
-is the project's own SQLite store, read back with ``MlflowClient``.  The fake-backend tests of
-the same decisions are in test_session_decisions.py.
+On real stores first: the destination is a real ``mlflow server`` (the session's
+``mlflow_server`` fixture), a port nobody listens on (refused at once), or ``Listener``: a
+socket on 127.0.0.1 that takes TCP connections and never answers, and counts them (``always``
+must open none). The offline store is the project's own SQLite store, read back with
+``MlflowClient``. Then the same decisions on the fake backend (``fake_project``/``fake_store``):
+where the session logs, what it refuses, what it gives back, and which store the factory's
+reachability answer picks.
 """
 
 from __future__ import annotations
@@ -20,12 +22,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import project_folder, read_runs, run_python, store_uri, subprocess_env, write
+from fakes import FAKE_URI, FakeProject, FakeStore, open_session
+from helpers import (
+    HTTP_SETTINGS,
+    project_folder,
+    read_runs,
+    run_python,
+    store_uri,
+    subprocess_env,
+    write,
+)
+from mlflow import MlflowClient
 
-from trackcfg import RunError, TrackingSession, TrackingUnavailableError, _state, load_config
+from trackcfg import (
+    CredentialsError,
+    ExperimentError,
+    RunError,
+    TrackingSession,
+    TrackingUnavailableError,
+    _state,
+    load_config,
+)
+from trackcfg._backend import RunStatus
 from trackcfg._rules import OFFLINE_DESTINATION_TAG
-
-HTTP_SETTINGS = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")
 
 
 class Listener:
@@ -428,3 +447,308 @@ def test_kedro_run_with_offline_always_logs_into_the_projects_mlruns(
     assert run.info.status == "FINISHED"
     assert run.data.tags[OFFLINE_DESTINATION_TAG] == uri
     assert listener.connections() == 0
+
+
+TRACKCFG = "trackcfg"
+
+
+def trackcfg_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith(TRACKCFG) and r.levelno >= logging.WARNING
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The offline reminder.
+
+
+@pytest.mark.parametrize("mode", ["always", "auto"])
+def test_an_offline_run_ends_with_one_line_naming_trackcfg_sync(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str, refused_port: int
+) -> None:
+    """``always``, and ``auto`` falling back (nothing listens on the port): the last thing
+    said is where the run is and the command that sends it."""
+    caplog.set_level(logging.WARNING)
+    port = refused_port
+    root = project_folder(
+        tmp_path / "proj",
+        config=f"server:\n  mlflow_tracking_uri: http://127.0.0.1:{port}\n"
+        f"  offline: {mode}\n  request_timeout: 2\n",
+    )
+    with TrackingSession(load_config(root), name="notes") as s:
+        s.log_metric("loss", 0.5)
+    assert s.run_id is not None
+    run = MlflowClient(tracking_uri=s.tracking_uri).get_run(s.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics == {"loss": 0.5}
+    said = trackcfg_warnings(caplog)
+    assert said[-1] == (
+        f"run {s.run_id} of session 'notes' is in the offline store {root / 'mlruns'}, not yet "
+        f"on http://127.0.0.1:{port}; send it there with: trackcfg sync {root}"
+    )
+    # auto: the start's warning says the server did not answer; always: nothing else.
+    assert len(said) == (2 if mode == "auto" else 1)
+
+
+def test_a_run_on_its_server_has_no_offline_reminder(
+    tmp_path: Path, migrated_sqlite_db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    root = project_folder(tmp_path / "proj", config="", store=migrated_sqlite_db)
+    with TrackingSession(load_config(root), name="notes") as s, s.child("trial"):
+        s.log_metric("loss", 0.5)
+    assert trackcfg_warnings(caplog) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline runs (server.offline): where the session logs, what it refuses, what it gives back.
+# The quick reachability check of `auto` is the real backend's (it asks a real server); here
+# the server's silence is a TrackingUnavailableError from the fake, at its opening or at the
+# first request.  test_offline_session.py proves the same on real stores and sockets.
+
+OFFLINE_TAG = "trackcfg.offline.destination"
+
+
+def offline_store(fake_project: FakeProject) -> str:
+    return f"sqlite:///{fake_project.root / 'mlruns' / 'mlflow.db'}"
+
+
+def tried(fake_store: FakeStore) -> list[object]:
+    """The URIs backends were opened on, or tried (an opening that failed included)."""
+    return [call.args[0] for call in fake_store.called("open")]
+
+
+def test_offline_always_opens_only_the_offline_store_and_tags_the_runs(
+    fake_project: FakeProject, fake_store: FakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = fake_project.config({"server.offline": "always"})
+    session = open_session(config, fake_store, params={"lr": 0.1})
+    assert session.tracking_uri == offline_store(fake_project)  # known before the session starts
+    during: dict[str, str | None] = {}
+    with session as s, s.child("fold") as child:
+        during.update({name: os.environ.get(name) for name in HTTP_SETTINGS})
+        child.log_metrics({"loss": 0.5})
+        env = s.child_env()
+    assert fake_store.opened == [(offline_store(fake_project), None)]
+    assert during == dict.fromkeys(HTTP_SETTINGS)  # a local store: no HTTP budget
+    parent, fold = fake_store.runs[session.run_id or ""], fake_store.runs[child.run_id or ""]
+    assert parent.tags[OFFLINE_TAG] == fold.tags[OFFLINE_TAG] == FAKE_URI
+    assert parent.params == {"lr": "0.1"}
+    assert fold.parent_id == parent.id
+    assert parent.status is fold.status is RunStatus.FINISHED
+    assert env["TRACKCFG_OFFLINE_DESTINATION"] == FAKE_URI
+    assert env["MLFLOW_TRACKING_URI"] == offline_store(fake_project)
+    assert session.offline_destination == FAKE_URI
+    assert f"offline in {fake_project.root / 'mlruns'} for {FAKE_URI}" in repr(session)
+    # Chosen, so not a warning at the start; at the end, where the run waits (once: not for
+    # the child run).
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"run {session.run_id} of session 'train' is in the offline store "
+        f"{fake_project.root / 'mlruns'}, not yet on {FAKE_URI}; send it there with: "
+        f"trackcfg sync {fake_project.root}"
+    ]
+
+
+@pytest.mark.parametrize("where", ["open", "get_experiment"])
+def test_offline_auto_falls_back_when_the_server_does_not_answer_and_gives_back_its_settings(
+    fake_project: FakeProject, fake_store: FakeStore, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    config = fake_project.config({"server.offline": "auto"})
+    fake_store.fail(where, TrackingUnavailableError("tracking server refused the connection"))
+    during: dict[str, str | None] = {}
+    with open_session(config, fake_store) as s:
+        during.update({name: os.environ.get(name) for name in HTTP_SETTINGS})
+        s.log_metrics({"loss": 0.5}, step=1)
+    assert tried(fake_store) == [FAKE_URI, offline_store(fake_project)]
+    if where == "get_experiment":  # the destination's backend was opened, then given back
+        assert fake_store.backends[0].closed
+    assert during == dict.fromkeys(HTTP_SETTINGS)  # the destination's budget was taken back
+    assert not any(name in os.environ for name in HTTP_SETTINGS)
+    run = fake_store.runs[s.run_id or ""]
+    assert run.tags[OFFLINE_TAG] == FAKE_URI
+    assert run.status is RunStatus.FINISHED
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2  # falling back, at the start; where the run waits, at the end
+    assert FAKE_URI in warnings[0]
+    assert "server.offline: auto" in warnings[0]
+    assert f"trackcfg sync {fake_project.root}" in warnings[0]
+    assert warnings[1].endswith(
+        f"not yet on {FAKE_URI}; send it there with: trackcfg sync {fake_project.root}"
+    )
+
+
+def test_offline_experiment_keeps_its_artifacts_in_the_offline_store(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    config = fake_project.config(
+        {
+            "server.offline": "always",
+            "tracking.experiment.create_experiment_kwargs.artifact_location": "s3://team/x",
+        }
+    )
+    with open_session(config, fake_store):
+        pass
+    (call,) = fake_store.called("create_experiment")
+    assert call.args[1] == (fake_project.root / "mlruns" / "artifacts").as_uri()
+
+
+def test_offline_auto_under_kedro_names_kedro_trackcfg_sync(
+    fake_project: FakeProject, fake_store: FakeStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = fake_project.config({"server.offline": "auto"})
+    fake_store.fail("get_experiment", TrackingUnavailableError("tracking server refused"))
+    with open_session(config, fake_store, kedro_context=object()):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2  # the start's, and the end's reminder
+    assert all(f"kedro trackcfg sync (in {fake_project.root})" in warning for warning in warnings)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        CredentialsError("tracking server refused the credentials (HTTP 401)"),
+        ExperimentError("experiment 'x' is deleted"),
+    ],
+)
+def test_offline_auto_does_not_fall_back_on_other_errors(
+    fake_project: FakeProject, fake_store: FakeStore, error: Exception
+) -> None:
+    config = fake_project.config({"server.offline": "auto"})
+    fake_store.fail("get_experiment", error)
+    with pytest.raises(type(error)), open_session(config, fake_store):
+        pass
+    assert [uri for uri, _ in fake_store.opened] == [FAKE_URI]
+    assert fake_store.runs == {}
+
+
+def test_offline_never_is_todays_behaviour(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    fake_store.fail("get_experiment", TrackingUnavailableError("tracking server refused"))
+    with pytest.raises(TrackingUnavailableError), open_session(fake_project.config(), fake_store):
+        pass
+    assert [uri for uri, _ in fake_store.opened] == [FAKE_URI]
+    assert not (fake_project.root / "mlruns").exists()
+
+
+@pytest.mark.parametrize("mode", ["always", "auto"])
+@pytest.mark.parametrize("source", ["tracking.run.id", "MLFLOW_RUN_ID"])
+def test_offline_resume_is_refused_before_anything_is_created(
+    fake_project: FakeProject,
+    fake_store: FakeStore,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+    source: str,
+) -> None:
+    overrides: dict[str, Any] = {"server.offline": mode}
+    if source == "tracking.run.id":
+        overrides["tracking.run.id"] = "abc123"
+    else:
+        monkeypatch.setenv("MLFLOW_RUN_ID", "abc123")
+    if mode == "auto":
+        fake_store.fail("open", TrackingUnavailableError("tracking server refused the connection"))
+    with (
+        pytest.raises(RunError) as caught,
+        open_session(fake_project.config(overrides), fake_store),
+    ):
+        pass
+    message = str(caught.value)
+    assert "'abc123'" in message
+    assert source in message
+    assert FAKE_URI in message
+    assert f"server.offline: {mode}" in message or "did not answer" in message
+    fix = "set server.offline: auto or never" if mode == "always" else "start the server"
+    assert fix in message
+    assert tried(fake_store) == ([] if mode == "always" else [FAKE_URI])
+    assert fake_store.runs == {}
+    assert fake_store.experiments == {}
+    assert not (fake_project.root / "mlruns").exists()
+
+
+def test_offline_worker_of_an_offline_parent_logs_beside_it_whatever_its_mode(
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_session(fake_project.config({"server.offline": "always"}), fake_store) as parent:
+        env = parent.child_env()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for mode in ("never", "auto"):
+        with open_session(fake_project.config({"server.offline": mode}), fake_store, "worker") as w:
+            pass
+        run = fake_store.runs[w.run_id or ""]
+        assert run.parent_id == parent.run_id
+        assert run.tags[OFFLINE_TAG] == FAKE_URI
+    assert {uri for uri, _ in fake_store.opened} == {offline_store(fake_project)}
+
+
+def test_offline_worker_of_an_online_parent_is_refused_offline(
+    fake_project: FakeProject, fake_store: FakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRACKCFG_PARENT_RUN_ID", "serverrun")
+    config = fake_project.config({"server.offline": "always"})
+    refused = pytest.raises(RunError, match="TRACKCFG_PARENT_RUN_ID='serverrun'")
+    with refused, open_session(config, fake_store, "worker"):
+        pass
+    assert fake_store.opened == []
+
+
+def test_offline_has_nothing_to_do_for_a_local_destination(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    config = fake_project.config({"server.offline": "always", "server.mlflow_tracking_uri": "runs"})
+    with open_session(config, fake_store) as s:
+        pass
+    assert fake_store.opened == [(f"sqlite:///{fake_project.root / 'runs' / 'mlflow.db'}", None)]
+    assert OFFLINE_TAG not in fake_store.runs[s.run_id or ""].tags
+    assert s.offline_destination is None
+
+
+def test_offline_decision_rule() -> None:
+    from trackcfg._config import OfflineMode
+    from trackcfg._rules import Offline, offline_decision
+
+    def decide(mode: OfflineMode, local: bool = False, inherited: str | None = None) -> Offline:
+        return offline_decision(mode, destination_is_local=local, inherited_destination=inherited)
+
+    assert decide(OfflineMode.NEVER) is Offline.NO
+    assert decide(OfflineMode.AUTO) is Offline.TRY
+    assert decide(OfflineMode.ALWAYS) is Offline.YES
+    assert decide(OfflineMode.ALWAYS, local=True) is Offline.NO
+    assert decide(OfflineMode.NEVER, inherited="http://h") is Offline.YES
+
+
+# ---------------------------------------------------------------------------------------------
+# Which store: the factory answers whether the server answers (no branch on the backend kind).
+
+
+def test_auto_logs_offline_when_the_factory_finds_the_server_silent(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    fake_store.silent = "nothing listens"
+    config = fake_project.config({"server.offline": "auto"})
+    with open_session(config, fake_store) as session:
+        session.log_params({"lr": 0.1})
+    offline_uri = f"sqlite:///{fake_project.root.resolve()}/mlruns/mlflow.db"
+    assert session.tracking_uri == offline_uri
+    assert session.offline_destination == FAKE_URI
+    assert session.registry_uri is None  # the offline store is the registry too
+    assert [uri for uri, _ in fake_store.opened] == [offline_uri]  # the server is never opened
+    (run,) = fake_store.runs.values()
+    assert run.status is RunStatus.FINISHED
+    assert run.params == {"lr": "0.1"}
+    assert run.tags["trackcfg.offline.destination"] == FAKE_URI
+
+
+def test_auto_uses_the_server_when_the_factory_finds_it_answering(
+    fake_project: FakeProject, fake_store: FakeStore
+) -> None:
+    config = fake_project.config({"server.offline": "auto"})
+    with open_session(config, fake_store) as session:
+        pass
+    assert session.tracking_uri == FAKE_URI
+    assert session.offline_destination is None
+    assert [uri for uri, _ in fake_store.opened] == [FAKE_URI]
+    assert [c.args for c in fake_store.calls if c.method == "silence"] == [(FAKE_URI,)]

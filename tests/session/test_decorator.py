@@ -22,15 +22,20 @@ from mlflow.entities import Run
 
 from trackcfg import TrackingSession, load_config, tracked
 
+CONFIG = "tracking:\n  experiment:\n    name: deco\n  disable_tracking:\n    pipelines: [skipped]\n"
+
 
 @pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A project folder with an mlflow.yml; its store is <project>/mlruns."""
-    return project_folder(
-        tmp_path / "proj",
-        config="tracking:\n  experiment:\n    name: deco\n"
-        "  disable_tracking:\n    pipelines: [skipped]\n",
-    )
+def project(tmp_path: Path, migrated_sqlite_db: Path) -> Path:
+    """A project folder with an mlflow.yml; its store is <project>/mlruns, there already (a
+    copy of a migrated one: a new SQLite store costs seconds of migrations in every test)."""
+    return project_folder(tmp_path / "proj", config=CONFIG, store=migrated_sqlite_db)
+
+
+@pytest.fixture
+def storeless_project(tmp_path: Path) -> Path:
+    """The same project with no store yet."""
+    return project_folder(tmp_path / "proj", config=CONFIG)
 
 
 def store(project: Path) -> MlflowClient:
@@ -266,7 +271,8 @@ def test_nested_false_logs_into_the_active_run_and_leaves_it_open(project: Path)
     assert run.info.status == "FINISHED"
 
 
-def test_disable_tracking_matches_the_function_name(project: Path) -> None:
+def test_disable_tracking_matches_the_function_name(storeless_project: Path) -> None:
+    project = storeless_project
     calls: list[int] = []
 
     @tracked(project / "mlflow.yml")
