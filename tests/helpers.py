@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -9,13 +10,13 @@ import sys
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-    from trackcfg import TrackingSession
+    from trackcfg import TrackingConfig, TrackingSession
 
 REPO: Final = Path(__file__).resolve().parents[1]
 """The repository (``tests/`` is right below it): its ``trackcfg`` is the one under test."""
@@ -132,6 +133,29 @@ def run_python(
         timeout=timeout,
         check=False,
     )
+
+
+PROJECT_NAME: Final = "demo-project"
+"""The default experiment name of :class:`Project`'s folders (their ``[project].name``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Project:
+    """A project folder (made by :func:`project_folder`) whose config the tests write."""
+
+    root: Path
+
+    @property
+    def store_uri(self) -> str:
+        return store_uri(self.root)
+
+    def config(self, yaml: str = "", overrides: Mapping[str, Any] | None = None) -> TrackingConfig:
+        """Write ``mlflow.yml`` and load it with the real loader (root: this project)."""
+        from trackcfg import load_config
+
+        file = self.root / "mlflow.yml"
+        file.write_text(textwrap.dedent(yaml))
+        return load_config(file, overrides=overrides)
 
 
 def project_folder(

@@ -3,28 +3,22 @@ the same store (``same_store``): pure functions, then the CLI as a user runs it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import socket
-import textwrap
 import time
 import traceback
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import pytest
 from click.testing import CliRunner
-from helpers import project_folder, store_uri
+from helpers import PROJECT_NAME, Project, project_folder
 from hypothesis import given
 from hypothesis import strategies as st
 
 from trackcfg import (
-    TrackingConfig,
     TrackingSession,
-    load_config,
 )
 from trackcfg._cli import cli
 from trackcfg._store import mask_text, mask_uri, same_store, store_identity, store_refusal
@@ -251,25 +245,7 @@ def test_cli_output_never_shows_a_token_password_or_secret_parameter(
 # session says when the server is unreachable or refuses the experiment, nor in the run link.
 
 
-PROJECT_NAME = "demo-project"
-
-
 SECRET = "s3cr3t-Pa55"
-
-
-@dataclasses.dataclass(frozen=True)
-class Project:
-    root: Path
-
-    @property
-    def store_uri(self) -> str:
-        return store_uri(self.root)
-
-    def config(self, yaml: str = "", overrides: Mapping[str, Any] | None = None) -> TrackingConfig:
-        """Write ``mlflow.yml`` and load it with the real loader (root: this project)."""
-        file = self.root / "mlflow.yml"
-        file.write_text(textwrap.dedent(yaml))
-        return load_config(file, overrides=overrides)
 
 
 def printed(error: BaseException) -> str:

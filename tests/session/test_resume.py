@@ -9,7 +9,6 @@ and a later ``trackcfg sync`` that must not end the continued run.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import signal
 import subprocess
@@ -26,6 +25,8 @@ import mlflow
 import pytest
 from fakes import FAKE_PROJECT_NAME, FAKE_URI, FakeProject, FakeStore, open_session
 from helpers import (
+    PROJECT_NAME,
+    Project,
     project_folder,
     read_runs,
     store_uri,
@@ -303,24 +304,6 @@ def raises_if(error: BaseException | None) -> AbstractContextManager[object]:
 
 # ---------------------------------------------------------------------------------------------
 # Resuming by id (tracking.run.id), on real stores.
-
-
-PROJECT_NAME = "demo-project"
-
-
-@dataclasses.dataclass(frozen=True)
-class Project:
-    root: Path
-
-    @property
-    def store_uri(self) -> str:
-        return store_uri(self.root)
-
-    def config(self, yaml: str = "", overrides: Mapping[str, Any] | None = None) -> TrackingConfig:
-        """Write ``mlflow.yml`` and load it with the real loader (root: this project)."""
-        file = self.root / "mlflow.yml"
-        file.write_text(textwrap.dedent(yaml))
-        return load_config(file, overrides=overrides)
 
 
 @pytest.fixture

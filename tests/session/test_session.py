@@ -22,7 +22,7 @@ import textwrap
 import threading
 import time
 import traceback
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import FrameType
@@ -33,12 +33,13 @@ import pytest
 from fakes import FAKE_PROJECT_NAME, FAKE_URI, MLFLOW3_LIMITS, FakeProject, FakeStore, open_session
 from helpers import (
     HTTP_SETTINGS,
+    PROJECT_NAME,
     REPO,
     TRACKING_SETTINGS,
+    Project,
     project_folder,
     read_runs,
     run_python,
-    store_uri,
     subprocess_env,
     use_every_method,
 )
@@ -62,27 +63,8 @@ from trackcfg import (
 from trackcfg._backend import RunStatus
 from trackcfg._params import DEFAULT_LIMITS
 
-PROJECT_NAME = "demo-project"
-"""The default experiment name of the test project (its ``[project].name``)."""
-
-
 # ---------------------------------------------------------------------------------------------
 # A project folder, its store, and reading runs back.
-
-
-@dataclasses.dataclass(frozen=True)
-class Project:
-    root: Path
-
-    @property
-    def store_uri(self) -> str:
-        return store_uri(self.root)
-
-    def config(self, yaml: str = "", overrides: Mapping[str, Any] | None = None) -> TrackingConfig:
-        """Write ``mlflow.yml`` and load it with the real loader (root: this project)."""
-        file = self.root / "mlflow.yml"
-        file.write_text(textwrap.dedent(yaml))
-        return load_config(file, overrides=overrides)
 
 
 @pytest.fixture
