@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import posixpath
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from ._params import artifact_path_problem, artifact_path_suggestion
 from .exceptions import RunError
 
 __all__ = [
     "LOGGED_ARTIFACTS_TAG",
+    "artifact_path_problem",
+    "artifact_path_suggestion",
     "artifact_places",
     "check_artifact_path",
     "dict_text",
@@ -168,3 +170,37 @@ def scratch_artifact(
         write(target)
         folder = str(place.parent)
         yield target, None if folder in ("", ".") else folder
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow's rule for artifact paths
+
+
+def artifact_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a place inside a run's artifacts, or None when it can.
+
+    MLflow's rule (``mlflow.store.artifact.artifact_repo.verify_artifact_path`` and, on a
+    server, ``mlflow.utils.uri.validate_path_is_safe``): a relative path in normal form that
+    stays inside the run's artifact folder.  MLflow reports a break of it with an error code
+    it also uses for unrelated failures, so trackcfg checks before sending.
+    """
+    if not isinstance(path, str):
+        return f"is a {type(path).__name__}, not a string"
+    if path in ("", "."):
+        return "is empty"
+    if path.startswith("/") or PureWindowsPath(path).is_absolute():
+        return "is absolute"
+    normal = posixpath.normpath(path)
+    if normal == ".." or normal.startswith("../") or ".." in path.split("/"):
+        return "goes out of the run's artifact folder ('..')"
+    if normal != path:
+        return f"is not in normal form (MLflow would read it as {normal!r})"
+    return None
+
+
+def artifact_path_suggestion(path: str) -> str:
+    """A path inside the run's artifacts close to ``path`` (for messages)."""
+    parts = [
+        part for part in str(path).replace("\\", "/").split("/") if part not in ("", ".", "..")
+    ]
+    return "/".join(parts) or "file.txt"

@@ -34,8 +34,9 @@ from typing import Any, Protocol
 import attrs
 
 from ._backend import Backend
+from ._batching import plan_batches
 from ._journal import JournalRecord
-from ._params import Batch, Limits, MetricPoint, plan_batches
+from ._records import Batch, Limits, MetricPoint
 from ._store import mask_text, one_line
 from .exceptions import (
     CredentialsError,

@@ -1,8 +1,8 @@
 """The param policy: pure steps from user params to what MLflow accepts, in few requests.
 
-Chained like processors: flatten → render → sanitize keys → long values → batches.
-Nothing here talks to MLflow (or imports it): the backend fills ``Limits`` from the installed
-mlflow and sends the ``Batch`` objects planned here.
+Chained like processors: flatten → render → sanitize keys → long values; the requests they
+go in are planned by ``_batching.plan_batches``.  Nothing here talks to MLflow (or imports
+it): the backend fills ``Limits`` from the installed mlflow.
 
 Why trackcfg checks what MLflow would check anyway: MLflow silently truncates long param
 values (over HTTP, on the server), rejects a batch that holds one key twice, and reports a bad
@@ -18,7 +18,6 @@ import os
 import posixpath
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import PureWindowsPath
 from typing import Any, Final
 
 import attrs
@@ -37,13 +36,10 @@ __all__ = [
     "MetricPoint",
     "PreparedMetrics",
     "PreparedParams",
-    "artifact_path_problem",
-    "artifact_path_suggestion",
     "checked_step",
     "flatten",
     "is_valid_key",
     "metric_value",
-    "plan_batches",
     "prepare_metrics",
     "prepare_params",
     "prepare_tags",
@@ -591,106 +587,3 @@ def checked_step(step: object, *, call: str = "log_metrics") -> int:
             f"{STEP_MIN} to {STEP_MAX}); use a smaller step"
         )
     return value
-
-
-# ---------------------------------------------------------------------------------------------
-# artifact paths
-
-
-def artifact_path_problem(path: str) -> str | None:
-    """Why ``path`` cannot name a place inside a run's artifacts, or None when it can.
-
-    MLflow's rule (``mlflow.store.artifact.artifact_repo.verify_artifact_path`` and, on a
-    server, ``mlflow.utils.uri.validate_path_is_safe``): a relative path in normal form that
-    stays inside the run's artifact folder.  MLflow reports a break of it with an error code
-    it also uses for unrelated failures, so trackcfg checks before sending.
-    """
-    if not isinstance(path, str):
-        return f"is a {type(path).__name__}, not a string"
-    if path in ("", "."):
-        return "is empty"
-    if path.startswith("/") or PureWindowsPath(path).is_absolute():
-        return "is absolute"
-    normal = posixpath.normpath(path)
-    if normal == ".." or normal.startswith("../") or ".." in path.split("/"):
-        return "goes out of the run's artifact folder ('..')"
-    if normal != path:
-        return f"is not in normal form (MLflow would read it as {normal!r})"
-    return None
-
-
-def artifact_path_suggestion(path: str) -> str:
-    """A path inside the run's artifacts close to ``path`` (for messages)."""
-    parts = [
-        part for part in str(path).replace("\\", "/").split("/") if part not in ("", ".", "..")
-    ]
-    return "/".join(parts) or "file.txt"
-
-
-# ---------------------------------------------------------------------------------------------
-# batches
-
-_METRIC_OVERHEAD = 40
-"""Rough bytes of a metric beyond its key: value, step and timestamp."""
-
-
-@attrs.define
-class _Room:
-    """What is left of one batch's limits while it is being filled."""
-
-    _limits: Limits
-    _size: int = 0
-    _count: int = 0
-
-    def fill(self, costs: Sequence[int], start: int, most: int) -> int:
-        """Take items from ``start`` while they fit; return the index of the first one left."""
-        end = start
-        while end < len(costs) and end - start < most and self._take(costs[end]):
-            end += 1
-        return end
-
-    def _take(self, cost: int) -> bool:
-        if self._count >= self._limits.entities_per_batch:
-            return False
-        # An empty batch takes anything, so an item over the budget still gets sent, alone.
-        if self._count and self._size + cost > self._limits.request_bytes:
-            return False
-        self._size += cost
-        self._count += 1
-        return True
-
-
-def plan_batches(
-    *,
-    params: Mapping[str, str] | None = None,
-    tags: Mapping[str, str] | None = None,
-    metrics: Sequence[MetricPoint] = (),
-    limits: Limits | None = None,
-) -> list[Batch]:
-    """Split params, tags and metrics into as few ``log_batch`` requests as the limits allow.
-
-    Each batch takes params first, then tags, then fills the room left with metrics, keeping
-    each kind's order.  An item larger than ``request_bytes`` alone goes in a batch of its own.
-    Params and tags come from mappings, so no key appears twice in a batch.
-    """
-    limits = limits or DEFAULT_LIMITS
-    param_items = list((params or {}).items())
-    tag_items = list((tags or {}).items())
-    param_costs = [len(key) + len(value) for key, value in param_items]
-    tag_costs = [len(key) + len(value) for key, value in tag_items]
-    metric_costs = [len(point.key) + _METRIC_OVERHEAD for point in metrics]
-    p = t = m = 0
-    batches: list[Batch] = []
-    while p < len(param_items) or t < len(tag_items) or m < len(metrics):
-        room = _Room(limits)
-        start_p, p = p, room.fill(param_costs, p, limits.params_per_batch)
-        start_t, t = t, room.fill(tag_costs, t, limits.tags_per_batch)
-        start_m, m = m, room.fill(metric_costs, m, limits.metrics_per_batch)
-        batches.append(
-            Batch(
-                params=tuple(param_items[start_p:p]),
-                tags=tuple(tag_items[start_t:t]),
-                metrics=tuple(metrics[start_m:m]),
-            )
-        )
-    return batches

@@ -54,11 +54,12 @@ from urllib.parse import unquote, urlsplit
 import attrs
 
 from ._backend import ArtifactFile, Backend, BackendFactory, RunDetails, RunStatus
+from ._batching import plan_batches
 from ._config import TrackingConfig
 from ._connect import offline_store
 from ._delivery import Delivery, give_up, refusal_text
 from ._journal import JournalRecord
-from ._params import Batch, Limits, MetricPoint, plan_batches
+from ._records import Batch, Limits, MetricPoint
 from ._rules import OFFLINE_DESTINATION_TAG, ExperimentAction, experiment_plan
 from ._store import (
     ARTIFACTS,

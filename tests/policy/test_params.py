@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from mlflow.utils.validation import path_not_unique, validate_param_and_metric_name
 
 import trackcfg._params
+from trackcfg._batching import plan_batches
 from trackcfg._config import DictParamsConfig, LongParamsStrategy, ParamsConfig
 from trackcfg._params import (
     DEFAULT_LIMITS,
@@ -24,7 +25,6 @@ from trackcfg._params import (
     Limits,
     MetricPoint,
     flatten,
-    plan_batches,
     prepare_params,
     prepare_tags,
     render_value,
