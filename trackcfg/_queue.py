@@ -30,7 +30,8 @@ from typing import Any, TypeAlias
 
 import attrs
 
-from ._journal import Journal, JournalRecord, records_from
+from ._journal import Journal, JournalRecord
+from ._journal_read import records_from
 from ._params import Limits, MetricPoint
 from .exceptions import RunError
 

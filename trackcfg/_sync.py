@@ -28,9 +28,9 @@ import attrs
 
 from ._backend import Backend, BackendFactory, RunStatus
 from ._delivery import Delivery, PointKey, give_up, point_key, refusal_text
-from ._journal import (
+from ._journal import JournalRecord, remove, run_id_of
+from ._journal_read import (
     JournalContents,
-    JournalRecord,
     append_line,
     claimed,
     cut_torn_tail,
@@ -38,8 +38,6 @@ from ._journal import (
     pending_journals,
     read_header,
     read_journal,
-    remove,
-    run_id_of,
 )
 from ._params import Limits
 from ._rules import continued_since

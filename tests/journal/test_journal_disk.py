@@ -25,7 +25,8 @@ from mlflow import MlflowClient
 
 from trackcfg import TrackingSession, load_config
 from trackcfg._cli import cli
-from trackcfg._journal import open_journal, read_journal
+from trackcfg._journal import open_journal
+from trackcfg._journal_read import read_journal
 from trackcfg._params import MetricPoint
 from trackcfg.exceptions import RunError
 
@@ -505,14 +506,15 @@ def test_a_journal_compacted_while_a_reader_takes_its_lock_stays_in_use(
     the old file just before and locks it just after must still find the journal in use, not
     replay a live session's records (a resumed job's 200 points arrived twice, 1 CI run in
     a few)."""
-    import trackcfg._journal as journal_module
+    import trackcfg._journal as writer
+    import trackcfg._journal_read as reader
 
     journal = open_journal(
         tmp_path, run_id="r" * 32, experiment_id="0", tracking_uri="sqlite:///x.db"
     )
     seqs = [journal.append(metrics=[point(step)] * 3).seq for step in range(200)]
     journal.ack(seqs[-1])
-    real_lock = journal_module._lock
+    real_lock = writer.lock_file
     compacted: list[object] = []
 
     def lock_after_a_compaction(handle: Any, *, blocking: bool) -> bool:
@@ -520,11 +522,11 @@ def test_a_journal_compacted_while_a_reader_takes_its_lock_stays_in_use(
             compacted.append(journal.compact(seqs[-1]))
         return real_lock(handle, blocking=blocking)
 
-    monkeypatch.setattr(journal_module, "_lock", lock_after_a_compaction)
-    with journal_module.claimed(journal.path) as ours:
+    monkeypatch.setattr(reader, "lock_file", lock_after_a_compaction)
+    with reader.claimed(journal.path) as ours:
         assert compacted, "the reader never took a lock"
         assert compacted[0] is not None, "the journal was not compacted"
         assert not ours, "a reader took the lock of a journal its writer still holds"
     journal.close()
-    with journal_module.claimed(journal.path) as ours:
+    with reader.claimed(journal.path) as ours:
         assert ours, "a closed journal stays locked"
