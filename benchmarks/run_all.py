@@ -10,6 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import bench_drain_local
 import bench_import
 import bench_logging
 import bench_loop
@@ -31,6 +32,7 @@ def main(only: list[str]) -> None:
         "transport": bench_transport.run,
         "loop": bench_loop.run,
         "logging": bench_logging.run,
+        "drain_local": bench_drain_local.run,
         "offline_upload": bench_offline_upload.run,
     }
     try:

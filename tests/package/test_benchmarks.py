@@ -23,6 +23,7 @@ BENCHMARKS = {
     ),
     "bench_loop": (("run()",), ("Training loop",)),
     "bench_offline_upload": (("run()",), ("Uploading an offline run",)),
+    "bench_drain_local": (("run()",), ("Draining a local SQLite store",)),
     "bench_kedro": (("run()",), ("kedro run, one node",)),
 }
 
