@@ -32,6 +32,7 @@ sends the batch with MLflow's ``log_batch``, which also gives MLflow's own error
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -234,8 +235,10 @@ class SqliteMetrics:
                     cursor.executemany(_UPDATE_LATEST, updates)
                 cursor.execute("COMMIT")
             except BaseException:
-                if connection.dbapi_connection.in_transaction:
-                    cursor.execute("ROLLBACK")
+                # Else the pool's reset rolls it back when the connection goes back.
+                with contextlib.suppress(Exception):
+                    if connection.dbapi_connection.in_transaction:
+                        cursor.execute("ROLLBACK")
                 raise
             finally:
                 cursor.close()
