@@ -334,3 +334,37 @@ def test_the_installed_mlflows_schema_is_a_known_one(store: Path) -> None:
         "metrics": ["key", "value", "timestamp", "run_uuid", "step", "is_nan"],
         "latest_metrics": ["key", "value", "timestamp", "step", "is_nan", "run_uuid"],
     }
+
+
+def test_a_lock_held_past_mlflows_wait_is_said_as_mlflows_and_the_batch_lands_later(
+    backend: MlflowBackend,
+    client: MlflowClient,
+    experiment_id: str,
+    store: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not 20 s more in MLflow's log_batch: the locked store's error at once (the sender
+    tries again later), with nothing of the batch written."""
+    from trackcfg._mlflow import _sqlite_fast
+    from trackcfg.exceptions import TrackingUnavailableError
+
+    monkeypatch.setattr(_sqlite_fast, "_BUSY_TIMEOUT_MS", 300)  # MLflow's 20 s, shortened
+    run_id = client.create_run(experiment_id).info.run_id
+    batch = Batch(metrics=tuple(_points(("a", 1.0, 0, 5), ("a", 2.0, 1, 6))))
+    holder = sqlite3.connect(store, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(TrackingUnavailableError, match=rf"this process \(pid {os.getpid()}\)"):
+            backend.log_batch(run_id, batch)
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+    assert client.get_metric_history(run_id, "a") == []
+
+    backend.log_batch(run_id, batch)  # the sender's next try
+
+    writer = backend.sqlite_metrics
+    assert writer is not None
+    assert (writer.written, writer.fell_back) == (1, 0)
+    history = client.get_metric_history(run_id, "a")
+    assert [(m.step, m.value) for m in history] == [(0, 1.0), (1, 2.0)]

@@ -323,7 +323,7 @@ class MlflowBackend:
             if self.tracking_uri.startswith("sqlite:"):
                 try:
                     self._direct = sqlite_metrics_for(
-                        tracking_store(self._client), mask_uri(self.tracking_uri)
+                        tracking_store(self._client), self.tracking_uri
                     )
                 except Exception:  # MLflow's internals moved: its log_batch, as before
                     logger.debug("metric points go through MLflow's log_batch", exc_info=True)

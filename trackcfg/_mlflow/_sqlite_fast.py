@@ -26,8 +26,13 @@ sends the batch with MLflow's ``log_batch``, which also gives MLflow's own error
 - the run exists and is active; no active model (MLflow's client gives each point its
   ``model_id`` then, and logs model metrics too);
 - every key passes MLflow's own name check; values are numbers, timestamps and steps integers;
-- nothing raised (a lock held past MLflow's own 20 s busy timeout, a disk error): the
-  transaction is rolled back, nothing of it is in the store.
+- nothing raised (a disk error, anything unforeseen): the transaction is rolled back, nothing
+  of it is in the store.
+
+A lock another connection held past MLflow's own wait (20 s, the same ``busy_timeout`` here)
+is not a reason to wait 20 s more in ``log_batch``: it is raised as MLflow's locked store is
+(``_sqlite_locks.locked_store_error``, naming who holds the lock), and the sender tries the
+batch again later, as for any store that is away.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from trackcfg._records import MetricPoint
+from trackcfg._sqlite_locks import locked_store_error, sqlite_busy
+from trackcfg._store import mask_uri
 
 __all__ = ["KNOWN_REVISIONS", "SqliteMetrics", "sqlite_metrics_for"]
 
@@ -122,9 +129,9 @@ class SqliteMetrics:
     """Writes metric points into one SQLite store's tables; counts what it did (tests and
     benchmarks read ``written`` and ``fell_back``)."""
 
-    def __init__(self, engine: Any, tracking_uri_shown: str) -> None:
+    def __init__(self, engine: Any, tracking_uri: str) -> None:
         self._engine = engine
-        self._shown = tracking_uri_shown
+        self._tracking_uri = tracking_uri
         self._checked_keys: set[str] = set()
         self._told: set[str] = set()
         self.written = 0
@@ -137,6 +144,8 @@ class SqliteMetrics:
             rows, latest = self._rows(run_id, points, now)
             self._store(run_id, rows, latest)
         except Exception as exc:
+            if sqlite_busy(exc):
+                raise locked_store_error(self._tracking_uri) from None
             self.fell_back += 1
             reason = str(exc) if isinstance(exc, _Unusable) else type(exc).__name__
             if reason not in self._told:  # once per reason and store, not once per batch
@@ -145,7 +154,7 @@ class SqliteMetrics:
                     "metric points for run %s sent with MLflow's log_batch, not written "
                     "directly into %s: %s",
                     run_id,
-                    self._shown,
+                    mask_uri(self._tracking_uri),
                     reason,
                 )
             return False
@@ -264,7 +273,7 @@ class SqliteMetrics:
         return stored
 
 
-def sqlite_metrics_for(store: Any, tracking_uri_shown: str) -> SqliteMetrics | None:
+def sqlite_metrics_for(store: Any, tracking_uri: str) -> SqliteMetrics | None:
     """The direct writer for MLflow's tracking store ``store``; None when it is not MLflow's
     SQL store on a SQLite file."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -274,4 +283,4 @@ def sqlite_metrics_for(store: Any, tracking_uri_shown: str) -> SqliteMetrics | N
     engine = getattr(store, "engine", None)
     if engine is None or engine.url.database in (None, "", ":memory:"):
         return None
-    return SqliteMetrics(engine, tracking_uri_shown)
+    return SqliteMetrics(engine, tracking_uri)
