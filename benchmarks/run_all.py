@@ -11,6 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import bench_drain
+import bench_drain_local
 import bench_import
 import bench_logging
 import bench_loop
@@ -33,6 +34,7 @@ def main(only: list[str]) -> None:
         "loop": bench_loop.run,
         "logging": bench_logging.run,
         "drain": bench_drain.run,
+        "drain_local": bench_drain_local.run,
         "offline_upload": bench_offline_upload.run,
     }
     try:

@@ -24,6 +24,7 @@ BENCHMARKS = {
     "bench_loop": (("run()",), ("Training loop",)),
     "bench_drain": (("run()",), ("Draining a tracking server",)),
     "bench_offline_upload": (("run()",), ("Uploading an offline run",)),
+    "bench_drain_local": (("run()",), ("Draining a local SQLite store",)),
     "bench_kedro": (("run()",), ("kedro run, one node",)),
 }
 

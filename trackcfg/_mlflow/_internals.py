@@ -26,7 +26,10 @@
   ``mlflow.utils.rest_utils.http_request`` passes it by default: the cached
   ``requests.Session`` MLflow's REST calls use, to mount the quick-ACK adapter on it
   (``_transport.py``).  If it moves, trackcfg says so once at debug level and MLflow's client
-  is used as it is.
+  is used as it is;
+- ``MlflowClient._tracking_client.store``: the client's tracking store, so that metric points
+  for a local SQLite store are written with its own engine (``_sqlite_fast.py``); if it moves,
+  they go through MLflow's ``log_batch`` as before.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ __all__ = [
     "mlflow_rest_sessions",
     "quickack_for",
     "registry_utils",
+    "tracking_store",
     "tracking_utils",
 ]
 
@@ -53,6 +57,11 @@ __all__ = [
 tracking_utils: Any = _tracking_pkg.utils
 registry_utils: Any = _registry_pkg.utils
 fluent_state: Any = _fluent
+
+
+def tracking_store(client: Any) -> Any:
+    """The tracking store behind an ``MlflowClient``; None where it cannot be found."""
+    return getattr(getattr(client, "_tracking_client", None), "store", None)
 
 
 def mlflow_rest_sessions() -> list[requests.Session]:
