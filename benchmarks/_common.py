@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +143,27 @@ def child_case(
         raise RuntimeError(f"{args[0]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def peer_env() -> dict[str, str]:
+    """A child's environment for the loop benchmarks: bytecode cached, no trackcfg settings of
+    this process, no run link printed, W&B offline and quiet."""
+    env = {k: v for k, v in CACHED_BYTECODE_ENV.items() if not k.startswith("TRACKCFG_")}
+    env.update(
+        MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true",
+        WANDB_SILENT="true",
+        WANDB_MODE="offline",
+        WANDB_DISABLE_GIT="true",
+    )
+    return env
+
+
+def with_wandb(cases: Iterable[str]) -> tuple[list[str], str]:
+    """The cases to run (``"wandb"`` left out where W&B is not installed), and the line saying
+    so (empty when it is)."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        missing = "W&B is not installed here (`nox -s bench` installs it): no peer figures.\n"
+        return [c for c in cases if c != "wandb"], missing
+    return list(cases), ""

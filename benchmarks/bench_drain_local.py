@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import CACHED_BYTECODE_ENV, QUICK, child_case, table
+from _common import QUICK, child_case, peer_env, table, with_wandb
 
 STEPS = 500 if QUICK else 10_000
 TURNS = 1 if QUICK else 3
@@ -120,14 +120,7 @@ def _child(case: str, uri: str, steps: int, folder: str) -> dict[str, Any]:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in CACHED_BYTECODE_ENV.items() if not k.startswith("TRACKCFG_")}
-    env.update(
-        MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true",
-        WANDB_SILENT="true",
-        WANDB_MODE="offline",
-        WANDB_DISABLE_GIT="true",
-    )
-    return env
+    return peer_env()
 
 
 def _template(cwd: Path) -> Path:
@@ -155,14 +148,7 @@ def _run_case(case: str, cwd: Path, template: Path, steps: int = STEPS) -> dict[
 
 
 def run() -> str:
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        cases = [c for c in CASES if c != "wandb"]
-        missing = "W&B is not installed here (`nox -s bench` installs it): no peer figures.\n"
-    else:
-        cases = list(CASES)
-        missing = ""
+    cases, missing = with_wandb(CASES)
     runs: list[dict[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         template = _template(Path(tmp))

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import CACHED_BYTECODE_ENV, QUICK, child_case, table
+from _common import QUICK, child_case, peer_env, table, with_wandb
 from _common import fine_ms as _ms
 
 STEPS = 500 if QUICK else 20_000
@@ -166,26 +166,13 @@ def _run_case(case: str, cwd: Path) -> dict[str, Any]:
 
 
 def _env() -> dict[str, str]:
-    env = {k: v for k, v in CACHED_BYTECODE_ENV.items() if not k.startswith("TRACKCFG_")}
+    env = peer_env()
     env.pop("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", None)
-    env.update(
-        MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true",
-        WANDB_SILENT="true",
-        WANDB_MODE="offline",
-        WANDB_DISABLE_GIT="true",
-    )
     return env
 
 
 def run() -> str:
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        cases = [c for c in CASES if c != "wandb"]
-        missing = "W&B is not installed here (`nox -s bench` installs it): no peer figures.\n"
-    else:
-        cases = list(CASES)
-        missing = ""
+    cases, missing = with_wandb(CASES)
     runs: list[dict[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(TURNS):

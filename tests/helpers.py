@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -156,6 +156,44 @@ class Project:
         file = self.root / "mlflow.yml"
         file.write_text(textwrap.dedent(yaml))
         return load_config(file, overrides=overrides)
+
+
+def in_forked_child(body: Callable[[], object], *, bound: float, hung: str = "") -> int:
+    """``os.fork()``: the child runs ``body`` and exits, never back into pytest (0 when it
+    returned; 1, its error on stderr, when it raised); the parent waits for it at most
+    ``bound`` seconds (then kills it and fails the test with ``hung``) and returns its exit
+    code."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            body()
+            code = 0
+        except BaseException as exc:
+            print(f"child: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        finally:
+            os._exit(code)
+    return wait_child(pid, bound=bound, hung=hung)
+
+
+def wait_child(pid: int, *, bound: float, hung: str = "") -> int:
+    """The exit code of the forked child ``pid``, waited for at most ``bound`` seconds (then
+    killed, and the test failed with ``hung``)."""
+    import signal
+    import time
+
+    import pytest
+
+    deadline = time.monotonic() + bound
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(hung or f"forked child {pid} hung (more than {bound:.0f} s; killed)")
+        time.sleep(0.01)
 
 
 def project_folder(

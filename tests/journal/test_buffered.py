@@ -34,6 +34,7 @@ from helpers import (
     TRACKING_SETTINGS,
     copy_store,
     header_providers_module,
+    in_forked_child,
     project_folder,
     run_python,
     subprocess_env,
@@ -470,28 +471,12 @@ def test_a_forked_child_never_sends_or_writes_its_parents_buffer(
         run_id = session.run_id or ""
         for step in range(100):
             session.log_metrics({"loss": float(step)}, step=step)
-        pid = os.fork()
-        if pid == 0:  # the child: never back into pytest
-            code = 1
-            try:
-                session.log_metric("from_child", 1.0, step=0)
-                session.flush(timeout=10)
-                code = 0
-            except BaseException as exc:
-                print(f"child: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            finally:
-                os._exit(code)
-        deadline = time.monotonic() + WATCHDOG
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                pytest.fail("the forked child hung")
-            time.sleep(0.05)
-        assert os.waitstatus_to_exitcode(status) == 0
+
+        def child_logs() -> None:
+            session.log_metric("from_child", 1.0, step=0)
+            session.flush(timeout=10)
+
+        assert in_forked_child(child_logs, bound=WATCHDOG, hung="the forked child hung") == 0
         for step in range(100, 200):
             session.log_metrics({"loss": float(step)}, step=step)
         (journal,) = journals(project)

@@ -7,13 +7,11 @@ bound, and a child still there past it is a hang (killed, the test fails).
 from __future__ import annotations
 
 import os
-import signal
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import project_folder
+from helpers import in_forked_child, project_folder, wait_child
 from mlflow import MlflowClient
 
 from trackcfg import TrackingSession, load_config
@@ -30,19 +28,6 @@ def config_text(url: str) -> str:
     )
 
 
-def wait_child(pid: int) -> int:
-    deadline = time.monotonic() + CHILD_BOUND
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail(f"forked child {pid} hung (more than {CHILD_BOUND} s)")
-        time.sleep(0.01)
-
-
 def test_forks_while_the_sender_sends_never_leave_a_child_hung(
     mlflow_server: str, tmp_path: Path
 ) -> None:
@@ -55,18 +40,12 @@ def test_forks_while_the_sender_sends_never_leave_a_child_hung(
         for child in range(40):
             for step in range(50):
                 session.log_metrics({"loss": float(step)}, step=child * 50 + step)
-            pid = os.fork()
-            if pid == 0:  # the child: never back into pytest
-                code = 1
-                try:
-                    session.log_metric(f"child_{child}", 1.0)
-                    session.flush(30)
-                    code = 0
-                except BaseException as exc:
-                    print(f"child: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-                finally:
-                    os._exit(code)
-            assert wait_child(pid) == 0
+
+            def child_logs(child: int = child) -> None:
+                session.log_metric(f"child_{child}", 1.0)
+                session.flush(30)
+
+            assert in_forked_child(child_logs, bound=CHILD_BOUND) == 0
     run = client.get_run(run_id)
     assert sorted(k for k in run.data.metrics if k.startswith("child_")) == sorted(
         f"child_{n}" for n in range(40)
@@ -89,7 +68,7 @@ def test_a_forked_child_leaving_the_block_leaves_its_parents_run_running(
             session.log_metric("loss", 1.0, step=0)
             pid = os.fork()
             if pid != 0:
-                assert wait_child(pid) == 0
+                assert wait_child(pid, bound=CHILD_BOUND) == 0
                 status_after_child = client.get_run(run_id).info.status
                 session.log_metric("loss", 0.5, step=1)
     finally:
@@ -169,31 +148,15 @@ def test_a_fork_while_the_sender_sits_inside_an_import_never_deadlocks_the_child
         while not entered.exists():
             assert time.monotonic() < deadline, "the sender never started the slow import"
             time.sleep(0.005)
-        pid = os.fork()
-        if pid == 0:  # the child: never back into pytest
-            code = 1
-            try:
-                session.log_metric("child", 1.0)
-                session.flush(30)
-                code = 0
-            except BaseException as exc:
-                print(f"child: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            finally:
-                os._exit(code)
-        deadline = time.monotonic() + FORKED_BOUND
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                pytest.fail(
-                    f"the forked child was still in its first logging call after "
-                    f"{FORKED_BOUND:.0f} s (killed): deadlocked on the import lock the "
-                    "sender held when the process forked"
-                )
-            time.sleep(0.01)
-        assert os.waitstatus_to_exitcode(status) == 0
+
+        def child_logs() -> None:
+            session.log_metric("child", 1.0)
+            session.flush(30)
+
+        hung = (
+            f"the forked child was still in its first logging call after {FORKED_BOUND:.0f} s "
+            "(killed): deadlocked on the import lock the sender held when the process forked"
+        )
+        assert in_forked_child(child_logs, bound=FORKED_BOUND, hung=hung) == 0
     run = client.get_run(run_id)
     assert run.data.metrics == {"loss": 1.0, "child": 1.0}
