@@ -366,4 +366,5 @@ def logging_call(
             call(writer, *args, **kwargs)
 
     method.__qualname__ = f"TrackingSession.{call.__name__}"
+    method.__module__ = "trackcfg._session"  # where help() and documentation tools look
     return method
