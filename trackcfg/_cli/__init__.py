@@ -9,8 +9,8 @@ are in ``probes`` and what several use in ``_common``.  This module holds the cl
 and registers the commands.
 
 ``trackcfg --help`` and ``trackcfg <command> --help`` import click and ``commands`` only
-(neither the configuration nor the store modules, nor attrs).  ``init`` and ``show`` never
-import mlflow; ``check`` imports it only to look the experiment up in a local or database
+(neither the configuration nor the store modules, nor attrs).  MLflow is never loaded by
+``init`` and ``show``; ``check`` loads it only to look the experiment up in a local or database
 store, ``ui`` only for the same lookup (the URL it prints is the experiment's) and runs
 ``python -m mlflow server`` as a child process, and ``sync`` imports it only when there is a
 journal to send.  The package's other names (its command modules, ``run_checks``,
