@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import _cli
-from ._cli.commands import DEFAULT_CHECK_TIMEOUT, UI_PROBE_TIMEOUT
+from ._cli.commands import check_timeout_option, ui_browser_options
 
 if TYPE_CHECKING:
     from kedro.framework.context import KedroContext
@@ -135,15 +135,7 @@ def migrate(metadata: Any, dry_run: bool) -> None:
 @click.option("--env", "-e", default=None, help=ENV_HELP)
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="[default: ui.port]")
 @click.option("--host", default=None, help="[default: ui.host, else 127.0.0.1]")
-@click.option("--no-browser", is_flag=True, help="Do not open a web browser.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1),
-    default=UI_PROBE_TIMEOUT,
-    show_default=True,
-    metavar="S",
-    help="Seconds to wait for an http(s) tracking server or a database to answer.",
-)
+@ui_browser_options
 @click.pass_obj
 def ui(
     metadata: Any,
@@ -186,14 +178,7 @@ def show(metadata: Any, env: str | None, as_json: bool) -> None:
 
 @trackcfg.command()
 @click.option("--env", "-e", default=None, help=ENV_HELP)
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1),
-    default=DEFAULT_CHECK_TIMEOUT,
-    show_default=True,
-    metavar="S",
-    help="Seconds to wait for a tracking server or database; no retries.",
-)
+@check_timeout_option
 @click.pass_obj
 def check(metadata: Any, env: str | None, timeout: float) -> None:
     """Preflight: would `kedro run` start a tracked run with this configuration, read

@@ -20,12 +20,14 @@ __all__ = [
     "DEFAULT_CHECK_TIMEOUT",
     "UI_PROBE_TIMEOUT",
     "check",
+    "check_timeout_option",
     "env_option",
     "init",
     "path_argument",
     "show",
     "sync",
     "ui",
+    "ui_browser_options",
 ]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -48,6 +50,32 @@ def env_option(func: _F) -> _F:
         default=None,
         help="Read conf/<ENV>/ over conf/base/ [default: $TRACKCFG_ENV, else local].",
     )(func)
+
+
+def check_timeout_option(func: _F) -> _F:
+    """``check``'s ``--timeout`` (``trackcfg check`` and ``kedro trackcfg check``)."""
+    return click.option(
+        "--timeout",
+        type=click.FloatRange(min=0.1),
+        default=DEFAULT_CHECK_TIMEOUT,
+        show_default=True,
+        metavar="S",
+        help="Seconds to wait for a tracking server or database; no retries.",
+    )(func)
+
+
+def ui_browser_options(func: _F) -> _F:
+    """``ui``'s ``--no-browser`` and ``--timeout`` (``trackcfg ui`` and ``kedro trackcfg
+    ui``)."""
+    func = click.option(
+        "--timeout",
+        type=click.FloatRange(min=0.1),
+        default=UI_PROBE_TIMEOUT,
+        show_default=True,
+        metavar="S",
+        help="Seconds to wait for an http(s) tracking server or a database to answer.",
+    )(func)
+    return click.option("--no-browser", is_flag=True, help="Do not open a web browser.")(func)
 
 
 @click.command()
@@ -114,14 +142,7 @@ def show(path: Path | None, env: str | None, as_json: bool) -> None:
 @click.command()
 @path_argument
 @env_option
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1),
-    default=DEFAULT_CHECK_TIMEOUT,
-    show_default=True,
-    metavar="S",
-    help="Seconds to wait for a tracking server or database; no retries.",
-)
+@check_timeout_option
 def check(path: Path | None, env: str | None, timeout: float) -> None:
     """Preflight: would a tracked run start with this configuration?
 
@@ -155,15 +176,7 @@ def check(path: Path | None, env: str | None, timeout: float) -> None:
 @click.option(
     "--host", default=None, help="Address to listen on [default: ui.host, else 127.0.0.1]."
 )
-@click.option("--no-browser", is_flag=True, help="Do not open a web browser.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0.1),
-    default=UI_PROBE_TIMEOUT,
-    show_default=True,
-    metavar="S",
-    help="Seconds to wait for an http(s) tracking server or a database to answer.",
-)
+@ui_browser_options
 def ui(
     path: Path | None,
     env: str | None,
