@@ -242,6 +242,27 @@ class BufferedRun:
         """Return when everything submitted so far is on the server; raise a
         ``TrackcfgError`` otherwise: ``TrackingUnavailableError`` when ``timeout`` seconds
         pass first, ``RunError`` when the sender stopped, something was refused or dropped."""
+        outcome, left = self._wait_sent(timeout)
+        if outcome == "stopped":
+            raise RunError(self._stopped_message())
+        if outcome == "late":
+            raise TrackingUnavailableError(
+                f"{left} logging call(s) of run {self.run_id} not yet on {self.where} after "
+                f"{timeout} s; they are kept and sent when it answers (the journal keeps them "
+                "if the session ends)"
+            )
+        self.raise_refused()
+        self.raise_dropped()
+
+    def sent_within(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for everything submitted so far to be on the
+        server; never raises (refusals are raised at the next call)."""
+        return self._wait_sent(timeout)[0] == "sent"
+
+    def _wait_sent(self, timeout: float | None) -> tuple[str, int]:
+        """Wake the sender and wait for everything submitted so far to be on the server:
+        ``("sent", 0)``, or ``("stopped", calls left)`` when the sender stopped or died,
+        ``("late", calls left)`` when ``timeout`` seconds passed first."""
         deadline = None if timeout is None else time.monotonic() + timeout
         q, sender = self._queue, self._sender
         with q.cond:
@@ -252,39 +273,14 @@ class BufferedRun:
             try:
                 while q.sent_seq < target:
                     if sender.stopped or not sender.alive():
-                        raise RunError(self._stopped_message())
+                        return "stopped", target - q.sent_seq
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
-                        raise TrackingUnavailableError(
-                            f"{target - q.sent_seq} logging call(s) of run {self.run_id} "
-                            f"not yet on {self.where} after {timeout} s; they are kept and "
-                            "sent when it answers (the journal keeps them if the session ends)"
-                        )
+                        return "late", target - q.sent_seq
                     q.cond.wait(1.0 if left is None else min(left, 1.0))
             finally:
                 q.flush_wanted -= 1
-        self.raise_refused()
-        self.raise_dropped()
-
-    def sent_within(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for everything submitted so far to be on the
-        server; never raises (refusals are raised at the next call)."""
-        deadline = time.monotonic() + timeout
-        q, sender = self._queue, self._sender
-        with q.cond:
-            target = q.last_seq
-            q.flush_wanted += 1
-            q.cond.notify_all()
-            sender.sleeper.set()
-            try:
-                while q.sent_seq < target and not sender.stopped and sender.alive():
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return False
-                    q.cond.wait(min(left, 1.0))
-            finally:
-                q.flush_wanted -= 1
-            return q.sent_seq >= target
+        return "sent", 0
 
     def close(self, timeout: float) -> bool:
         """Send what is pending within ``timeout`` seconds and stop the sender; True when
