@@ -24,11 +24,11 @@ Exit codes: 0 success (``check``: a run would start), 1 a trackcfg error or a fa
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from trackcfg._lazy import lazy_names as _lazy_names
 from trackcfg.exceptions import TrackcfgError
 
 from . import commands
@@ -74,18 +74,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    loaded = importlib.import_module(module, __name__)
-    value = loaded if module == f".{name}" else getattr(loaded, name)
-    globals()[name] = value  # once: later lookups are plain attribute reads
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__) | set(_LAZY))
+__getattr__, __dir__ = _lazy_names(__name__, _LAZY)
 
 
 class TrackcfgErrorsGroup(click.Group):

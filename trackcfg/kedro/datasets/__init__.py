@@ -19,8 +19,9 @@ trackcfg.kedro.datasets`` imports neither mlflow nor the model datasets until on
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from trackcfg._lazy import lazy_names as _lazy_names
 
 if TYPE_CHECKING:
     from ._artifacts import MlflowArtifactDataset
@@ -56,14 +57,4 @@ _MODULES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = _lazy_names(__name__, _MODULES)
