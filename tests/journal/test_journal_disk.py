@@ -365,8 +365,12 @@ def test_a_journal_whose_header_names_another_run_than_its_file_is_refused(
     migrated_sqlite_db: Path, tmp_path: Path
 ) -> None:
     project = local_project(tmp_path / "proj", migrated_sqlite_db)
-    run_a = killed_session(project, 3)
+    # B first: every session sends the journals of dead writers it finds in the background,
+    # so A's own session may send B's journal before it dies (B gets its steps either way),
+    # while nothing can send A's before the tampering below (the other order raced: B's
+    # session sent A's journal before its os._exit in 1 of several CI runs)
     run_b = killed_session(project, 2)
+    run_a = killed_session(project, 3)
     journal_a = next(p for p in (project / ".trackcfg" / "journal").glob(f"{run_a}.*.journal"))
     lines = journal_a.read_text().split("\n")
     header = json.loads(lines[0])
