@@ -29,8 +29,11 @@ CACHED_BYTECODE_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWR
 @contextlib.contextmanager
 def mlflow_server(workers: int | None = None) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 with a SQLite store (``trackcfg.testing``'s, the
-    project's one way to run one); yields its URL.  ``workers``: ``None`` is MLflow's default
-    number of workers (a "default mlflow server", as the figures say).
+    project's one way to run one), as a user starts one by hand: MLflow's GenAI job runner on
+    (MLflow's default; the kit turns it off unless asked, and without it a multi-worker
+    server's ~40 ms stall per response, which quick ACKs remove, does not happen); yields its
+    URL.  ``workers``: ``None`` is MLflow's default number of workers (a "default mlflow
+    server", as the figures say).
 
     ``TRACKCFG_BENCH_SERVER`` names a running server to reuse instead, whatever ``workers``
     asks for (the test suite's smoke run)."""
@@ -40,7 +43,7 @@ def mlflow_server(workers: int | None = None) -> Iterator[str]:
         return
     from trackcfg.testing import mlflow_server as kit_server
 
-    with kit_server(workers=workers, timeout=240) as url:
+    with kit_server(workers=workers, timeout=240, job_execution=True) as url:
         yield url
 
 

@@ -31,7 +31,7 @@ def run() -> str:
 
     medians = interleaved(
         {name: (lambda c=cmd: runner(c)) for name, cmd in CASES.items()},
-        repeats=2 if QUICK else 7,
+        repeats=1 if QUICK else 7,
     )
     bare = medians["bare interpreter"]
     rows = [

@@ -122,7 +122,7 @@ def run() -> str:
                     tracked, "--background"
                 ),
             },
-            repeats=2 if QUICK else 5,
+            repeats=1 if QUICK else 5,
         )
         profile = _kedro(tracked, "run", env={"PYTHONPROFILEIMPORTTIME": "1"})
         phases = _phases(_case(tracked, "--timeline").stdout)

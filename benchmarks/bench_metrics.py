@@ -33,7 +33,7 @@ def run(workers: int | None = None) -> str:
                     mlflow.log_metric(f"m{i % KEYS}", i, step=i // KEYS)
 
         medians = interleaved(
-            {"session": session_metrics, "loop": per_point_loop}, repeats=3 if QUICK else 5
+            {"session": session_metrics, "loop": per_point_loop}, repeats=1 if QUICK else 5
         )
     points = KEYS * STEPS
     loop_scaled = medians["loop"] * points / LOOP_POINTS

@@ -77,7 +77,7 @@ def run(workers: int | None = None) -> str:
                 "_empty raw run": empty_raw,
                 "_trivial request": trivial,
             },
-            repeats=3 if QUICK else 5,
+            repeats=1 if QUICK else 5,
         )
     net = {
         "trackcfg session.log_params": medians["trackcfg session.log_params"]

@@ -29,7 +29,7 @@ def measure(uri: str, label: str) -> list[tuple[str, ...]]:
             pass
 
     session()  # the first session creates the experiment: not what is measured
-    medians = interleaved({"session": session, "raw": raw}, repeats=5 if QUICK else 15)
+    medians = interleaved({"session": session, "raw": raw}, repeats=1 if QUICK else 15)
     rows = []
     for name, case in (("trackcfg session", session), ("raw start_run/end_run", raw)):
         with count_requests() as seen:

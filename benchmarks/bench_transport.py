@@ -73,7 +73,7 @@ def cases(url: str) -> dict[str, float]:
             f"{KEYS * STEPS} points: trackcfg": t_metrics,
             f"{KEYS * STEPS} points: MLflow client": r_metrics,
         },
-        repeats=3 if QUICK else 9,
+        repeats=1 if QUICK else 9,
     )
 
 
@@ -99,7 +99,7 @@ def run() -> str:
         )
     text = table(
         "Quick ACKs: trackcfg vs MLflow's own client, same work (median of "
-        f"{3 if QUICK else 9}, interleaved)",
+        f"{1 if QUICK else 9}, interleaved)",
         rows,
         (
             "work",

@@ -7,7 +7,9 @@
   ``with`` block (a session-scoped fixture is the usual home), and stops it, with every
   process it started, on the way out; ``workers`` sets its number of worker processes (one
   by default; ``None``: MLflow's own default, four in MLflow 3, as ``mlflow server`` run by
-  hand: for benchmarks against a default server).
+  hand: for benchmarks against a default server), and ``job_execution=True`` keeps MLflow's
+  GenAI job runner on, as a server run by hand has it (off by default: it starts seven more
+  processes, and it changes how the server answers: see :func:`mlflow_server`).
 
 Importing this module imports neither mlflow nor pytest.
 """
@@ -110,17 +112,19 @@ class MlflowServer:
         port: int | None = None,
         tls: tuple[Path, Path] | None = None,
         workers: int | None = 1,
+        job_execution: bool = False,
     ) -> MlflowServer:
         """Start ``mlflow server`` on 127.0.0.1 (``port``: a free one) without waiting for
         it.  ``tls=(certificate, key)``: serve https with them.  ``workers``: its worker
-        processes (one by default); ``None`` leaves ``--workers`` out (MLflow's default)."""
+        processes (one by default); ``None`` leaves ``--workers`` out (MLflow's default).
+        ``job_execution``: MLflow's GenAI job runner (on in a server started by hand)."""
         logs = Path(tempfile.mkdtemp(prefix="trackcfg-mlflow-server-logs-"))
         port = port or _free_port()
         # The caller's MLflow/trackcfg settings must not reach the server.  Job execution
-        # (GenAI jobs: 7 huey worker processes) is off: unused here, and it doubles the start
-        # time on a small machine.
+        # (GenAI jobs: 7 huey worker processes) is off unless asked for: unused by tests, and
+        # it doubles the start time on a small machine.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRACKCFG_"))}
-        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if job_execution else "false"
         env.setdefault("DO_NOT_TRACK", "true")  # MLflow's usage telemetry
         command = [
             sys.executable, "-m", "mlflow", "server",
@@ -204,6 +208,7 @@ def mlflow_server(
     *,
     timeout: float = _SERVER_START_TIMEOUT,
     workers: int | None = 1,
+    job_execution: bool = False,
 ) -> Iterator[str]:
     """Run a real ``mlflow server`` for the ``with`` block; yields its URL
     (``http://127.0.0.1:PORT``) once it answers.
@@ -214,14 +219,22 @@ def mlflow_server(
     from its PID).  ``timeout``: seconds to wait for it to answer (``RuntimeError`` then).
     ``workers``: the server's worker processes, one by default (a test's requests are few,
     and each worker is a Python process importing MLflow); ``None`` runs MLflow's default
-    number (four in MLflow 3), as a server started by hand has.
+    number (four in MLflow 3), as a server started by hand has.  ``job_execution``: keep
+    MLflow's GenAI job runner on, as a server started by hand has it (MLflow 3.17's default).
+    Off by default: it starts seven more processes, and with it on, each response of a
+    multi-worker server reaches MLflow's own client ~40 ms late (measured: 108 ms against
+    28 ms for a run's create and end), so a benchmark of "a default ``mlflow server``" needs
+    ``workers=None, job_execution=True``.
     """
     own_folder = path is None
     folder = Path(tempfile.mkdtemp(prefix="trackcfg-mlflow-server-") if path is None else path)
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     server = MlflowServer.start(
-        f"sqlite:///{folder / 'mlflow.db'}", folder / "artifacts", workers=workers
+        f"sqlite:///{folder / 'mlflow.db'}",
+        folder / "artifacts",
+        workers=workers,
+        job_execution=job_execution,
     )
     try:
         server.wait_healthy(timeout)

@@ -166,3 +166,27 @@ def test_workers_none_starts_mlflows_own_default(tmp_path: Path) -> None:
         assert command[port + 1] == str(urllib.parse.urlsplit(server.url).port)
         assert command[port + 2 : port + 2 + len(expected)] == expected
         assert ("--workers" in command) is (workers is not None)
+
+
+@pytest.mark.slow
+def test_job_execution_is_off_unless_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow's GenAI job runner (on in a server started by hand) is off in the kit's
+    servers, whatever the caller's environment says, and on with ``job_execution=True``
+    (the benchmarks' "default mlflow server")."""
+    for job_execution, expected in ((False, b"false"), (True, b"true")):
+        # the caller's environment says the opposite
+        monkeypatch.setenv(
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false" if job_execution else "true"
+        )
+        server = MlflowServer.start(
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            tmp_path / "artifacts",
+            job_execution=job_execution,
+        )
+        try:
+            environ = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+        finally:
+            server.stop()
+        assert b"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=" + expected in environ
