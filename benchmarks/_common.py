@@ -30,10 +30,9 @@ CACHED_BYTECODE_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWR
 def mlflow_server(workers: int | None = None) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 with a SQLite store (``trackcfg.testing``'s, the
     project's one way to run one), as a user starts one by hand: MLflow's GenAI job runner on
-    (MLflow's default; the kit turns it off unless asked, and without it a multi-worker
-    server's ~40 ms stall per response, which quick ACKs remove, does not happen); yields its
-    URL.  ``workers``: ``None`` is MLflow's default number of workers (a "default mlflow
-    server", as the figures say).
+    (MLflow's default; the kit turns it off unless asked); yields its URL.  ``workers``:
+    ``None`` is MLflow's default number of workers (a "default mlflow server", as the
+    figures say).
 
     ``TRACKCFG_BENCH_SERVER`` names a running server to reuse instead, whatever ``workers``
     asks for (the test suite's smoke run)."""

@@ -9,7 +9,7 @@
   by default; ``None``: MLflow's own default, four in MLflow 3, as ``mlflow server`` run by
   hand: for benchmarks against a default server), and ``job_execution=True`` keeps MLflow's
   GenAI job runner on, as a server run by hand has it (off by default: it starts seven more
-  processes, and it changes how the server answers: see :func:`mlflow_server`).
+  processes).
 
 Importing this module imports neither mlflow nor pytest.
 """
@@ -221,10 +221,9 @@ def mlflow_server(
     and each worker is a Python process importing MLflow); ``None`` runs MLflow's default
     number (four in MLflow 3), as a server started by hand has.  ``job_execution``: keep
     MLflow's GenAI job runner on, as a server started by hand has it (MLflow 3.17's default).
-    Off by default: it starts seven more processes, and with it on, each response of a
-    multi-worker server reaches MLflow's own client ~40 ms late (measured: 108 ms against
-    28 ms for a run's create and end), so a benchmark of "a default ``mlflow server``" needs
-    ``workers=None, job_execution=True``.
+    Off by default: it starts seven more processes, each importing MLflow, which compete for
+    the CPU with the server's first requests (on 2 cores a run's create and end took 92 ms
+    against 27 ms right after the server answered, the same 27 ms 40 s later).
     """
     own_folder = path is None
     folder = Path(tempfile.mkdtemp(prefix="trackcfg-mlflow-server-") if path is None else path)
