@@ -322,6 +322,10 @@ def test_kedro_help_in_the_project_lists_the_commands_without_importing_mlflow(
     assert "trackcfg" in output
     assert "trackcfg._kedro_cli" in modules
     assert not {m for m in modules if m.split(".")[0] == "mlflow"}
+    # The hook module (loaded through the entry point on every command) leaves the session,
+    # the loader and the store for a pipeline run to load.
+    assert "trackcfg.kedro" in modules
+    assert {"trackcfg._session", "trackcfg._loading", "trackcfg._backend"} & modules == set()
 
 
 def test_disable_hooks_for_plugins_turns_tracking_off(project: Path) -> None:
