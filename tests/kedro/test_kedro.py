@@ -333,6 +333,8 @@ def test_disable_hooks_for_plugins_turns_tracking_off(project: Path) -> None:
     assert code == 0, output
     assert "trackcfg.kedro" in modules  # so importing it does not import mlflow either
     assert not {m for m in modules if m.split(".")[0] == "mlflow"}
+    # Nor trackcfg's session, loader or store: the hooks load them when they first run.
+    assert {"trackcfg._session", "trackcfg._loading", "trackcfg._backend"} & modules == set()
     assert runs(project) == []
 
 
