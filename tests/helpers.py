@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
+    import pytest
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
@@ -253,6 +255,39 @@ def read_runs(
         ids = [found.experiment_id]
     order_by = ["attributes.start_time ASC"] if oldest_first else None
     return list(client.search_runs(ids, run_view_type=view, order_by=order_by))
+
+
+def log_long_history(client: MlflowClient, run_id: str, *, keys: int, steps: int) -> None:
+    """Metrics ``m0`` .. ``m<keys-1>``, ``steps`` points each, logged in 1,000-point batches
+    (what an offline run that logged a long loop holds)."""
+    from mlflow.entities import Metric
+
+    for key in range(keys):
+        metrics = [Metric(f"m{key}", float(s), 1_700_000_000_000 + s, s) for s in range(steps)]
+        for start in range(0, len(metrics), 1000):
+            client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
+def metric_points(client: MlflowClient, run_id: str) -> list[tuple[str, int, int, float]]:
+    """Every metric point of the run, ``(key, step, timestamp, value)``, sorted."""
+    run = client.get_run(run_id)
+    return sorted(
+        (m.key, m.step, m.timestamp, m.value)
+        for key in run.data.metrics
+        for m in client.get_metric_history(run_id, key)
+    )
+
+
+def trackcfg_warning_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The warnings (and worse) trackcfg's loggers recorded."""
+    return [
+        r for r in caplog.records if r.name.startswith("trackcfg") and r.levelno >= logging.WARNING
+    ]
+
+
+def trackcfg_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The messages of :func:`trackcfg_warning_records`."""
+    return [r.getMessage() for r in trackcfg_warning_records(caplog)]
 
 
 def use_every_method(session: TrackingSession, tmp_path: Path) -> None:

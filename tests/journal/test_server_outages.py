@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from helpers import TRACKING_SETTINGS, project_folder, subprocess_env
+from helpers import TRACKING_SETTINGS, project_folder, subprocess_env, trackcfg_warnings
 from mlflow import MlflowClient
 
 from trackcfg import TrackingConfig, TrackingSession, TrackingUnavailableError, load_config
@@ -253,17 +253,6 @@ def test_server_killed_mid_run_then_restarted(
     killed = client.get_run(run_id)
     assert killed.info.status == "RUNNING"
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(0, 1.0)]
-
-
-TRACKCFG = "trackcfg"
-
-
-def trackcfg_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [
-        r.getMessage()
-        for r in caplog.records
-        if r.name.startswith(TRACKCFG) and r.levelno >= logging.WARNING
-    ]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 120.0) -> None:

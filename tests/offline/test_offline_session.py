@@ -30,6 +30,8 @@ from helpers import (
     run_python,
     store_uri,
     subprocess_env,
+    trackcfg_warning_records,
+    trackcfg_warnings,
     write,
 )
 from mlflow import MlflowClient
@@ -111,12 +113,6 @@ def config_file(project: Path, uri: str, offline: str, **server: Any) -> Path:
     )
 
 
-def warnings_of(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [
-        r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("trackcfg")
-    ]
-
-
 def log_everything(session: TrackingSession, tmp_path: Path) -> None:
     file = tmp_path / "model.txt"
     file.write_text("weights")
@@ -179,7 +175,8 @@ def test_auto_with_the_server_refusing_logs_offline_at_once_and_says_so_once(
         assert s.tracking_uri == store_uri(project)
     run = assert_offline_run(project, masked)
     assert run.info.run_id == session.run_id
-    warning, reminder = warnings_of(caplog)  # falling back; where the run waits, at the end
+    # falling back; where the run waits, at the end
+    warning, reminder = trackcfg_warning_records(caplog)
     assert "; send it there with: trackcfg sync " in reminder.getMessage()
     text = warning.getMessage()
     assert masked in text
@@ -205,7 +202,8 @@ def test_auto_with_a_server_that_never_answers_falls_back_after_request_timeout(
         entered = time.monotonic() - started
         log_everything(s, tmp_path)
     assert_offline_run(project, uri)
-    warning, reminder = warnings_of(caplog)  # falling back; where the run waits, at the end
+    # falling back; where the run waits, at the end
+    warning, reminder = trackcfg_warning_records(caplog)
     assert "; send it there with: trackcfg sync " in reminder.getMessage()
     waited = warning.created - wall_start
     # One question bounded by server.request_timeout, not its x (max_retries + 1) with backoff.
@@ -255,7 +253,8 @@ def test_auto_with_a_database_that_does_not_answer_falls_back(
     with TrackingSession(config, name="train", params={"lr": 0.1}) as s:
         log_everything(s, tmp_path)
     assert_offline_run(project, masked)
-    warning, reminder = warnings_of(caplog)  # falling back; where the run waits, at the end
+    # falling back; where the run waits, at the end
+    warning, reminder = trackcfg_warning_records(caplog)
     assert "; send it there with: trackcfg sync " in reminder.getMessage()
     assert masked in warning.getMessage()
     assert "hunter2" not in caplog.text
@@ -295,7 +294,8 @@ def test_always_never_connects_to_the_server(
         log_everything(s, tmp_path)
     assert_offline_run(project, uri)
     assert listener.connections() == 0
-    (reminder,) = warnings_of(caplog)  # chosen, so said at the start as INFO; at the end:
+    # chosen, so said at the start as INFO; at the end:
+    (reminder,) = trackcfg_warning_records(caplog)
     assert reminder.getMessage().endswith(f"; send it there with: trackcfg sync {project}")
     assert "server.offline: always" in caplog.text
     assert f"trackcfg sync {project}" in caplog.text
@@ -447,17 +447,6 @@ def test_kedro_run_with_offline_always_logs_into_the_projects_mlruns(
     assert run.info.status == "FINISHED"
     assert run.data.tags[OFFLINE_DESTINATION_TAG] == uri
     assert listener.connections() == 0
-
-
-TRACKCFG = "trackcfg"
-
-
-def trackcfg_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [
-        r.getMessage()
-        for r in caplog.records
-        if r.name.startswith(TRACKCFG) and r.levelno >= logging.WARNING
-    ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
-from helpers import TRACKING_SETTINGS, project_folder, store_uri, subprocess_env
+from helpers import (
+    TRACKING_SETTINGS,
+    log_long_history,
+    metric_points,
+    project_folder,
+    store_uri,
+    subprocess_env,
+)
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
@@ -129,15 +136,6 @@ def sync(project: Path, *args: str) -> Any:
     return result
 
 
-def points(client: MlflowClient, run_id: str) -> list[tuple[str, int, int, float]]:
-    run = client.get_run(run_id)
-    return sorted(
-        (m.key, m.step, m.timestamp, m.value)
-        for key in run.data.metrics
-        for m in client.get_metric_history(run_id, key)
-    )
-
-
 def artifact_tree(client: MlflowClient, run_id: str, folder: Path) -> dict[str, bytes]:
     folder.mkdir(parents=True)
     client.download_artifacts(run_id, "", str(folder))
@@ -213,7 +211,7 @@ def test_offline_parent_and_children_are_uploaded_whole_once(
         }
         assert got == same, role
         assert theirs.data.tags[SOURCE_STORE_TAG] == store_uri(project)
-        assert points(server, theirs.info.run_id) == points(local, local_id), role
+        assert metric_points(server, theirs.info.run_id) == metric_points(local, local_id), role
         assert artifact_tree(server, theirs.info.run_id, tmp_path / "remote" / role) == (
             artifact_tree(local, local_id, tmp_path / "local" / role)
         )
@@ -226,13 +224,13 @@ def test_offline_parent_and_children_are_uploaded_whole_once(
     assert len(artifact_tree(server, parent_there, tmp_path / "tree")) == 2
     assert (tmp_path / "tree" / "nested" / "deeper" / "notes.txt").is_file()
 
-    count = sum(len(points(server, r.info.run_id)) for r in remote.values())
+    count = sum(len(metric_points(server, r.info.run_id)) for r in remote.values())
     again = sync(project)
     assert again.exit_code == 0, again.output
     assert "upload" not in again.output
     remote_again = uploaded_runs(server, experiment)
     assert len(server.search_runs([remote_again[ids["parent"]].info.experiment_id])) == 3
-    assert sum(len(points(server, r.info.run_id)) for r in remote_again.values()) == count
+    assert sum(len(metric_points(server, r.info.run_id)) for r in remote_again.values()) == count
 
 
 def test_a_sync_killed_half_way_is_finished_by_the_next_without_duplicates(
@@ -247,12 +245,9 @@ def test_a_sync_killed_half_way_is_finished_by_the_next_without_duplicates(
         run_name="long",
         tags={OFFLINE_DESTINATION_TAG: mlflow_server},
     ).info.run_id
-    for key in range(4):
-        metrics = [Metric(f"m{key}", float(s), 1_700_000_000_000 + s, s) for s in range(10_000)]
-        for start in range(0, len(metrics), 1000):
-            local.log_batch(run_id, metrics=metrics[start : start + 1000])
+    log_long_history(local, run_id, keys=4, steps=10_000)
     local.set_terminated(run_id, "FINISHED", 1_700_000_900_000)
-    expected = points(local, run_id)
+    expected = metric_points(local, run_id)
     server = MlflowClient(tracking_uri=mlflow_server)
 
     process = subprocess.Popen(
@@ -278,7 +273,7 @@ def test_a_sync_killed_half_way_is_finished_by_the_next_without_duplicates(
     assert UPLOADED_TO_TAG not in local.get_run(run_id).data.tags
     half = uploaded_runs(server, experiment)[run_id]
     assert half.info.status == "RUNNING"
-    there_before = len(points(server, half.info.run_id))
+    there_before = len(metric_points(server, half.info.run_id))
     assert there_before < len(expected)
 
     done = sync(project, "--json")
@@ -289,7 +284,7 @@ def test_a_sync_killed_half_way_is_finished_by_the_next_without_duplicates(
     assert upload["points"] <= len(expected) - there_before
     runs = server.search_runs([half.info.experiment_id])
     assert [r.info.run_id for r in runs] == [half.info.run_id]  # no second copy
-    assert points(server, half.info.run_id) == expected  # every point, none twice
+    assert metric_points(server, half.info.run_id) == expected  # every point, none twice
     assert server.get_run(half.info.run_id).info.status == "FINISHED"
     assert local.get_run(run_id).data.tags[UPLOADED_TO_TAG] == half.info.run_id
 
@@ -382,7 +377,7 @@ def test_end_to_end_an_offline_session_then_sync(tmp_path: Path, mlflow_server: 
             run.info.end_time,
         )
         assert theirs.data.params == run.data.params
-        assert points(server, theirs.info.run_id) == points(local, run.info.run_id)
+        assert metric_points(server, theirs.info.run_id) == metric_points(local, run.info.run_id)
     assert remote[mine["part"].info.run_id].data.tags["mlflow.parentRunId"] == (
         remote[mine["e2e"].info.run_id].info.run_id
     )
@@ -423,7 +418,7 @@ def test_a_half_made_destination_run_gets_only_what_it_lacks(
     assert by_run[ids["parent"]]["points"] == 5001 - 1200
     assert by_run[ids["parent"]]["artifacts"] == 1  # nested/deeper/notes.txt only
     assert by_run[ids["parent"]]["detail"] == "finished an upload that was cut short"
-    assert points(server, half) == points(local, ids["parent"])
+    assert metric_points(server, half) == metric_points(local, ids["parent"])
     assert server.get_run(half).info.status == "FINISHED"
     assert server.get_run(half).info.end_time == parent.info.end_time
     remote = uploaded_runs(server, experiment)

@@ -22,6 +22,8 @@ from click.testing import CliRunner, Result
 from helpers import (
     TRACKING_SETTINGS,
     copy_store,
+    log_long_history,
+    metric_points,
     project_folder,
     run_python,
     store_uri,
@@ -386,16 +388,9 @@ def test_a_server_stopped_mid_upload_is_unreachable_and_the_next_sync_finishes_e
     run_id = local.create_run(
         experiment_id, run_name="long", tags={OFFLINE_DESTINATION_TAG: server.url}
     ).info.run_id
-    for key in range(4):
-        metrics = [Metric(f"m{key}", float(s), 1_700_000_000_000 + s, s) for s in range(10_000)]
-        for start in range(0, len(metrics), 1000):
-            local.log_batch(run_id, metrics=metrics[start : start + 1000])
+    log_long_history(local, run_id, keys=4, steps=10_000)
     local.set_terminated(run_id, "FINISHED", 1_700_000_900_000)
-    expected = sorted(
-        (m.key, m.step, m.timestamp, m.value)
-        for key in range(4)
-        for m in local.get_metric_history(run_id, f"m{key}")
-    )
+    expected = metric_points(local, run_id)
     server.wait_healthy()
     client = MlflowClient(tracking_uri=server.url)
 
